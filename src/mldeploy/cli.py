@@ -1,0 +1,170 @@
+"""The `mldeploy` command: parse, call one function, map errors to exit codes.
+
+Exit codes: 0 done, 1 a check failed, 2 bad usage/config/input, 3 a bug in mldeploy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from mldeploy import __version__, github
+from mldeploy.errors import EXIT_BUG, MldeployError, UsageError
+
+EPILOG = """exit codes: 0 done, 1 a check failed, 2 bad usage/config/input, 3 a bug in mldeploy
+config precedence: flag > MLDEPLOY_<SECTION>__<KEY> environment > mldeploy.yaml > default
+docs: https://github.com/acme/ml-deploy#readme"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="config file (default: $MLDEPLOY_CONFIG, else ./mldeploy.yaml if present)")
+    common.add_argument("--debug", action="store_true",
+                        help="show tracebacks and exporter logs (or set MLDEPLOY_DEBUG=1)")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mldeploy", formatter_class=fmt, epilog=EPILOG,
+        description="Ship a trained model to production: convert it to ONNX with a parity check, "
+                    "then optimize, package and deploy it (AWS, GCP, Azure or a local Docker engine).")
+    parser.add_argument("--version", action="version", version=f"mldeploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    conv = sub.add_parser(
+        "convert", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="convert a PyTorch, TensorFlow/Keras or ONNX model into a parity-checked bundle",
+        description="Convert a trained model into a bundle (model.onnx, signature.json, manifest.json).\n"
+                    "The ONNX model must compute what the source computes, at batch 1 and at a batch\n"
+                    "larger than the export example; otherwise nothing is written and the exit code is 1.",
+        usage="mldeploy convert [MODEL] [options]")
+    conv.add_argument("model", nargs="?", metavar="MODEL",
+                      help="model file or SavedModel folder (default: model.path from the config)")
+    conv.add_argument("--framework", choices=["auto", "torch", "tensorflow", "onnx"],
+                      help="source framework (default: auto-detect)")
+    conv.add_argument("--out", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    conv.add_argument("--input", dest="inputs", action="append", metavar="NAME:DTYPE:DIMS",
+                      help="declare an input, e.g. x:float32:batch,3,224,224 (repeat per input; "
+                           "required for TorchScript and state_dict models)")
+    conv.add_argument("--factory", metavar="MODULE:FUNCTION",
+                      help="for a state_dict: the function in your repo that builds the module")
+    conv.add_argument("--allow-pickle", action="store_true", default=None,
+                      help="load a fully pickled PyTorch module (this runs code from the file)")
+    conv.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    conv.add_argument("--sample", metavar="FILE", help="sample inputs for parity: .npz, .npy or .jsonl")
+    conv.add_argument("--atol", type=float, help="absolute parity tolerance (default 1e-4)")
+    conv.add_argument("--rtol", type=float, help="relative parity tolerance (default 1e-3)")
+    conv.add_argument("--batch-size", type=int, help="the larger parity batch (default 8)")
+    conv.add_argument("--torchscript", action="store_true", default=None,
+                      help="also write a TorchScript copy (PyTorch sources)")
+    conv.add_argument("--tflite", action="store_true", default=None,
+                      help="also write a TF Lite model (TensorFlow sources)")
+    conv.add_argument("--detect-only", action="store_true",
+                      help="print the detected framework (torch, tensorflow or onnx) and exit")
+    conv.set_defaults(func=cmd_convert)
+
+    cfg = sub.add_parser("config", formatter_class=fmt, help="check mldeploy.yaml or print its JSON Schema",
+                         description="Work with mldeploy.yaml, the config of a model repo.")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    val = cfg_sub.add_parser("validate", parents=[common], help="check a config file; exit 2 if invalid",
+                             description="Validate a config file (with MLDEPLOY_* environment overrides) "
+                                         "and print the effective config as JSON.")
+    val.add_argument("file", nargs="?", metavar="FILE", help="config file (default: ./mldeploy.yaml)")
+    val.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
+    val.set_defaults(func=cmd_config_validate)
+    sch = cfg_sub.add_parser("schema", parents=[common], help="print the JSON Schema of mldeploy.yaml",
+                             description="Print the JSON Schema of mldeploy.yaml, for editor completion "
+                                         "(e.g. `# yaml-language-server: $schema=...`).")
+    sch.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    sch.set_defaults(func=cmd_config_schema)
+    return parser
+
+
+def _input_flag(text: str) -> dict:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise UsageError(f"--input {text!r} is not NAME:DTYPE:DIMS", hint="e.g. --input x:float32:batch,8")
+    dims = [int(d) if d.strip().lstrip("-").isdigit() else d.strip() for d in parts[2].split(",")]
+    return {"name": parts[0], "dtype": parts[1], "shape": dims}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+
+    overrides = {
+        "model.framework": args.framework, "model.factory": args.factory, "model.allow_pickle": args.allow_pickle,
+        "model.opset": args.opset, "model.torchscript": args.torchscript, "model.tflite": args.tflite,
+        "parity.sample": args.sample, "parity.atol": args.atol, "parity.rtol": args.rtol,
+        "parity.batch_size": args.batch_size, "bundle": args.out, "model.path": args.model,
+        "inputs": [_input_flag(t) for t in args.inputs] if args.inputs else None,
+    }
+    cfg = load_config(args.config, overrides=overrides)
+    if args.detect_only:
+        from mldeploy.convert.detect import detect
+
+        print(detect(Path(cfg.model.path or ""), cfg.model.framework)[0])
+        return 0
+
+    from mldeploy.convert import convert
+
+    done = convert(cfg)
+    github.set_output("bundle", str(done.bundle.path))
+    github.set_output("onnx-path", str(done.bundle.model_path))
+    github.set_output("parity-max-abs-error", done.report["parity"]["max_abs_error"])
+    github.set_output("exporter", done.report["exporter"])
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    from mldeploy.config import find_config_file, load_config
+
+    cfg = load_config(args.file or args.config)
+    if not args.quiet:
+        where = find_config_file(args.file or args.config) or "defaults (no config file)"
+        print(f"valid: {where}", file=sys.stderr)
+        print(cfg.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from mldeploy.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # argparse itself exits 2 on bad usage
+    debug = getattr(args, "debug", False) or os.environ.get("MLDEPLOY_DEBUG", "").lower() in ("1", "true", "yes")
+    if debug:
+        os.environ["MLDEPLOY_DEBUG"] = "1"  # deeper modules show exporter logs too
+    try:
+        return args.func(args)
+    except MldeployError as e:
+        if debug:
+            traceback.print_exc()
+        for file, line, message in getattr(e, "problems", [(e.file, e.line, None)]):
+            text = e.describe() if message is None else message
+            github.error(text, file=file, line=line, title=f"mldeploy {args.command}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else is a bug in mldeploy, not the user's doing
+        if debug:
+            traceback.print_exc()
+        github.error(f"internal error: {type(e).__name__}: {e} (a bug in mldeploy {__version__}; "
+                     f"rerun with --debug for the traceback and report it)", title=f"mldeploy {args.command}")
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

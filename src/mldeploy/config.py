@@ -1,0 +1,343 @@
+"""mldeploy.yaml: the typed, versioned config of a model repo.
+
+Values come from four layers; a higher one wins:
+  command-line flag / action input  >  MLDEPLOY_<SECTION>__<KEY> environment variables
+  >  the config file  >  the defaults below.
+Paths written in the file are relative to the file's folder; paths given as flags or environment
+variables are relative to the working directory.
+A bad config fails before any work starts, naming the file, line, key, the value found and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from mldeploy.errors import UsageError
+
+SCHEMA_VERSION = 1
+DEFAULT_CONFIG_FILE = "mldeploy.yaml"
+ENV_PREFIX = "MLDEPLOY_"
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+# Keys whose values are file paths, resolved against the config file's folder.
+PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("image", "dockerfile"))
+TARGETS = {
+    "local": ("docker",),
+    "aws": ("sagemaker", "lambda"),
+    "gcp": ("vertex", "cloudrun"),
+    "azure": ("azureml",),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpec(Section):
+    """One model input. A dimension is a size or a name; a name is symbolic (the first is the batch)."""
+
+    name: str = Field(min_length=1, description="Input name, as the model calls it.")
+    dtype: Dtype = Field("float32", description="Element type.")
+    shape: list[int | str] = Field(
+        description="Dimensions, e.g. [batch, 3, 224, 224]. Names are symbolic.")
+    range: tuple[float, float] | None = Field(
+        None, description="[low, high] of generated test values (e.g. token ids [0, 30000]).")
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _dims(cls, shape: Any) -> Any:
+        if not isinstance(shape, list):
+            return shape  # pydantic reports "should be a valid list"
+        for d in shape:
+            ok = (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or (
+                isinstance(d, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", d))
+            if not ok:
+                raise ValueError(f"each dimension must be a positive size or a name like 'batch', not {d!r}")
+        return shape
+
+
+class ModelSection(Section):
+    path: str | None = Field(None, description="The trained model: a file or a SavedModel folder.")
+    framework: Literal["auto", "torch", "tensorflow", "onnx"] = Field(
+        "auto", description="Source framework; auto detects it from the file.")
+    factory: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="For a PyTorch state_dict: `package.module:function` that builds the module.")
+    allow_pickle: bool = Field(
+        False, description="Load a fully pickled PyTorch module. Loading a pickle runs its code.")
+    opset: int = Field(18, ge=11, le=23, description="ONNX opset to export to.")
+    dim_sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Example sizes for named non-batch dims during export (default 8 each).")
+    torchscript: bool = Field(False, description="Also write a TorchScript copy (PyTorch sources).")
+    tflite: bool = Field(False, description="Also write a TF Lite model (TensorFlow sources).")
+
+
+class ParitySection(Section):
+    atol: float = Field(1e-4, ge=0, description="Absolute tolerance: |onnx - source| <= atol + rtol*|source|.")
+    rtol: float = Field(1e-3, ge=0, description="Relative tolerance.")
+    sample: str | None = Field(None, description="Sample inputs (.npz, .npy or .jsonl); default: generated.")
+    batch_size: int = Field(8, ge=3, le=4096,
+                            description="The larger parity batch (export uses 2; 1 is always checked).")
+    seed: int = Field(0, description="Seed for generated inputs.")
+
+
+class OptimizeSection(Section):
+    enabled: bool = True
+    objective: Literal["latency", "size"] = "latency"
+    require_improvement: bool = False
+
+
+class ImageSection(Section):
+    base: str = Field("python:3.11-slim", description="Base image of the serving image.")
+    registry: str | None = Field(None, description="Registry host, e.g. 123.dkr.ecr.eu-west-1.amazonaws.com.")
+    repository: str | None = Field(None, description="Repository name in the registry.")
+    dockerfile: str | None = Field(None, description="Your own Dockerfile instead of ours.")
+
+
+class DeploySection(Section):
+    cloud: Literal["local", "aws", "gcp", "azure"] = "local"
+    target: str | None = Field(None, validate_default=True, description="Per cloud: local docker; aws sagemaker|lambda; "
+                                                 "gcp vertex|cloudrun; azure azureml.")
+    endpoint: str | None = Field(None, description="Endpoint/service name (default: the model's name).")
+    region: str | None = None
+    canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
+
+    @field_validator("target")
+    @classmethod
+    def _target_fits_cloud(cls, target: str | None, info: ValidationInfo) -> str | None:
+        cloud = info.data.get("cloud")
+        if cloud is None:  # cloud itself was invalid and is reported on its own
+            return target
+        allowed = TARGETS[cloud]
+        if target is None:
+            return allowed[0]
+        if target not in allowed:
+            raise ValueError(f"target {target!r} does not run on cloud {cloud}; "
+                             f"expected one of {', '.join(allowed)}")
+        return target
+
+
+class MonitoringSection(Section):
+    enabled: bool = False
+    capture_sample_rate: float = Field(0.0, ge=0, le=1)
+    drift_threshold: float = Field(0.2, gt=0)
+
+
+class Config(Section):
+    """mldeploy.yaml, schema version 1."""
+
+    model_config = ConfigDict(extra="forbid", title="mldeploy.yaml", validate_assignment=True)
+
+    version: Literal[1] = Field(SCHEMA_VERSION, description="Schema version of this file.")
+    bundle: str = Field(".mldeploy/bundle", description="Folder the pipeline's bundle lives in.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    inputs: list[InputSpec] = Field(
+        default_factory=list,
+        description="Model inputs. Required for TorchScript, state_dict and pickled PyTorch models; "
+                    "checked against the model for ONNX, TensorFlow and .pt2 sources.")
+    parity: ParitySection = Field(default_factory=ParitySection)
+    optimize: OptimizeSection = Field(default_factory=OptimizeSection)
+    image: ImageSection = Field(default_factory=ImageSection)
+    deploy: DeploySection = Field(default_factory=DeploySection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
+        names = [i.name for i in inputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"input names must be unique; repeated: {', '.join(dupes)}")
+        return inputs
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://github.com/acme/ml-deploy/schema/mldeploy.schema.json", **schema}
+
+
+class ConfigError(UsageError):
+    """A config that does not validate; carries every problem found, each with its place."""
+
+    def __init__(self, problems: list[tuple[str | None, int | None, str]]):
+        file, line, message = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(message + more, file=file, line=line)
+        self.problems = problems
+
+
+# ---------------------------------------------------------------------------- loading
+
+def find_config_file(path: str | os.PathLike | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The explicit path, else $MLDEPLOY_CONFIG, else ./mldeploy.yaml if present, else None."""
+    chosen = path or environ.get("MLDEPLOY_CONFIG")
+    if chosen:
+        p = Path(chosen)
+        if not p.is_file():
+            raise UsageError(f"config file {p} not found",
+                             hint="pass an existing file with --config, or omit it to use defaults")
+        return p
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _read_yaml(path: Path):
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config: {e}", file=str(path)) from None
+    try:
+        data = YAML(typ="rt", pure=True).load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise UsageError(f"invalid YAML: {problem}", file=str(path), line=line,
+                         hint="fix the syntax; `mldeploy config validate` checks it") from None
+    except YAMLError as e:  # e.g. duplicate keys
+        raise UsageError(f"invalid YAML: {str(e).splitlines()[0]}", file=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"the top level must be a mapping of keys, found {type(data).__name__}",
+                         file=str(path), line=1)
+    return data
+
+
+def _line_of(node: Any, loc: tuple) -> int | None:
+    """1-based line of the deepest key along `loc` in a ruamel round-trip tree."""
+    line = None
+    for key in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if isinstance(node, dict) and key in node:
+                line = lc.key(key)[0] + 1 if lc else line
+                node = node[key]
+            elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+                line = lc.item(key)[0] + 1 if lc else line
+                node = node[key]
+            else:
+                break
+        except (KeyError, TypeError, AttributeError):
+            break
+    return line
+
+
+def _plain(node: Any) -> Any:
+    """ruamel containers -> plain dicts/lists (pydantic and JSON want plain types)."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _set_dotted(data: dict, path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[path[-1]] = value
+
+
+def _get_dotted(data: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _parse_env_value(text: str) -> Any:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:  # YAML scalar rules, so "0.5" is a number, "true" a bool and "[1, 2]" a list
+        return _plain(YAML(typ="safe", pure=True).load(text))
+    except YAMLError:
+        return text
+
+
+def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] = os.environ) -> Config:
+    """Load and validate the config from file, environment and flags (dotted keys in `overrides`)."""
+    file = find_config_file(path, environ)
+    raw = _read_yaml(file) if file else {}
+    data = _plain(raw)
+    if file:
+        base = file.parent
+        for key in PATH_KEYS:
+            value = _get_dotted(data, key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                _set_dotted(data, key, str(base / value))
+
+    origin: dict[tuple[str, ...], str] = {}
+    for name, text in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            key = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+            _set_dotted(data, key, _parse_env_value(text))
+            origin[key] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            key = tuple(dotted.split("."))
+            _set_dotted(data, key, value)
+            origin[key] = f"--{dotted.split('.')[-1].replace('_', '-')}"
+
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([_describe(err, raw, file, origin) for err in e.errors()]) from None
+
+
+def _describe(err: dict, raw: Any, file: Path | None, origin: dict) -> tuple[str | None, int | None, str]:
+    loc = tuple(err["loc"])
+    key = ".".join(str(k) for k in loc) or "(top level)"
+    found = err.get("input")
+    if err["type"] == "extra_forbidden":
+        parent = _schema_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), parent, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(parent)}"
+        message = f"{key}: unknown key ({hint})"
+    else:
+        expected = err["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        shown = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
+        message = f"{key}: {expected}; found {shown}"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origin:
+            return None, None, f"{origin[loc[:n]]}: {message}"
+    return (str(file) if file else None), (_line_of(raw, loc) if file else None), message
+
+
+def _schema_keys(loc: tuple) -> list[str]:
+    """Known keys of the section at `loc`, for "did you mean" hints."""
+    model: type[BaseModel] = Config
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)

@@ -1,0 +1,193 @@
+"""convert-model: a trained model in, a bundle with a parity-checked ONNX model out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mldeploy import data
+from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged
+from mldeploy.config import Config
+from mldeploy.convert import parity
+from mldeploy.convert.base import Export, ExportFailed, Source
+from mldeploy.convert.detect import detect
+from mldeploy.convert.report import publish
+from mldeploy.errors import CheckFailed, UsageError
+
+BATCH_HINT = ("the model hard-codes its batch size (a constant in view/reshape, or int(x.shape[0])); "
+              "derive shapes from x.shape, or declare a fixed batch in `inputs:`")
+
+
+@dataclass
+class Converted:
+    bundle: Bundle
+    report: dict
+
+
+def convert(cfg: Config, *, model: str | None = None, out: str | None = None) -> Converted:
+    """Load the model, export it, check parity, and write the bundle (only if parity passes)."""
+    started = time.perf_counter()
+    path = Path(model or cfg.model.path or "")
+    if not str(path) or str(path) == ".":
+        raise UsageError("no model given", hint="pass MODEL or set model.path in mldeploy.yaml")
+    framework, fmt = detect(path, cfg.model.framework)
+    out_dir = Path(out or cfg.bundle)
+    with staged(out_dir) as bundle:
+        source = _load(framework, fmt, path, cfg, bundle.path)
+        batches, data_note = _parity_inputs(source, cfg)
+        expected, reference_note = _reference(source, batches)
+        report = {"status": "failed", "source": str(path), "framework": framework, "format": source.format,
+                  "opset": cfg.model.opset, "data": data_note, "attempts": []}
+        if reference_note:
+            report["warnings"] = [reference_note]
+        bundle.start_manifest({"path": str(path), "framework": framework, "format": source.format,
+                               "sha256": sha256_file(path)})
+        chosen = None
+        for attempt in source.exports(bundle.path, cfg.model.opset):
+            record = {"exporter": attempt.exporter}
+            if isinstance(attempt, ExportFailed):
+                record.update(status="export failed", error=attempt.message, operator=attempt.operator)
+            else:
+                result = parity.check(attempt.path, source.inputs, source.output_names, batches, expected,
+                                      cfg.parity.atol, cfg.parity.rtol)
+                record.update(status="passed" if result.passed else "parity failed",
+                              seconds=round(attempt.seconds, 3), parity=result.to_json(),
+                              batch_fixed=result.batch_fixed)
+                if result.passed:
+                    chosen = (attempt, result)
+            report["attempts"].append(record)
+            if chosen:
+                break
+        report["duration_s"] = round(time.perf_counter() - started, 3)
+        if chosen is None:
+            _reject(bundle, report, cfg)
+        attempt, result = chosen
+        signature = _finalize(attempt.path, bundle.model_path, source.inputs, source.output_names, result)
+        for leftover in bundle.path.glob("model.*.onnx"):
+            leftover.unlink()
+        report.update(status="passed", exporter=attempt.exporter, export_s=round(attempt.seconds, 3),
+                      opset=_opset(bundle.model_path), parity=_parity_summary(result, cfg, batches),
+                      native=source.native(bundle.path, batches[max(batches)]))
+        bundle.write_signature(signature)
+        bundle.add_step("convert", report)
+    publish(report, signature)
+    return Converted(Bundle(out_dir), report)
+
+
+def _load(framework: str, fmt: str, path: Path, cfg: Config, workdir: Path) -> Source:
+    try:
+        if framework == "torch":
+            from mldeploy.convert.from_torch import TorchSource
+
+            return TorchSource(path, fmt, cfg)
+        if framework == "tensorflow":
+            from mldeploy.convert.from_tensorflow import TensorFlowSource
+
+            return TensorFlowSource(path, fmt, cfg, workdir)
+    except ImportError as e:
+        extra = "torch" if framework == "torch" else "tensorflow"
+        raise UsageError(f"{framework} is needed to convert {path.name} but cannot be imported ({e.name or e})",
+                         hint=f"pip install 'mldeploy[{extra}]'") from None
+    from mldeploy.convert.from_onnx import OnnxSource
+
+    return OnnxSource(path, cfg)
+
+
+def _parity_inputs(source: Source, cfg: Config) -> tuple[dict[int, dict[str, np.ndarray]], str]:
+    """Inputs at batch 1 and at a batch larger than the export example (or the model's fixed batch)."""
+    fixed = {s.shape[0] for s in source.inputs if s.shape and isinstance(s.shape[0], int)}
+    sizes = sorted(fixed) if fixed else [1, cfg.parity.batch_size]
+    if cfg.parity.sample:
+        sample = data.load(cfg.parity.sample, source.inputs)
+        rows = min(len(a) for a in sample.values())
+        if not fixed and rows > sizes[-1]:
+            sizes[-1] = min(rows, 256)
+        return {b: data.rows(sample, b) for b in sizes}, f"sample file {cfg.parity.sample}"
+    ranges = {i.name: i.range for i in cfg.inputs if i.range}
+    generated = {b: data.generate(source.inputs, b, seed=cfg.parity.seed + b, dim_sizes=cfg.model.dim_sizes,
+                                  ranges=ranges) for b in sizes}
+    return generated, f"generated from the signature (seed {cfg.parity.seed})"
+
+
+def _reference(source: Source, batches) -> tuple[dict | None, str | None]:
+    try:
+        return {b: source.run(a) for b, a in batches.items()}, None
+    except NotImplementedError as e:  # only the ONNX reference evaluator can lack an operator
+        return None, f"{e}; parity only checked that ONNX Runtime runs at every batch"
+
+
+def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
+    """Record the failed attempts, then fail: exit 2 if nothing could export, 1 if parity failed."""
+    bundle.add_step("convert", report)  # kept in the rejected bundle, for inspection
+    publish(report, None)
+    attempts = report["attempts"]
+    reasons = "; ".join(f"{a['exporter']}: {a.get('error') or a['parity']['problem']}" for a in attempts)
+    if all(a["status"] == "export failed" for a in attempts):
+        op = next((a["operator"] for a in attempts if a.get("operator")), None)
+        if op:
+            custom = op.split("::")[0].split(".")[0] not in ("aten", "prim", "onnx", "tf")
+            hint = ("register an ONNX translation for this custom operator, or replace it in the model"
+                    if custom else f"try another opset (--opset {20 if cfg.model.opset < 20 else 17}), "
+                                   f"or rewrite that part of the model with supported operators")
+            raise UsageError(f"operator {op} cannot be exported to ONNX (opset {cfg.model.opset}); {reasons}",
+                             hint=hint)
+        raise UsageError(f"the model could not be exported to ONNX; {reasons}")
+    batch_fixed = any(a.get("batch_fixed") for a in attempts)
+    raise CheckFailed(f"parity failed, no bundle written; {reasons}",
+                      hint=BATCH_HINT if batch_fixed else "inspect the rejected bundle next to the output folder")
+
+
+def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: list[str],
+              result: parity.Parity) -> Signature:
+    """Name the batch dim the same in the model and the signature, then write model.onnx."""
+    import onnx
+
+    from mldeploy.convert.from_onnx import value_specs
+
+    model = onnx.load(str(src))
+    free = {s.name: s.shape[0] or "batch" for s in inputs if s.shape and not isinstance(s.shape[0], int)}
+    batch = next(iter(set(free.values()))) if len(set(free.values())) == 1 else None
+    for v in model.graph.input:
+        if v.name in free:
+            _name_dim0(v, free[v.name])
+    if batch:
+        followers = _outputs_following_batch(result)
+        for v in model.graph.output:
+            if v.name in followers:
+                _name_dim0(v, batch)
+    onnx.save(model, str(dest))
+    graph = model.graph
+    outs = value_specs(graph.output)
+    ins = value_specs(graph.input, {i.name for i in graph.initializer})
+    order = {n: i for i, n in enumerate(output_names)}
+    outs.sort(key=lambda t: order.get(t.name, len(order)))
+    return Signature(ins, outs, batch)
+
+
+def _outputs_following_batch(result: parity.Parity) -> set[str]:
+    """Outputs whose dim 0 was measured equal to the batch at every batch size tried."""
+    if len({c.batch for c in result.comparisons}) < 2:
+        return set()
+    outputs = {c.output for c in result.comparisons}
+    return outputs - {c.output for c in result.comparisons if not c.shape or c.shape[0] != c.batch}
+
+
+def _name_dim0(value, name) -> None:
+    dims = value.type.tensor_type.shape.dim
+    if dims and not dims[0].HasField("dim_value"):
+        dims[0].dim_param = str(name)
+
+
+def _opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _parity_summary(result: parity.Parity, cfg: Config, batches) -> dict:
+    return {"atol": cfg.parity.atol, "rtol": cfg.parity.rtol, "batches": sorted(batches),
+            "max_abs_error": result.max_abs, **result.to_json()}

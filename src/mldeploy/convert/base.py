@@ -1,0 +1,116 @@
+"""What every source framework provides to the converter, and helpers they share."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mldeploy.bundle import TensorSpec
+from mldeploy.config import InputSpec
+from mldeploy.errors import UsageError
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class Export:
+    """One exporter's attempt that produced an ONNX file."""
+
+    exporter: str
+    path: Path
+    seconds: float
+    log: str = ""
+
+
+@dataclass
+class ExportFailed:
+    """One exporter's attempt that raised; `operator` names the op it could not handle, if known."""
+
+    exporter: str
+    message: str
+    operator: str | None = None
+    log: str = ""
+
+
+class Source:
+    """A loaded model in its own framework: it runs inputs and exports itself to ONNX."""
+
+    framework: str
+    format: str
+    inputs: list[TensorSpec]
+    output_names: list[str]
+
+    def run(self, arrays: Arrays) -> list[np.ndarray]:
+        """The source framework's outputs for these inputs, in `output_names` order."""
+        raise NotImplementedError
+
+    def exports(self, dest: Path, opset: int) -> Iterator[Export | ExportFailed]:
+        """Export attempts in order of preference; the converter keeps the first that passes parity."""
+        raise NotImplementedError
+
+    def native(self, dest: Path, example: Arrays) -> dict[str, str]:
+        """Write native copies asked for in config into `dest`; returns {kind: file name}."""
+        return {}
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[io.StringIO]:
+    """Collect what exporters print (they are chatty) so it can be folded into a log group."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield buf
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0] if lines else type(exc).__name__)
+
+
+def resolve_inputs(found: list[TensorSpec] | None, declared: list[InputSpec], *,
+                   where: str) -> list[TensorSpec]:
+    """Input specs: the model's own, checked against (and named by) those declared in config."""
+    decl = [TensorSpec(i.name, i.dtype, tuple(i.shape)) for i in declared]
+    if found is None:
+        if not decl:
+            raise UsageError(f"{where} does not record its input shapes",
+                             hint="declare them under `inputs:` in mldeploy.yaml or with "
+                                  "--input NAME:DTYPE:DIMS, e.g. --input x:float32:batch,3,224,224")
+        return decl
+    if not decl:
+        return found
+    names_found = [t.name for t in found]
+    names_decl = [t.name for t in decl]
+    if sorted(names_found) != sorted(names_decl):
+        raise UsageError(f"declared inputs {names_decl} do not match the model's inputs {names_found}",
+                         hint="fix `inputs:` in mldeploy.yaml, or remove it to use the model's own")
+    out = []
+    for model_spec in found:
+        d = next(t for t in decl if t.name == model_spec.name)
+        fixed_clash = len(d.shape) != len(model_spec.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(d.shape, model_spec.shape))
+        if fixed_clash or d.dtype != model_spec.dtype:
+            raise UsageError(f"input '{d.name}' declared {d.dtype} {d.shape_text()}, but the model takes "
+                             f"{model_spec.dtype} {model_spec.shape_text()}",
+                             hint="fix `inputs:` in mldeploy.yaml, or remove it to use the model's own")
+        out.append(d)
+    return out
+
+
+def operator_in(text: str) -> str | None:
+    """The operator an exporter error names, e.g. `aten::unfold` or `mylib.custom`."""
+    for pattern in (r"OpOverload\(op='([\w.:]+)'", r"operator '?([\w]+::[\w.]+)'?",
+                    r"namespace ([\w]+::[\w.]+)", r"op \[?[\w/:]*: ?(\w+)\]? is not supported",
+                    r"Tensorflow op \[[^\]]*: (\w+)\]"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None

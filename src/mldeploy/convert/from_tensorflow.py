@@ -1,0 +1,128 @@
+"""TensorFlow/Keras sources: SavedModel folders, .keras and .h5 files.
+
+Keras models are first exported to a SavedModel (kept in the bundle as the native export); ONNX
+is made with tf2onnx from that SavedModel's serving signature, so the ONNX model and the
+SavedModel are the same function. (`tf2onnx.convert.from_keras` fails on Keras 3 Sequential
+models, so it is not used.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs bypass Python's streams
+
+import numpy as np  # noqa: E402
+
+from mldeploy.bundle import TensorSpec  # noqa: E402
+from mldeploy.config import Config  # noqa: E402
+from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line,  # noqa: E402
+                                   operator_in, resolve_inputs)
+from mldeploy.errors import UsageError  # noqa: E402
+
+with captured():
+    import tensorflow as tf  # noqa: E402
+
+SIGNATURE = "serving_default"
+
+
+def _natural(key: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+class TensorFlowSource(Source):
+    framework = "tensorflow"
+
+    def __init__(self, path: Path, fmt: str, cfg: Config, workdir: Path):
+        self.path, self.format, self.cfg = path, fmt, cfg
+        self.saved_model = workdir / "saved_model"
+        self.keras_model = None
+        with captured():
+            try:
+                if fmt in ("keras", "h5"):
+                    import keras
+
+                    self.keras_model = keras.saving.load_model(str(path), compile=False)
+                    self.keras_model.export(str(self.saved_model), format="tf_saved_model", verbose=False)
+                else:
+                    shutil.copytree(path, self.saved_model)
+                loaded = tf.saved_model.load(str(self.saved_model))
+            except Exception as e:
+                raise UsageError(f"cannot load TensorFlow model {path}: {type(e).__name__}: {first_line(e)}",
+                                 hint="custom layers must be registered with keras.saving.register_keras_serializable"
+                                 ) from None
+        signatures = dict(loaded.signatures)
+        if SIGNATURE not in signatures and len(signatures) != 1:
+            raise UsageError(f"{path} has no '{SIGNATURE}' signature (found: {', '.join(signatures) or 'none'})",
+                             hint="save the model with a serving signature")
+        self._loaded = loaded  # keeps the function's variables alive
+        self.function = signatures.get(SIGNATURE) or next(iter(signatures.values()))
+        in_specs = self.function.structured_input_signature[1]
+        order = ([t.name.split(":")[0] for t in self.keras_model.inputs] if self.keras_model is not None else [])
+        names = [n for n in order if n in in_specs] + sorted(n for n in in_specs if n not in order)
+        found = [self._spec(n, in_specs[n]) for n in names]
+        self.inputs = resolve_inputs(found, cfg.inputs, where=str(path))
+        self.output_names = sorted(self.function.structured_outputs, key=_natural)
+
+    @staticmethod
+    def _spec(name: str, spec) -> TensorSpec:
+        dims = tuple(d if d is not None else ("batch" if i == 0 else f"{name}_dim{i}")
+                     for i, d in enumerate(spec.shape.as_list()))
+        return TensorSpec(name, spec.dtype.as_numpy_dtype.__name__ if spec.dtype != tf.bool else "bool", dims)
+
+    def run(self, arrays: Arrays) -> list[np.ndarray]:
+        try:
+            if self.keras_model is not None:  # the user's Keras model itself is the reference
+                names = [s.name for s in self.inputs]
+                x = arrays[names[0]] if len(names) == 1 else {n: arrays[n] for n in names}
+                out = self.keras_model(x, training=False)
+                values = ({k: out[k] for k in self.output_names} if isinstance(out, Mapping)
+                          else dict(zip(self.output_names, tf.nest.flatten(out))))
+            else:
+                values = self.function(**{k: tf.constant(v) for k, v in arrays.items()})
+        except Exception as e:
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
+            raise UsageError(f"the model rejects the declared inputs ({shapes}): {type(e).__name__}: "
+                             f"{first_line(e)}", hint="fix `inputs:` in mldeploy.yaml") from None
+        return [np.asarray(values[k]) for k in self.output_names]
+
+    def exports(self, dest: Path, opset: int) -> Iterator[Export | ExportFailed]:
+        import tf2onnx
+
+        opset = min(opset, max(tf2onnx.constants.OPSET_TO_IR_VERSION))
+        spec = [tf.TensorSpec(self.function.structured_input_signature[1][s.name].shape,
+                              self.function.structured_input_signature[1][s.name].dtype, name=s.name)
+                for s in self.inputs]
+        function, names = self.function, [s.name for s in self.inputs]
+
+        @tf.function(input_signature=spec)
+        def serving(*args):
+            return function(**dict(zip(names, args)))
+
+        path = dest / "model.tf2onnx.onnx"
+        start = time.perf_counter()
+        with captured() as log:
+            try:
+                tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset, output_path=str(path))
+                error = None
+            except Exception as e:
+                error = e
+        if error is None:
+            yield Export("tf2onnx", path, time.perf_counter() - start, log.getvalue())
+        else:
+            yield ExportFailed("tf2onnx", first_line(error), operator_in(str(error) + log.getvalue()),
+                               log.getvalue())
+
+    def native(self, dest: Path, example: Arrays) -> dict[str, str]:
+        written = {"savedmodel": self.saved_model.name}
+        if self.cfg.model.tflite:
+            with captured():
+                converter = tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model))
+                (dest / "model.tflite").write_bytes(converter.convert())
+            written["tflite"] = "model.tflite"
+        return written

@@ -1,0 +1,133 @@
+"""Model inputs for checks: loaded from the user's file (.npz, .npy, .jsonl) or generated.
+
+Every array is checked against the signature (name, dtype kind, rank, fixed sizes) so that a
+mismatch is reported by input name with both shapes, before any model runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mldeploy.bundle import TensorSpec
+from mldeploy.errors import UsageError
+
+Arrays = dict[str, np.ndarray]
+DEFAULT_DIM = 8  # size used for a symbolic non-batch dimension that has no example size
+
+
+def concrete_shape(spec: TensorSpec, batch: int, dim_sizes: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """The spec's shape with the batch (dim 0, if not fixed) and other symbolic dims made concrete."""
+    dims = []
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int):
+            dims.append(d)
+        elif i == 0:
+            dims.append(batch)
+        else:
+            dims.append((dim_sizes or {}).get(d, DEFAULT_DIM) if d else DEFAULT_DIM)
+    return tuple(dims)
+
+
+def generate(specs: list[TensorSpec], batch: int, *, seed: int = 0,
+             dim_sizes: Mapping[str, int] | None = None,
+             ranges: Mapping[str, tuple[float, float]] | None = None) -> Arrays:
+    """Random inputs that fit the specs: normal floats, small non-negative ints, or values in a range."""
+    rng = np.random.default_rng(seed)
+    out: Arrays = {}
+    for spec in specs:
+        shape = concrete_shape(spec, batch, dim_sizes)
+        dtype = np.dtype(spec.dtype)
+        low_high = (ranges or {}).get(spec.name)
+        if dtype.kind == "b":
+            out[spec.name] = rng.random(shape) < 0.5
+        elif dtype.kind in "iu":
+            low, high = low_high or (0, 10)
+            out[spec.name] = rng.integers(int(low), int(high), size=shape, endpoint=False).astype(dtype)
+        elif low_high:
+            out[spec.name] = rng.uniform(low_high[0], low_high[1], size=shape).astype(dtype)
+        else:
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+def load(path: str | Path, specs: list[TensorSpec]) -> Arrays:
+    """Read sample inputs from a file and check them against the specs."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"sample file {p} not found", hint="fix parity.sample / --sample")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        elif suffix == ".npy":
+            if len(specs) != 1:
+                raise UsageError(f"{p}: a .npy file holds one array but the model has "
+                                 f"{len(specs)} inputs", hint="use .npz with one array per input name")
+            arrays = {specs[0].name: np.load(p, allow_pickle=False)}
+        elif suffix in (".jsonl", ".ndjson"):
+            arrays = _load_jsonl(p, specs)
+        else:
+            raise UsageError(f"{p}: unknown sample format {suffix or '(no suffix)'}",
+                             hint="use .npz (one array per input), .npy (one input) or .jsonl")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{p}: cannot read sample inputs: {e}") from None
+    return check(arrays, specs, source=str(p))
+
+
+def _load_jsonl(p: Path, specs: list[TensorSpec]) -> Arrays:
+    rows: dict[str, list] = {s.name: [] for s in specs}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"invalid JSON: {e.msg}", file=str(p), line=n) from None
+        if not isinstance(record, dict):
+            if len(specs) != 1:
+                raise UsageError("each line must be an object {input name: value}", file=str(p), line=n)
+            record = {specs[0].name: record}
+        for s in specs:
+            if s.name not in record:
+                raise UsageError(f"no value for input '{s.name}'", file=str(p), line=n)
+            rows[s.name].append(record[s.name])
+    return {name: np.asarray(values) for name, values in rows.items()}
+
+
+def check(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], *, source: str) -> Arrays:
+    """Match arrays to specs by name; cast within a dtype kind; reject wrong ranks and sizes."""
+    out: Arrays = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise UsageError(f"{source} has no array for input '{spec.name}' "
+                             f"(found: {', '.join(sorted(arrays)) or 'nothing'})")
+        a = np.asarray(arrays[spec.name])
+        want = np.dtype(spec.dtype)
+        if a.size == 0 or a.ndim == 0:
+            raise UsageError(f"{source}: input '{spec.name}' is empty", hint="give at least one example")
+        if a.dtype != want:
+            same_kind = (a.dtype.kind in "iu" and want.kind in "iu") or (a.dtype.kind in "fiu" and want.kind == "f")
+            if not same_kind:
+                raise UsageError(f"{source}: input '{spec.name}' has dtype {a.dtype}, the model expects {want}")
+            a = a.astype(want)
+        fits = len(a.shape) == len(spec.shape) and all(
+            not isinstance(d, int) or d == n for d, n in zip(spec.shape, a.shape))
+        if not fits:
+            raise UsageError(f"{source}: input '{spec.name}' has shape {list(a.shape)}, "
+                             f"the model expects {spec.shape_text()}")
+        out[spec.name] = a
+    return out
+
+
+def rows(arrays: Arrays, n: int) -> Arrays:
+    """The first n rows of every input, repeating rows when the sample has fewer."""
+    out: Arrays = {}
+    for name, a in arrays.items():
+        idx = np.arange(n) % a.shape[0]
+        out[name] = a[idx]
+    return out

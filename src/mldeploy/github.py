@@ -1,0 +1,100 @@
+"""GitHub Actions I/O: step outputs, step summary, annotations, masking, log groups.
+
+Inside GitHub Actions (GITHUB_ACTIONS=true, also under act) these use the runner's files and
+workflow commands. Anywhere else they print plain text and touch nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+
+
+def in_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def _escape_data(value: str) -> str:
+    # Workflow-command escaping, as the runner's toolkit does it.
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(value: str) -> str:
+    return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def _append(env_var: str, text: str) -> bool:
+    path = os.environ.get(env_var)
+    if not (in_actions() and path):
+        return False
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+    return True
+
+
+def set_output(name: str, value: object) -> None:
+    """Write a step output; multi-line values use a random heredoc delimiter."""
+    text = "" if value is None else str(value)
+    if "\n" in text or "\r" in text:
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+        record = f"{name}<<{delimiter}\n{text}\n{delimiter}\n"
+    else:
+        record = f"{name}={text}\n"
+    if not _append("GITHUB_OUTPUT", record):
+        print(f"{name}: {text}")
+
+
+def add_summary(markdown: str) -> None:
+    """Append Markdown to the job's step summary (only in Actions; the CLI prints its own text)."""
+    _append("GITHUB_STEP_SUMMARY", markdown.rstrip("\n") + "\n\n")
+
+
+def mask(secret: str) -> None:
+    """Ask the runner to redact a value from all later logs."""
+    if in_actions() and secret:
+        for line in secret.splitlines():
+            if line.strip():
+                print(f"::add-mask::{_escape_data(line)}", flush=True)
+
+
+def annotate(level: str, message: str, *, file: str | None = None, line: int | None = None,
+             title: str | None = None) -> None:
+    """An `error`, `warning` or `notice` annotation; outside Actions a plain line on stderr."""
+    if not in_actions():
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        print(f"{level}: {where}{message}", file=sys.stderr, flush=True)
+        return
+    props = []
+    if file:
+        props.append(f"file={_escape_property(file)}")
+    if line:
+        props.append(f"line={int(line)}")
+    if title:
+        props.append(f"title={_escape_property(title)}")
+    sep = " " + ",".join(props) if props else ""
+    print(f"::{level}{sep}::{_escape_data(message)}", flush=True)
+
+
+def error(message: str, **kw) -> None:
+    annotate("error", message, **kw)
+
+
+def warning(message: str, **kw) -> None:
+    annotate("warning", message, **kw)
+
+
+@contextlib.contextmanager
+def group(title: str) -> Iterator[None]:
+    """Fold the output inside into one collapsible log group."""
+    if in_actions():
+        print(f"::group::{title}", flush=True)
+        try:
+            yield
+        finally:
+            print("::endgroup::", flush=True)
+    else:
+        print(f"-- {title}", file=sys.stderr, flush=True)
+        yield
