@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mldeploy import data
+from mldeploy import data, github
 from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged
 from mldeploy.config import Config
 from mldeploy.convert import parity
-from mldeploy.convert.base import Export, ExportFailed, Source
+from mldeploy.convert.base import Export, ExportFailed, Source, operator_in
 from mldeploy.convert.detect import detect
 from mldeploy.convert.report import publish
 from mldeploy.errors import CheckFailed, UsageError
 
-BATCH_HINT = ("the model hard-codes its batch size (a constant in view/reshape, or int(x.shape[0])); "
-              "derive shapes from x.shape, or declare a fixed batch in `inputs:`")
+BATCH_HINT = ("the export is right at some batch sizes only: the model depends on its batch size "
+              "(a branch on x.shape[0], a constant in view/reshape, int(x.shape[0])), which exporters "
+              "capture for the example batch alone; make it batch-independent or declare a fixed batch "
+              "in `inputs:`")
 
 
 @dataclass
@@ -41,21 +44,27 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None) ->
         expected, reference_note = _reference(source, batches)
         report = {"status": "failed", "source": str(path), "framework": framework, "format": source.format,
                   "opset": cfg.model.opset, "data": data_note, "attempts": []}
-        if reference_note:
-            report["warnings"] = [reference_note]
+        report["warnings"] = ([reference_note] if reference_note else []) + _fixed_batch_warnings(source, cfg)
         bundle.start_manifest({"path": str(path), "framework": framework, "format": source.format,
                                "sha256": sha256_file(path)})
         chosen = None
         for attempt in source.exports(bundle.path, cfg.model.opset):
+            _show_log(attempt)
             record = {"exporter": attempt.exporter}
             if isinstance(attempt, ExportFailed):
                 record.update(status="export failed", error=attempt.message, operator=attempt.operator)
             else:
                 result = parity.check(attempt.path, source.inputs, source.output_names, batches, expected,
                                       cfg.parity.atol, cfg.parity.rtol)
+                unsupported = operator_in(result.problem or "") if result.problem else None
+                if unsupported:  # the exporter left an op in the graph that ONNX Runtime does not know
+                    record.update(status="export failed", error=result.problem, operator=unsupported)
+                    report["attempts"].append(record)
+                    continue
                 record.update(status="passed" if result.passed else "parity failed",
-                              seconds=round(attempt.seconds, 3), parity=result.to_json(),
-                              batch_fixed=result.batch_fixed)
+                              seconds=round(attempt.seconds, 3), batch_dependent=result.batch_dependent)
+                if not result.passed:  # the chosen attempt's figures are the report's own `parity`
+                    record["parity"] = result.to_json()
                 if result.passed:
                     chosen = (attempt, result)
             report["attempts"].append(record)
@@ -75,6 +84,20 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None) ->
         bundle.add_step("convert", report)
     publish(report, signature)
     return Converted(Bundle(out_dir), report)
+
+
+def _fixed_batch_warnings(source: Source, cfg: Config) -> list[str]:
+    declared = {i.name for i in cfg.inputs}
+    return [f"input '{s.name}' has a fixed batch of {s.shape[0]}: the endpoint will accept exactly "
+            f"{s.shape[0]} row(s) per request; export with a dynamic batch dimension to serve any batch"
+            for s in source.inputs if s.shape and isinstance(s.shape[0], int) and s.name not in declared]
+
+
+def _show_log(attempt: Export | ExportFailed) -> None:
+    """The exporter's own output, folded in Actions, shown with --debug elsewhere."""
+    if attempt.log.strip() and (github.in_actions() or os.environ.get("MLDEPLOY_DEBUG") == "1"):
+        with github.group(f"{attempt.exporter} exporter log"):
+            print(attempt.log.rstrip(), flush=True)
 
 
 def _load(framework: str, fmt: str, path: Path, cfg: Config, workdir: Path) -> Source:
@@ -128,16 +151,18 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
     if all(a["status"] == "export failed" for a in attempts):
         op = next((a["operator"] for a in attempts if a.get("operator")), None)
         if op:
-            custom = op.split("::")[0].split(".")[0] not in ("aten", "prim", "onnx", "tf")
+            namespace = op.replace("::", ".").split(".")[0] if ("::" in op or "." in op) else ""
             hint = ("register an ONNX translation for this custom operator, or replace it in the model"
-                    if custom else f"try another opset (--opset {20 if cfg.model.opset < 20 else 17}), "
-                                   f"or rewrite that part of the model with supported operators")
-            raise UsageError(f"operator {op} cannot be exported to ONNX (opset {cfg.model.opset}); {reasons}",
+                    if namespace not in ("", "aten", "prim", "onnx") else
+                    f"try another opset (--opset {20 if cfg.model.opset < 20 else 17}), "
+                    "or rewrite that part of the model with supported operators")
+            exporters = ", ".join(a["exporter"] for a in attempts)
+            raise UsageError(f"operator {op} cannot be exported to ONNX opset {cfg.model.opset} ({exporters})",
                              hint=hint)
         raise UsageError(f"the model could not be exported to ONNX; {reasons}")
-    batch_fixed = any(a.get("batch_fixed") for a in attempts)
+    batch_dependent = any(a.get("batch_dependent") for a in attempts)
     raise CheckFailed(f"parity failed, no bundle written; {reasons}",
-                      hint=BATCH_HINT if batch_fixed else "inspect the rejected bundle next to the output folder")
+                      hint=BATCH_HINT if batch_dependent else "inspect the rejected bundle next to the output folder")
 
 
 def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: list[str],

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,17 +65,42 @@ class Source:
 
 @contextlib.contextmanager
 def captured() -> Iterator[io.StringIO]:
-    """Collect what exporters print (they are chatty) so it can be folded into a log group."""
+    """Collect what exporters print, from Python and from C++ (TensorFlow, ONNX Runtime) alike.
+
+    They are chatty; the log is kept so it can be shown in a folded group or with --debug.
+    """
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield buf
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield buf
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", errors="replace"))
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The line of an error message that says what went wrong (torch.onnx puts it under a heading)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+        text = re.sub(r"^\s*<class '[\w.]+'>:\s*", "", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0] if lines else type(exc).__name__)
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Graph execution error:" says nothing alone
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else type(exc).__name__
 
 
 def resolve_inputs(found: list[TensorSpec] | None, declared: list[InputSpec], *,
@@ -109,7 +137,7 @@ def operator_in(text: str) -> str | None:
     """The operator an exporter error names, e.g. `aten::unfold` or `mylib.custom`."""
     for pattern in (r"OpOverload\(op='([\w.:]+)'", r"operator '?([\w]+::[\w.]+)'?",
                     r"namespace ([\w]+::[\w.]+)", r"op \[?[\w/:]*: ?(\w+)\]? is not supported",
-                    r"Tensorflow op \[[^\]]*: (\w+)\]"):
+                    r"Tensorflow op \[[^\]]*: (\w+)\]", r"No Op registered for (\w+)"):
         m = re.search(pattern, text)
         if m:
             return m.group(1)

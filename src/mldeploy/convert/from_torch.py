@@ -66,6 +66,7 @@ class TorchSource(Source):
                     raise UsageError(f"{self.path.name} is a pickled Python object, not a state_dict",
                                      hint=PICKLE_HINT) from None
                 raise
+            _importable_cwd()  # a pickle names its classes by module path, in the model repo
             obj = torch.load(str(self.path), map_location="cpu", weights_only=False)  # noqa: S614 (opt-in)
         if isinstance(obj, torch.nn.Module):
             self.format = "pickled-module"
@@ -89,9 +90,7 @@ class TorchSource(Source):
             raise UsageError(f"{self.path.name} is a state_dict: weights without the code that builds the model",
                              hint="give --factory package.module:function (model.factory in mldeploy.yaml)")
         module_name, func_name = spec.split(":")
-        cwd = str(Path.cwd())
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)  # factories live in the model repo, which is the working directory
+        _importable_cwd()
         try:
             func = getattr(importlib.import_module(module_name), func_name)
         except Exception as e:
@@ -177,6 +176,13 @@ class TorchSource(Source):
                         else torch.jit.trace(self.module, self._args(), check_trace=False))
         torch.jit.save(scripted, str(dest / name))
         return {"torchscript": name}
+
+
+def _importable_cwd() -> None:
+    """Model code (factories, pickled classes) is imported from the model repo: the working directory."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _state_dict_in(obj) -> Mapping | None:

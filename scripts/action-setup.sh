@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Used by the composite actions: install mldeploy from the action's own checkout (so the action and
+# the package are always the same version) into a private venv, with only the extras given.
+# Prints the path of the `mldeploy` executable. Re-runs with the same kit and extras do nothing.
+#
+#   scripts/action-setup.sh [EXTRA...]       e.g. scripts/action-setup.sh torch
+#
+# Environment: MLDEPLOY_PYTHON (interpreter for the venv, default python3),
+#              MLDEPLOY_TORCH_INDEX_URL (extra index for CPU-only torch wheels, optional).
+set -Eeuo pipefail
+
+kit=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${MLDEPLOY_PYTHON:-python3}
+command -v "$python" >/dev/null || { echo "::error::python interpreter '$python' not found; add actions/setup-python before this step" >&2; exit 2; }
+
+# The venv is keyed by the kit's content and the interpreter, so a new kit version gets a new venv.
+key=$( { "$python" -c 'import sys; print(sys.version)'; cat "$kit/pyproject.toml" "$kit/constraints.txt";
+         find "$kit/src" -type f -name '*.py' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
+root=${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/mldeploy
+venv="$root/venv-$key"
+log="$root/install-$key.log"
+mkdir -p "$root"
+
+install() {  # install the kit (with extras "$1") into the venv; output goes to the log unless it fails
+  local spec="$kit" extra_index=()
+  [ -n "$1" ] && spec="$kit[$1]"
+  [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ] && extra_index=(--extra-index-url "$MLDEPLOY_TORCH_INDEX_URL")
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -c "$kit/constraints.txt" \
+        "${extra_index[@]}" "$spec" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "::error::installing mldeploy${1:+[$1]} failed (log above)" >&2
+    exit 2
+  fi
+}
+
+if [ ! -x "$venv/bin/mldeploy" ]; then
+  "$python" -m venv "$venv"
+  install ""
+fi
+for extra in "$@"; do
+  case "$extra" in torch|tensorflow|serve|aws|gcp|azure) ;; onnx) continue ;;
+    *) echo "::error::unknown extra '$extra'" >&2; exit 2 ;; esac
+  if [ ! -e "$venv/.extra-$extra" ]; then
+    install "$extra"
+    touch "$venv/.extra-$extra"
+  fi
+done
+echo "$venv/bin/mldeploy"
