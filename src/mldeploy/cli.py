@@ -67,16 +67,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="print the detected framework (torch, tensorflow or onnx) and exit")
     conv.set_defaults(func=cmd_convert)
 
-    cfg = sub.add_parser("config", formatter_class=fmt, help="check mldeploy.yaml or print its JSON Schema",
+    cfg = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG, help="check mldeploy.yaml or print its JSON Schema",
                          description="Work with mldeploy.yaml, the config of a model repo.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    val = cfg_sub.add_parser("validate", parents=[common], help="check a config file; exit 2 if invalid",
+    val = cfg_sub.add_parser("validate", parents=[common], formatter_class=fmt, epilog=EPILOG, help="check a config file; exit 2 if invalid",
                              description="Validate a config file (with MLDEPLOY_* environment overrides) "
                                          "and print the effective config as JSON.")
     val.add_argument("file", nargs="?", metavar="FILE", help="config file (default: ./mldeploy.yaml)")
     val.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
     val.set_defaults(func=cmd_config_validate)
-    sch = cfg_sub.add_parser("schema", parents=[common], help="print the JSON Schema of mldeploy.yaml",
+    sch = cfg_sub.add_parser("schema", parents=[common], formatter_class=fmt, epilog=EPILOG, help="print the JSON Schema of mldeploy.yaml",
                              description="Print the JSON Schema of mldeploy.yaml, for editor completion "
                                          "(e.g. `# yaml-language-server: $schema=...`).")
     sch.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")

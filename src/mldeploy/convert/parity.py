@@ -77,7 +77,7 @@ def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], ba
         dims = found[spec.name]
         if spec.shape and not isinstance(spec.shape[0], int) and dims and isinstance(dims[0], int):
             return Parity(False, batch_dependent=True,
-                          problem=f"the exporter fixed the batch of input '{spec.name}' to {dims[0]}")
+                          problem=f"the exported model fixes the batch of input '{spec.name}' to {dims[0]}")
     names = [o.name for o in sess.get_outputs()]
     result = Parity(True)
     for batch, arrays in batches.items():

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run the whole suite.
+#   scripts/test.sh                      all tiers (what CI runs)
+#   scripts/test.sh -m "not slow"        the fast tier only (seconds)
+#   scripts/test.sh tests/test_cli.py    any pytest arguments
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup-venv.sh torch,tensorflow,dev
+exec .venv/bin/python -m pytest "$@"

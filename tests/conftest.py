@@ -1,0 +1,56 @@
+"""Shared test helpers: run the real CLI in-process, and keep each test's environment clean."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mldeploy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No test sees the developer's or CI's GitHub or mldeploy settings unless it sets them."""
+    for name in list(os.environ):
+        if name.startswith(("MLDEPLOY_", "GITHUB_")) or name in ("ACT", "CI"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def mldeploy(monkeypatch, capsys):
+    """Run `mldeploy ARGS...` in-process (optionally in `cwd`); returns exit code, stdout, stderr."""
+
+    def run(*args, cwd: Path | None = None) -> Result:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def git_tracked_copy(src: Path, dest: Path) -> Path:
+    """Copy the files git would ship (tracked and new, not ignored): what a clean clone holds."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (src / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dest / rel)
+    return dest

