@@ -54,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="for a state_dict: the function in your repo that builds the module")
     conv.add_argument("--allow-pickle", action="store_true", default=None,
                       help="load a fully pickled PyTorch module (this runs code from the file)")
-    conv.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    conv.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
     conv.add_argument("--sample", metavar="FILE", help="sample inputs for parity: .npz, .npy or .jsonl")
-    conv.add_argument("--atol", type=float, help="absolute parity tolerance (default 1e-4)")
-    conv.add_argument("--rtol", type=float, help="relative parity tolerance (default 1e-3)")
-    conv.add_argument("--batch-size", type=int, help="the larger parity batch (default 8)")
+    conv.add_argument("--atol", type=float, metavar="X", help="absolute parity tolerance (default 1e-4)")
+    conv.add_argument("--rtol", type=float, metavar="X", help="relative parity tolerance (default 1e-3)")
+    conv.add_argument("--batch-size", type=int, metavar="N", help="the larger parity batch (default 8)")
     conv.add_argument("--torchscript", action="store_true", default=None,
                       help="also write a TorchScript copy (PyTorch sources)")
     conv.add_argument("--tflite", action="store_true", default=None,

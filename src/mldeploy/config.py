@@ -213,7 +213,8 @@ def _read_yaml(path: Path):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UsageError(f"the top level must be a mapping of keys, found {type(data).__name__}",
+        found = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r}"
+        raise UsageError(f"the top level must be a mapping of keys (version: 1, model: ...), found {found}",
                          file=str(path), line=1)
     return data
 
