@@ -83,8 +83,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode() + b"\0")
+        if p.is_dir():  # name and size first, so bytes cannot move across a file boundary unseen
+            name = str(f.relative_to(p)).encode()
+            h.update(len(name).to_bytes(8, "big") + name + f.stat().st_size.to_bytes(8, "big"))
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

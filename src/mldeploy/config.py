@@ -1,7 +1,7 @@
 """mldeploy.yaml: the typed, versioned config of a model repo.
 
 Values come from four layers; a higher one wins:
-  command-line flag / action input  >  MLDEPLOY_<SECTION>__<KEY> environment variables
+  command-line flag / action input  >  MLDEPLOY_<SECTION>__<KEY> (and MLDEPLOY_BUNDLE) environment variables
   >  the config file  >  the defaults below.
 Paths written in the file are relative to the file's folder; paths given as flags or environment
 variables are relative to the working directory.
@@ -267,13 +267,17 @@ def _get_dotted(data: dict, path: tuple[str, ...]) -> Any:
 
 
 def _parse_env_value(text: str) -> Any:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
+    """Lists and mappings are read as YAML flow ([1, 2], {a: 1}); anything else stays a string,
+    which pydantic converts where the key wants a number or a bool ("1e-5", "true")."""
+    if text.strip().startswith(("[", "{")):
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
 
-    try:  # YAML scalar rules, so "0.5" is a number, "true" a bool and "[1, 2]" a list
-        return _plain(YAML(typ="safe", pure=True).load(text))
-    except YAMLError:
-        return text
+        try:
+            return _plain(YAML(typ="safe", pure=True).load(text))
+        except YAMLError:
+            pass
+    return text
 
 
 def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str, Any] | None = None,
@@ -291,7 +295,7 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str
 
     origin: dict[tuple[str, ...], str] = {}
     for name, text in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX) and "__" in name:
+        if name.startswith(ENV_PREFIX) and ("__" in name or name == ENV_PREFIX + "BUNDLE"):
             key = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
             _set_dotted(data, key, _parse_env_value(text))
             origin[key] = f"environment variable {name}"
@@ -320,9 +324,9 @@ def _describe(err: dict, raw: Any, file: Path | None, origin: dict) -> tuple[str
         expected = err["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
         shown = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
         message = f"{key}: {expected}; found {shown}"
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in origin:
-            return None, None, f"{origin[loc[:n]]}: {message}"
+    for key, source in origin.items():  # set by a flag or env var, at this key, above or below it
+        if loc[:len(key)] == key or key[:len(loc)] == loc:
+            return None, None, f"{source}: {message}"
     return (str(file) if file else None), (_line_of(raw, loc) if file else None), message
 
 

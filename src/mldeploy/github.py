@@ -90,7 +90,7 @@ def warning(message: str, **kw) -> None:
 def group(title: str) -> Iterator[None]:
     """Fold the output inside into one collapsible log group."""
     if in_actions():
-        print(f"::group::{title}", flush=True)
+        print(f"::group::{_escape_data(title)}", flush=True)
         try:
             yield
         finally:
