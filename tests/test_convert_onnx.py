@@ -127,8 +127,28 @@ def test_config_supplies_the_model_and_the_flag_wins(models, mldeploy):
     assert manifest["steps"][-1]["parity"]["atol"] == 0.01
 
 
-def test_rerun_replaces_the_bundle_cleanly(models, mldeploy):
-    for _ in range(2):
-        assert mldeploy("convert", "mlp.onnx", "--out", models / "b", cwd=models).code == 0
+def test_rerun_with_same_inputs_changes_nothing_and_says_so(models, mldeploy):
+    assert mldeploy("convert", "mlp.onnx", "--out", models / "b", cwd=models).code == 0
+    manifest = (models / "b" / "manifest.json").read_bytes()
+    r = mldeploy("convert", "mlp.onnx", "--out", models / "b", cwd=models)
+    assert r.code == 0 and "convert: up to date" in r.out
+    assert "parity-max-abs-error: " in r.out  # outputs are still given
+    assert (models / "b" / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in (models / "b").iterdir()) == ["manifest.json", "model.onnx", "signature.json"]
     assert not [p for p in models.iterdir() if p.name.startswith(".b")]  # no scratch folders left behind
+
+
+@pytest.mark.parametrize("change", ["settings", "source", "bundle", "force"])
+def test_rerun_converts_again_when_something_changed(models, mldeploy, change):
+    assert mldeploy("convert", "mlp.onnx", "--out", models / "b", cwd=models).code == 0
+    args = ["convert", "mlp.onnx", "--out", models / "b"]
+    if change == "settings":
+        args += ["--atol", "0.001"]
+    elif change == "source":
+        onnx.save(mlp(batch="rows"), models / "mlp.onnx")
+    elif change == "bundle":  # a later step rewrote the model: converting again must not keep it
+        (models / "b" / "model.onnx").write_bytes(onnx.load(models / "b" / "model.onnx").SerializeToString() + b"\n")
+    else:
+        args.append("--force")
+    r = mldeploy(*args, cwd=models)
+    assert r.code == 0 and "parity passed" in r.out and "up to date" not in r.out

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="also write a TorchScript copy (PyTorch sources)")
     conv.add_argument("--tflite", action="store_true", default=None,
                       help="also write a TF Lite model (TensorFlow sources)")
+    conv.add_argument("--force", action="store_true",
+                      help="convert again even if the bundle already holds this exact conversion")
     conv.add_argument("--detect-only", action="store_true",
                       help="print the detected framework (torch, tensorflow or onnx) and exit")
     conv.set_defaults(func=cmd_convert)
@@ -111,7 +113,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from mldeploy.convert import convert
 
-    done = convert(cfg)
+    done = convert(cfg, force=args.force)
     github.set_output("bundle", str(done.bundle.path))
     github.set_output("onnx-path", str(done.bundle.model_path))
     github.set_output("parity-max-abs-error", done.report["parity"]["max_abs_error"])
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `mldeploy ... | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # anything else is a bug in mldeploy, not the user's doing
         if debug:
             traceback.print_exc()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mldeploy import data, github
-from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged
+from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged, tool_versions
 from mldeploy.config import Config
 from mldeploy.convert import parity
 from mldeploy.convert.base import Export, ExportFailed, Source, operator_in
@@ -30,20 +32,33 @@ class Converted:
     report: dict
 
 
-def convert(cfg: Config, *, model: str | None = None, out: str | None = None) -> Converted:
-    """Load the model, export it, check parity, and write the bundle (only if parity passes)."""
+def convert(cfg: Config, *, model: str | None = None, out: str | None = None, force: bool = False) -> Converted:
+    """Load the model, export it, check parity, and write the bundle (only if parity passes).
+
+    When the bundle already holds this conversion (same source bytes, settings and tool versions)
+    nothing is redone and the bundle is kept, unless `force`.
+    """
     started = time.perf_counter()
     path = Path(model or cfg.model.path or "")
     if not str(path) or str(path) == ".":
         raise UsageError("no model given", hint="pass MODEL or set model.path in mldeploy.yaml")
     framework, fmt = detect(path, cfg.model.framework)
     out_dir = Path(out or cfg.bundle)
+    key = _conversion_key(path, cfg)
+    current = None if force else _up_to_date(out_dir, key)
+    if current:
+        report = current.manifest["steps"][-1]
+        print(f"convert: up to date - {path} and the settings are unchanged since {report['at']}; "
+              f"kept {out_dir} (--force converts again)", flush=True)
+        github.add_summary(f"### ✅ convert-model: up to date\n\n`{path}` is unchanged; the bundle from "
+                           f"{report['at']} was kept (parity max abs error {report['parity']['max_abs_error']:.3g}).")
+        return Converted(current, report)
     with staged(out_dir) as bundle:
         source = _load(framework, fmt, path, cfg, bundle.path)
         batches, data_note = _parity_inputs(source, cfg)
         expected, reference_note = _reference(source, batches)
         report = {"status": "failed", "source": str(path), "framework": framework, "format": source.format,
-                  "opset": cfg.model.opset, "data": data_note, "attempts": []}
+                  "opset": cfg.model.opset, "data": data_note, "key": key, "attempts": []}
         report["warnings"] = ([reference_note] if reference_note else []) + _fixed_batch_warnings(source, cfg)
         bundle.start_manifest({"path": str(path), "framework": framework, "format": source.format,
                                "sha256": sha256_file(path)})
@@ -84,6 +99,27 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None) ->
         bundle.add_step("convert", report)
     publish(report, signature)
     return Converted(Bundle(out_dir), report)
+
+
+def _conversion_key(path: Path, cfg: Config) -> str:
+    """What a conversion depends on: the source's bytes, the settings, and the tool versions."""
+    sample = Path(cfg.parity.sample) if cfg.parity.sample else None
+    basis = {"source": sha256_file(path), "model": cfg.model.model_dump(exclude={"path"}),
+             "inputs": [i.model_dump() for i in cfg.inputs], "parity": cfg.parity.model_dump(exclude={"sample"}),
+             "sample": sha256_file(sample) if sample and sample.is_file() else None, "tools": tool_versions()}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _up_to_date(out: Path, key: str) -> Bundle | None:
+    """The bundle at `out`, if its last step is a passed conversion with this key and an untouched model."""
+    try:
+        bundle = Bundle.open(out)
+        last = bundle.manifest["steps"][-1]
+        unchanged = bundle.manifest["model"]["sha256"] == sha256_file(bundle.model_path)
+    except (UsageError, KeyError, IndexError):
+        return None
+    fresh = last.get("step") == "convert" and last.get("status") == "passed" and last.get("key") == key
+    return bundle if fresh and unchanged else None
 
 
 def _fixed_batch_warnings(source: Source, cfg: Config) -> list[str]:
