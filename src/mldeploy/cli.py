@@ -69,6 +69,25 @@ def _parser() -> argparse.ArgumentParser:
                       help="print the detected framework (torch, tensorflow or onnx) and exit")
     conv.set_defaults(func=cmd_convert)
 
+    opt = sub.add_parser(
+        "optimize", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="make the bundle's model faster or smaller, measured, under an accuracy budget",
+        description="Try optimization candidates (graph optimization, onnxslim, dynamic and static int8,\n"
+                    "transformer fusions, fp16 for GPU, pruning), measure each against fp32 on your data\n"
+                    "(accuracy, latency at batch 1 and batch N, size, load time), and keep the fastest (or\n"
+                    "smallest) within the budget. fp32 stays as model.fp32.onnx. Needs only ONNX Runtime.")
+    opt.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    opt.add_argument("--data", metavar="FILE", help="calibration/evaluation inputs: .npz (may hold labels), "
+                                                    ".npy or .jsonl (default: generated, with a warning)")
+    opt.add_argument("--objective", choices=["latency", "size"], help="what to minimize (default latency)")
+    opt.add_argument("--candidates", metavar="A,B", help="comma-separated candidates (default: auto by model)")
+    opt.add_argument("--batch-size", type=int, metavar="N", help="batch the latency is judged at (default 32)")
+    opt.add_argument("--device", choices=["cpu", "gpu"], help="what the model will serve on (default cpu)")
+    opt.add_argument("--require-improvement", action="store_true", default=None,
+                     help="exit 1 when no candidate beats fp32 within budget")
+    opt.add_argument("--force", action="store_true", help="measure again even if nothing changed")
+    opt.set_defaults(func=cmd_optimize)
+
     cfg = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG, help="check mldeploy.yaml or print its JSON Schema",
                          description="Work with mldeploy.yaml, the config of a model repo.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -118,6 +137,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     github.set_output("onnx-path", str(done.bundle.model_path))
     github.set_output("parity-max-abs-error", done.report["parity"]["max_abs_error"])
     github.set_output("exporter", done.report["exporter"])
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+
+    overrides = {
+        "bundle": args.bundle, "optimize.data": args.data, "optimize.objective": args.objective,
+        "optimize.candidates": [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None,
+        "optimize.batch_size": args.batch_size, "optimize.device": args.device,
+        "optimize.require_improvement": args.require_improvement,
+    }
+    cfg = load_config(args.config, overrides=overrides)
+    from mldeploy.optimize import optimize
+
+    done = optimize(cfg, force=args.force)
+    github.set_output("model-path", str(done.bundle.model_path))
+    github.set_output("chosen", done.report["chosen"])
+    github.set_output("speedup", done.report["speedup"])
+    github.set_output("size-ratio", done.report["size_ratio"])
+    github.set_output("accuracy-delta", done.report["accuracy_delta"])
     return 0
 
 

@@ -29,7 +29,7 @@ ENV_PREFIX = "MLDEPLOY_"
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
 # Keys whose values are file paths, resolved against the config file's folder.
-PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("image", "dockerfile"))
+PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"))
 TARGETS = {
     "local": ("docker",),
     "aws": ("sagemaker", "lambda"),
@@ -91,10 +91,41 @@ class ParitySection(Section):
     seed: int = Field(0, description="Seed for generated inputs.")
 
 
+CANDIDATES = ("ort-basic", "ort-extended", "onnxslim", "dynamic-int8", "static-int8", "fp16",
+              "transformer-fusion", "prune")
+
+
+class BudgetSection(Section):
+    """How much accuracy a faster or smaller model may cost; every limit set must hold."""
+
+    top1_agreement: float | None = Field(
+        0.99, ge=0, le=1, description="Min share of rows whose argmax matches fp32 (classification outputs).")
+    cosine_similarity: float | None = Field(None, ge=-1, le=1, description="Min mean cosine similarity to fp32.")
+    max_abs_diff: float | None = Field(None, ge=0, description="Max absolute difference from fp32, any output.")
+    metric_drop: float | None = Field(
+        None, ge=0, description="With labels: max accuracy drop in points, or max RMSE increase.")
+
+
 class OptimizeSection(Section):
     enabled: bool = True
-    objective: Literal["latency", "size"] = "latency"
-    require_improvement: bool = False
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="latency: fastest at batch_size within budget; size: smallest within budget.")
+    require_improvement: bool = Field(False, description="Exit 1 when no candidate beats fp32.")
+    device: Literal["cpu", "gpu"] = Field("cpu", description="What the model will serve on; fp16 is GPU only.")
+    candidates: Literal["auto"] | list[Literal[CANDIDATES]] = Field(
+        "auto", description="Candidates to try; auto picks by model type: " + ", ".join(CANDIDATES) + ".")
+    data: str | None = Field(None, description="Calibration/evaluation inputs (.npz, .npy, .jsonl); "
+                                               "an .npz may hold `labels` too. Default: generated.")
+    labels_key: str = Field("labels", description="Name of the labels array in the .npz data file.")
+    samples: int = Field(128, ge=8, le=100000, description="Rows to generate when there is no data file.")
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = Field(True, description="Per-channel weight scales for static int8.")
+    batch_size: int = Field(32, ge=1, le=4096, description="The batch latency is judged at (batch 1 is reported too).")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime threads for every candidate (default: CPUs available).")
+    min_speedup: float = Field(1.05, ge=1, description="A candidate must beat fp32 by this factor to replace it.")
+    latency_seconds: float = Field(1.0, gt=0, le=60, description="Time spent measuring each latency figure.")
+    prune_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of weights the prune candidate zeroes.")
+    budget: BudgetSection = Field(default_factory=BudgetSection)
 
 
 class ImageSection(Section):

@@ -131,3 +131,20 @@ def rows(arrays: Arrays, n: int) -> Arrays:
         idx = np.arange(n) % a.shape[0]
         out[name] = a[idx]
     return out
+
+
+def load_labels(path: str | Path, key: str, count: int) -> np.ndarray | None:
+    """Optional labels beside the inputs: the `key` array of an .npz, or `key` on every .jsonl line."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            labels = z[key] if key in z.files else None
+    elif p.suffix.lower() in (".jsonl", ".ndjson"):
+        records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        has = [isinstance(r, dict) and key in r for r in records]
+        labels = np.asarray([r[key] for r in records]) if records and all(has) else None
+    else:
+        labels = None
+    if labels is not None and len(labels) != count:
+        raise UsageError(f"{p}: '{key}' has {len(labels)} rows but the inputs have {count}")
+    return labels
