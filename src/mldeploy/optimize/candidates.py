@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import logging
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,21 @@ from mldeploy.config import OptimizeSection
 
 Arrays = dict[str, np.ndarray]
 logging.getLogger("onnxruntime").setLevel(logging.ERROR)  # quantization warns through the root logger too
+
+
+def _ort_tools_without_torch() -> None:
+    """onnxruntime/tools/__init__.py imports torch whenever torch is installed, for an export helper we
+    never use; quant_pre_process imports that package. Register the package without running its
+    __init__, so optimize neither pays for nor depends on torch."""
+    if "onnxruntime.tools" not in sys.modules:
+        import onnxruntime
+
+        tools = types.ModuleType("onnxruntime.tools")
+        tools.__path__ = [str(Path(onnxruntime.__file__).parent / "tools")]
+        sys.modules["onnxruntime.tools"] = tools
+
+
+_ort_tools_without_torch()
 
 
 class NotApplicable(Exception):
@@ -144,7 +161,9 @@ def _transformer_fusion(src: Path, dst: Path, ctx: Context) -> dict:
         raise NotApplicable("not a transformer (no MatMul + Softmax + normalization)")
     from onnxruntime.transformers import optimizer
 
-    fused = optimizer.optimize_model(str(src), model_type="bert", opt_level=1, only_onnxruntime=False)
+    # opt_level 0: fusions only (ONNX Runtime optimizes every candidate online anyway), and level >= 1
+    # imports torch inside onnxruntime.transformers.
+    fused = optimizer.optimize_model(str(src), model_type="bert", opt_level=0)
     fused.save_model_to_file(str(dst))
     return {"fused_ops": sorted(op_types(fused.model) - ctx.op_types)}
 
