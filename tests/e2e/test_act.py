@@ -57,7 +57,7 @@ def act(repo: Path, kit: Path, workflow: str) -> subprocess.CompletedProcess:
     return result
 
 
-def test_convert_action_runs_green_from_a_model_repo(kit, model_repo):
+def test_convert_and_optimize_actions_run_green_from_a_model_repo(kit, model_repo):
     r = act(model_repo, kit, "convert.yml")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     log = r.stdout
@@ -66,6 +66,11 @@ def test_convert_action_runs_green_from_a_model_repo(kit, model_repo):
     # the next step got the action's outputs and found the files
     assert re.search(r"bundle=\.mldeploy/bundle onnx=\.mldeploy/bundle/model\.onnx parity-max-abs-error=[0-9.e-]+",
                      log)
+    assert re.search(r"optimize: chose [\w-]+ - ", log)
+    assert "### ✅ optimize-model:" in log and "xychart-beta" in log  # table and latency chart
+    assert re.search(r"optimized: chosen=[\w-]+ speedup=[0-9.]+", log)
+    assert "warning" not in log.split("Run Main acme/ml-deploy/actions/optimize-model@v1", 1)[1].split(
+        "optimize: chose")[0].lower()  # the repo gives real data: no generated-data warning
     assert "Job succeeded" in log
 
 

@@ -84,6 +84,8 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
             rows.append(row)
         chosen, reason = choose([r for r in rows if r.get("status") == "ok"], baseline, settings.objective,
                                 settings.device, settings.min_speedup)
+        if chosen and settings.objective == "latency":
+            chosen, reason = _confirm(chosen, reason, baseline, base, work, inputs, settings, n_threads)
         _install(bundle, base, work / f"{chosen['name']}.onnx" if chosen else None)
     report = _report(baseline, rows, chosen, reason, settings, data_note, key, n_threads,
                      round(time.perf_counter() - started, 2))
@@ -143,6 +145,20 @@ def _measure(name: str, path: Path, inputs, reference, labels, settings: Optimiz
     return {"name": name, "status": "ok", "size_bytes": path.stat().st_size, "load_s": round(load_s, 4),
             "p50_1_ms": at1.p50_ms, "p95_1_ms": at1.p95_ms, "p50_batch_ms": at_batch.p50_ms,
             "p95_batch_ms": at_batch.p95_ms, "accuracy": accuracy, "budget_failures": [], "_outputs": outputs}
+
+
+def _confirm(chosen: dict, reason: str, baseline: dict, base: Path, work: Path, inputs,
+             settings: OptimizeSection, n_threads: int) -> tuple[dict | None, str]:
+    """Re-measure the winner against fp32 side by side: a lucky measurement must not replace fp32."""
+    speedup = evaluate.side_by_side(evaluate.session(base, n_threads),
+                                    evaluate.session(work / f"{chosen['name']}.onnx", n_threads),
+                                    inputs, settings.batch_size, 2 * settings.latency_seconds)
+    chosen["confirmed_speedup"] = round(speedup, 3)
+    if speedup < settings.min_speedup:
+        looked = baseline["p50_batch_ms"] / chosen["p50_batch_ms"]
+        return None, (f"{chosen['name']} looked {looked:.2f}x faster, but side by side with fp32 it was "
+                      f"{speedup:.2f}x (< {settings.min_speedup:g}x)")
+    return chosen, f"{reason}; {speedup:.2f}x side by side"
 
 
 def _same_interface(sess, signature: Signature) -> None:

@@ -95,3 +95,19 @@ def task_metric(output: np.ndarray, labels: np.ndarray, task: str) -> dict:
         return {"name": "accuracy", "value": float((output.argmax(1) == labels.reshape(-1)).mean() * 100)}
     err = output.reshape(len(output), -1).astype(np.float64) - labels.reshape(len(labels), -1)
     return {"name": "rmse", "value": float(np.sqrt(np.mean(err ** 2)))}
+
+
+def side_by_side(sess_a, sess_b, data: Arrays, batch: int, seconds: float) -> float:
+    """p50(a) / p50(b), from runs that alternate a and b, so that drift on a noisy machine hits both."""
+    feed = rows(data, batch)
+    for sess in (sess_a, sess_b):
+        sess.run(None, feed)
+    a: list[float] = []
+    b: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(a) < 10 or (time.perf_counter() < deadline and len(a) < 2000):
+        for sess, times in ((sess_a, a), (sess_b, b)):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - start)
+    return float(np.median(a) / np.median(b))
