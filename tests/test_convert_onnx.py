@@ -40,6 +40,8 @@ def models(tmp_path):
     onnx.save(broken, tmp_path / "broken.onnx")
     (tmp_path / "truncated.onnx").write_bytes(mlp().SerializeToString()[:50])
     (tmp_path / "empty.onnx").write_bytes(b"")
+    onnx.save(mlp(), tmp_path / "external.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.bin", size_threshold=0)
     (tmp_path / "model.xyz").write_bytes(b"\x00\x01 not a model")
     return tmp_path
 
@@ -95,6 +97,7 @@ def test_sample_jsonl_is_used_for_parity(models, mldeploy):
     (["broken.onnx"], "fails the ONNX checker"),
     (["truncated.onnx"], "is not a valid ONNX file"),
     (["empty.onnx"], "is empty (0 bytes)"),
+    (["external.onnx"], "keeps its weights in external data files"),
     (["model.xyz"], "cannot tell which framework made model.xyz"),
     (["mlp.onnx", "--input", "x:float32:N,5"], "input 'x' declared float32 [N, 5], but the model takes float32 [N, 4]"),
     (["mlp.onnx", "--input", "x:int64:N,4"], "declared int64"),

@@ -40,6 +40,9 @@ class OnnxSource(Source):
         except Exception as e:  # protobuf raises DecodeError and friends
             raise UsageError(f"{path} is not a valid ONNX file: {first_line(e)}",
                              hint="re-export the model; is the file truncated or a Git LFS pointer?") from None
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise UsageError(f"{path} keeps its weights in external data files, which bundles do not carry yet",
+                             hint="save the model with its weights inside (models under 2 GB)")
         try:
             onnx.checker.check_model(str(path), full_check=True)
             self.model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
