@@ -78,10 +78,10 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
                     continue
                 record.update(status="passed" if result.passed else "parity failed",
                               seconds=round(attempt.seconds, 3), batch_dependent=result.batch_dependent)
-                if not result.passed:  # the chosen attempt's figures are the report's own `parity`
-                    record["parity"] = result.to_json()
-                if result.passed:
+                if result.passed:  # its figures become the report's own `parity`
                     chosen = (attempt, result)
+                else:
+                    record["parity"] = result.to_json()
             report["attempts"].append(record)
             if chosen:
                 break
@@ -94,7 +94,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
             leftover.unlink()
         report.update(status="passed", exporter=attempt.exporter, export_s=round(attempt.seconds, 3),
                       opset=_opset(bundle.model_path), parity=_parity_summary(result, cfg, batches),
-                      native=source.native(bundle.path, batches[max(batches)]))
+                      native=source.native(bundle.path))
         bundle.write_signature(signature)
         bundle.add_step("convert", report)
     publish(report, signature)

@@ -58,7 +58,7 @@ class Source:
         """Export attempts in order of preference; the converter keeps the first that passes parity."""
         raise NotImplementedError
 
-    def native(self, dest: Path, example: Arrays) -> dict[str, str]:
+    def native(self, dest: Path) -> dict[str, str]:
         """Write native copies asked for in config into `dest`; returns {kind: file name}."""
         return {}
 

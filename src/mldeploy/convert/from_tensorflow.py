@@ -118,7 +118,7 @@ class TensorFlowSource(Source):
             yield ExportFailed("tf2onnx", first_line(error), operator_in(str(error) + log.getvalue()),
                                log.getvalue())
 
-    def native(self, dest: Path, example: Arrays) -> dict[str, str]:
+    def native(self, dest: Path) -> dict[str, str]:
         written = {"savedmodel": self.saved_model.name}
         if self.cfg.model.tflite:
             with captured():

@@ -167,7 +167,7 @@ class TorchSource(Source):
                 text = str(error) + "\n" + log.getvalue()
                 yield ExportFailed(name, first_line(error), operator_in(text), log.getvalue())
 
-    def native(self, dest: Path, example: Arrays) -> dict[str, str]:
+    def native(self, dest: Path) -> dict[str, str]:
         if not self.cfg.model.torchscript:
             return {}
         name = "model.torchscript.pt"
