@@ -11,7 +11,6 @@ import pytest
 from mldeploy.config import ConfigError, json_schema, load_config
 from mldeploy.errors import UsageError
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
