@@ -22,11 +22,15 @@ log="$root/install-$key.log"
 mkdir -p "$root"
 
 install() {  # install the kit (with extras "$1") into the venv; output goes to the log unless it fails
-  local spec="$kit" extra_index=()
+  local spec="$kit"
   [ -n "$1" ] && spec="$kit[$1]"
-  [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ] && extra_index=(--extra-index-url "$MLDEPLOY_TORCH_INDEX_URL")
+  if [ "$1" = torch ] && [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ]; then
+    # Only torch comes from that index (no other package can be swapped in through it).
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-deps -c "$kit/constraints.txt" \
+      --index-url "$MLDEPLOY_TORCH_INDEX_URL" torch >>"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 2; }
+  fi
   if ! "$venv/bin/python" -m pip install --disable-pip-version-check -c "$kit/constraints.txt" \
-        "${extra_index[@]}" "$spec" >>"$log" 2>&1; then
+        "$spec" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "::error::installing mldeploy${1:+[$1]} failed (log above)" >&2
     exit 2

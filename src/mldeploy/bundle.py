@@ -143,7 +143,13 @@ class Bundle:
             what = "does not exist" if not p.exists() else f"is not a bundle (missing {', '.join(missing)})"
             raise UsageError(f"{p} {what}", hint="run `mldeploy convert` first, or pass --bundle DIR")
         bundle = cls(p)
-        version_found = bundle.manifest.get("schema_version")
+        try:
+            bundle.signature
+            version_found = bundle.manifest.get("schema_version")
+            bundle.manifest["steps"]
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise UsageError(f"{p} is a damaged bundle ({type(e).__name__}: {e})",
+                             hint="re-create it with `mldeploy convert`") from None
         if version_found != SCHEMA_VERSION:
             raise UsageError(f"{p}: manifest schema version {version_found!r} is not supported "
                              f"(this mldeploy reads version {SCHEMA_VERSION})",
@@ -191,9 +197,13 @@ def staged(out: str | os.PathLike) -> Iterator[Bundle]:
     On failure the attempt is kept at `<out>.rejected` for inspection and `out` is left as it was,
     so a failed step never destroys the last good bundle.
     """
-    out = Path(out)
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise UsageError(f"{out} exists and is not a bundle; it would be replaced",
+                         hint="choose another --out folder (an empty or new one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is read by docker builds and other users
     try:
         yield Bundle(stage)
     except BaseException:

@@ -124,10 +124,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "inputs": [_input_flag(t) for t in args.inputs] if args.inputs else None,
     }
     cfg = load_config(args.config, overrides=overrides)
-    if args.detect_only:
-        from mldeploy.convert.detect import detect
+    if args.detect_only:  # light: the action calls it before installing a framework
+        from mldeploy.convert.detect import detect, model_path
 
-        print(detect(Path(cfg.model.path or ""), cfg.model.framework)[0])
+        print(detect(model_path(cfg.model.path), cfg.model.framework)[0])
         return 0
 
     from mldeploy.convert import convert
@@ -145,7 +145,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     overrides = {
         "bundle": args.bundle, "optimize.data": args.data, "optimize.objective": args.objective,
-        "optimize.candidates": [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None,
+        "optimize.candidates": args.candidates,
         "optimize.batch_size": args.batch_size, "optimize.device": args.device,
         "optimize.require_improvement": args.require_improvement,
     }
@@ -177,7 +177,10 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {args.out}: {e.strerror}") from None
     else:
         sys.stdout.write(text)
     return 0

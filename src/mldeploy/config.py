@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
 
 from mldeploy.errors import UsageError
 
@@ -52,6 +52,13 @@ class InputSpec(Section):
     range: tuple[float, float] | None = Field(
         None, description="[low, high] of generated test values (e.g. token ids [0, 30000]).")
 
+    @field_validator("range")
+    @classmethod
+    def _low_below_high(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"range must be [low, high] with low < high, not {list(value)}")
+        return value
+
     @field_validator("shape", mode="before")
     @classmethod
     def _dims(cls, shape: Any) -> Any:
@@ -75,7 +82,7 @@ class ModelSection(Section):
     allow_pickle: bool = Field(
         False, description="Load a fully pickled PyTorch module. Loading a pickle runs its code.")
     opset: int = Field(18, ge=11, le=23, description="ONNX opset to export to.")
-    dim_sizes: dict[str, int] = Field(
+    dim_sizes: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description="Example sizes for named non-batch dims during export (default 8 each).")
     torchscript: bool = Field(False, description="Also write a TorchScript copy (PyTorch sources).")
@@ -126,6 +133,13 @@ class OptimizeSection(Section):
     latency_seconds: float = Field(1.0, gt=0, le=60, description="Time spent measuring each latency figure.")
     prune_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of weights the prune candidate zeroes.")
     budget: BudgetSection = Field(default_factory=BudgetSection)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() != "auto":
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value.strip() if isinstance(value, str) else value
 
 
 class ImageSection(Section):

@@ -46,7 +46,7 @@ def generate(specs: list[TensorSpec], batch: int, *, seed: int = 0,
             out[spec.name] = rng.random(shape) < 0.5
         elif dtype.kind in "iu":
             low, high = low_high or (0, 10)
-            out[spec.name] = rng.integers(int(low), int(high), size=shape, endpoint=False).astype(dtype)
+            out[spec.name] = rng.integers(int(low), max(int(high), int(low) + 1), size=shape).astype(dtype)
         elif low_high:
             out[spec.name] = rng.uniform(low_high[0], low_high[1], size=shape).astype(dtype)
         else:
@@ -62,7 +62,11 @@ def load(path: str | Path, specs: list[TensorSpec]) -> Arrays:
     suffix = p.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
+            loaded = np.load(p, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise UsageError(f"{p} holds a single array, not an .npz archive",
+                                 hint="save inputs with np.savez(file, name=array), or name a single array .npy")
+            with loaded as z:
                 arrays = {k: z[k] for k in z.files}
         elif suffix == ".npy":
             if len(specs) != 1:
@@ -115,12 +119,17 @@ def check(arrays: Mapping[str, np.ndarray], specs: list[TensorSpec], *, source: 
             if not same_kind:
                 raise UsageError(f"{source}: input '{spec.name}' has dtype {a.dtype}, the model expects {want}")
             a = a.astype(want)
+        # dim 0 counts examples, even where the model takes a fixed batch of them
         fits = len(a.shape) == len(spec.shape) and all(
-            not isinstance(d, int) or d == n for d, n in zip(spec.shape, a.shape))
+            not isinstance(d, int) or d == n for d, n in zip(spec.shape[1:], a.shape[1:]))
         if not fits:
             raise UsageError(f"{source}: input '{spec.name}' has shape {list(a.shape)}, "
                              f"the model expects {spec.shape_text()}")
         out[spec.name] = a
+    counts = {name: len(a) for name, a in out.items()}
+    if len(set(counts.values())) > 1:
+        raise UsageError(f"{source}: inputs have different numbers of rows ({counts})",
+                         hint="give every input the same number of examples")
     return out
 
 

@@ -87,6 +87,20 @@ def warning(message: str, **kw) -> None:
 
 
 @contextlib.contextmanager
+def verbatim() -> Iterator[None]:
+    """Print third-party output inside without the runner acting on `::command::` lines in it."""
+    if not in_actions():
+        yield
+        return
+    token = uuid.uuid4().hex
+    print(f"::stop-commands::{token}", flush=True)
+    try:
+        yield
+    finally:
+        print(f"::{token}::", flush=True)
+
+
+@contextlib.contextmanager
 def group(title: str) -> Iterator[None]:
     """Fold the output inside into one collapsible log group."""
     if in_actions():

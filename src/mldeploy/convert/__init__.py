@@ -16,7 +16,7 @@ from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged, 
 from mldeploy.config import Config
 from mldeploy.convert import parity
 from mldeploy.convert.base import Export, ExportFailed, Source, operator_in
-from mldeploy.convert.detect import detect
+from mldeploy.convert.detect import detect, model_path
 from mldeploy.convert.report import publish
 from mldeploy.errors import CheckFailed, UsageError
 
@@ -39,9 +39,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
     nothing is redone and the bundle is kept, unless `force`.
     """
     started = time.perf_counter()
-    path = Path(model or cfg.model.path or "")
-    if not str(path) or str(path) == ".":
-        raise UsageError("no model given", hint="pass MODEL or set model.path in mldeploy.yaml")
+    path = model_path(model or cfg.model.path)
     framework, fmt = detect(path, cfg.model.framework)
     out_dir = Path(out or cfg.bundle)
     key = _conversion_key(path, cfg)
@@ -51,7 +49,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
         print(f"convert: up to date - {path} and the settings are unchanged since {report['at']}; "
               f"kept {out_dir} (--force converts again)", flush=True)
         github.add_summary(f"### ✅ convert-model: up to date\n\n`{path}` is unchanged; the bundle from "
-                           f"{report['at']} was kept (parity max abs error {report['parity']['max_abs_error']:.3g}).")
+                           f"{report['at']} was kept.")
         return Converted(current, report)
     with staged(out_dir) as bundle:
         source = _load(framework, fmt, path, cfg, bundle.path)
@@ -94,11 +92,20 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
             leftover.unlink()
         report.update(status="passed", exporter=attempt.exporter, export_s=round(attempt.seconds, 3),
                       opset=_opset(bundle.model_path), parity=_parity_summary(result, cfg, batches),
-                      native=source.native(bundle.path))
+                      native=_native(source, bundle.path))
         bundle.write_signature(signature)
         bundle.add_step("convert", report)
     publish(report, signature)
     return Converted(Bundle(out_dir), report)
+
+
+def _native(source: Source, dest: Path) -> dict[str, str]:
+    try:
+        return source.native(dest)
+    except Exception as e:  # tracing and TF Lite each refuse some models
+        raise UsageError(f"the ONNX model passed parity, but the native copy you asked for could not be made: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                         hint="drop --torchscript / --tflite, or save that format yourself") from None
 
 
 def _conversion_key(path: Path, cfg: Config) -> str:
@@ -132,7 +139,7 @@ def _fixed_batch_warnings(source: Source, cfg: Config) -> list[str]:
 def _show_log(attempt: Export | ExportFailed) -> None:
     """The exporter's own output, folded in Actions, shown with --debug elsewhere."""
     if attempt.log.strip() and (github.in_actions() or os.environ.get("MLDEPLOY_DEBUG") == "1"):
-        with github.group(f"{attempt.exporter} exporter log"):
+        with github.group(f"{attempt.exporter} exporter log"), github.verbatim():
             print(attempt.log.rstrip(), flush=True)
 
 

@@ -11,6 +11,12 @@ FRAMEWORKS = ("torch", "tensorflow", "onnx")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+def model_path(given: str | None) -> Path:
+    if not given:
+        raise UsageError("no model given", hint="pass MODEL or set model.path in mldeploy.yaml")
+    return Path(given)
+
+
 def detect(path: Path, framework: str = "auto") -> tuple[str, str]:
     """(framework, format) of the model at `path`; `framework` other than auto is trusted."""
     if not path.exists():

@@ -50,6 +50,10 @@ class OnnxSource(Source):
             raise UsageError(f"{path} fails the ONNX checker: {first_line(e)}",
                              hint="re-export the model with a supported opset") from None
         graph = self.model.graph
+        not_tensors = [v.name for v in list(graph.input) + list(graph.output) if not v.type.HasField("tensor_type")]
+        if not_tensors:
+            raise UsageError(f"{path}: inputs/outputs {not_tensors} are sequences or maps; only tensors can be served",
+                             hint="for sklearn-onnx classifiers convert with options={'zipmap': False}")
         initializers = {i.name for i in graph.initializer}
         self.inputs = resolve_inputs(value_specs(graph.input, initializers), cfg.inputs, where=str(path))
         self.output_names = [o.name for o in graph.output]

@@ -50,6 +50,7 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
         print(f"optimize: up to date - kept {last['chosen']} from {last['at']} (--force measures again)", flush=True)
         github.add_summary(f"### ✅ optimize-model: up to date\n\nThe model, data and settings are unchanged; "
                            f"kept `{last['chosen']}` from {last['at']}.")
+        _require_improvement(last, settings)
         return Optimized(bundle, last)
 
     started = time.perf_counter()
@@ -58,11 +59,18 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
     ops = op_types(onnx.load(str(base), load_external_data=False))
     names = auto_names(ops, settings.device) if settings.candidates == "auto" else list(settings.candidates)
     n_threads = evaluate.threads(settings.threads)
+    fixed = {s.shape[0] for s in signature.inputs if s.shape and isinstance(s.shape[0], int)}
+    single = max(fixed) if fixed else 1  # the smallest batch the model takes
+    if fixed:  # the model takes exactly this batch: measure and feed it that way
+        settings = settings.model_copy(update={"batch_size": max(fixed)})
+        inputs = data_io.rows(inputs, max(fixed) * max(1, _count(inputs) // max(fixed)))
+        if labels is not None:
+            labels = labels[np.arange(_count(inputs)) % len(labels)]
     with tempfile.TemporaryDirectory(prefix="mldeploy-optimize-") as tmp:
         work = Path(tmp)
         calibration = _batches(data_io.rows(inputs, min(CALIBRATION_ROWS, _count(inputs))), settings.batch_size)
         ctx = Context(settings, calibration, ops, work)
-        baseline = _measure("fp32", base, inputs, None, labels, settings, n_threads)
+        baseline = _measure("fp32", base, inputs, None, labels, settings, n_threads, single)
         reference = baseline.pop("_outputs")
         rows = []
         for name in names:
@@ -71,7 +79,7 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
             try:
                 with github.group(f"optimize: {name}"):
                     facts = candidate.make(base, out, ctx)
-                row.update(_measure(name, out, inputs, reference, labels, settings, n_threads, signature))
+                row.update(_measure(name, out, inputs, reference, labels, settings, n_threads, single, signature))
                 row["facts"] = facts
                 row["budget_failures"] = budget_failures(row["accuracy"], baseline["accuracy"].get("metric"),
                                                          settings.budget)
@@ -91,10 +99,14 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
                      round(time.perf_counter() - started, 2))
     bundle.add_step("optimize", report)
     publish(report)
-    if chosen is None and settings.require_improvement:
-        raise CheckFailed(f"optimize kept fp32: {reason}", hint="require_improvement is set; relax the budget "
-                                                                "or try other candidates")
+    _require_improvement(report, settings)
     return Optimized(bundle, report)
+
+
+def _require_improvement(report: dict, settings: OptimizeSection) -> None:
+    if report["chosen"] == "fp32" and settings.require_improvement:
+        raise CheckFailed(f"optimize kept fp32: {report['reason']}",
+                          hint="require_improvement is set; relax the budget or try other candidates")
 
 
 def _data(settings: OptimizeSection, signature: Signature, cfg: Config):
@@ -131,7 +143,7 @@ def _key(base: Path, settings: OptimizeSection, inputs, labels) -> str:
 
 
 def _measure(name: str, path: Path, inputs, reference, labels, settings: OptimizeSection, n_threads: int,
-             signature: Signature | None = None) -> dict:
+             single: int, signature: Signature | None = None) -> dict:
     start = time.perf_counter()
     sess = evaluate.session(path, n_threads)
     load_s = time.perf_counter() - start
@@ -140,7 +152,7 @@ def _measure(name: str, path: Path, inputs, reference, labels, settings: Optimiz
     outputs = evaluate.run_batched(sess, inputs, settings.batch_size)
     task = "classification" if labels is not None and labels.dtype.kind in "iub" else "regression"
     accuracy = evaluate.accuracy(reference if reference is not None else outputs, outputs, labels, task)
-    at1 = evaluate.latency(sess, inputs, 1, settings.latency_seconds)
+    at1 = evaluate.latency(sess, inputs, single, settings.latency_seconds)
     at_batch = evaluate.latency(sess, inputs, settings.batch_size, settings.latency_seconds)
     return {"name": name, "status": "ok", "size_bytes": path.stat().st_size, "load_s": round(load_s, 4),
             "p50_1_ms": at1.p50_ms, "p95_1_ms": at1.p95_ms, "p50_batch_ms": at_batch.p50_ms,

@@ -91,8 +91,16 @@ def accuracy(reference: list[np.ndarray], candidate: list[np.ndarray], labels: n
 
 
 def task_metric(output: np.ndarray, labels: np.ndarray, task: str) -> dict:
+    from mldeploy.errors import UsageError
+
     if task == "classification":
+        if not is_classification(output) or labels.reshape(len(labels), -1).shape[1] != 1:
+            raise UsageError(f"integer labels of shape {list(labels.shape)} need a [batch, classes] score output "
+                             f"and one class id per row; the model outputs {list(output.shape)}")
         return {"name": "accuracy", "value": float((output.argmax(1) == labels.reshape(-1)).mean() * 100)}
+    if labels.reshape(len(labels), -1).shape != output.reshape(len(output), -1).shape:
+        raise UsageError(f"float labels of shape {list(labels.shape)} do not match the model's output "
+                         f"{list(output.shape)}", hint="give one target per output value, or integer class ids")
     err = output.reshape(len(output), -1).astype(np.float64) - labels.reshape(len(labels), -1)
     return {"name": "rmse", "value": float(np.sqrt(np.mean(err ** 2)))}
 
