@@ -11,14 +11,7 @@ from onnx import TensorProto, helper
 
 from tests.test_convert_onnx import mlp as small_mlp
 from tests.test_optimize import BUDGET, FAST, mlp
-
-
-@pytest.fixture
-def converted(tmp_path, mldeploy):
-    onnx.save(mlp(), tmp_path / "mlp.onnx")
-    (tmp_path / "mldeploy.yaml").write_text(FAST + BUDGET)
-    assert mldeploy("convert", "mlp.onnx", cwd=tmp_path).code == 0
-    return tmp_path
+from tests.test_optimize import repo  # noqa: F401 (a fixture: a repo with a converted MLP bundle)
 
 
 def test_convert_never_replaces_a_folder_that_is_not_a_bundle(tmp_path, mldeploy):
@@ -62,25 +55,25 @@ def test_sequence_outputs_are_refused(tmp_path, mldeploy):
     assert r.code == 2 and "are sequences or maps" in r.err
 
 
-def test_damaged_bundle(converted, mldeploy):
-    (converted / ".mldeploy" / "bundle" / "signature.json").write_text("{}")
-    r = mldeploy("optimize", cwd=converted)
+def test_damaged_bundle(repo, mldeploy):
+    (repo / ".mldeploy" / "bundle" / "signature.json").write_text("{}")
+    r = mldeploy("optimize", cwd=repo)
     assert r.code == 2 and "is a damaged bundle" in r.err
 
 
-def test_require_improvement_fails_again_on_an_unchanged_rerun(converted, mldeploy):
-    (converted / "mldeploy.yaml").write_text(FAST + BUDGET + "  min_speedup: 50\n")
+def test_require_improvement_fails_again_on_an_unchanged_rerun(repo, mldeploy):
+    (repo / "mldeploy.yaml").write_text(FAST + BUDGET + "  min_speedup: 50\n")
     args = ["optimize", "--candidates", "onnxslim", "--require-improvement"]
-    assert mldeploy(*args, cwd=converted).code == 1
-    r = mldeploy(*args, cwd=converted)
+    assert mldeploy(*args, cwd=repo).code == 1
+    r = mldeploy(*args, cwd=repo)
     assert r.code == 1 and "up to date" in r.out
 
 
-def test_candidates_auto_and_comma_lists(converted, mldeploy, monkeypatch):
-    assert mldeploy("optimize", "--candidates", "auto", "--objective", "size", cwd=converted).code == 0
+def test_candidates_auto_and_comma_lists(repo, mldeploy, monkeypatch):
+    assert mldeploy("optimize", "--candidates", "auto", "--objective", "size", cwd=repo).code == 0
     monkeypatch.setenv("MLDEPLOY_OPTIMIZE__CANDIDATES", "onnxslim, dynamic-int8")
-    assert mldeploy("optimize", "--objective", "size", "--force", cwd=converted).code == 0
-    names = [r["name"] for r in json.loads((converted / ".mldeploy" / "bundle" / "manifest.json").read_text())
+    assert mldeploy("optimize", "--objective", "size", "--force", cwd=repo).code == 0
+    names = [r["name"] for r in json.loads((repo / ".mldeploy" / "bundle" / "manifest.json").read_text())
              ["steps"][-1]["candidates"]]
     assert names == ["onnxslim", "dynamic-int8"]
 
@@ -103,9 +96,9 @@ def test_optimize_a_fixed_batch_model(tmp_path, mldeploy):
      "float labels of shape [8, 2] do not match the model's output [8, 10]"),
     ({"x": np.zeros((8, 64), np.float32), "labels": np.zeros(5, np.int64)}, "'labels' has 5 rows but the inputs have 8"),
 ])
-def test_labels_that_do_not_fit(converted, mldeploy, arrays, message):
-    np.savez(converted / "calib.npz", **arrays)
-    r = mldeploy("optimize", "--data", "calib.npz", cwd=converted)
+def test_labels_that_do_not_fit(repo, mldeploy, arrays, message):
+    np.savez(repo / "calib.npz", **arrays)
+    r = mldeploy("optimize", "--data", "calib.npz", cwd=repo)
     assert r.code == 2 and message in r.err
 
 
