@@ -42,7 +42,8 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
     path = model_path(model or cfg.model.path)
     framework, fmt = detect(path, cfg.model.framework)
     out_dir = Path(out or cfg.bundle)
-    key = _conversion_key(path, cfg)
+    source_sha = sha256_file(path)
+    key = _conversion_key(source_sha, cfg)
     current = None if force else _up_to_date(out_dir, key)
     if current:
         report = current.manifest["steps"][-1]
@@ -59,7 +60,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
                   "opset": cfg.model.opset, "data": data_note, "key": key, "attempts": []}
         report["warnings"] = ([reference_note] if reference_note else []) + _fixed_batch_warnings(source, cfg)
         bundle.start_manifest({"path": str(path), "framework": framework, "format": source.format,
-                               "sha256": sha256_file(path)})
+                               "sha256": source_sha})
         chosen = None
         for attempt in source.exports(bundle.path, cfg.model.opset):
             _show_log(attempt)
@@ -108,25 +109,22 @@ def _native(source: Source, dest: Path) -> dict[str, str]:
                          hint="drop --torchscript / --tflite, or save that format yourself") from None
 
 
-def _conversion_key(path: Path, cfg: Config) -> str:
+def _conversion_key(source_sha: str, cfg: Config) -> str:
     """What a conversion depends on: the source's bytes, the settings, and the tool versions."""
     sample = Path(cfg.parity.sample) if cfg.parity.sample else None
-    basis = {"source": sha256_file(path), "model": cfg.model.model_dump(exclude={"path"}),
+    basis = {"source": source_sha, "model": cfg.model.model_dump(exclude={"path"}),
              "inputs": [i.model_dump() for i in cfg.inputs], "parity": cfg.parity.model_dump(exclude={"sample"}),
              "sample": sha256_file(sample) if sample and sample.is_file() else None, "tools": tool_versions()}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _up_to_date(out: Path, key: str) -> Bundle | None:
-    """The bundle at `out`, if its last step is a passed conversion with this key and an untouched model."""
+    """The bundle at `out`, if it already holds this conversion."""
     try:
         bundle = Bundle.open(out)
-        last = bundle.manifest["steps"][-1]
-        unchanged = bundle.manifest["model"]["sha256"] == sha256_file(bundle.model_path)
-    except (UsageError, KeyError, IndexError):
+    except UsageError:
         return None
-    fresh = last.get("step") == "convert" and last.get("status") == "passed" and last.get("key") == key
-    return bundle if fresh and unchanged else None
+    return bundle if bundle.fresh_step("convert", key) else None
 
 
 def _fixed_batch_warnings(source: Source, cfg: Config) -> list[str]:

@@ -44,9 +44,8 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
     signature = bundle.signature
     inputs, labels, data_note = _data(settings, signature, cfg)
     key = _key(base, settings, inputs, labels)
-    last = bundle.manifest["steps"][-1] if bundle.manifest.get("steps") else {}
-    if not force and last.get("step") == "optimize" and last.get("key") == key and \
-            bundle.manifest.get("model", {}).get("sha256") == sha256_file(bundle.model_path):
+    last = None if force else bundle.fresh_step("optimize", key)
+    if last:
         print(f"optimize: up to date - kept {last['chosen']} from {last['at']} (--force measures again)", flush=True)
         github.add_summary(f"### ✅ optimize-model: up to date\n\nThe model, data and settings are unchanged; "
                            f"kept `{last['chosen']}` from {last['at']}.")
