@@ -88,6 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--force", action="store_true", help="measure again even if nothing changed")
     opt.set_defaults(func=cmd_optimize)
 
+    srv = sub.add_parser(
+        "serve", formatter_class=fmt, epilog=EPILOG,
+        help="serve a bundle over HTTP (the serving image's entrypoint)",
+        description="Serve the bundle's model with ONNX Runtime behind one HTTP server that speaks\n"
+                    "SageMaker's, Vertex AI's, Azure ML's and the v2 (KServe) protocols. Settings come\n"
+                    "from the environment (MLDEPLOY_*, and each cloud's own variables); see the README.")
+    srv.add_argument("ignored", nargs="?", choices=["serve"], help=argparse.SUPPRESS)  # SageMaker passes `serve`
+    srv.add_argument("--bundle", metavar="DIR", help="bundle folder (default: $MLDEPLOY_BUNDLE, "
+                     "$AZUREML_MODEL_DIR, /opt/ml/model or ./bundle, searched a few folders down)")
+    srv.add_argument("--port", type=int, metavar="N", help="port (default: $AIP_HTTP_PORT, "
+                     "$SAGEMAKER_BIND_TO_PORT, $PORT, else 8080)")
+    srv.add_argument("--host", metavar="ADDR", help="address to listen on (default 0.0.0.0)")
+    srv.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the CPUs "
+                     "the container may use)")
+    srv.add_argument("--debug", action="store_true", help="show tracebacks")
+    srv.set_defaults(func=cmd_serve)
+
     cfg = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG, help="check mldeploy.yaml or print its JSON Schema",
                          description="Work with mldeploy.yaml, the config of a model repo.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -159,6 +176,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     github.set_output("size-ratio", done.report["size_ratio"])
     github.set_output("accuracy-delta", done.report["accuracy_delta"])
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mldeploy.serve.server import serve
+
+    return serve(args.bundle, args.port, args.host, args.workers)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:

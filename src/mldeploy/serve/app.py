@@ -1,0 +1,268 @@
+"""The HTTP application every cloud's container contract talks to (RSGI, under granian).
+
+One worker process = one App: it loads the model in a background thread (liveness answers at
+once, readiness and predictions only once the model is loaded and warmed up), routes each request
+by a dict lookup, and keeps everything a request does not need (logs, capture, metrics files) off
+its path. Routes, by who calls them:
+
+  SageMaker   GET /ping                     POST /invocations
+  Vertex AI   GET $AIP_HEALTH_ROUTE         POST $AIP_PREDICT_ROUTE     (instances -> predictions)
+  Azure ML    GET / (liveness)              POST /score (+ MLDEPLOY_*_ROUTE aliases)
+  KServe v2   GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/ready]
+              POST /v2/models/{name}[/versions/{v}]/infer
+  anyone      POST /predict, GET /metrics, GET /openapi.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import threading
+import time
+
+import orjson
+
+from mldeploy import __version__
+from mldeploy.errors import MldeployError
+from mldeploy.serve import codec, openapi
+from mldeploy.serve.batching import Batcher
+from mldeploy.serve.capture import Capture
+from mldeploy.serve.codec import BadRequest, Call
+from mldeploy.serve.logs import log
+from mldeploy.serve.metrics import Metrics
+from mldeploy.serve.model import Model, ModelError
+from mldeploy.serve.security import Auth, RateLimiter
+from mldeploy.serve.settings import Settings, from_env
+
+LIVE, READY, PREDICT, V2_INFER, V2_MODEL, V2_SERVER, METRICS, OPENAPI = (
+    "live", "ready", "predict", "v2_infer", "v2_model", "v2_server", "metrics", "openapi")
+GET_ROUTES = {"/": LIVE, "/ping": READY, "/health": READY, "/v2/health/live": LIVE,
+              "/v2/health/ready": READY, "/v2": V2_SERVER, "/metrics": METRICS, "/openapi.json": OPENAPI}
+POST_ROUTES = {"/invocations": PREDICT, "/predict": PREDICT, "/score": PREDICT}
+OPEN = {LIVE, READY, OPENAPI}  # probes carry no API key
+V2_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+REQUEST_ID = re.compile(r"[\w.:/=+-]{1,128}")
+JSON_HEADERS = [("content-type", "application/json")]
+PUBLISH_SECONDS = 1.0
+
+
+class App:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.get_routes = dict(GET_ROUTES)
+        self.post_routes = dict(POST_ROUTES)
+        for path, kind in settings.extra_routes.items():
+            (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
+        self.metrics = Metrics(settings.model_name, settings.metrics_dir)
+        self.auth = Auth(settings.api_keys) if settings.api_keys else None
+        self.limiter = RateLimiter(settings.rate_per_second / settings.workers,
+                                   settings.rate_burst) if settings.rate_per_second else None
+        self.model: Model | None = None   # set by the loader thread; None means not ready
+        self.batcher: Batcher | None = None
+        self.capture: Capture | None = None
+        self.failed: str | None = None
+        self.ids = itertools.count(1)
+        self.id_prefix = f"{os.getpid():x}-"
+        self.openapi: bytes = b""
+
+    # -- lifecycle (granian calls these in each worker) ------------------------------------------
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.metrics.set("mldeploy_model_ready", self.metrics.model, 0)
+        threading.Thread(target=self._load, name="load-model", daemon=True).start()
+        loop.call_later(PUBLISH_SECONDS, self._publish)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.batcher:
+            self.batcher.close()
+        if self.capture:
+            self.capture.close()
+        self.metrics.publish()
+        log("info", "worker stopped", pid=os.getpid())
+
+    def _load(self) -> None:
+        start = time.perf_counter()
+        try:
+            model = Model.load(self.s.bundle, self.s.threads, self.s.model_name)
+        except MldeployError as e:  # a broken bundle: say so and take the server down
+            log("error", e.describe(), bundle=str(self.s.bundle))
+            self.failed = e.describe()
+            os._exit(2)
+        self.openapi = orjson.dumps(openapi.document(model.signature, model.name), option=orjson.OPT_INDENT_2)
+        self.batcher = Batcher(model, self.s.max_batch, self.s.batch_wait_ms, self.s.infer_thread, self.metrics)
+        if self.s.capture_dir and self.s.capture_sample_rate > 0:
+            self.capture = Capture(self.s.capture_dir, self.s.capture_sample_rate, self.s.capture_max_bytes,
+                                   self.s.capture_files, model.version, self.metrics.count)
+        self.model = model  # from here on the worker is ready
+        self.metrics.set("mldeploy_model_ready", self.metrics.model, 1)
+        log("info", "model ready", pid=os.getpid(), bundle=str(self.s.bundle), version=model.version,
+            seconds=round(time.perf_counter() - start, 3), threads=self.s.threads,
+            batching=self.batcher.max_batch, inline=self.batcher.executor is None,
+            single_row_ms=round(model.single_row_seconds * 1000, 3))
+
+    def _publish(self) -> None:
+        try:
+            self.metrics.publish()
+        except OSError as e:
+            log("warning", f"cannot write metrics for other workers: {e}")
+        self.loop.call_later(PUBLISH_SECONDS, self._publish)
+
+    # -- requests ----------------------------------------------------------------------------------
+    async def __rsgi__(self, scope, proto) -> None:
+        if scope.proto != "http":
+            return
+        start = time.perf_counter()
+        headers = scope.headers
+        rid = headers.get("x-request-id")
+        if rid is None or not REQUEST_ID.fullmatch(rid):
+            rid = self.id_prefix + str(next(self.ids))
+        path, method = scope.path, scope.method
+        route = label = None
+        try:
+            if method == "POST":
+                route = self.post_routes.get(path)
+            elif method in ("GET", "HEAD"):
+                route = self.get_routes.get(path)
+            label = path
+            version = None
+            if route is None and path.startswith("/v2/models/"):
+                route, label, version = self._v2_route(method, path)
+            if route is None:
+                raise self._not_found(method, path)
+            if self.auth is not None and route not in OPEN:
+                key = self.auth.identify(headers.get("authorization"), headers.get("x-api-key"))
+                if key is None:
+                    raise Answer(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
+                                 [("www-authenticate", "Bearer")])
+            else:
+                key = None
+            if self.limiter is not None and route not in OPEN:
+                wait = self.limiter.retry_after(key if key is not None else scope.client.rsplit(":", 1)[0])
+                if wait:
+                    raise Answer(429, f"rate limit exceeded; retry in {wait} s", [("retry-after", str(wait))])
+            if route == PREDICT or route == V2_INFER:
+                if version is not None and version != (self.model.version if self.model else None):
+                    raise Answer(404, f"model version {version!r} is not served here")
+                status, ctype, body = await self._predict(scope, proto, route == V2_INFER, rid, start)
+            else:
+                status, ctype, body = self._info(route)
+        except Answer as a:
+            status, ctype, body = a.status, "application/json", codec.error_body(a.message, rid)
+            self.metrics.count("mldeploy_request_failures_total", (a.reason,))
+            if a.status >= 500 or self.s.access_log or a.status != 404:
+                log("warning" if a.status < 500 else "error", a.message, request_id=rid, method=method,
+                    path=path, status=a.status)
+            proto.response_bytes(status, [("content-type", ctype), ("x-request-id", rid), *a.headers], body)
+            self.metrics.request(label if route else "unknown", status, time.perf_counter() - start)
+            return
+        except Exception as e:  # a bug: answer 500 with the request id, log it, keep serving
+            status, ctype, body = 500, "application/json", codec.error_body("internal server error", rid)
+            self.metrics.count("mldeploy_request_failures_total", ("internal",))
+            log("error", f"internal error: {type(e).__name__}: {e}", request_id=rid, path=path)
+        proto.response_bytes(status, [("content-type", ctype), ("x-request-id", rid)], body)
+        elapsed = time.perf_counter() - start
+        self.metrics.request(label, status, elapsed)
+        if self.s.access_log:
+            log("info", "request", request_id=rid, method=method, path=path, status=status,
+                ms=round(elapsed * 1000, 3))
+
+    def _v2_route(self, method: str, path: str) -> tuple[str | None, str, str | None]:
+        m = V2_MODEL_PATH.fullmatch(path)
+        if not m:
+            return None, path, None
+        name, version, tail = m.groups()
+        if name != self.s.model_name:
+            raise Answer(404, f"no model named {name!r} (this server serves {self.s.model_name!r})")
+        label = "/v2/models/{name}" + ("/versions/{version}" if version else "") + (tail or "")
+        want = "POST" if tail == "/infer" else "GET"
+        if method != want and not (want == "GET" and method == "HEAD"):
+            raise Answer(405, f"{path} takes {want}", [("allow", want)])
+        return {"/infer": V2_INFER, "/ready": READY, None: V2_MODEL}[tail], label, version
+
+    def _not_found(self, method: str, path: str) -> "Answer":
+        other = self.get_routes if method == "POST" else self.post_routes
+        if path in other:
+            allowed = "GET" if method == "POST" else "POST"
+            return Answer(405, f"{path} takes {allowed}, not {method}", [("allow", allowed)])
+        return Answer(404, f"no route {path} (see /openapi.json)")
+
+    def _info(self, route: str) -> tuple[int, str, bytes]:
+        model = self.model
+        if route == LIVE:
+            return 200, "application/json", b'{"live":true}'
+        if route == READY:
+            if model is None:
+                raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
+            return 200, "application/json", b'{"ready":true}'
+        if route == METRICS:
+            return 200, "text/plain; version=0.0.4", self.metrics.exposition()
+        if route == V2_SERVER:
+            return 200, "application/json", orjson.dumps({"name": "mldeploy", "version": __version__,
+                                                          "extensions": []})
+        if model is None:
+            raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
+        if route == OPENAPI:
+            return 200, "application/json", self.openapi
+        return 200, "application/json", orjson.dumps(openapi.v2_metadata(model))  # V2_MODEL
+
+    async def _predict(self, scope, proto, v2: bool, rid: str, start: float) -> tuple[int, str, bytes]:
+        model, batcher = self.model, self.batcher
+        if model is None or batcher is None:
+            raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
+        body = await self._body(scope, proto)
+        headers = scope.headers
+        try:
+            call: Call = codec.decode(body, headers.get("content-type", ""), headers.get("accept", ""),
+                                      model, self.s.allow_nonfinite, v2)
+        except BadRequest as e:
+            raise Answer(e.status, e.message, reason="invalid") from None
+        decoded = time.perf_counter()
+        self.metrics.preprocess.observe(decoded - start)
+        try:
+            outputs = await batcher.run(call.feeds, call.rows)
+        except ModelError as e:
+            raise Answer(422, f"the model could not run on this input: {e}", reason="model") from None
+        ran = time.perf_counter()
+        ctype, out = codec.encode(call, outputs, model)
+        self.metrics.postprocess.observe(time.perf_counter() - ran)
+        if self.capture is not None and self.capture.sample():
+            names = [t.name for t in model.signature.outputs]
+            self.capture.record(rid, call.feeds, dict(zip(names, outputs)), ran - start)
+        return 200, ctype, out
+
+    async def _body(self, scope, proto) -> bytes:
+        limit = self.s.max_body_bytes
+        length = scope.headers.get("content-length")
+        too_big = Answer(413, f"the request body is over the {limit:,}-byte limit (split the batch, "
+                              f"or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)", reason="too_large")
+        if length is not None:
+            if not length.isdigit():
+                raise Answer(400, "Content-Length is not a number", reason="invalid")
+            if int(length) > limit:
+                raise too_big
+            return await proto()
+        chunks, size = [], 0
+        async for chunk in proto:  # chunked upload: stop reading as soon as it is too big
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class Answer(Exception):
+    """An HTTP error response: status, a one-line message, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None,
+                 reason: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or []
+        self.reason = reason or {401: "unauthorized", 404: "not_found", 405: "method",
+                                 413: "too_large", 429: "rate_limited"}.get(status, "invalid")
+
+
+def create() -> App:
+    """Granian's factory: each worker builds its App from the environment the serve command set."""
+    return App(from_env())

@@ -1,0 +1,357 @@
+"""Request bodies to validated numpy arrays, and model outputs back to bodies.
+
+Every request form the clouds use arrives here; every way a body can be wrong ends in BadRequest
+with a message naming the input and what was expected. Conversion is numpy's own (no Python loop
+over values), and orjson writes numpy arrays directly.
+
+  {"instances": [row, ...], "parameters": {...}}   Vertex AI, TF Serving row form -> {"predictions": [...]}
+  {"inputs": value | {name: value}}                columnar (also "input", and Azure's "data") -> {"outputs": ...}
+  {"inputs": [{"name", "shape", "datatype", "data"}]}  Open Inference Protocol v2 -> {"outputs": [...]}
+  text/csv, application/x-npy                      SageMaker's other content types (one input)
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from mldeploy.bundle import TensorSpec
+from mldeploy.serve.model import Model
+
+JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
+V2_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+             "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+             "FP32": "float32", "FP64": "float64", "BYTES": "string"}
+V2_NAMES = {v: k for k, v in V2_DTYPES.items()}
+_KIND = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "O": "strings", "U": "strings"}
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Call:
+    """One decoded request: what to run and how to answer."""
+    feeds: dict[str, np.ndarray]
+    rows: int
+    form: str                      # instances | columnar | v2 | csv | npy
+    accept: str                    # the response's content type
+    v2_id: str | None = None
+    v2_outputs: list[str] | None = None
+
+
+def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonfinite: bool,
+           v2_only: bool = False) -> Call:
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if not body:
+        raise BadRequest("the request body is empty (send JSON, CSV or .npy; see /openapi.json)")
+    if ctype == CSV and not v2_only:
+        return _one_input(_csv(body), "csv", model, allow_nonfinite, _accept(accept, CSV))
+    if ctype == NPY and not v2_only:
+        try:
+            value = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BadRequest(f"the body is not a valid .npy array ({_short(e)})") from None
+        return _one_input(value, "npy", model, allow_nonfinite, _accept(accept, NPY))
+    try:  # any other content type is read as JSON: `curl -d` and many SDKs label JSON loosely
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if ctype and ctype != JSON and not ctype.endswith("+json") and body.lstrip()[:1] not in (b"{", b"["):
+            raise BadRequest(f"unsupported content type {ctype!r} (send application/json"
+                             f"{'' if v2_only else ', text/csv or application/x-npy'})", 415) from None
+        raise BadRequest(f"malformed JSON: {e}") from None
+    if isinstance(doc, list) and not v2_only:  # a bare list of rows, as SageMaker's JSONSerializer sends
+        return _instances(doc, None, model, allow_nonfinite, _accept(accept, JSON))
+    if not isinstance(doc, dict):
+        raise BadRequest(f"expected a JSON object, got {type(doc).__name__}")
+    inputs = doc.get("inputs")
+    if v2_only or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) and "datatype" in inputs[0]):
+        return _v2(doc, model, allow_nonfinite)
+    json_accept = _accept(accept, JSON)
+    if "instances" in doc:
+        return _instances(doc["instances"], doc.get("parameters"), model, allow_nonfinite, json_accept)
+    for key in ("inputs", "input", "data"):
+        if key in doc:
+            value = doc[key]
+            if isinstance(value, dict):
+                feeds = _named(value, model, allow_nonfinite, key)
+                return Call(feeds, _rows(feeds, model), "columnar", json_accept)
+            return _one_input(value, "columnar", model, allow_nonfinite, json_accept, key)
+    raise BadRequest('expected a JSON object with "instances", "inputs" or "input" (see /openapi.json)')
+
+
+def _accept(header: str, default: str) -> str:
+    header = header.lower()
+    for ctype in (JSON, CSV, NPY):
+        if ctype in header:
+            return ctype
+    return default  # absent or */*: answer in the request's own type
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _one_input(value: object, form: str, model: Model, allow_nonfinite: bool, accept: str,
+               key: str = "inputs") -> Call:
+    if len(model.signature.inputs) != 1:
+        names = ", ".join(t.name for t in model.signature.inputs)
+        raise BadRequest(f"the model takes {len(model.signature.inputs)} inputs ({names}): "
+                         f'send JSON {{"{key}": {{"name": value, ...}}}}')
+    spec, dtype = model.signature.inputs[0], model.dtypes[0]
+    arr = array(value, spec, dtype, allow_nonfinite, spec.name)
+    if form == "csv" and arr.ndim == 2 and len(spec.shape) > 2:
+        arr = _reshape_rows(arr, spec)  # CSV rows are flat; images and sequences fold back
+    check_shape(arr, spec, model.signature.batch_dim, spec.name)
+    feeds = {spec.name: arr}
+    return Call(feeds, _rows(feeds, model), form, accept)
+
+
+def _named(values: dict, model: Model, allow_nonfinite: bool, key: str) -> dict[str, np.ndarray]:
+    specs = model.signature.inputs
+    unknown = [k for k in values if not any(k == t.name for t in specs)]
+    if unknown:
+        raise BadRequest(f"unknown input {unknown[0]!r} in {key!r} (the model takes: {_names(model)})")
+    feeds = {}
+    for spec, dtype in zip(specs, model.dtypes):
+        if spec.name not in values:
+            raise BadRequest(f"missing input {spec.name!r} (the model takes: {_names(model)})")
+        arr = array(values[spec.name], spec, dtype, allow_nonfinite, spec.name)
+        check_shape(arr, spec, model.signature.batch_dim, spec.name)
+        feeds[spec.name] = arr
+    return feeds
+
+
+def _instances(instances: object, parameters: object, model: Model, allow_nonfinite: bool, accept: str) -> Call:
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('"instances" must be a non-empty list, one item per row')
+    if parameters is not None and not isinstance(parameters, dict):
+        raise BadRequest('"parameters" must be a JSON object')
+    batch = model.signature.batch_dim
+    if not batch:
+        raise BadRequest(f"this model has a fixed batch; send {{\"inputs\": ...}} (it takes: {_names(model)})")
+    feeds = {}
+    by_name = isinstance(instances[0], dict)
+    for spec, dtype in zip(model.signature.inputs, model.dtypes):
+        if by_name:
+            if not all(isinstance(i, dict) for i in instances):
+                raise BadRequest("mixed instances: every instance must be an object, or none")
+            missing = next((n for n, i in enumerate(instances) if spec.name not in i), None)
+            if missing is not None:
+                raise BadRequest(f"instance {missing} has no input {spec.name!r} (the model takes: {_names(model)})")
+            column = [i[spec.name] for i in instances]
+        elif len(model.signature.inputs) == 1:
+            column = instances
+        else:
+            raise BadRequest(f"the model takes several inputs: each instance must be an object with {_names(model)}")
+        arr = array(column, spec, dtype, allow_nonfinite, spec.name)
+        check_shape(arr, spec, batch, spec.name, per_instance=True)
+        feeds[spec.name] = arr
+    if by_name:
+        extra = set().union(*instances) - {t.name for t in model.signature.inputs}
+        if extra:
+            raise BadRequest(f"unknown input {sorted(extra)[0]!r} in instances (the model takes: {_names(model)})")
+    return Call(feeds, len(instances), "instances", accept)
+
+
+def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise BadRequest('"inputs" must be a non-empty list of {"name", "shape", "datatype", "data"}')
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest('"id" must be a string')
+    values = {}
+    for n, tensor in enumerate(inputs):
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"inputs[{n}] has no \"name\"")
+        spec = next((t for t in model.signature.inputs if t.name == name), None)
+        if spec is None:
+            raise BadRequest(f"unknown input {name!r} (the model takes: {_names(model)})")
+        if name in values:
+            raise BadRequest(f"input {name!r} is given twice")
+        datatype, shape = tensor.get("datatype"), tensor.get("shape")
+        if datatype not in V2_DTYPES:
+            raise BadRequest(f"inputs[{n}] ({name}): datatype {datatype!r} is not one of {', '.join(V2_DTYPES)}")
+        if _family(V2_DTYPES[datatype]) != _family(spec.dtype):
+            raise BadRequest(f"input {name!r} is {V2_NAMES[spec.dtype]}, not {datatype}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise BadRequest(f"inputs[{n}] ({name}): \"shape\" must be a list of non-negative integers")
+        if "data" not in tensor:
+            raise BadRequest(f"inputs[{n}] ({name}) has no \"data\"")
+        dtype = model.dtypes[model.signature.inputs.index(spec)]
+        arr = array(tensor["data"], spec, dtype, allow_nonfinite, name)
+        if list(arr.shape) != shape:
+            if arr.size != int(np.prod(shape, dtype=np.int64)):
+                raise BadRequest(f"input {name!r}: shape {shape} needs {int(np.prod(shape))} values, "
+                                 f"data has {arr.size}")
+            arr = arr.reshape(shape)
+        values[name] = arr
+    feeds = {}
+    for spec in model.signature.inputs:
+        if spec.name not in values:
+            raise BadRequest(f"missing input {spec.name!r} (the model takes: {_names(model)})")
+        check_shape(values[spec.name], spec, model.signature.batch_dim, spec.name)
+        feeds[spec.name] = values[spec.name]
+    wanted = doc.get("outputs")
+    names = None
+    if wanted is not None:
+        known = [t.name for t in model.signature.outputs]
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+            raise BadRequest('"outputs" must be a list of {"name": ...}')
+        names = [o["name"] for o in wanted]
+        if unknown := [o for o in names if o not in known]:
+            raise BadRequest(f"unknown output {unknown[0]!r} (the model has: {', '.join(known)})")
+    return Call(feeds, _rows(feeds, model), "v2", JSON, request_id, names)
+
+
+def _family(dtype: str) -> str:
+    return {"bool": "bool", "string": "bytes"}.get(dtype, "float" if dtype.startswith("float") else "int")
+
+
+def array(value: object, spec: TensorSpec, dtype: np.dtype, allow_nonfinite: bool, where: str) -> np.ndarray:
+    """value as an array of the input's dtype, or BadRequest naming what is wrong with it."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise BadRequest(f"input {where!r}: not a rectangular array ({_short(e)})") from None
+    kind = arr.dtype.kind
+    if dtype.kind == "O":
+        if kind != "U":
+            raise BadRequest(f"input {where!r}: expected strings, got {_KIND.get(kind, arr.dtype.name)}")
+        return arr.astype(object)
+    if kind not in "biuf":
+        got = "null values" if kind == "O" and _has_none(value) else _KIND.get(kind, f"{arr.dtype} values")
+        raise BadRequest(f"input {where!r}: expected {_KIND[dtype.kind]} ({spec.dtype}), got {got}")
+    if dtype.kind == "b" and kind != "b":
+        raise BadRequest(f"input {where!r}: expected true/false values (bool)")
+    if dtype.kind in "iu":
+        if kind == "f":
+            raise BadRequest(f"input {where!r}: expected integers ({spec.dtype}), got fractional numbers")
+        if arr.size and kind in "iu":
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise BadRequest(f"input {where!r}: values outside the {spec.dtype} range")
+    if dtype.kind == "f" and kind == "f" and not allow_nonfinite and arr.size and not np.isfinite(arr).all():
+        raise BadRequest(f"input {where!r}: NaN or infinity is not accepted (MLDEPLOY_NONFINITE=allow lets it in)")
+    if dtype.kind == "f" and kind == "f" and dtype.itemsize < arr.dtype.itemsize and arr.size:
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype)
+        if not allow_nonfinite and not np.isfinite(arr).all():
+            raise BadRequest(f"input {where!r}: values outside the {spec.dtype} range")
+        return arr
+    return arr.astype(dtype, copy=False)
+
+
+def _has_none(value: object) -> bool:
+    while isinstance(value, list) and value:
+        if any(v is None for v in value):
+            return True
+        value = value[0]
+    return value is None
+
+
+def check_shape(arr: np.ndarray, spec: TensorSpec, batch: str | None, where: str, per_instance: bool = False) -> None:
+    want = spec.shape
+    if arr.ndim != len(want):
+        got = arr.ndim - 1 if per_instance else arr.ndim
+        need = len(want) - 1 if per_instance else len(want)
+        hint = " (wrap a single row in a list)" if not per_instance and batch and arr.ndim == len(want) - 1 else ""
+        raise BadRequest(f"input {where!r}: expected {need} dims{' per instance' if per_instance else ''} "
+                         f"of {spec.shape_text()}, got {got}: shape {list(arr.shape)[1 if per_instance else 0:]}{hint}")
+    for i, (got, size) in enumerate(zip(arr.shape, want)):
+        if isinstance(size, int) and got != size:
+            raise BadRequest(f"input {where!r}: dim {i} of {spec.shape_text()} must be {size}, got {got}")
+    if batch and want[0] == batch and arr.shape[0] == 0:
+        raise BadRequest(f"input {where!r}: no rows")
+
+
+def _rows(feeds: dict[str, np.ndarray], model: Model) -> int:
+    batch = model.signature.batch_dim
+    counts = {arr.shape[0] for spec, arr in zip(model.signature.inputs, feeds.values())
+              if batch and spec.shape[:1] == (batch,)}
+    if len(counts) > 1:
+        raise BadRequest(f"inputs disagree on the number of rows: {sorted(counts)}")
+    return counts.pop() if counts else 1
+
+
+def _reshape_rows(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    row = spec.shape[1:]
+    if all(isinstance(d, int) for d in row) and arr.shape[1] == int(np.prod(row)):
+        return arr.reshape(arr.shape[0], *row)
+    return arr
+
+
+def _csv(body: bytes) -> np.ndarray:
+    try:
+        text = body.decode("utf-8")
+        return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2)
+    except UnicodeDecodeError:
+        raise BadRequest("the CSV body is not UTF-8 text") from None
+    except ValueError as e:
+        raise BadRequest(f"the CSV body is not rows of numbers ({_short(e)})") from None
+
+
+def _names(model: Model) -> str:
+    return ", ".join(f"{t.name} {t.dtype} {t.shape_text()}" for t in model.signature.inputs)
+
+
+def encode(call: Call, outputs: list[np.ndarray], model: Model) -> tuple[str, bytes]:
+    """The response body for a call, in the form it came in."""
+    specs = model.signature.outputs
+    if call.accept in (CSV, NPY) and len(outputs) == 1:
+        out = outputs[0]
+        buf = io.BytesIO()
+        if call.accept == NPY:
+            np.save(buf, out, allow_pickle=False)
+        else:
+            np.savetxt(buf, out.reshape(len(out), -1) if out.ndim != 1 else out[:, None], delimiter=",", fmt="%.9g")
+        return call.accept, buf.getvalue()
+    if call.form == "v2":
+        names = call.v2_outputs or [t.name for t in specs]
+        index = {t.name: i for i, t in enumerate(specs)}
+        doc = {"model_name": model.name, "model_version": model.version,
+               "outputs": [_v2_tensor(name, outputs[index[name]]) for name in names]}
+        if call.v2_id is not None:
+            doc["id"] = call.v2_id
+        return JSON, _dumps(doc)
+    if call.form == "columnar":
+        value = _jsonable(outputs[0]) if len(outputs) == 1 else {t.name: _jsonable(o) for t, o in zip(specs, outputs)}
+        return JSON, _dumps({"outputs": value})
+    # instances, and CSV or .npy asked to answer in JSON: one prediction per row
+    if len(outputs) == 1:
+        return JSON, _dumps({"predictions": _jsonable(outputs[0])})
+    rows = [{t.name: _jsonable(o[i]) for t, o in zip(specs, outputs)} for i in range(call.rows)]
+    return JSON, _dumps({"predictions": rows})
+
+
+def _v2_tensor(name: str, arr: np.ndarray) -> dict:
+    dtype = "string" if arr.dtype.kind in "OU" else arr.dtype.name
+    return {"name": name, "shape": list(arr.shape), "datatype": V2_NAMES.get(dtype, dtype.upper()),
+            "data": _jsonable(arr.reshape(-1))}
+
+
+def _jsonable(arr: np.ndarray) -> object:
+    if arr.dtype.kind in "OU":
+        return arr.tolist()
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+def _dumps(doc: object) -> bytes:
+    return orjson.dumps(doc, option=_OPTS)
+
+
+def error_body(message: str, request_id: str | None = None) -> bytes:
+    return orjson.dumps({"error": message, "request_id": request_id} if request_id else {"error": message})

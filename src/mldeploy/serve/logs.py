@@ -1,0 +1,26 @@
+"""JSON log lines on stdout, one per event, written unbuffered (containers collect stdout)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import orjson
+
+
+def log(level: str, message: str, **fields: object) -> None:
+    record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+              "level": level, "message": message, **fields}
+    try:
+        os.write(1, orjson.dumps(record, default=str) + b"\n")
+    except OSError:
+        pass  # nobody is reading stdout; never fail a request over a log line
+
+
+class JsonFormatter:
+    """A logging formatter for granian's own log records, so every line on stdout is JSON."""
+
+    def format(self, record) -> str:
+        return orjson.dumps({"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+                             .isoformat(timespec="milliseconds"), "level": record.levelname.lower(),
+                             "message": record.getMessage(), "source": record.name}).decode()

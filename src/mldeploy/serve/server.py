@@ -1,0 +1,73 @@
+"""`mldeploy serve`: start granian with N worker processes, each running the App.
+
+The parent process imports numpy and ONNX Runtime once before the workers fork, so each worker
+starts in milliseconds; each worker then loads its own session (sessions cannot cross a fork).
+SIGTERM (what every platform sends) makes granian stop accepting and lets in-flight requests
+finish, up to MLDEPLOY_DRAIN_SECONDS, before the workers exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from mldeploy.bundle import SIGNATURE_FILE, Signature
+from mldeploy.errors import UsageError
+from mldeploy.serve.logs import log
+from mldeploy.serve.settings import from_env, to_env
+
+
+def serve(bundle: str | None = None, port: int | None = None, host: str | None = None,
+          workers: int | None = None) -> int:
+    settings = from_env(bundle=bundle, port=port, host=host, workers=workers)
+    try:  # fail here, with one line, rather than in every worker
+        Signature.from_json(json.loads((settings.bundle / SIGNATURE_FILE).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{settings.bundle / SIGNATURE_FILE} is not a valid signature: {e}",
+                         hint="convert the model again") from None
+    _check_port(settings.host, settings.port)
+    metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="mldeploy-metrics-"))
+    os.environ.update(to_env(settings), MLDEPLOY_METRICS_DIR=str(metrics_dir))
+
+    import onnxruntime  # noqa: F401  imported once here, inherited by every forked worker
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    import mldeploy.serve.app  # noqa: F401
+
+    drain = int(os.environ.get("MLDEPLOY_DRAIN_SECONDS", "30") or 30)
+    log("info", "starting", host=settings.host, port=settings.port, workers=settings.workers,
+        threads_per_worker=settings.threads, bundle=str(settings.bundle),
+        max_body_bytes=settings.max_body_bytes, auth=bool(settings.api_keys),
+        rate_limit_per_second=settings.rate_per_second or None,
+        capture=str(settings.capture_dir) if settings.capture_dir else None)
+    Server(
+        "mldeploy.serve.app:create", factory=True, address=settings.host, port=settings.port,
+        interface=Interfaces.RSGI, workers=settings.workers, loop=Loops.asyncio, websockets=False,
+        runtime_threads=1, backlog=2048, workers_kill_timeout=drain, log_level="warning",
+        log_dictconfig={"version": 1, "disable_existing_loggers": False,
+                        "formatters": {"json": {"()": "mldeploy.serve.logs.JsonFormatter"}},
+                        "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "json",
+                                             "stream": "ext://sys.stdout"}},
+                        "loggers": {"_granian": {"handlers": ["out"], "level": "WARNING", "propagate": False},
+                                    "granian.access": {"handlers": ["out"], "level": "WARNING"}}},
+    ).serve()
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is already in use",
+                             hint="stop what listens there, or pass --port / set PORT") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    finally:
+        sock.close()

@@ -1,0 +1,211 @@
+"""The server's settings, read from the environment (a container's only interface) and flags.
+
+Clouds set their own variables (SageMaker SAGEMAKER_BIND_TO_PORT, Vertex AIP_*, Azure
+AZUREML_MODEL_DIR, Cloud Run PORT); ours are MLDEPLOY_*. Every value is checked here, once, so a
+typo fails the start with one line instead of a surprise under load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mldeploy.bundle import MODEL_FILE, SIGNATURE_FILE
+from mldeploy.errors import UsageError
+
+# Vertex AI rejects prediction requests over 1.5 MB, the strictest of the clouds' limits.
+DEFAULT_MAX_BODY = 1_500_000
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: Path
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    threads: int = 1                   # ONNX Runtime intra-op threads per worker
+    model_name: str = "model"
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    allow_nonfinite: bool = False
+    max_batch: int = 64                # rows merged into one run by the micro-batcher
+    batch_wait_ms: float = 0.0         # extra wait for more rows; 0 = batch only what is queued
+    infer_thread: str = "auto"         # run the model off the event loop: auto | on | off
+    extra_routes: dict[str, str] = field(default_factory=dict)  # path -> live | ready | predict
+    api_keys: tuple[str, ...] = ()
+    rate_per_second: float = 0.0       # per API key (or client address); 0 = no limit
+    rate_burst: float = 0.0
+    capture_dir: Path | None = None
+    capture_sample_rate: float = 0.0
+    capture_max_bytes: int = 64 << 20
+    capture_files: int = 5
+    access_log: bool = False
+    metrics_dir: Path | None = None    # where workers share their counters for /metrics
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by the cgroup quota (a container's limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def find_bundle(root: Path, depth: int = 3) -> Path | None:
+    """The shallowest folder at or below root holding a bundle (Azure mounts it one folder down)."""
+    level = [root]
+    for _ in range(depth + 1):
+        for folder in sorted(level):
+            if (folder / MODEL_FILE).is_file() and (folder / SIGNATURE_FILE).is_file():
+                return folder
+        level = [c for f in level if f.is_dir() for c in f.iterdir() if c.is_dir()]
+    return None
+
+
+def locate_bundle(flag: str | None, env: dict[str, str]) -> Path:
+    """--bundle, MLDEPLOY_BUNDLE, AZUREML_MODEL_DIR, AIP_STORAGE_URI (when local), LAMBDA_TASK_ROOT,
+    /opt/ml/model, ./bundle."""
+    if flag or env.get("MLDEPLOY_BUNDLE"):
+        path = Path(flag or env["MLDEPLOY_BUNDLE"])
+        found = find_bundle(path, depth=0) if path.is_dir() else None
+        if not found:
+            raise UsageError(f"{path} is not a bundle (no {MODEL_FILE} and {SIGNATURE_FILE})",
+                             hint="point --bundle at the folder `mldeploy convert` wrote")
+        return found
+    candidates = [env.get("AZUREML_MODEL_DIR"), env.get("AIP_STORAGE_URI"), env.get("LAMBDA_TASK_ROOT"),
+                  SAGEMAKER_MODEL_DIR, "bundle"]
+    for root in filter(None, candidates):
+        if "://" not in root and Path(root).is_dir() and (found := find_bundle(Path(root))):
+            return found
+    raise UsageError("no bundle found in AZUREML_MODEL_DIR, AIP_STORAGE_URI, /opt/ml/model or ./bundle",
+                     hint="pass --bundle DIR or set MLDEPLOY_BUNDLE")
+
+
+def _number(env: dict[str, str], name: str, default: float, kind: type = float,
+            low: float = 0, high: float = math.inf) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not low <= value <= high:
+        raise UsageError(f"{name}={raw} is out of range (expected {low} to {high})")
+    return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise UsageError(f"{name}={raw!r} must be true or false")
+
+
+def _route(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"/[\w./:@~-]*", raw):
+        raise UsageError(f"{name}={raw!r} is not a URL path (expected e.g. /score)")
+    return raw
+
+
+def _rate(env: dict[str, str]) -> float:
+    raw = env.get("MLDEPLOY_RATE_LIMIT", "").strip()
+    if not raw:
+        return 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)", raw)
+    if not m or float(m[1]) <= 0:
+        raise UsageError(f"MLDEPLOY_RATE_LIMIT={raw!r} is not a rate (expected e.g. 100/s or 600/min)")
+    return float(m[1]) / (1 if m[2].startswith("s") else 60)
+
+
+def _api_keys(env: dict[str, str]) -> tuple[str, ...]:
+    keys = [k.strip() for k in env.get("MLDEPLOY_API_KEYS", "").split(",")]
+    if file := env.get("MLDEPLOY_API_KEYS_FILE"):
+        try:
+            keys += [k.strip() for k in Path(file).read_text(encoding="utf-8").splitlines()]
+        except OSError as e:
+            raise UsageError(f"MLDEPLOY_API_KEYS_FILE: cannot read {file}: {e.strerror}") from None
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if any(len(k) < 16 for k in keys):
+        raise UsageError("an API key is shorter than 16 characters",
+                         hint="use long random keys, e.g. `openssl rand -hex 24`")
+    return tuple(keys)
+
+
+def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, port: int | None = None,
+             host: str | None = None, workers: int | None = None) -> Settings:
+    """Settings from flags (when given) and the environment; raises UsageError naming a bad value."""
+    env = dict(os.environ if env is None else env)
+    cpus = available_cpus()
+    workers = workers or int(_number(env, "MLDEPLOY_WORKERS", cpus, int, 1, 64))
+    if port is None:  # the platform's variable wins over our default: it is what the probe calls
+        port = next((int(_number(env, v, 0, int, 1, 65535)) for v in
+                     ("AIP_HTTP_PORT", "SAGEMAKER_BIND_TO_PORT", "PORT") if env.get(v)), 8080)
+    extra: dict[str, str] = {}
+    for var, kind in (("AIP_HEALTH_ROUTE", "ready"), ("AIP_PREDICT_ROUTE", "predict"),
+                      ("MLDEPLOY_LIVENESS_ROUTE", "live"), ("MLDEPLOY_READINESS_ROUTE", "ready"),
+                      ("MLDEPLOY_SCORING_ROUTE", "predict")):
+        if path := _route(env, var):
+            extra[path] = kind
+    nonfinite = env.get("MLDEPLOY_NONFINITE", "reject").strip().lower()
+    if nonfinite not in ("reject", "allow"):
+        raise UsageError(f"MLDEPLOY_NONFINITE={nonfinite!r} must be reject or allow")
+    infer_thread = env.get("MLDEPLOY_INFER_THREAD", "auto").strip().lower()
+    if infer_thread not in ("auto", "on", "off"):
+        raise UsageError(f"MLDEPLOY_INFER_THREAD={infer_thread!r} must be auto, on or off")
+    rate = _rate(env)
+    capture = env.get("MLDEPLOY_CAPTURE_DIR")
+    metrics = env.get("MLDEPLOY_METRICS_DIR")
+    return Settings(
+        bundle=locate_bundle(bundle, env),
+        host=host or env.get("MLDEPLOY_HOST", "0.0.0.0"),
+        port=port,
+        workers=workers,
+        threads=int(_number(env, "MLDEPLOY_THREADS", max(1, cpus // workers), int, 1, 256)),
+        model_name=env.get("MLDEPLOY_MODEL_NAME", "model"),
+        max_body_bytes=int(_number(env, "MLDEPLOY_MAX_BODY_BYTES", DEFAULT_MAX_BODY, int, 1024, 1 << 30)),
+        allow_nonfinite=nonfinite == "allow",
+        max_batch=int(_number(env, "MLDEPLOY_MAX_BATCH", 64, int, 1, 1 << 16)),
+        batch_wait_ms=_number(env, "MLDEPLOY_BATCH_WAIT_MS", 0.0, float, 0, 1000),
+        infer_thread=infer_thread,
+        extra_routes=extra,
+        api_keys=_api_keys(env),
+        rate_per_second=rate,
+        rate_burst=_number(env, "MLDEPLOY_RATE_BURST", max(1.0, rate), float, 1) if rate else 0.0,
+        capture_dir=Path(capture) if capture else None,
+        capture_sample_rate=_number(env, "MLDEPLOY_CAPTURE_SAMPLE_RATE", 1.0 if capture else 0.0, float, 0, 1),
+        capture_max_bytes=int(_number(env, "MLDEPLOY_CAPTURE_MAX_BYTES", 64 << 20, int, 4096)),
+        capture_files=int(_number(env, "MLDEPLOY_CAPTURE_FILES", 5, int, 1, 1000)),
+        access_log=_flag(env, "MLDEPLOY_ACCESS_LOG"),
+        metrics_dir=Path(metrics) if metrics else None,
+    )
+
+
+def to_env(s: Settings) -> dict[str, str]:
+    """The variables that hand these settings to worker processes (they re-read them in from_env)."""
+    env = {"MLDEPLOY_BUNDLE": str(s.bundle), "MLDEPLOY_WORKERS": str(s.workers),
+           "MLDEPLOY_THREADS": str(s.threads)}
+    if s.metrics_dir:
+        env["MLDEPLOY_METRICS_DIR"] = str(s.metrics_dir)
+    return env
