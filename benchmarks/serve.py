@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -142,6 +143,8 @@ class Model:
 def build_models(keys: list[str], work: Path) -> list[Model]:
     import torch  # only here: spawned raw-ORT workers re-import this module and need no torch
     from torch import nn
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is on purpose
 
     torch.manual_seed(0)
     nets = {
@@ -494,14 +497,12 @@ def bench_server(server: Server, bin_: Path, model: Model, args, tmp: Path) -> d
 # --------------------------------------------------------------------------- report
 
 
-def _num(value: float | None, fmt: str = "{:.0f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _lat(point: dict | None) -> str:
-    if not point:
-        return "-"
-    return f"{_num(point.get('p50_ms'), '{:.2f}')}/{_num(point.get('p99_ms'), '{:.2f}')}"
+    return f"{_ms(point.get('p50_ms'))}/{_ms(point.get('p99_ms'))}" if point else "-"
 
 
 def print_table(model: Model, result: dict, duration: int) -> None:
