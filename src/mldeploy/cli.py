@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", metavar="ADDR", help="address to listen on (default 0.0.0.0)")
     srv.add_argument("--workers", type=int, metavar="N", help="worker processes (default: the CPUs "
                      "the container may use)")
+    srv.add_argument("--openapi", action="store_true", help="print the server's generic OpenAPI document and exit")
     srv.add_argument("--debug", action="store_true", help="show tracebacks")
     srv.set_defaults(func=cmd_serve)
 
@@ -179,6 +180,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.openapi:
+        import json
+
+        from mldeploy.serve.openapi import document
+
+        print(json.dumps(document(), indent=2))
+        return 0
     from mldeploy.serve.server import serve
 
     return serve(args.bundle, args.port, args.host, args.workers)
