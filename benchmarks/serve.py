@@ -277,7 +277,10 @@ def _bentoml(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
 
 def _kserve(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
     return Launch([str(bin_ / "python"), "kserve_server.py", "--http_port", str(port), "--workers", "2",
-                   "--enable_grpc", "false", "--enable_latency_logging", "false"],
+                   "--enable_grpc", "false", "--enable_latency_logging", "false",
+                   # KServe's default logging writes 3 lines per request (access + 2 timings); this
+                   # config keeps its startup lines and drops those.
+                   "--log_config_file", "kserve_logging.json"],
                   "/v1/models/model:predict", {"instances": [m.row]}, lambda r: r["predictions"])
 
 
