@@ -286,11 +286,13 @@ def _kserve(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
 
 def _mlserver(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
     folder = tmp / f"mlserver-{m.key}"
-    folder.mkdir(exist_ok=True)
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    # debug off: no line per request. Its metrics and environments folders default to the cwd.
     (folder / "settings.json").write_text(json.dumps({
         "parallel_workers": 2, "debug": False, "host": "127.0.0.1", "http_port": port,
-        "grpc_port": free_port(), "metrics_port": free_port()}))
-    (folder / "model-settings.json").write_text(json.dumps({
+        "grpc_port": free_port(), "metrics_port": free_port(), "metrics_dir": str(folder / ".metrics"),
+        "environments_dir": str(folder / ".envs")}))
+    (folder / "model" / "model-settings.json").write_text(json.dumps({
         "name": "model", "implementation": "mlserver_runtime.OnnxModel", "parameters": {"uri": str(m.onnx)}}))
     flat = np.asarray(m.row).ravel().tolist()
     body = {"inputs": [{"name": m.input_name, "shape": [1, *np.shape(m.row)], "datatype": "FP32", "data": flat}]}

@@ -77,8 +77,14 @@ class Observed:
 
 
 async def _concurrently(batcher: Batcher, requests: list[dict]) -> list:
-    tasks = [asyncio.ensure_future(batcher.run(feeds, len(next(iter(feeds.values()))))) for feeds in requests]
-    return await asyncio.gather(*tasks, return_exceptions=True)
+    """Requests that arrive together, as the App hands them over: counted while being decoded."""
+    batcher.arriving += len(requests)
+
+    async def one(feeds):
+        batcher.arriving -= 1  # decoded
+        return await batcher.run(feeds, len(next(iter(feeds.values()))))
+
+    return await asyncio.gather(*[one(f) for f in requests], return_exceptions=True)
 
 
 @pytest.mark.parametrize("infer_thread", ["off", "on"])
@@ -104,6 +110,14 @@ def test_a_bad_row_fails_only_its_own_request(two_io_bundle):
     assert isinstance(results[1], ModelError)
     np.testing.assert_allclose(results[0][1], TABLE[[[1]]])
     np.testing.assert_allclose(results[2][1], TABLE[[[2]]])
+
+
+def test_a_lone_request_runs_at_once(linear_bundle):
+    seen = Observed()
+    batcher = Batcher(Model.load(linear_bundle), max_batch=64, wait_ms=0, infer_thread="off", observer=seen)
+
+    asyncio.run(batcher.run({"x": np.zeros((1, 4), np.float32)}, 1))
+    assert seen.batches == [1] and not batcher.queue
 
 
 def test_wait_collects_company_up_to_max_batch(linear_bundle):

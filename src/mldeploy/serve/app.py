@@ -46,6 +46,7 @@ V2_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/in
 REQUEST_ID = re.compile(r"[\w.:/=+-]{1,128}")
 JSON_HEADERS = [("content-type", "application/json")]
 PUBLISH_SECONDS = 1.0
+DRAIN_BYTES = 16 << 20  # an oversized body is read and dropped up to this, then the connection closes
 
 
 class App:
@@ -211,13 +212,16 @@ class App:
         model, batcher = self.model, self.batcher
         if model is None or batcher is None:
             raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
-        body = await self._body(scope, proto)
         headers = scope.headers
+        batcher.arriving += 1
         try:
+            body = await self._body(scope, proto)
             call: Call = codec.decode(body, headers.get("content-type", ""), headers.get("accept", ""),
                                       model, self.s.allow_nonfinite, v2)
         except BadRequest as e:
             raise Answer(e.status, e.message, reason="invalid") from None
+        finally:
+            batcher.arriving -= 1
         decoded = time.perf_counter()
         self.metrics.preprocess.observe(decoded - start)
         try:
@@ -235,20 +239,21 @@ class App:
     async def _body(self, scope, proto) -> bytes:
         limit = self.s.max_body_bytes
         length = scope.headers.get("content-length")
-        too_big = Answer(413, f"the request body is over the {limit:,}-byte limit (split the batch, "
-                              f"or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)", reason="too_large")
-        if length is not None:
-            if not length.isdigit():
-                raise Answer(400, "Content-Length is not a number", reason="invalid")
-            if int(length) > limit:
-                raise too_big
+        if length is not None and not length.isdigit():
+            raise Answer(400, "Content-Length is not a number", reason="invalid")
+        if length is not None and int(length) <= limit:
             return await proto()
         chunks, size = [], 0
-        async for chunk in proto:  # chunked upload: stop reading as soon as it is too big
+        async for chunk in proto:  # stop keeping it as soon as it is too big ...
             size += len(chunk)
             if size > limit:
-                raise too_big
+                if size > DRAIN_BYTES:
+                    break
+                continue  # ... but read on, so a client that sends it all still gets to read the 413
             chunks.append(chunk)
+        if size > limit or (length is not None and int(length) > limit):
+            raise Answer(413, f"the request body is over the {limit:,}-byte limit (split the batch, "
+                              f"or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)", reason="too_large")
         return b"".join(chunks)
 
 

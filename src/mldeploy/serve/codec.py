@@ -13,6 +13,7 @@ over values), and orjson writes numpy arrays directly.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,14 +245,15 @@ def array(value: object, spec: TensorSpec, dtype: np.dtype, allow_nonfinite: boo
             info = np.iinfo(dtype)
             if arr.min() < info.min or arr.max() > info.max:
                 raise BadRequest(f"input {where!r}: values outside the {spec.dtype} range")
-    if dtype.kind == "f" and kind == "f" and not allow_nonfinite and arr.size and not np.isfinite(arr).all():
-        raise BadRequest(f"input {where!r}: NaN or infinity is not accepted (MLDEPLOY_NONFINITE=allow lets it in)")
-    if dtype.kind == "f" and kind == "f" and dtype.itemsize < arr.dtype.itemsize and arr.size:
+    if dtype.kind == "f" and kind == "f":
         with np.errstate(over="ignore"):
-            arr = arr.astype(dtype)
-        if not allow_nonfinite and not np.isfinite(arr).all():
-            raise BadRequest(f"input {where!r}: values outside the {spec.dtype} range")
-        return arr
+            out = arr.astype(dtype, copy=False)
+        # one float64 sum answers "any NaN, infinity or overflow?" for the price of a pass
+        if not allow_nonfinite and out.size and not math.isfinite(out.sum(dtype=np.float64)):
+            if np.isfinite(arr).all():
+                raise BadRequest(f"input {where!r}: values outside the {spec.dtype} range")
+            raise BadRequest(f"input {where!r}: NaN or infinity is not accepted (MLDEPLOY_NONFINITE=allow lets it in)")
+        return out
     return arr.astype(dtype, copy=False)
 
 
