@@ -79,5 +79,5 @@ if ! docker image inspect "$base" >/dev/null 2>&1 && ! timeout 60 docker pull -q
 fi
 say "engine: ${DOCKER_HOST:-default}; registry: $REGISTRY; base image: $base"
 echo "export DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}"
-echo "export MLDEPLOY_REGISTRY=$REGISTRY"
-echo "export MLDEPLOY_BASE_IMAGE=$base"
+echo "export MLDEPLOY_IMAGE__REGISTRY=$REGISTRY"
+echo "export MLDEPLOY_IMAGE__BASE=$base"

@@ -1,0 +1,207 @@
+"""`mldeploy build`: one slim serving image per bundle, built on whatever engine DOCKER_HOST names.
+
+The build context is made here, on the host: the rendered Dockerfile (or the model repo's own),
+the bundle's serving files, and the runtime's wheels fetched once into a cache. The build itself
+then needs no network and sees no credential. The runtime is exactly onnxruntime, numpy, orjson,
+granian and mldeploy, installed without their optional dependencies (never torch or TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from mldeploy import __version__, github
+from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundle
+from mldeploy.errors import UsageError
+
+RUNTIME = ("onnxruntime", "numpy", "orjson", "granian")
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
+WHEEL_CACHE = Path(os.environ.get("MLDEPLOY_WHEEL_CACHE", Path.home() / ".cache" / "mldeploy" / "wheels"))
+DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n.git\n.env\n*.pem\n*.key\n"
+
+
+@dataclass
+class Built:
+    image_id: str
+    tag: str
+    size: int
+    labels: dict[str, str]
+
+
+def engine():
+    """A Docker client for DOCKER_HOST (or the default socket), or a UsageError saying how to get one."""
+    import docker  # the image step's own dependency (extra `image`)
+
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except Exception as e:  # docker raises DockerException, requests' errors, or OSError
+        raise UsageError(f"no Docker engine answers at {where} ({str(e).splitlines()[0][:160]})",
+                         hint="start one (`sudo systemctl start docker`, or scripts/docker-up.sh here) "
+                              "and set DOCKER_HOST") from None
+
+
+def labels_for(bundle: Bundle) -> dict[str, str]:
+    m = bundle.manifest
+    steps = [s.get("step") for s in m.get("steps", [])]
+    labels = {
+        "org.opencontainers.image.title": "mldeploy model server",
+        "org.opencontainers.image.description": "ONNX Runtime behind mldeploy serve",
+        "org.opencontainers.image.source": _source_url(),
+        "org.opencontainers.image.revision": (m.get("git") or {}).get("sha") or os.environ.get("GITHUB_SHA", ""),
+        "dev.mldeploy.model.sha256": m.get("model", {}).get("sha256", ""),
+        "dev.mldeploy.manifest": json.dumps({"source": m.get("source", {}).get("path"),
+                                             "framework": m.get("source", {}).get("framework"),
+                                             "steps": steps, "mldeploy": __version__}, separators=(",", ":")),
+        "com.amazonaws.sagemaker.capabilities.accept-bind-to-port": "true",
+    }
+    return {k: v for k, v in labels.items() if v}
+
+
+def _source_url() -> str:
+    server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
+    return f"{server}/{repo}" if server and repo else ""
+
+
+def render(base: str, labels: dict[str, str], requirements: list[str]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": True}
+    template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(base=base, labels=labels, requirements=" ".join(requirements),
+                           mldeploy_version=__version__)
+
+
+def runtime_wheels(dest: Path) -> list[str]:
+    """The runtime's wheels in dest, pinned to the versions installed here (the tested set)."""
+    pins = []
+    for name in RUNTIME:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            raise UsageError(f"{name} is not installed here, so its version for the image is unknown",
+                             hint="install mldeploy with the serve extra: pip install 'mldeploy[serve,image]'") from None
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in pins if not any(WHEEL_CACHE.glob(f"{p.split('==')[0].replace('-', '_')}-{p.split('==')[1]}-*.whl"))]
+    if missing:
+        _pip("download", "--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
+             "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp",
+             "--dest", str(WHEEL_CACHE), *missing)
+    wheels = [w for p in pins for w in WHEEL_CACHE.glob(f"{p.split('==')[0].replace('-', '_')}-{p.split('==')[1]}-*.whl")]
+    wheels.append(_mldeploy_wheel())
+    for wheel in wheels:
+        shutil.copy2(wheel, dest / wheel.name)
+    return [p for p in pins] + [f"mldeploy=={__version__}"]
+
+
+def _mldeploy_wheel() -> Path:
+    """A wheel of this very mldeploy: built from its source tree when there is one, else downloaded."""
+    source = Path(__file__).resolve().parents[3]
+    out = WHEEL_CACHE / f"mldeploy-src-{_tree_hash(source / 'src' / 'mldeploy')}"
+    if not (source / "pyproject.toml").is_file():
+        _pip("download", "--no-deps", "--dest", str(WHEEL_CACHE), f"mldeploy=={__version__}")
+        return next(WHEEL_CACHE.glob(f"mldeploy-{__version__}-*.whl"))
+    if not any(out.glob("*.whl")):
+        _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source))
+    return next(out.glob("*.whl"))
+
+
+def _tree_hash(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _pip(*args: str) -> None:
+    run = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "-q"],
+                         capture_output=True, text=True)
+    if run.returncode:
+        last = (run.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise UsageError(f"cannot fetch the serving runtime's wheels: {last}",
+                         hint="the build machine needs to reach your package index once; wheels are cached in "
+                              f"{WHEEL_CACHE}")
+
+
+def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Path) -> dict[str, str]:
+    """Fill folder with Dockerfile, .dockerignore, bundle/ and wheels/; returns the labels."""
+    (folder / "bundle").mkdir()
+    for name in (MODEL_FILE, SIGNATURE_FILE, MANIFEST_FILE):  # what serving reads; not fp32 copies or exports
+        shutil.copy2(bundle.path / name, folder / "bundle" / name)
+    (folder / "wheels").mkdir()
+    labels = labels_for(bundle)
+    if dockerfile is not None:
+        if not dockerfile.is_file():
+            raise UsageError(f"image.dockerfile {dockerfile} does not exist")
+        shutil.copy2(dockerfile, folder / "Dockerfile")
+    else:
+        requirements = runtime_wheels(folder / "wheels")
+        (folder / "Dockerfile").write_text(render(base, labels, requirements), encoding="utf-8")
+    (folder / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
+    return labels
+
+
+def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | None = None) -> Built:
+    bundle = Bundle.open(bundle_dir)
+    client = engine()
+    _ensure_base(client, base, dockerfile)
+    with tempfile.TemporaryDirectory(prefix="mldeploy-build-") as tmp:
+        labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp))
+        image_id = _docker_build(client, Path(tmp), tag, labels if dockerfile else None)
+    image = client.images.get(image_id)
+    return Built(image_id, tag, int(image.attrs.get("Size", 0)), image.labels or {})
+
+
+def _ensure_base(client, base: str, dockerfile: str | None) -> None:
+    import docker
+
+    if dockerfile:
+        return  # the user's Dockerfile names its own bases
+    try:
+        client.images.get(base)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(base)
+    except docker.errors.APIError as e:
+        raise UsageError(f"the base image {base} is not on the engine and cannot be pulled "
+                         f"({str(e.explanation or e)[:160]})",
+                         hint="set image.base (or MLDEPLOY_IMAGE__BASE) to an image the engine has; "
+                              "scripts/docker-up.sh builds one offline") from None
+
+
+def _docker_build(client, context: Path, tag: str, extra_labels: dict[str, str] | None) -> str:
+    """Build with the engine's own builder, output folded; a failing step is shown and exits 2."""
+    step = "a build step"
+    image_id = None
+    with github.group(f"docker build {tag}"), github.verbatim():
+        for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
+                                      labels=extra_labels):
+            if "stream" in chunk:
+                text = chunk["stream"]
+                sys.stdout.write(text)
+                if text.startswith("Step "):
+                    step = text.strip()
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                raise UsageError(f"the image build failed at {step}: {chunk['error'].strip()[:300]}",
+                                 hint="the step's output is above (folded in Actions)")
+    if image_id is None:
+        raise UsageError("the engine finished the build without an image id")
+    return image_id
