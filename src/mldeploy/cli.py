@@ -88,6 +88,20 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--force", action="store_true", help="measure again even if nothing changed")
     opt.set_defaults(func=cmd_optimize)
 
+    bld = sub.add_parser(
+        "build", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="build the bundle's slim serving image; push it by digest with --push",
+        description="Build one serving image for the bundle (ONNX Runtime + mldeploy serve on a slim\n"
+                    "Python base; never torch or TensorFlow) on the engine DOCKER_HOST names, and with\n"
+                    "--push push it to a registry and record the digest in the manifest.")
+    bld.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    bld.add_argument("--base", metavar="IMAGE", help="base image (default python:3.11-slim)")
+    bld.add_argument("--dockerfile", metavar="FILE", help="your own Dockerfile instead of ours")
+    bld.add_argument("--push", action="store_true", help="push to the registry and print the digest")
+    bld.add_argument("--registry", metavar="HOST[/PATH]", help="registry, e.g. 127.0.0.1:5000 or ghcr.io/acme")
+    bld.add_argument("--repository", metavar="NAME", help="repository (default mldeploy/<model name>)")
+    bld.set_defaults(func=cmd_build)
+
     srv = sub.add_parser(
         "serve", formatter_class=fmt, epilog=EPILOG,
         help="serve a bundle over HTTP (the serving image's entrypoint)",
@@ -176,6 +190,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     github.set_output("speedup", done.report["speedup"])
     github.set_output("size-ratio", done.report["size_ratio"])
     github.set_output("accuracy-delta", done.report["accuracy_delta"])
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.image import build_and_push
+
+    cfg = load_config(args.config, overrides={
+        "bundle": args.bundle, "image.base": args.base, "image.dockerfile": args.dockerfile,
+        "image.registry": args.registry, "image.repository": args.repository})
+    report = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
+                            repository=cfg.image.repository, dockerfile=cfg.image.dockerfile, push_image=args.push)
+    size_mb = f"{report['size'] / 1e6:.0f} MB"
+    github.set_output("image", report["image"])
+    github.set_output("digest", report.get("digest", ""))
+    github.set_output("image-size", report["size"])
+    github.add_summary(f"### Serving image\n\n| image | size |\n|---|---|\n| `{report['image']}` | {size_mb} |\n")
     return 0
 
 

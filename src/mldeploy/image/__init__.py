@@ -205,3 +205,95 @@ def _docker_build(client, context: Path, tag: str, extra_labels: dict[str, str] 
     if image_id is None:
         raise UsageError("the engine finished the build without an image id")
     return image_id
+
+
+@dataclass
+class Pushed:
+    repository: str
+    digest: str
+    tags: list[str]
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+def default_tags(bundle: Bundle) -> list[str]:
+    """The bundle's model hash, the git sha, and the release version when building a tag."""
+    m = bundle.manifest
+    tags = [f"model-{m.get('model', {}).get('sha256', '')[:12]}"]
+    sha = os.environ.get("GITHUB_SHA") or (m.get("git") or {}).get("sha")
+    if sha:
+        tags.append(f"git-{sha[:12]}")
+    if os.environ.get("GITHUB_REF_TYPE") == "tag" and os.environ.get("GITHUB_REF_NAME"):
+        tags.append("".join(c if c.isalnum() or c in "._-" else "-" for c in os.environ["GITHUB_REF_NAME"])[:128])
+    return tags
+
+
+def registry_auth(registry: str) -> dict[str, str] | None:
+    """Credentials for a push: MLDEPLOY_REGISTRY_USERNAME/PASSWORD, GITHUB_TOKEN for ghcr.io, else
+    the engine client's docker config (`docker login`, credential helpers). Cloud registries (ECR,
+    Artifact Registry, ACR) get a short-lived token from their deploy target's login helper."""
+    user, password = os.environ.get("MLDEPLOY_REGISTRY_USERNAME"), os.environ.get("MLDEPLOY_REGISTRY_PASSWORD")
+    if not password and registry == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
+        user, password = os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
+    if not password:
+        return None
+    github.mask(password)
+    return {"username": user or "oauth2accesstoken", "password": password}
+
+
+def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
+    """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag)."""
+    registry = repository.split("/", 1)[0]
+    auth = registry_auth(registry)
+    image = client.images.get(tag)
+    digest = None
+    for t in tags:
+        image.tag(repository, t)
+        with github.group(f"docker push {repository}:{t}"):
+            for chunk in client.api.push(repository, tag=t, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk:
+                    raise UsageError(f"the registry {registry} refused the push: {_scrub(chunk['error'], auth)}",
+                                     hint="check the registry address and its login (credentials are never printed)")
+                if "status" in chunk and "id" not in chunk:
+                    print(chunk["status"])
+                digest = (chunk.get("aux") or {}).get("Digest") or digest
+    if not digest:
+        raise UsageError(f"the registry {registry} did not report a digest for {repository}")
+    return Pushed(repository, digest, tags)
+
+
+def _scrub(text: str, auth: dict | None) -> str:
+    text = str(text).strip()[:300]
+    if auth and auth.get("password"):
+        text = text.replace(auth["password"], "***")
+    return text
+
+
+def build_and_push(bundle_dir: str | os.PathLike, *, base: str, registry: str | None, repository: str | None,
+                   dockerfile: str | None, push_image: bool) -> dict[str, object]:
+    """The build-push-image step: build, push by digest when asked, record it in the manifest."""
+    bundle = Bundle.open(bundle_dir)
+    name = repository or f"mldeploy/{_model_name(bundle)}"
+    local_tag = f"{name}:model-{bundle.manifest.get('model', {}).get('sha256', 'unknown')[:12]}"
+    built = build(bundle_dir, base, local_tag, dockerfile)
+    report: dict[str, object] = {"status": "passed", "image_id": built.image_id, "local_tag": local_tag,
+                                 "size": built.size, "base": None if dockerfile else base,
+                                 "dockerfile": dockerfile or "mldeploy template"}
+    image = local_tag
+    if push_image:
+        if not registry:
+            raise UsageError("nowhere to push: set image.registry (or --registry), e.g. 127.0.0.1:5000 or ghcr.io/acme")
+        pushed = push(engine(), local_tag, f"{registry.rstrip('/')}/{name}", default_tags(bundle))
+        report.update(repository=pushed.repository, digest=pushed.digest, tags=pushed.tags)
+        image = pushed.reference
+    report["image"] = image
+    bundle.add_step("build", report)
+    return report
+
+
+def _model_name(bundle: Bundle) -> str:
+    stem = Path(str(bundle.manifest.get("source", {}).get("path", "model"))).stem or "model"
+    clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip("._-")
+    return clean or "model"
