@@ -187,7 +187,7 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
         max_body_bytes=int(_number(env, "MLDEPLOY_MAX_BODY_BYTES", DEFAULT_MAX_BODY, int, 1024, 1 << 30)),
         allow_nonfinite=nonfinite == "allow",
         max_batch=int(_number(env, "MLDEPLOY_MAX_BATCH", 64, int, 1, 1 << 16)),
-        batch_wait_ms=_number(env, "MLDEPLOY_BATCH_WAIT_MS", 0.0, float, 0, 1000),
+        batch_wait_ms=_number(env, "MLDEPLOY_BATCH_WAIT_MS", 0.0, float, 0, 10_000),
         infer_thread=infer_thread,
         extra_routes=extra,
         api_keys=_api_keys(env),
