@@ -102,6 +102,30 @@ def _parser() -> argparse.ArgumentParser:
     bld.add_argument("--repository", metavar="NAME", help="repository (default mldeploy/<model name>)")
     bld.set_defaults(func=cmd_build)
 
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    where.add_argument("--cloud", choices=["local", "aws", "gcp", "azure"], help="where (default: deploy.cloud)")
+    where.add_argument("--endpoint", metavar="NAME", help="endpoint name (default: deploy.endpoint, else the model's name)")
+    where.add_argument("--port", type=int, metavar="N", help="cloud local: the endpoint's port (default 8080)")
+    dep = sub.add_parser(
+        "deploy", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+        help="deploy the bundle's image (by digest) as a canary or to production",
+        description="Deploy the image `mldeploy build --push` recorded in the bundle to a slot: the canary\n"
+                    "(taking --traffic percent) or production. The new slot must report ready, serve the\n"
+                    "digest asked for and answer a smoke request before any traffic moves; otherwise it\n"
+                    "is removed, production keeps serving as it was, and the exit code is 1.")
+    dep.add_argument("--stage", choices=["canary", "production"], default="canary", help="slot (default canary)")
+    dep.add_argument("--traffic", type=int, metavar="PERCENT", help="canary share (default deploy.canary_traffic)")
+    dep.add_argument("--image", metavar="REPO@DIGEST", help="image to deploy (default: the bundle's last build)")
+    dep.add_argument("--plan", action="store_true", help="print what would change, change nothing")
+    dep.set_defaults(func=cmd_deploy)
+    for verb, text in (("status", "print the endpoint's slots, images, traffic and health"),
+                       ("promote", "make the canary production (100% of traffic)"),
+                       ("rollback", "remove the canary; production takes all traffic")):
+        p = sub.add_parser(verb, parents=[common, where], formatter_class=fmt, epilog=EPILOG, help=text,
+                           description=text[0].upper() + text[1:] + ".")
+        p.set_defaults(func=cmd_slots, verb=verb)
+
     srv = sub.add_parser(
         "serve", formatter_class=fmt, epilog=EPILOG,
         help="serve a bundle over HTTP (the serving image's entrypoint)",
@@ -207,6 +231,76 @@ def cmd_build(args: argparse.Namespace) -> int:
     github.set_output("digest", report.get("digest", ""))
     github.set_output("image-size", report["size"])
     github.add_summary(f"### Serving image\n\n| image | size |\n|---|---|\n| `{report['image']}` | {size_mb} |\n")
+    return 0
+
+
+def _target(args: argparse.Namespace):
+    from mldeploy.config import load_config
+    from mldeploy.deploy import target_for
+
+    cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
+                                              "deploy.endpoint": args.endpoint, "deploy.port": args.port})
+    from mldeploy.bundle import Bundle
+
+    endpoint = cfg.deploy.endpoint
+    bundle = None
+    if endpoint is None or args.command == "deploy":
+        bundle = Bundle.open(cfg.bundle)
+        endpoint = endpoint or _model_name(bundle)
+    return cfg, bundle, target_for(cfg.deploy.cloud, cfg.deploy.target, endpoint, cfg.deploy.port)
+
+
+def _model_name(bundle) -> str:
+    from mldeploy.image import _model_name as name
+
+    return name(bundle)
+
+
+def _print_status(report: dict) -> None:
+    print(f"endpoint: {report['endpoint']}  url: {report.get('url') or '-'}")
+    for slot, s in report.get("slots", {}).items():
+        print(f"  {slot:<10} {s['traffic']:>3}%  {'healthy' if s['healthy'] else 'UNHEALTHY'}  {s['image']}")
+    github.set_output("url", report.get("url") or "")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from mldeploy.deploy import Desired
+
+    cfg, bundle, target = _target(args)
+    image = args.image or next((s.get("image") for s in reversed(bundle.manifest["steps"])
+                                if s.get("step") == "build"), None)
+    if not image or "@sha256:" not in image:
+        raise UsageError(f"no image digest to deploy (found {image!r})",
+                         hint="run `mldeploy build --push` first, or pass --image REPO@sha256:...")
+    traffic = cfg.deploy.canary_traffic if args.traffic is None else args.traffic
+    if not 0 <= traffic <= 100:
+        raise UsageError(f"--traffic {traffic} is not a percentage (0 to 100)")
+    smoke = {"inputs": {t.name: _zeros(t) for t in bundle.signature.inputs}}
+    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke))
+    print(plan.text())
+    if args.plan or plan.empty:
+        if plan.empty:
+            _print_status(target.status())
+        return 0
+    report = target.apply(plan)
+    _print_status(report)
+    github.set_output("image", image)
+    return 0
+
+
+def _zeros(spec) -> list:
+    value: object = "" if spec.dtype == "string" else False if spec.dtype == "bool" else 0
+    for i, dim in reversed(list(enumerate(spec.shape))):
+        value = [value] * (dim if isinstance(dim, int) else 1)
+    return value
+
+
+def cmd_slots(args: argparse.Namespace) -> int:
+    _, _, target = _target(args)
+    report = getattr(target, args.verb)()
+    if args.verb != "status":
+        print(f"{args.verb}: {'done' if report.get('changed') else 'nothing to do'}")
+    _print_status(report)
     return 0
 
 

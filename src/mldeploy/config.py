@@ -156,6 +156,7 @@ class DeploySection(Section):
     endpoint: str | None = Field(None, description="Endpoint/service name (default: the model's name).")
     region: str | None = None
     canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
+    port: int = Field(8080, ge=1, le=65535, description="cloud local: the port the endpoint answers on.")
 
     @field_validator("target")
     @classmethod

@@ -1,0 +1,262 @@
+"""The local target: production and canary as containers on the local engine, behind a router.
+
+    client -> :PORT  mldeploy-<endpoint>-router   (weights, re-read live)
+                       |-> mldeploy-<endpoint>-production-<digest>
+                       '-> mldeploy-<endpoint>-canary-<digest>
+
+All containers sit on a private network `mldeploy-<endpoint>`; only the router publishes a port.
+The routes file inside the router is the state (slot -> container, image, address, weight), read
+back on every command. A new slot container must come up, report ready, serve the digest asked
+for and answer a smoke request before any traffic moves to it; if not, it is removed and the
+routes are left as they were, so production keeps answering throughout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from mldeploy.deploy import Desired, Plan
+from mldeploy.errors import CheckFailed, UsageError
+from mldeploy.image import engine
+
+ROUTES_PATH = "/tmp/routes.json"
+READY_SECONDS = 120
+
+
+class LocalTarget:
+    name = "local"
+
+    def __init__(self, endpoint: str, port: int):
+        self.endpoint = endpoint
+        self.port = port
+        self.client = engine()
+        self.prefix = f"mldeploy-{endpoint}"
+        self.network = self.prefix
+
+    # -- state ---------------------------------------------------------------------------------
+    def _router(self):
+        import docker
+
+        try:
+            return self.client.containers.get(f"{self.prefix}-router")
+        except docker.errors.NotFound:
+            return None
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        router = self._router()
+        if router is None or router.status != "running":
+            return {}
+        try:
+            stream, _ = router.get_archive(ROUTES_PATH)
+        except Exception:  # no routes yet
+            return {}
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            return json.loads(tar.extractfile(tar.getmembers()[0]).read())["slots"]
+
+    def _write_routes(self, slots: dict[str, dict[str, Any]]) -> None:
+        data = json.dumps({"slots": slots}, indent=2).encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("routes.json")
+            info.size, info.mtime, info.mode = len(data), time.time(), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        self._router().put_archive("/tmp", buf.getvalue())
+
+    # -- the interface -------------------------------------------------------------------------
+    def plan(self, desired: Desired) -> Plan:
+        slots = self.routes()
+        plan = Plan(self.name, desired)
+        if "production" not in slots:
+            plan.changes.append(f"start production from {desired.image} (the first deploy goes straight to "
+                                "production: there is nothing to compare a canary with)")
+            plan.changes.append(f"start the router on 127.0.0.1:{self.port}")
+            return plan
+        if desired.stage == "production":
+            if slots["production"]["image"] != desired.image or "canary" in slots:
+                plan.changes.append(f"replace production with {desired.image}, 100% of traffic")
+            return plan
+        canary = slots.get("canary")
+        if canary is None or canary["image"] != desired.image:
+            plan.changes.append(f"{'replace' if canary else 'start'} the canary with {desired.image}")
+        if canary is None or canary["weight"] != desired.traffic or canary["image"] != desired.image:
+            plan.changes.append(f"route {desired.traffic}% of traffic to the canary, "
+                                f"{100 - desired.traffic}% to production")
+        return plan
+
+    def apply(self, plan: Plan) -> dict[str, Any]:
+        if plan.empty:
+            return {"changed": False, **self.status()}
+        d = plan.desired
+        self._ensure_network()
+        slots = self.routes()
+        first = "production" not in slots
+        slot = "production" if first or d.stage == "production" else "canary"
+        if self._router() is None or self._router().status != "running":
+            self._start_router(d.image)
+        old = slots.get(slot)
+        if old is None or old["image"] != d.image:
+            entry = self._start_slot(slot, d, slots)
+        else:
+            entry = old
+        if slot == "production":
+            slots = {"production": {**entry, "weight": 100}}
+        else:
+            slots["production"]["weight"] = 100 - d.traffic
+            slots["canary"] = {**entry, "weight": d.traffic}
+        self._write_routes(slots)
+        for gone in {old and old.get("container"), *self._replaced(slots)} - {None}:
+            self._remove(gone)
+        return {"changed": True, **self.status()}
+
+    def status(self) -> dict[str, Any]:
+        slots = self.routes()
+        out = {}
+        for name, s in slots.items():
+            code = self._get("/v2/health/ready", name)[0]
+            out[name] = {"image": s["image"], "traffic": s["weight"], "container": s["container"],
+                         "healthy": code == 200}
+        return {"endpoint": self.endpoint, "url": f"http://127.0.0.1:{self.port}" if slots else None, "slots": out}
+
+    def promote(self) -> dict[str, Any]:
+        slots = self.routes()
+        if "canary" not in slots:
+            raise UsageError(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
+        old = slots["production"]["container"]
+        self._write_routes({"production": {**slots["canary"], "weight": 100}})
+        self._remove(old)
+        return {"changed": True, **self.status()}
+
+    def rollback(self) -> dict[str, Any]:
+        slots = self.routes()
+        if "canary" not in slots:
+            return {"changed": False, **self.status()}
+        canary = slots.pop("canary")["container"]
+        slots["production"]["weight"] = 100
+        self._write_routes(slots)
+        self._remove(canary)
+        return {"changed": True, **self.status()}
+
+    # -- containers ----------------------------------------------------------------------------
+    def _ensure_network(self) -> None:
+        if not self.client.networks.list(names=[self.network]):
+            self.client.networks.create(self.network, driver="bridge", labels={"dev.mldeploy.endpoint": self.endpoint})
+
+    def _start_router(self, image: str) -> None:
+        import docker
+
+        if (old := self._router()) is not None:
+            old.remove(force=True)
+        try:
+            self.client.containers.run(
+                image, name=f"{self.prefix}-router", detach=True, network=self.network,
+                entrypoint=["/opt/venv/bin/python", "-m", "mldeploy.deploy.router"],
+                ports={"8080/tcp": ("127.0.0.1", self.port)}, restart_policy={"Name": "unless-stopped"},
+                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.role": "router"})
+        except docker.errors.APIError as e:
+            text = str(e.explanation or e)
+            if (router := self._router()) is not None:
+                router.remove(force=True)
+            if "already allocated" in text or "address already in use" in text:
+                raise UsageError(f"port {self.port} is already in use on this machine",
+                                 hint="stop what listens there, or set deploy.port / --port") from None
+            raise UsageError(f"the local router could not start: {text[:200]}") from None
+
+    def _start_slot(self, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Start a container for slot, check it, and return its routes entry; on failure remove it."""
+        import docker
+
+        digest = d.image.rsplit("@", 1)[-1]
+        name = f"{self.prefix}-{slot}-{digest.removeprefix('sha256:')[:12]}"
+        try:
+            self.client.containers.get(name).remove(force=True)  # a leftover of a failed attempt
+        except docker.errors.NotFound:
+            pass
+        try:
+            container = self.client.containers.run(
+                d.image, ["serve"], name=name, detach=True, network=self.network,
+                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot})
+        except docker.errors.ImageNotFound:
+            raise UsageError(f"the image {d.image} is not on the engine and cannot be pulled",
+                             hint="run `mldeploy build --push` first") from None
+        except docker.errors.APIError as e:
+            raise UsageError(f"cannot start the {slot} container: {str(e.explanation or e)[:200]}") from None
+        try:
+            entry = self._check(container, slot, d, slots)
+        except CheckFailed:
+            container.remove(force=True)
+            self._write_routes(slots)  # as it was: the new container never took traffic
+            raise
+        return entry
+
+    def _check(self, container, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=5).decode(errors="replace").strip().splitlines()
+                raise CheckFailed(f"the {slot} container exited on start ({container.attrs['State']['ExitCode']}): "
+                                  f"{logs[-1] if logs else 'no output'}; traffic was not moved")
+            if container.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"]).exit_code == 0:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"the {slot} container was not ready after {READY_SECONDS} s; traffic was not moved")
+            time.sleep(0.25)
+        served = container.image.attrs.get("RepoDigests", [])
+        digest = d.image.rsplit("@", 1)[-1]
+        if not any(r.endswith(digest) for r in served):
+            raise CheckFailed(f"the {slot} container runs {served or container.image.id}, not {digest}")
+        ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+        entry = {"container": container.name, "image": d.image, "addr": f"{ip}:8080", "weight": 0}
+        self._write_routes({**slots, f"{slot}-next": entry})  # addressable by header, no traffic yet
+        code, body = self._post("/invocations", d.smoke, f"{slot}-next")
+        if code != 200:
+            raise CheckFailed(f"the {slot} smoke request got {code}: {body[:200]!r}; traffic was not moved")
+        return entry
+
+    def _replaced(self, slots: dict[str, dict[str, Any]]) -> set[str]:
+        """Our slot containers that the routes no longer name."""
+        keep = {s["container"] for s in slots.values()}
+        mine = self.client.containers.list(all=True, filters={"label": [f"dev.mldeploy.endpoint={self.endpoint}",
+                                                                         "dev.mldeploy.slot"]})
+        return {c.name for c in mine if c.name not in keep}
+
+    def _remove(self, name: str) -> None:
+        import docker
+
+        try:
+            self.client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def destroy(self) -> None:
+        """Remove every container and the network of this endpoint."""
+        for c in self.client.containers.list(all=True, filters={"label": f"dev.mldeploy.endpoint={self.endpoint}"}):
+            c.remove(force=True)
+        for n in self.client.networks.list(names=[self.network]):
+            n.remove()
+
+    # -- HTTP through the router ---------------------------------------------------------------
+    def _post(self, path: str, body: dict, slot: str) -> tuple[int, bytes]:
+        return self._http(path, slot, json.dumps(body).encode())
+
+    def _get(self, path: str, slot: str) -> tuple[int, bytes]:
+        return self._http(path, slot, None)
+
+    def _http(self, path: str, slot: str, body: bytes | None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
+                                     headers={"x-mldeploy-slot": slot, "content-type": "application/json"})
+        for _ in range(40):  # the router itself may still be starting
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+            except OSError:
+                time.sleep(0.25)
+        return 0, b"the router did not answer"
