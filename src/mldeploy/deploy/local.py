@@ -195,6 +195,8 @@ class LocalTarget:
         return entry
 
     def _check(self, container, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        import docker
+
         deadline = time.monotonic() + READY_SECONDS
         while True:
             container.reload()
@@ -202,8 +204,11 @@ class LocalTarget:
                 logs = container.logs(tail=5).decode(errors="replace").strip().splitlines()
                 raise CheckFailed(f"the {slot} container exited on start ({container.attrs['State']['ExitCode']}): "
                                   f"{logs[-1] if logs else 'no output'}; traffic was not moved")
-            if container.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"]).exit_code == 0:
-                break
+            try:
+                if container.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"]).exit_code == 0:
+                    break
+            except docker.errors.APIError:
+                continue  # it stopped between the two calls: the reload above says how
             if time.monotonic() > deadline:
                 raise CheckFailed(f"the {slot} container was not ready after {READY_SECONDS} s; traffic was not moved")
             time.sleep(0.25)

@@ -1,0 +1,141 @@
+"""The local target on a real engine: canary share, promote, rollback, a crashing canary."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mldeploy.cli import main
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BODY = json.dumps({"inputs": [[0.1, 0.2, 0.3, 0.4]]}).encode()
+
+
+def mldeploy(*args) -> tuple[int, str]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = main([str(a) for a in args])
+    return code, buf.getvalue()
+
+
+def predict(port: int) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=BODY,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers.get("x-mldeploy-slot", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("x-mldeploy-slot", "")
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture(scope="module")
+def images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple[Path, str, str, str]:
+    """The bundle, its pushed digest, a second digest of the same model, and one that crashes on start."""
+    _, bundle = serving_image
+    code, out = mldeploy("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"], "--push",
+                         "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
+    assert code == 0, out
+    good = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    repository = good.split("@")[0]
+
+    def variant(tag: str, extra: str) -> str:
+        folder = tmp_path_factory.mktemp(tag)
+        (folder / "Dockerfile").write_text(f"FROM {good}\n{extra}\n")
+        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}")
+        digest = None
+        for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
+            digest = (chunk.get("aux") or {}).get("Digest") or digest
+        return f"{repository}@{digest}"
+
+    second = variant("second", 'LABEL variant="second"')
+    crashing = variant("crashing", 'ENTRYPOINT ["/bin/false"]')
+    return bundle, good, second, crashing
+
+
+@pytest.fixture
+def endpoint(images):
+    port = free_port()
+    name = f"t{port}"
+    yield name, port
+    from mldeploy.deploy.local import LocalTarget
+
+    LocalTarget(name, port).destroy()
+
+
+def test_canary_share_promote_rollback(images, endpoint):
+    bundle, good, second, _ = images
+    name, port = endpoint
+    where = ("--bundle", bundle, "--endpoint", name, "--port", port)
+    code, out = mldeploy("deploy", *where, "--image", good)
+    assert code == 0 and "production 100%  healthy" in out, out
+    code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20", "--plan")
+    assert code == 0 and "start the canary" in out and "canary" not in mldeploy("status", *where)[1].split("url")[1]
+    code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20")
+    assert code == 0 and "canary      20%  healthy" in out, out
+
+    slots = [predict(port) for _ in range(1000)]
+    assert all(status == 200 for status, _ in slots)
+    canary = sum(slot == "canary" for _, slot in slots)
+    assert 150 <= canary <= 250, canary  # 20% of 1000: mean 200, sd 12.6; these bounds are 4 sd
+
+    code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20")
+    assert code == 0 and "up to date, nothing to change" in out  # idempotent
+
+    code, out = mldeploy("promote", *where)
+    assert code == 0 and f"production 100%  healthy  {second}" in out and "canary" not in out.split("url")[1]
+    assert {predict(port)[1] for _ in range(50)} == {"production"}
+
+    mldeploy("deploy", *where, "--image", good, "--stage", "canary", "--traffic", "50")
+    code, out = mldeploy("rollback", *where)
+    assert code == 0 and f"production 100%  healthy  {second}" in out and "canary " not in out
+    assert {predict(port)[1] for _ in range(50)} == {"production"}
+
+
+def test_crashing_canary_is_rolled_back_while_production_answers(images, endpoint):
+    bundle, good, _, crashing = images
+    name, port = endpoint
+    where = ("--bundle", bundle, "--endpoint", name, "--port", port)
+    assert mldeploy("deploy", *where, "--image", good)[0] == 0
+    results: list[int] = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            results.append(predict(port)[0])
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        code, out = mldeploy("deploy", *where, "--image", crashing, "--stage", "canary", "--traffic", "20")
+    finally:
+        stop.set()
+        thread.join()
+    assert code == 1 and "exited on start" in out and "traffic was not moved" in out, out
+    assert len(results) > 20 and results.count(200) == len(results), f"{len(results) - results.count(200)} failed"
+    code, out = mldeploy("status", *where)
+    assert f"production 100%  healthy  {good}" in out and "canary" not in out.split("url")[1]
+
+
+def test_port_in_use_and_missing_digest(images, endpoint):
+    bundle, good, _, _ = images
+    name, _ = endpoint
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--port", port, "--image", good)
+    assert code == 2 and f"port {port} is already in use" in out, out
+    code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--image", good.split("@")[0] + ":latest")
+    assert code == 2 and "no image digest to deploy" in out
