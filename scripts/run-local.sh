@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (cloud: local), on a fresh machine: set up, then run the
-# pipeline on the example model repo in examples/model-repo.
-# The pipeline so far: convert (a parity-checked ONNX bundle), then optimize (the fastest model
-# within the accuracy budget). Build, push and the local canary deploy join it as they land.
+# The main job on the embedded default (cloud: local), on a fresh machine: set up what is missing
+# (the Python environment; as root, a Docker engine, a local registry and a slim base image), then
+# run the whole pipeline on the example model repo: convert -> optimize -> build -> push -> deploy
+# -> smoke, and show a canary taking its share of traffic and being promoted.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup-venv.sh torch
+started=$SECONDS
+scripts/setup-venv.sh torch,serve,image
+eval "$(scripts/docker-up.sh)"
+mldeploy=$PWD/.venv/bin/mldeploy
 cd examples/model-repo
-../../.venv/bin/mldeploy convert
-../../.venv/bin/mldeploy optimize
-echo "bundle: $(pwd)/.mldeploy/bundle"
+"$mldeploy" run --promote
+# A fresh machine has no earlier model, so the first run went straight to production. Show the
+# canary path with the same image: in a model repo the canary is the new model a pull request built.
+echo "--- canary: the same image as a canary taking $("$mldeploy" config validate | python3 -c 'import json,sys; print(json.load(sys.stdin)["deploy"]["canary_traffic"])')% of traffic, then promoted"
+"$mldeploy" deploy --stage canary
+url=$("$mldeploy" status | sed -n 's/^endpoint: .*url: //p')
+python3 - "$url" <<'PY'
+import collections, json, sys, urllib.request
+url, counts = sys.argv[1], collections.Counter()
+body = json.dumps({"inputs": {"features": [[0.0] * 16]}}).encode()
+for _ in range(500):
+    req = urllib.request.Request(url + "/predict", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        counts[r.headers["x-mldeploy-slot"]] += 1
+print("500 requests:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+PY
+"$mldeploy" promote
+echo "done in $((SECONDS - started)) s; the endpoint answers at $url (try: curl $url/predict -d '{\"inputs\": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}')"

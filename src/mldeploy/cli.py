@@ -126,6 +126,15 @@ def _parser() -> argparse.ArgumentParser:
                            description=text[0].upper() + text[1:] + ".")
         p.set_defaults(func=cmd_slots, verb=verb)
 
+    run = sub.add_parser(
+        "run", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="the whole pipeline from mldeploy.yaml: convert, optimize, build, push, deploy, smoke",
+        description="Run the pipeline: convert -> optimize -> build -> push -> deploy (a canary taking\n"
+                    "deploy.canary_traffic percent, or production on the first deploy) -> smoke ->\n"
+                    "promote (with --promote). Each step is what its own command does.")
+    run.add_argument("--promote", action="store_true", help="promote the canary after a clean smoke test")
+    run.set_defaults(func=cmd_run)
+
     srv = sub.add_parser(
         "serve", formatter_class=fmt, epilog=EPILOG,
         help="serve a bundle over HTTP (the serving image's entrypoint)",
@@ -264,7 +273,7 @@ def _print_status(report: dict) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from mldeploy.deploy import Desired
+    from mldeploy.deploy import Desired, smoke_body
 
     cfg, bundle, target = _target(args)
     image = args.image or next((s.get("image") for s in reversed(bundle.manifest["steps"])
@@ -275,8 +284,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     traffic = cfg.deploy.canary_traffic if args.traffic is None else args.traffic
     if not 0 <= traffic <= 100:
         raise UsageError(f"--traffic {traffic} is not a percentage (0 to 100)")
-    smoke = {"inputs": {t.name: _zeros(t) for t in bundle.signature.inputs}}
-    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke))
+    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke_body(bundle.signature)))
     print(plan.text())
     if args.plan or plan.empty:
         if plan.empty:
@@ -288,19 +296,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zeros(spec) -> list:
-    value: object = "" if spec.dtype == "string" else False if spec.dtype == "bool" else 0
-    for i, dim in reversed(list(enumerate(spec.shape))):
-        value = [value] * (dim if isinstance(dim, int) else 1)
-    return value
-
-
 def cmd_slots(args: argparse.Namespace) -> int:
     _, _, target = _target(args)
     report = getattr(target, args.verb)()
     if args.verb != "status":
         print(f"{args.verb}: {'done' if report.get('changed') else 'nothing to do'}")
     _print_status(report)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.pipeline import run
+
+    report = run(load_config(args.config), promote=args.promote)
+    _print_status(report)
+    github.set_output("image", report["image"])
     return 0
 
 

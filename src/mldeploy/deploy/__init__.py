@@ -49,6 +49,17 @@ class Target(Protocol):
     def rollback(self) -> dict[str, Any]: ...
 
 
+def smoke_body(signature) -> dict[str, Any]:
+    """A request every model must answer: zeros in the signature's shape, one row."""
+    def zeros(shape, dtype: str) -> object:
+        value: object = "" if dtype == "string" else False if dtype == "bool" else 0
+        for dim in reversed(shape):
+            value = [value] * (dim if isinstance(dim, int) else 1)
+        return value
+
+    return {"inputs": {t.name: zeros(t.shape, t.dtype) for t in signature.inputs}}
+
+
 def target_for(cloud: str, target: str, endpoint: str, port: int) -> Target:
     if cloud == "local":
         from mldeploy.deploy.local import LocalTarget
