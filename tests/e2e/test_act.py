@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, git_tracked_copy
+from tests.integration.conftest import docker_env, free_port  # noqa: F401  (docker_env is a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,15 +42,18 @@ def model_repo(tmp_path):
     return repo
 
 
-def act(repo: Path, kit: Path, workflow: str) -> subprocess.CompletedProcess:
+def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
+        event: str = "push") -> subprocess.CompletedProcess:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "model"],
                    cwd=repo, check=True)
     (repo.parent / "event.json").write_text("{}")
     wf = repo / ".github" / "workflows" / workflow
-    args = [ACT, "push", "-W", str(wf), "-e", str(repo.parent / "event.json"),
+    args = [ACT, event, "-W", str(wf), "-e", str(repo.parent / "event.json"),
             "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
+    for name, value in (env or {}).items():
+        args += ["--env", f"{name}={value}"]
     for sha in uses_refs(wf, "actions/setup-python"):
         args += ["--local-repository", f"actions/setup-python@{sha}={STANDINS / 'setup-python'}"]
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
@@ -83,3 +87,20 @@ def test_bad_config_fails_the_job_with_an_annotation(kit, model_repo):
     assert re.search(r"::error file=mldeploy\.yaml,line=\d+,title=mldeploy convert::parity\.atoll: unknown key "
                      r"\(did you mean 'atol'\?\)", r.stdout), r.stdout[-4000:]
     assert "Use the outputs" not in r.stdout.split("::error", 1)[1]  # nothing ran after the failure
+
+
+def test_the_whole_pipeline_deploys_locally_from_a_model_repo(kit, model_repo, docker_env):
+    port = free_port()
+    env = {**docker_env, "MLDEPLOY_DEPLOY__PORT": str(port), "MLDEPLOY_DEPLOY__ENDPOINT": f"e2e{port}"}
+    try:
+        r = act(model_repo, kit, "deploy-local.yml", env, event="workflow_dispatch")
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+        log = r.stdout
+        image = re.search(r"deployed (\S+@sha256:[0-9a-f]{64}) at http://127\.0\.0\.1:(\d+)", log)
+        assert image and image[2] == str(port), log[-3000:]
+        assert '"outputs":[[' in log  # the endpoint answered the workflow's own request
+        assert "production 100%  healthy" in log and "Job succeeded" in log
+    finally:
+        from mldeploy.deploy.local import LocalTarget
+
+        LocalTarget(f"e2e{port}", port).destroy()

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from urllib.parse import unquote
 
 from mldeploy import __version__, github
 from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundle
@@ -107,14 +108,29 @@ def runtime_wheels(dest: Path) -> list[str]:
 
 def _mldeploy_wheel() -> Path:
     """A wheel of this very mldeploy: built from its source tree when there is one, else downloaded."""
-    source = Path(__file__).resolve().parents[3]
-    out = WHEEL_CACHE / f"mldeploy-src-{_tree_hash(source / 'src' / 'mldeploy')}"
-    if not (source / "pyproject.toml").is_file():
+    source = _source_tree()
+    if source is None:
         _pip("download", "--no-deps", "--dest", str(WHEEL_CACHE), f"mldeploy=={__version__}")
         return next(WHEEL_CACHE.glob(f"mldeploy-{__version__}-*.whl"))
+    out = WHEEL_CACHE / f"mldeploy-src-{_tree_hash(source / 'src' / 'mldeploy')}"
     if not any(out.glob("*.whl")):
         _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source))
     return next(out.glob("*.whl"))
+
+
+def _source_tree() -> Path | None:
+    """The kit's source: this file's checkout (editable), or the folder pip installed it from (the actions)."""
+    here = Path(__file__).resolve().parents[3]
+    if (here / "pyproject.toml").is_file():
+        return here
+    try:
+        from importlib.metadata import distribution
+
+        url = json.loads(distribution("mldeploy").read_text("direct_url.json") or "{}").get("url", "")
+    except (PackageNotFoundError, ValueError):
+        return None
+    path = Path(unquote(url.removeprefix("file://"))) if url.startswith("file://") else None
+    return path if path and (path / "pyproject.toml").is_file() else None
 
 
 def _tree_hash(folder: Path) -> str:

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import os
 import re
-import threading
+import signal
 import time
 
 import orjson
@@ -46,6 +46,7 @@ V2_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/in
 REQUEST_ID = re.compile(r"[\w.:/=+-]{1,128}")
 JSON_HEADERS = [("content-type", "application/json")]
 PUBLISH_SECONDS = 1.0
+FAILED_FILE = "failed"  # a worker that cannot load the model leaves its reason here for the serve command
 DRAIN_BYTES = 16 << 20  # an oversized body is read and dropped up to this, then the connection closes
 
 
@@ -58,22 +59,24 @@ class App:
             (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
         self.metrics = Metrics(settings.model_name, settings.metrics_dir)
         self.auth = Auth(settings.api_keys) if settings.api_keys else None
+        # each worker keeps its own buckets: its share of the rate and of the burst
         self.limiter = RateLimiter(settings.rate_per_second / settings.workers,
-                                   settings.rate_burst) if settings.rate_per_second else None
-        self.model: Model | None = None   # set by the loader thread; None means not ready
+                                   max(1.0, settings.rate_burst / settings.workers)) if settings.rate_per_second else None
+        self.model: Model | None = None   # set in __rsgi_init__, before the worker serves
         self.batcher: Batcher | None = None
         self.capture: Capture | None = None
-        self.failed: str | None = None
         self.ids = itertools.count(1)
         self.id_prefix = f"{os.getpid():x}-"
         self.openapi: bytes = b""
 
     # -- lifecycle (granian calls these in each worker) ------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Load and warm up before this worker accepts anything: a worker that answers is ready."""
         self.loop = loop
-        self.metrics.set("mldeploy_model_ready", self.metrics.model, 0)
-        threading.Thread(target=self._load, name="load-model", daemon=True).start()
+        self._load()
         loop.call_later(PUBLISH_SECONDS, self._publish)
+        if _early_sigterm:  # it arrived before granian's handlers existed: deliver it to them now
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.batcher:
@@ -87,16 +90,17 @@ class App:
         start = time.perf_counter()
         try:
             model = Model.load(self.s.bundle, self.s.threads, self.s.model_name)
-        except MldeployError as e:  # a broken bundle: say so and take the server down
+        except MldeployError as e:  # a broken bundle: say so once, and take the server down with exit 2
             log("error", e.describe(), bundle=str(self.s.bundle))
-            self.failed = e.describe()
+            if self.s.metrics_dir:
+                (self.s.metrics_dir / FAILED_FILE).write_text(e.describe(), encoding="utf-8")
             os._exit(2)
         self.openapi = orjson.dumps(openapi.document(model.signature, model.name), option=orjson.OPT_INDENT_2)
         self.batcher = Batcher(model, self.s.max_batch, self.s.batch_wait_ms, self.s.infer_thread, self.metrics)
         if self.s.capture_dir and self.s.capture_sample_rate > 0:
             self.capture = Capture(self.s.capture_dir, self.s.capture_sample_rate, self.s.capture_max_bytes,
                                    self.s.capture_files, model.version, self.metrics.count)
-        self.model = model  # from here on the worker is ready
+        self.model = model
         self.metrics.set("mldeploy_model_ready", self.metrics.model, 1)
         log("info", "model ready", pid=os.getpid(), bundle=str(self.s.bundle), version=model.version,
             seconds=round(time.perf_counter() - start, 3), threads=self.s.threads,
@@ -132,19 +136,10 @@ class App:
                 route, label, version = self._v2_route(method, path)
             if route is None:
                 raise self._not_found(method, path)
-            if self.auth is not None and route not in OPEN:
-                key = self.auth.identify(headers.get("authorization"), headers.get("x-api-key"))
-                if key is None:
-                    raise Answer(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
-                                 [("www-authenticate", "Bearer")])
-            else:
-                key = None
-            if self.limiter is not None and route not in OPEN:
-                wait = self.limiter.retry_after(key if key is not None else scope.client.rsplit(":", 1)[0])
-                if wait:
-                    raise Answer(429, f"rate limit exceeded; retry in {wait} s", [("retry-after", str(wait))])
+            if route not in OPEN and (self.auth is not None or self.limiter is not None):
+                self._admit(scope)
             if route == PREDICT or route == V2_INFER:
-                if version is not None and version != (self.model.version if self.model else None):
+                if version is not None and version != self.model.version:
                     raise Answer(404, f"model version {version!r} is not served here")
                 status, ctype, body = await self._predict(scope, proto, route == V2_INFER, rid, start)
             else:
@@ -169,6 +164,18 @@ class App:
             log("info", "request", request_id=rid, method=method, path=path, status=status,
                 ms=round(elapsed * 1000, 3))
 
+    def _admit(self, scope) -> None:
+        """API key, then the rate limit of that key (or of the client address: wrong keys are limited too)."""
+        headers = scope.headers
+        key = self.auth.identify(headers.get("authorization"), headers.get("x-api-key")) if self.auth else None
+        if self.limiter is not None:
+            wait = self.limiter.retry_after(key if key is not None else scope.client.rsplit(":", 1)[0])
+            if wait:
+                raise Answer(429, f"rate limit exceeded; retry in {wait} s", [("retry-after", str(wait))])
+        if self.auth is not None and key is None:
+            raise Answer(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
+                         [("www-authenticate", "Bearer")])
+
     def _v2_route(self, method: str, path: str) -> tuple[str | None, str, str | None]:
         m = V2_MODEL_PATH.fullmatch(path)
         if not m:
@@ -190,28 +197,19 @@ class App:
         return Answer(404, f"no route {path} (see /openapi.json)")
 
     def _info(self, route: str) -> tuple[int, str, bytes]:
-        model = self.model
-        if route == LIVE:
-            return 200, "application/json", b'{"live":true}'
-        if route == READY:
-            if model is None:
-                raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
-            return 200, "application/json", b'{"ready":true}'
+        if route == LIVE or route == READY:  # answering at all means loaded: see __rsgi_init__
+            return 200, "application/json", b'{"live":true}' if route == LIVE else b'{"ready":true}'
         if route == METRICS:
             return 200, "text/plain; version=0.0.4", self.metrics.exposition()
         if route == V2_SERVER:
             return 200, "application/json", orjson.dumps({"name": "mldeploy", "version": __version__,
                                                           "extensions": []})
-        if model is None:
-            raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
         if route == OPENAPI:
             return 200, "application/json", self.openapi
-        return 200, "application/json", orjson.dumps(openapi.v2_metadata(model))  # V2_MODEL
+        return 200, "application/json", orjson.dumps(openapi.v2_metadata(self.model))  # V2_MODEL
 
     async def _predict(self, scope, proto, v2: bool, rid: str, start: float) -> tuple[int, str, bytes]:
         model, batcher = self.model, self.batcher
-        if model is None or batcher is None:
-            raise Answer(503, "the model is loading", [("retry-after", "1")], reason="loading")
         headers = scope.headers
         batcher.arriving += 1
         try:
@@ -266,6 +264,21 @@ class Answer(Exception):
         self.status, self.message, self.headers = status, message, headers or []
         self.reason = reason or {401: "unauthorized", 404: "not_found", 405: "method",
                                  413: "too_large", 429: "rate_limited"}.get(status, "invalid")
+
+
+_early_sigterm = False
+
+
+def _remember_sigterm(*_: object) -> None:
+    global _early_sigterm
+    _early_sigterm = True
+
+
+def catch_early_sigterm() -> None:
+    """In each forked worker, from its first instruction: a worker keeps granian's parent-side SIGTERM
+    handler until it installs its own, so a SIGTERM in between would be lost (and the worker killed
+    only after the drain timeout). Remember it instead; __rsgi_init__ delivers it again."""
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, _remember_sigterm))
 
 
 def create() -> App:

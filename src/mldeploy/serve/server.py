@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from mldeploy.bundle import SIGNATURE_FILE, Signature
-from mldeploy.errors import UsageError
+from mldeploy.errors import EXIT_USAGE, UsageError
+from mldeploy.serve.app import FAILED_FILE, catch_early_sigterm
 from mldeploy.serve.logs import log
 from mldeploy.serve.settings import from_env, to_env
 
@@ -37,25 +38,29 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    import mldeploy.serve.app  # noqa: F401
-
-    drain = int(os.environ.get("MLDEPLOY_DRAIN_SECONDS", "30") or 30)
     log("info", "starting", host=settings.host, port=settings.port, workers=settings.workers,
         threads_per_worker=settings.threads, bundle=str(settings.bundle),
         max_body_bytes=settings.max_body_bytes, auth=bool(settings.api_keys),
         rate_limit_per_second=settings.rate_per_second or None,
         capture=str(settings.capture_dir) if settings.capture_dir else None)
-    Server(
+    catch_early_sigterm()
+    server = Server(
         "mldeploy.serve.app:create", factory=True, address=settings.host, port=settings.port,
         interface=Interfaces.RSGI, workers=settings.workers, loop=Loops.asyncio, websockets=False,
-        runtime_threads=1, backlog=2048, workers_kill_timeout=drain, log_level="warning",
+        runtime_threads=1, backlog=2048, workers_kill_timeout=settings.drain_seconds, log_level="warning",
         log_dictconfig={"version": 1, "disable_existing_loggers": False,
                         "formatters": {"json": {"()": "mldeploy.serve.logs.JsonFormatter"}},
                         "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "json",
                                              "stream": "ext://sys.stdout"}},
                         "loggers": {"_granian": {"handlers": ["out"], "level": "WARNING", "propagate": False},
                                     "granian.access": {"handlers": ["out"], "level": "WARNING"}}},
-    ).serve()
+    )
+    try:
+        server.serve()
+    except SystemExit as e:  # granian exits 1 when a worker dies; a worker that could not load says why
+        if (metrics_dir / FAILED_FILE).is_file():
+            return EXIT_USAGE  # the worker logged why, as JSON; one line is enough
+        return int(e.code or 0)
     return 0
 
 

@@ -44,6 +44,7 @@ class Settings:
     capture_files: int = 5
     access_log: bool = False
     metrics_dir: Path | None = None    # where workers share their counters for /metrics
+    drain_seconds: int = 30            # how long SIGTERM waits for in-flight requests
 
 
 def available_cpus() -> int:
@@ -199,6 +200,7 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
         capture_files=int(_number(env, "MLDEPLOY_CAPTURE_FILES", 5, int, 1, 1000)),
         access_log=_flag(env, "MLDEPLOY_ACCESS_LOG"),
         metrics_dir=Path(metrics) if metrics else None,
+        drain_seconds=int(_number(env, "MLDEPLOY_DRAIN_SECONDS", 30, int, 1, 3600)),
     )
 
 
