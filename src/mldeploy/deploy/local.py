@@ -180,6 +180,7 @@ class LocalTarget:
         try:
             container = self.client.containers.run(
                 d.image, ["serve"], name=name, detach=True, network=self.network,
+                restart_policy={"Name": "unless-stopped"},  # the endpoint comes back with the engine
                 labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot})
         except docker.errors.ImageNotFound:
             raise UsageError(f"the image {d.image} is not on the engine and cannot be pulled",
