@@ -323,9 +323,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         print(json.dumps(document(), indent=2))
         return 0
+    from mldeploy.serve.logs import log
     from mldeploy.serve.server import serve
 
-    return serve(args.bundle, args.port, args.host, args.workers)
+    try:
+        return serve(args.bundle, args.port, args.host, args.workers)
+    except MldeployError as e:  # a container's stdout is JSON lines: say it as one
+        log("error", e.describe())
+        return e.exit_code
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:

@@ -160,3 +160,21 @@ def test_bad_builds_exit_2_with_one_line(mldeploy_module, serving_image, docker_
     code, out = mldeploy_module("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"],
                                 "--push", "--registry", "127.0.0.1:1")
     assert code == 2 and "registry 127.0.0.1:1 refused the push" in out
+
+
+def test_a_mounted_model_the_image_user_cannot_read_is_named(pushed, docker_client, tmp_path):
+    """Clouds mount model files; if uid 10001 cannot read them, say so in one JSON line, exit 2."""
+    mounted = tmp_path / "model"
+    shutil.copytree(pushed[1], mounted)
+    (mounted / "model.onnx").chmod(0o600)  # owned by root here: unreadable for the image's user
+    out = docker_client.containers.run(pushed[0], ["serve"], remove=False, detach=True,
+                                       volumes={str(mounted): {"bind": "/opt/ml/model", "mode": "ro"}})
+    try:
+        code = out.wait(timeout=60)["StatusCode"]
+        lines = out.logs().decode().strip().splitlines()
+    finally:
+        out.remove(force=True)
+    assert code == 2, lines
+    errors = [json.loads(line) for line in lines if '"error"' in line]
+    assert len(errors) == 1 and "model.onnx is not readable by uid 10001" in errors[0]["message"], lines
+    assert all(line.startswith("{") for line in lines), lines

@@ -3,7 +3,8 @@
 48 clients send 2,000 requests at once, each with its own rows (1 to 3 of them, so merged batches
 are sliced at uneven offsets); every answer must be the model's output for exactly its own rows.
 /metrics must then show that requests were merged: model runs of more rows than any one request
-holds, and exactly as many rows through the batcher as were sent.
+holds, and exactly as many rows through the batcher as were sent. Run with the model inline on the
+event loop and on its own thread.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ REQUESTS = 2_000
 MAX_ROWS = 3  # per request: a model run of more rows than this merged several requests
 
 
-@pytest.fixture(scope="module")
-def batching_server(linear_bundle, tmp_path_factory):
-    """Its own server, so /metrics counts only this test's traffic."""
-    s = start_server(linear_bundle, tmp_path_factory.mktemp("batching"), workers=2)
-    yield s
-    s.stop()
+@pytest.fixture(scope="module", params=["auto", "on"], ids=["inline", "thread"])
+def batching_server(request, linear_bundle, tmp_path_factory):
+    """Its own server, so /metrics counts only this test's traffic. The linear model is fast enough to
+    run inline on the event loop ("auto"); "on" puts it on the model thread, where the batch grows
+    while the model computes: two different paths through the batcher."""
+    s = start_server(linear_bundle, tmp_path_factory.mktemp("batching"), workers=2,
+                     env={"MLDEPLOY_INFER_THREAD": request.param})
+    try:
+        if request.param == "on":  # the worker logs "model ready" just after it starts answering ready
+            deadline = time.monotonic() + 5
+            while not (ready := [e for e in s.logs() if e.get("message") == "model ready"]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready and not any(e.get("inline") for e in ready), ready
+        yield s
+    finally:
+        s.stop()
 
 
 def batch_histogram(server: Server) -> dict[str, float]:

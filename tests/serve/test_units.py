@@ -172,3 +172,4 @@ def test_token_bucket(monkeypatch):
     assert limiter.retry_after("b") == 0  # every client has its own bucket
     now[0] += 0.5  # one token back
     assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
+

@@ -201,7 +201,7 @@ class LocalTarget:
         deadline = time.monotonic() + READY_SECONDS
         while True:
             container.reload()
-            if container.status in ("exited", "dead"):
+            if container.status in ("exited", "dead", "restarting") or container.attrs.get("RestartCount"):
                 logs = container.logs(tail=5).decode(errors="replace").strip().splitlines()
                 raise CheckFailed(f"the {slot} container exited on start ({container.attrs['State']['ExitCode']}): "
                                   f"{logs[-1] if logs else 'no output'}; traffic was not moved")
@@ -217,8 +217,8 @@ class LocalTarget:
         digest = d.image.rsplit("@", 1)[-1]
         if not any(r.endswith(digest) for r in served):
             raise CheckFailed(f"the {slot} container runs {served or container.image.id}, not {digest}")
-        ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
-        entry = {"container": container.name, "image": d.image, "addr": f"{ip}:8080", "weight": 0}
+        # by name: the network's DNS follows the container across engine restarts, an IP might not
+        entry = {"container": container.name, "image": d.image, "addr": f"{container.name}:8080", "weight": 0}
         self._write_routes({**slots, f"{slot}-next": entry})  # addressable by header, no traffic yet
         code, body = self._post("/invocations", d.smoke, f"{slot}-next")
         if code != 200:

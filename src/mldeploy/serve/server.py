@@ -19,12 +19,13 @@ from mldeploy.bundle import SIGNATURE_FILE, Signature
 from mldeploy.errors import EXIT_USAGE, UsageError
 from mldeploy.serve.app import FAILED_FILE, catch_early_sigterm
 from mldeploy.serve.logs import log
-from mldeploy.serve.settings import from_env, to_env
+from mldeploy.serve.settings import check_readable, from_env, to_env
 
 
 def serve(bundle: str | None = None, port: int | None = None, host: str | None = None,
           workers: int | None = None) -> int:
     settings = from_env(bundle=bundle, port=port, host=host, workers=workers)
+    check_readable(settings.bundle)
     try:  # fail here, with one line, rather than in every worker
         Signature.from_json(json.loads((settings.bundle / SIGNATURE_FILE).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -75,8 +75,23 @@ def find_bundle(root: Path, depth: int = 3) -> Path | None:
         for folder in sorted(level):
             if (folder / MODEL_FILE).is_file() and (folder / SIGNATURE_FILE).is_file():
                 return folder
-        level = [c for f in level if f.is_dir() for c in f.iterdir() if c.is_dir()]
+        level = [c for f in level for c in _subfolders(f)]
     return None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [c for c in folder.iterdir() if c.is_dir()]
+    except OSError:  # unreadable: check_readable names the problem if the bundle is there
+        return []
+
+
+def check_readable(bundle: Path) -> None:
+    """The bundle's files must be readable by this process (images run as a non-root user)."""
+    for path in (bundle, bundle / MODEL_FILE, bundle / SIGNATURE_FILE):
+        if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            raise UsageError(f"{path} is not readable by uid {os.getuid()}",
+                             hint="make the model files readable by every user (chmod -R a+rX)")
 
 
 def locate_bundle(flag: str | None, env: dict[str, str]) -> Path:
@@ -92,7 +107,11 @@ def locate_bundle(flag: str | None, env: dict[str, str]) -> Path:
     candidates = [env.get("AZUREML_MODEL_DIR"), env.get("AIP_STORAGE_URI"), env.get("LAMBDA_TASK_ROOT"),
                   SAGEMAKER_MODEL_DIR, "bundle"]
     for root in filter(None, candidates):
-        if "://" not in root and Path(root).is_dir() and (found := find_bundle(Path(root))):
+        if "://" in root or not Path(root).is_dir():
+            continue
+        if not os.access(root, os.R_OK | os.X_OK):
+            check_readable(Path(root))  # raises, naming the folder the platform mounted
+        if found := find_bundle(Path(root)):
             return found
     raise UsageError("no bundle found in AZUREML_MODEL_DIR, AIP_STORAGE_URI, /opt/ml/model or ./bundle",
                      hint="pass --bundle DIR or set MLDEPLOY_BUNDLE")
