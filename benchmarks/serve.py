@@ -12,7 +12,8 @@ both built here with PyTorch (random weights) and turned into bundles with `mlde
                  batched throughput at batch 32 and 64
   bare-asgi      a bare granian + orjson + ORT ASGI app (serve_apps/bare_asgi.py): the Python
                  HTTP ceiling; bare-rsgi is the same on granian's RSGI interface, a second ceiling
-  ours           `mldeploy serve` (MLDEPLOY_WORKERS=2; micro-batching on by default)
+  ours           `mldeploy serve` (MLDEPLOY_WORKERS=2; micro-batching on by default); n/a
+                 while `mldeploy serve` does not exist
   flask-dev      Flask + ORT written the way a naive user writes it, under the Flask dev server
   flask-gunicorn the same app under gunicorn, 2 sync workers
   bentoml        a BentoML 1.4 service, 2 workers
@@ -52,9 +53,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +76,7 @@ VENVS = {
     "flask": ["flask==3.1.3", "gunicorn==27.0.1", *_ORT],
     "bentoml": ["bentoml==1.4.40", *_ORT],
     "kserve": ["kserve==0.21.0", *_ORT],
-    # uvloop 0.23 kills MLServer 1.7.1's parallel workers; 0.21.0 is the last that works.
+    # uvloop 0.23 kills MLServer 1.7.1's parallel workers; 0.21.0 works.
     "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", *_ORT],
 }
 
@@ -82,18 +84,27 @@ VENVS = {
 # --------------------------------------------------------------------------- venvs
 
 
-def _spec(name: str) -> str:
+def _lock(name: str) -> Path | None:
+    """serve_apps/requirements/<name>.txt if it holds every top-level pin of VENVS[name]."""
     lock = APPS / "requirements" / f"{name}.txt"
-    return "\n".join(VENVS[name]) + "\n--\n" + (lock.read_text() if lock.exists() else "")
+    if not lock.exists():
+        return None
+    held = {line.lower().replace("_", "-") for line in lock.read_text().splitlines()}
+    return lock if all(pin.lower().replace("_", "-") in held for pin in VENVS[name]) else None
+
+
+def _spec(name: str) -> str:
+    lock = _lock(name)
+    return "\n".join(VENVS[name]) + "\n--\n" + (lock.read_text() if lock else "")
 
 
 def ensure_venv(name: str) -> tuple[Path | None, str | None]:
     """The bin/ folder of .bench/<name>, built if missing or stale; else (None, why not)."""
-    venv, lock = BENCH / name, APPS / "requirements" / f"{name}.txt"
+    venv, lock = BENCH / name, _lock(name)
     marker = venv / ".bench-installed"
     if marker.exists() and marker.read_text() == hashlib.sha256(_spec(name).encode()).hexdigest():
         return venv / "bin", None
-    print(f"  setting up .bench/{name} ({'from ' + lock.name if lock.exists() else ' '.join(VENVS[name])}) ...",
+    print(f"  setting up .bench/{name} ({'from ' + lock.name if lock else ' '.join(VENVS[name])}) ...",
           flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     BENCH.mkdir(exist_ok=True)
@@ -101,13 +112,14 @@ def ensure_venv(name: str) -> tuple[Path | None, str | None]:
     with log.open("w") as out:
         steps = [[sys._base_executable, "-m", "venv", str(venv)],
                  [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                  *(["-r", str(lock)] if lock.exists() else VENVS[name])]]
+                  *(["-r", str(lock)] if lock else VENVS[name])]]
         for step in steps:
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 return None, f"`{' '.join(step[-3:])}` failed: {_last_lines(log, 2)} (log: {log})"
-    if not lock.exists():
+    if not lock:  # first build, or the pins changed: record what resolved
         frozen = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--disable-pip-version-check"],
                                 capture_output=True, text=True, check=True).stdout
+        lock = APPS / "requirements" / f"{name}.txt"
         lock.parent.mkdir(exist_ok=True)
         lock.write_text(f"# .bench/{name} for benchmarks/serve.py: pip freeze of {' '.join(VENVS[name])}\n{frozen}")
     marker.write_text(hashlib.sha256(_spec(name).encode()).hexdigest())
@@ -118,7 +130,7 @@ def _last_lines(path: Path, n: int) -> str:
     # pip's config here points at local indexes that may not exist: skip that noise.
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
              if line.strip() and not line.startswith("WARNING: Location")]
-    return " | ".join(lines[-n:]) or "(no output)"
+    return " | ".join(line[:200] for line in lines[-n:]) or "(no output)"
 
 
 def venv_versions(name: str) -> dict[str, str]:
@@ -447,8 +459,8 @@ def wrk(port: int, path: str, lua: Path, connections: int, seconds: int) -> dict
     return {"connections": connections, "rps": float(rps.group(1)), "p50_ms": percentile("50"),
             "p99_ms": percentile("99"), "requests": int(requests.group(1)) if requests else None,
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
-            if sock else {}}
+            "socket_errors": {} if not sock else
+            dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()), strict=True))}
 
 
 def wrk_script(body: bytes, tmp: Path, name: str) -> Path:
@@ -482,17 +494,15 @@ def bench_server(server: Server, bin_: Path, model: Model, args, tmp: Path) -> d
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise Unavailable(f"unexpected prediction {first[:200]!r}: {e}") from e
         lua = wrk_script(body, tmp, f"{model.key}-{server.key}")
-        # Warm-up, not reported: lets every worker load and JIT-free paths settle.
+        # Warm-up, not reported: the first answer may come from one worker while the other loads.
         wrk(port, launch.path, lua, 16, max(2, args.duration // 3))
-        points = {}
+        points, sampler = {}, RssSampler(proc.pid)
         for c in CONCURRENCY:
-            sampler = RssSampler(proc.pid) if c == max(CONCURRENCY) else None
-            if sampler:
+            if c == CONCURRENCY[-1]:  # RSS under the heaviest load
                 sampler.start()
             points[c] = wrk(port, launch.path, lua, c, args.duration)
-            if sampler:
-                sampler.halt.set()
-                sampler.join()
+        sampler.halt.set()
+        sampler.join()
         return {"status": "ok", "cold_start_s": cold, "max_abs_error": error, "points": points,
                 "rss_mb": sampler.peak, "rss_processes": sampler.processes, "body_bytes": len(body)}
     finally:
@@ -550,8 +560,10 @@ def print_table(model: Model, result: dict, duration: int) -> None:
             print(f"  batch {batch}: " + ", ".join(
                 f"{p}x{t} {ort[f'b{batch}_{p}x{t}']['rows_per_s']:.0f}" for p, t in ((1, 1), (1, 2), (2, 1))))
         ref = ort["batched_reference"]
-        print(f"  reference (the best, at most 2 threads in all): {ref['rows_per_s']:.0f} rows/s, batch {ref['batch']}, "
-              f"{ref['processes']} process(es) x {ref['threads']} thread(s)")
+        print(f"  reference (the best, at most 2 threads in all): {ref['rows_per_s']:.0f} rows/s, "
+              f"batch {ref['batch']}, {ref['processes']} process(es) x {ref['threads']} thread(s)")
+        print("raw ORT row: single rows in a loop, c1 = 1 process, c64 = 2 processes x 1 thread; "
+              "latencies are per session.run.")
     print("RSS: peak under the c=64 load, summed over the server's process tree (shared pages count per process).")
     for note in notes:
         print(note)
@@ -700,6 +712,10 @@ def main() -> None:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
                 "python": platform.python_version(), "duration_s": args.duration, "raw_ort_seconds": ort_seconds,
                 "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1],
+                "ours": {"commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                                  capture_output=True, text=True).stdout.strip(),
+                         "version": subprocess.run([str(BIN / "mldeploy"), "--version"], capture_output=True,
+                                                   text=True).stdout.strip()},
                 "venvs": {name: venv_versions(name) for name in VENVS}}
         args.json.write_text(json.dumps({"meta": meta, "models": results, "targets": rows}, indent=1, default=str))
         print(f"\nresults: {args.json}")

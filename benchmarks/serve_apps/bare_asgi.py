@@ -4,7 +4,6 @@
 """
 
 import orjson
-
 from bare_model import predict
 
 _JSON = [(b"content-type", b"application/json")]
