@@ -329,7 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return serve(args.bundle, args.port, args.host, args.workers)
     except MldeployError as e:  # a container's stdout is JSON lines: say it as one
-        log("error", e.describe())
+        log("error", e.describe(), fd=2)
         return e.exit_code
 
 

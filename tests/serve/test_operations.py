@@ -128,7 +128,7 @@ def test_sigterm_soon_after_start_stops_promptly(linear_bundle, tmp_path):
     still starting when SIGTERM comes must stop as promptly as the others, not sit out the whole
     drain time and get killed."""
     for trial in range(4):  # a race: each trial loses it most of the time, not always
-        s = start_server(linear_bundle, tmp_path, workers=8, env={"MLDEPLOY_DRAIN_SECONDS": "10"}, ready=False)
+        s = start_server(linear_bundle, tmp_path, workers=2, env={"MLDEPLOY_DRAIN_SECONDS": "10"}, ready=False)
         wait_ready(s, "/")  # the first worker is up; the others are starting
         sent = time.monotonic()
         s.process.send_signal(signal.SIGTERM)

@@ -101,8 +101,8 @@ class _Tally:
             response = case.call(base_url=base, session=session, timeout=30)
         except requests.RequestException as e:
             request = getattr(e, "request", None)
-            self.failures.append((None, f"{label}: {type(e).__name__}: {e}\n  "
-                                  + (_describe(request) if request is not None else case.as_curl_command(base_url=base))))
+            shown = _describe(request) if request is not None else case.as_curl_command(base_url=base)
+            self.failures.append((None, f"{label}: {type(e).__name__}: {e}\n  {shown}"))
             session.close()
             return requests.Session()
         self.sent[label] += 1
@@ -234,7 +234,8 @@ def test_fuzz_no_server_errors(two_io_bundle, tmp_path, record_property):
         ready = server.call("GET", "/v2/health/ready", timeout=10).status if alive else None
         per_op = "\n".join(f"  {label:50} {n:6}" for label, n in sorted(tally.sent.items()))
         report = (f"fuzz: {total} requests ({covered} coverage, {total - covered} fuzzed) in {elapsed:.1f} s "
-                  f"({total / elapsed:.0f}/s; client CPU {cpu_s:.0f} s), statuses {dict(sorted(tally.statuses.items()))}; "
+                  f"({total / elapsed:.0f}/s; client CPU {cpu_s:.0f} s), "
+                  f"statuses {dict(sorted(tally.statuses.items()))}; "
                   f"server alive {alive}, ready {ready}\n{per_op}")
         print("\n" + report)
         for key, value in {"fuzz_requests": total, "fuzz_coverage_requests": covered, "fuzz_seconds": round(elapsed, 1),

@@ -23,6 +23,7 @@ import signal
 import time
 
 import orjson
+from granian.rsgi import ProtocolClosed as RSGIProtocolClosed
 
 from mldeploy import __version__
 from mldeploy.errors import MldeployError
@@ -152,6 +153,9 @@ class App:
                     path=path, status=a.status)
             proto.response_bytes(status, [("content-type", ctype), ("x-request-id", rid), *a.headers], body)
             self.metrics.request(label if route else "unknown", status, time.perf_counter() - start)
+            return
+        except RSGIProtocolClosed:  # the client hung up before it finished sending: nobody to answer
+            self.metrics.count("mldeploy_request_failures_total", ("client_gone",))
             return
         except Exception as e:  # a bug: answer 500 with the request id, log it, keep serving
             status, ctype, body = 500, "application/json", codec.error_body("internal server error", rid)

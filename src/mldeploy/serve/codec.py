@@ -57,10 +57,7 @@ def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonf
     if ctype == CSV and not v2_only:
         return _one_input(_csv(body), "csv", model, allow_nonfinite, _accept(accept, CSV))
     if ctype == NPY and not v2_only:
-        try:
-            value = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise BadRequest(f"the body is not a valid .npy array ({_short(e)})") from None
+        value = _npy(body)
         return _one_input(value, "npy", model, allow_nonfinite, _accept(accept, NPY))
     try:  # any other content type is read as JSON: `curl -d` and many SDKs label JSON loosely
         doc = orjson.loads(body)
@@ -181,7 +178,7 @@ def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
         if name in values:
             raise BadRequest(f"input {name!r} is given twice")
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
-        if datatype not in V2_DTYPES:
+        if not isinstance(datatype, str) or datatype not in V2_DTYPES:
             raise BadRequest(f"inputs[{n}] ({name}): datatype {datatype!r} is not one of {', '.join(V2_DTYPES)}")
         if _family(V2_DTYPES[datatype]) != _family(spec.dtype):
             raise BadRequest(f"input {name!r} is {V2_NAMES[spec.dtype]}, not {datatype}")
@@ -192,8 +189,8 @@ def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
         dtype = model.dtypes[model.signature.inputs.index(spec)]
         arr = array(tensor["data"], spec, dtype, allow_nonfinite, name)
         if list(arr.shape) != shape:
-            if arr.size != int(np.prod(shape, dtype=np.int64)):
-                raise BadRequest(f"input {name!r}: shape {shape} needs {int(np.prod(shape))} values, "
+            if arr.size != math.prod(shape):  # exact integers: a huge shape cannot wrap around
+                raise BadRequest(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, "
                                  f"data has {arr.size}")
             arr = arr.reshape(shape)
         values[name] = arr
@@ -294,6 +291,24 @@ def _reshape_rows(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if all(isinstance(d, int) for d in row) and arr.shape[1] == int(np.prod(row)):
         return arr.reshape(arr.shape[0], *row)
     return arr
+
+
+def _npy(body: bytes) -> np.ndarray:
+    """A .npy body, its header checked against the body's size before anything is allocated."""
+    fmt = np.lib.format
+    buf = io.BytesIO(body)
+    try:
+        version = fmt.read_magic(buf)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(buf)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        if math.prod(shape) * dtype.itemsize > len(body) - buf.tell():
+            raise ValueError(f"its header claims shape {shape}, more than the body holds")
+        buf.seek(0)
+        return np.load(buf, allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, MemoryError) as e:
+        raise BadRequest(f"the body is not a valid .npy array ({_short(e)})") from None
 
 
 def _csv(body: bytes) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""JSON log lines on stdout, one per event, written unbuffered (containers collect stdout)."""
+"""JSON log lines, one per event, written unbuffered: stdout, and stderr for a refusal to start."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 import orjson
 
 
-def log(level: str, message: str, **fields: object) -> None:
+def log(level: str, message: str, fd: int = 1, **fields: object) -> None:
     record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
               "level": level, "message": message, **fields}
     try:
-        os.write(1, orjson.dumps(record, default=str) + b"\n")
+        os.write(fd, orjson.dumps(record, default=str) + b"\n")
     except OSError:
         pass  # nobody is reading stdout; never fail a request over a log line
 
