@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--plan", action="store_true", help="print what would change, change nothing")
     dep.set_defaults(func=cmd_deploy)
     for verb, text in (("status", "print the endpoint's slots, images, traffic and health"),
-                       ("promote", "make the canary production (100% of traffic)"),
+                       ("promote", "make the canary production (all of the traffic)"),
                        ("rollback", "remove the canary; production takes all traffic")):
         p = sub.add_parser(verb, parents=[common, where], formatter_class=fmt, epilog=EPILOG, help=text,
                            description=text[0].upper() + text[1:] + ".")

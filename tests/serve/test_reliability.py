@@ -271,6 +271,9 @@ MALFORMED = {  # name: (path, content type, body); each must be answered 4xx, ne
                                    _json({"inputs": [{**_X, "shape": [2**32, 2**32], "data": []}, _K]})),
     "v2-shape-product-overflows-on-predict": ("/predict", "application/json",
                                               _json({"inputs": [{**_X, "shape": [2**32, 2**32], "data": []}, _K]})),
+    # an empty v2 tensor whose other dims numpy cannot represent (found by the fuzzer in CI)
+    "v2-shape-empty-but-huge": ("/v2/models/model/infer", "application/json",
+                                _json({"inputs": [{**_X, "shape": [493, 3473462666274, 2**63, 0], "data": []}, _K]})),
     # v2 "datatype" that is not a string (found by schemathesis's coverage phase too)
     "v2-datatype-list": ("/v2/models/model/infer", "application/json",
                          _json({"inputs": [{**_X, "datatype": ["FP32"]}, _K]})),

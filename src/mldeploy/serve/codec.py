@@ -192,7 +192,10 @@ def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
             if arr.size != math.prod(shape):  # exact integers: a huge shape cannot wrap around
                 raise BadRequest(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, "
                                  f"data has {arr.size}")
-            arr = arr.reshape(shape)
+            try:
+                arr = arr.reshape(shape)
+            except ValueError as e:  # e.g. an empty array and dims numpy cannot even represent
+                raise BadRequest(f"input {name!r}: shape {shape} is not possible ({_short(e)})") from None
         values[name] = arr
     feeds = {}
     for spec in model.signature.inputs:
