@@ -31,7 +31,7 @@ def batching_server(request, linear_bundle, tmp_path_factory):
     run inline on the event loop ("auto"); "on" puts it on the model thread, where the batch grows
     while the model computes: two different paths through the batcher."""
     s = start_server(linear_bundle, tmp_path_factory.mktemp("batching"), workers=2,
-                     env={"MLDEPLOY_INFER_THREAD": request.param})
+                     env={"MLDEPLOY_INFER_THREAD": request.param, "MLDEPLOY_BATCHING": "on"})
     try:
         if request.param == "on":  # the worker logs "model ready" just after it starts answering ready
             deadline = time.monotonic() + 5

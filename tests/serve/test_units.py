@@ -91,7 +91,7 @@ async def _concurrently(batcher: Batcher, requests: list[dict]) -> list:
 def test_concurrent_requests_share_runs_and_get_their_own_rows(linear_bundle, infer_thread):
     model = Model.load(linear_bundle)
     seen = Observed()
-    batcher = Batcher(model, max_batch=4, wait_ms=0, infer_thread=infer_thread, observer=seen)
+    batcher = Batcher(model, max_batch=4, wait_ms=0, infer_thread=infer_thread, observer=seen, batching="on")
     rows = [np.random.default_rng(i).normal(size=(1 + i % 2, 4)).astype(np.float32) for i in range(6)]
     results = asyncio.run(_concurrently(batcher, [{"x": r} for r in rows]))
     batcher.close()
@@ -103,7 +103,7 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows(linear_bundle, in
 
 def test_a_bad_row_fails_only_its_own_request(two_io_bundle):
     model = Model.load(two_io_bundle)
-    batcher = Batcher(model, max_batch=64, wait_ms=0, infer_thread="off", observer=Observed())
+    batcher = Batcher(model, max_batch=64, wait_ms=0, infer_thread="off", observer=Observed(), batching="on")
     x = np.zeros((1, 4), np.float32)
     ks = [[[1]], [[99]], [[2]]]
     results = asyncio.run(_concurrently(batcher, [{"x": x, "k": np.asarray(k, np.int64)} for k in ks]))
@@ -173,3 +173,12 @@ def test_token_bucket(monkeypatch):
     now[0] += 0.5  # one token back
     assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
 
+
+
+def test_tiny_models_are_not_merged_by_default(linear_bundle):
+    model = Model.load(linear_bundle)
+    assert model.single_row_seconds < 0.0001  # a 4x3 matrix: far below what merging saves
+    seen = Observed()
+    batcher = Batcher(model, max_batch=64, wait_ms=0, infer_thread="off", observer=seen)
+    asyncio.run(_concurrently(batcher, [{"x": np.zeros((1, 4), np.float32)} for _ in range(5)]))
+    assert seen.batches == [1, 1, 1, 1, 1]

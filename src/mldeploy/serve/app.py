@@ -97,7 +97,8 @@ class App:
                 (self.s.metrics_dir / FAILED_FILE).write_text(e.describe(), encoding="utf-8")
             os._exit(2)
         self.openapi = orjson.dumps(openapi.document(model.signature, model.name), option=orjson.OPT_INDENT_2)
-        self.batcher = Batcher(model, self.s.max_batch, self.s.batch_wait_ms, self.s.infer_thread, self.metrics)
+        self.batcher = Batcher(model, self.s.max_batch, self.s.batch_wait_ms, self.s.infer_thread, self.metrics,
+                               self.s.batching)
         if self.s.capture_dir and self.s.capture_sample_rate > 0:
             self.capture = Capture(self.s.capture_dir, self.s.capture_sample_rate, self.s.capture_max_bytes,
                                    self.s.capture_files, model.version, self.metrics.count)
@@ -217,7 +218,11 @@ class App:
         headers = scope.headers
         batcher.arriving += 1
         try:
-            body = await self._body(scope, proto)
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) <= self.s.max_body_bytes:
+                body = await proto()  # the usual case, without the streaming reader's detour
+            else:
+                body = await self._body(scope, proto)
             call: Call = codec.decode(body, headers.get("content-type", ""), headers.get("accept", ""),
                                       model, self.s.allow_nonfinite, v2)
         except BadRequest as e:
@@ -227,7 +232,9 @@ class App:
         decoded = time.perf_counter()
         self.metrics.preprocess.observe(decoded - start)
         try:
-            outputs = await batcher.run(call.feeds, call.rows)
+            outputs = batcher.run_now(call.feeds, call.rows)
+            if outputs is None:
+                outputs = await batcher.run(call.feeds, call.rows)
         except ModelError as e:
             raise Answer(422, f"the model could not run on this input: {e}", reason="model") from None
         ran = time.perf_counter()

@@ -6,6 +6,9 @@ all go into the next run, up to max_batch rows, which is how throughput under lo
 model's batched throughput. Only requests whose non-batch dims match are merged. If a merged run
 fails, each request is run alone so that one bad input fails only its own request.
 
+Merging pays only where the model's per-call cost is more than the few microseconds the queue
+costs: by default (MLDEPLOY_BATCHING=auto) models under 0.1 ms per row are not merged, just run.
+
 Models that take well under a millisecond per row run inline on the event loop: a thread hand-off
 would cost more than the model. Slower models run on one worker thread (ONNX Runtime releases the
 GIL), so the loop keeps reading requests, and the batch keeps growing, while the model computes.
@@ -24,6 +27,8 @@ import numpy as np
 from mldeploy.serve.model import Model, ModelError
 
 INLINE_BELOW_SECONDS = 0.0005
+# Below this per-row cost, merging saves less than the queue and future it takes (~15 us).
+BATCH_ABOVE_SECONDS = 0.0001
 
 
 class BatchObserver(Protocol):
@@ -32,10 +37,11 @@ class BatchObserver(Protocol):
 
 class Batcher:
     def __init__(self, model: Model, max_batch: int, wait_ms: float, infer_thread: str,
-                 observer: BatchObserver):
+                 observer: BatchObserver, batching: str = "auto"):
         self.model = model
-        self.max_batch = max_batch if model.batchable else 1
         self.wait = wait_ms / 1000
+        merge = batching == "on" or (batching == "auto" and (self.wait > 0 or model.single_row_seconds >= BATCH_ABOVE_SECONDS))
+        self.max_batch = max_batch if model.batchable and merge else 1
         threaded = infer_thread == "on" or (infer_thread == "auto" and model.single_row_seconds >= INLINE_BELOW_SECONDS)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model") if threaded else None
         self.observer = observer
@@ -46,12 +52,18 @@ class Batcher:
         self.soon: asyncio.Handle | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    async def run(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
-        if self.executor is None and not self.wait and not self.arriving and not self.queue:
-            # alone, and nobody is on the way to join: run now, waiting would only add latency
+    def run_now(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray] | None:
+        """The outputs, computed right here, when waiting could not help; else None (use run)."""
+        if self.executor is None and not self.wait and not self.queue and (self.max_batch == 1 or not self.arriving):
             start = time.perf_counter()
             outputs = self.model.run(feeds)
             self.observer.observe_batch(rows, time.perf_counter() - start, [0.0])
+            return outputs
+        return None
+
+    async def run(self, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+        """The outputs, from a run shared with whatever else is queued (run_now first)."""
+        if (outputs := self.run_now(feeds, rows)) is not None:
             return outputs
         loop = asyncio.get_running_loop()
         future = loop.create_future()

@@ -108,9 +108,9 @@ def _one_input(value: object, form: str, model: Model, allow_nonfinite: bool, ac
     arr = array(value, spec, dtype, allow_nonfinite, spec.name)
     if form == "csv" and arr.ndim == 2 and len(spec.shape) > 2:
         arr = _reshape_rows(arr, spec)  # CSV rows are flat; images and sequences fold back
-    check_shape(arr, spec, model.signature.batch_dim, spec.name)
-    feeds = {spec.name: arr}
-    return Call(feeds, _rows(feeds, model), form, accept)
+    batch = model.signature.batch_dim
+    check_shape(arr, spec, batch, spec.name)
+    return Call({spec.name: arr}, arr.shape[0] if batch and spec.shape[0] == batch else 1, form, accept)
 
 
 def _named(values: dict, model: Model, allow_nonfinite: bool, key: str) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ class Settings:
     max_batch: int = 64                # rows merged into one run by the micro-batcher
     batch_wait_ms: float = 0.0         # extra wait for more rows; 0 = batch only what is queued
     infer_thread: str = "auto"         # run the model off the event loop: auto | on | off
+    batching: str = "auto"             # merge concurrent requests: auto (models >= 0.1 ms/row) | on | off
     extra_routes: dict[str, str] = field(default_factory=dict)  # path -> live | ready | predict
     api_keys: tuple[str, ...] = ()
     rate_per_second: float = 0.0       # per API key (or client address); 0 = no limit
@@ -194,6 +195,9 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
     infer_thread = env.get("MLDEPLOY_INFER_THREAD", "auto").strip().lower()
     if infer_thread not in ("auto", "on", "off"):
         raise UsageError(f"MLDEPLOY_INFER_THREAD={infer_thread!r} must be auto, on or off")
+    batching = env.get("MLDEPLOY_BATCHING", "auto").strip().lower()
+    if batching not in ("auto", "on", "off"):
+        raise UsageError(f"MLDEPLOY_BATCHING={batching!r} must be auto, on or off")
     rate = _rate(env)
     capture = env.get("MLDEPLOY_CAPTURE_DIR")
     metrics = env.get("MLDEPLOY_METRICS_DIR")
@@ -209,6 +213,7 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
         max_batch=int(_number(env, "MLDEPLOY_MAX_BATCH", 64, int, 1, 1 << 16)),
         batch_wait_ms=_number(env, "MLDEPLOY_BATCH_WAIT_MS", 0.0, float, 0, 10_000),
         infer_thread=infer_thread,
+        batching=batching,
         extra_routes=extra,
         api_keys=_api_keys(env),
         rate_per_second=rate,
