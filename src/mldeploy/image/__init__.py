@@ -8,8 +8,10 @@ granian and mldeploy, installed without their optional dependencies (never torch
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,15 +248,34 @@ def default_tags(bundle: Bundle) -> list[str]:
     return tags
 
 
+# Cloud registries get a short-lived token from their cloud's module (only it imports the SDK).
+REGISTRY_LOGINS = (
+    (re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"), "aws", "ecr_login"),
+    (re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$"), "gcp", "artifact_registry_login"),
+    (re.compile(r"^[a-z0-9]+\.azurecr\.io$"), "azure", "acr_login"),
+)
+
+
 def registry_auth(registry: str) -> dict[str, str] | None:
-    """Credentials for a push: MLDEPLOY_REGISTRY_USERNAME/PASSWORD, GITHUB_TOKEN for ghcr.io, else
-    the engine client's docker config (`docker login`, credential helpers). Cloud registries (ECR,
-    Artifact Registry, ACR) get a short-lived token from their deploy target's login helper."""
+    """Credentials for a push: MLDEPLOY_REGISTRY_USERNAME/PASSWORD, GITHUB_TOKEN for ghcr.io, a cloud
+    registry's short-lived token (ECR, Artifact Registry and gcr.io, ACR; see REGISTRY_LOGINS), else
+    None: the engine client's docker config (`docker login`, credential helpers). Always masked."""
     user, password = os.environ.get("MLDEPLOY_REGISTRY_USERNAME"), os.environ.get("MLDEPLOY_REGISTRY_PASSWORD")
     if not password and registry == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
         user, password = os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
     if not password:
-        return None
+        host = registry.lower()
+        cloud, function = next(((c, f) for pattern, c, f in REGISTRY_LOGINS if pattern.match(host)), (None, None))
+        if cloud is None:
+            return None
+        try:
+            token = getattr(importlib.import_module(f"mldeploy.deploy.{cloud}"), function)(host)
+        except ModuleNotFoundError as e:
+            if (e.name or "mldeploy").startswith("mldeploy"):
+                raise
+            raise UsageError(f"logging in to {registry} needs {e.name}, which is not installed",
+                             hint=f"pip install 'mldeploy[{cloud}]'") from None
+        user, password = token["username"], token["password"]
     github.mask(password)
     return {"username": user or "oauth2accesstoken", "password": password}
 
