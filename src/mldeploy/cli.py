@@ -106,7 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
     where.add_argument("--cloud", choices=["local", "aws", "gcp", "azure"], help="where (default: deploy.cloud)")
     where.add_argument("--endpoint", metavar="NAME", help="endpoint name (default: deploy.endpoint, else the model's name)")
+    where.add_argument("--target", metavar="NAME", help="aws sagemaker|lambda, gcp vertex|cloudrun, azure azureml "
+                                                        "(default: deploy.target)")
+    where.add_argument("--region", metavar="NAME", help="cloud region (default: deploy.region)")
     where.add_argument("--port", type=int, metavar="N", help="cloud local: the endpoint's port (default 8080)")
+    where.add_argument("--pr", type=int, metavar="N", default=_pr_number(),
+                       help="pull request number: its canary is a slot of its own (default: $MLDEPLOY_PR)")
     dep = sub.add_parser(
         "deploy", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
         help="deploy the bundle's image (by digest) as a canary or to production",
@@ -118,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--traffic", type=int, metavar="PERCENT", help="canary share (default deploy.canary_traffic)")
     dep.add_argument("--image", metavar="REPO@DIGEST", help="image to deploy (default: the bundle's last build)")
     dep.add_argument("--plan", action="store_true", help="print what would change, change nothing")
+    dep.add_argument("--plan-out", metavar="FILE", help="also write the plan as JSON to FILE")
     dep.set_defaults(func=cmd_deploy)
     for verb, text in (("status", "print the endpoint's slots, images, traffic and health"),
                        ("promote", "make the canary production (all of the traffic)"),
@@ -125,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, parents=[common, where], formatter_class=fmt, epilog=EPILOG, help=text,
                            description=text[0].upper() + text[1:] + ".")
         p.set_defaults(func=cmd_slots, verb=verb)
+    doc = sub.add_parser("doctor", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+                         help="check the cloud credentials, identity and deploy permissions",
+                         description="Check who the cloud credentials belong to and whether they may deploy;\n"
+                                     "explain the usual OIDC role-assumption failures. Prints no secret.")
+    doc.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser(
         "run", parents=[common], formatter_class=fmt, epilog=EPILOG,
@@ -248,6 +259,7 @@ def _target(args: argparse.Namespace):
     from mldeploy.deploy import target_for
 
     cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
+                                              "deploy.target": args.target, "deploy.region": args.region,
                                               "deploy.endpoint": args.endpoint, "deploy.port": args.port})
     from mldeploy.bundle import Bundle
 
@@ -256,7 +268,12 @@ def _target(args: argparse.Namespace):
     if endpoint is None or args.command == "deploy":
         bundle = Bundle.open(cfg.bundle)
         endpoint = endpoint or _model_name(bundle)
-    return cfg, bundle, target_for(cfg.deploy.cloud, cfg.deploy.target, endpoint, cfg.deploy.port)
+    return cfg, bundle, target_for(cfg.deploy, endpoint)
+
+
+def _pr_number() -> int | None:
+    text = os.environ.get("MLDEPLOY_PR", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def _model_name(bundle) -> str:
@@ -284,8 +301,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     traffic = cfg.deploy.canary_traffic if args.traffic is None else args.traffic
     if not 0 <= traffic <= 100:
         raise UsageError(f"--traffic {traffic} is not a percentage (0 to 100)")
-    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke_body(bundle.signature)))
+    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke_body(bundle.signature), args.pr))
     print(plan.text())
+    github.add_summary(plan.markdown())
+    if args.plan_out:
+        Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
     if args.plan or plan.empty:
         if plan.empty:
             _print_status(target.status())
@@ -298,11 +318,23 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_slots(args: argparse.Namespace) -> int:
     _, _, target = _target(args)
-    report = getattr(target, args.verb)()
+    report = target.status() if args.verb == "status" else getattr(target, args.verb)(args.pr)
     if args.verb != "status":
         print(f"{args.verb}: {'done' if report.get('changed') else 'nothing to do'}")
     _print_status(report)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.deploy import doctor
+
+    cfg = load_config(args.config, overrides={"deploy.cloud": args.cloud, "deploy.target": args.target,
+                                              "deploy.region": args.region})
+    rows = doctor(cfg.deploy)
+    for check, passed, detail in rows:
+        print(f"{'ok  ' if passed else 'FAIL'}  {check}: {detail}")
+    return 0 if all(passed for _, passed, _ in rows) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mldeploy.errors import UsageError
 
@@ -149,6 +149,56 @@ class ImageSection(Section):
     dockerfile: str | None = Field(None, description="Your own Dockerfile instead of ours.")
 
 
+class SageMakerSection(Section):
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
+                               description="Instance type of each variant (ignored when serverless).")
+    instance_count: int = Field(1, ge=1, le=100, description="Initial instances per variant.")
+    serverless_memory_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] | None = Field(
+        None, description="Serverless inference instead of instances: memory per invocation.")
+    serverless_max_concurrency: int = Field(5, ge=1, le=200, description="Serverless: concurrent invocations.")
+    strategy: Literal["variants", "guardrails"] = Field(
+        "variants", description="variants: the canary is a second production variant at the canary share; "
+                                "guardrails: production updates go blue/green (canary, then all) with "
+                                "automatic rollback on our CloudWatch alarms.")
+    guardrails_routing: Literal["CANARY", "LINEAR"] = Field(
+        "CANARY", description="guardrails: one canary step then all, or equal linear steps.")
+    guardrails_canary_percent: int = Field(10, ge=1, le=50, description="guardrails: capacity share of each step.")
+    guardrails_wait_seconds: int = Field(600, ge=0, le=3600, description="guardrails: bake time of each step.")
+    autoscaling_max: int | None = Field(None, ge=1, le=100, description="Target-tracking autoscaling up to this many "
+                                                                        "instances per variant (min: instance_count).")
+    invocations_per_instance: int = Field(100, ge=1, description="Autoscaling target: invocations per instance "
+                                                                 "per minute.")
+    data_capture_percent: int = Field(0, ge=0, le=100, description="Share of requests captured to S3 (monitoring).")
+    data_capture_s3: str | None = Field(None, pattern=r"^s3://", description="Where captured requests go.")
+
+    @model_validator(mode="after")
+    def _guardrails_need_instances(self) -> SageMakerSection:
+        if self.strategy == "guardrails" and self.serverless_memory_mb:
+            raise ValueError("strategy guardrails needs instances: SageMaker has no blue/green for serverless variants")
+        return self
+
+
+class LambdaSection(Section):
+    memory_mb: int = Field(2048, ge=128, le=10240)
+    timeout_seconds: int = Field(30, ge=1, le=900)
+    architecture: Literal["x86_64", "arm64"] = Field("x86_64", description="Must match the image's platform.")
+    url_auth: Literal["AWS_IAM", "NONE"] = Field("AWS_IAM", description="Function URL auth; NONE makes it public.")
+    provisioned_concurrency: int = Field(0, ge=0, description="Warm environments kept for the `live` alias.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Extra environment (MLDEPLOY_* settings).")
+
+
+class AwsSection(Section):
+    role: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+                             description="Execution role ARN the endpoint or function runs as.")
+    latency_p99_ms: float = Field(1000, gt=0, description="Alarm: model latency p99 above this (ms).")
+    errors_5xx: int = Field(1, ge=1, description="Alarm: this many 5xx answers in a minute.")
+    bake_seconds: int = Field(0, ge=0, le=3600, description="After a canary deploy, watch the alarms this long; "
+                                                            "an alarm in ALARM rolls the canary back (exit 1).")
+    wait_seconds: int = Field(1800, ge=10, description="Give up waiting for an endpoint update after this long.")
+    sagemaker: SageMakerSection = Field(default_factory=SageMakerSection)
+    lambda_: LambdaSection = Field(default_factory=LambdaSection, alias="lambda")
+
+
 class DeploySection(Section):
     cloud: Literal["local", "aws", "gcp", "azure"] = "local"
     target: str | None = Field(None, validate_default=True, description="Per cloud: local docker; aws sagemaker|lambda; "
@@ -157,6 +207,7 @@ class DeploySection(Section):
     region: str | None = None
     canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
     port: int = Field(8080, ge=1, le=65535, description="cloud local: the port the endpoint answers on.")
+    aws: AwsSection = Field(default_factory=AwsSection)
 
     @field_validator("target")
     @classmethod

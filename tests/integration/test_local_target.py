@@ -79,7 +79,7 @@ def test_canary_share_promote_rollback(images, endpoint):
     code, out = mldeploy("deploy", *where, "--image", good)
     assert code == 0 and "production 100%  healthy" in out, out
     code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20", "--plan")
-    assert code == 0 and "start the canary" in out and "canary" not in mldeploy("status", *where)[1].split("url")[1]
+    assert code == 0 and f"create container mldeploy-{name}-canary image = {second}" in out and "canary" not in mldeploy("status", *where)[1].split("url")[1]
     code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20")
     assert code == 0 and "canary      20%  healthy" in out, out
 
@@ -99,6 +99,8 @@ def test_canary_share_promote_rollback(images, endpoint):
     code, out = mldeploy("rollback", *where)
     assert code == 0 and f"production 100%  healthy  {second}" in out and "canary " not in out
     assert {predict(port)[1] for _ in range(50)} == {"production"}
+    code, out = mldeploy("rollback", *where)
+    assert code == 2 and "has no canary to roll back" in out, out  # nothing to roll back to: exit 2
 
 
 def test_crashing_canary_is_rolled_back_while_production_answers(images, endpoint):

@@ -8,11 +8,12 @@ target's own module imports its cloud SDK.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-SLOTS = ("production", "canary")
-
+from mldeploy.config import DeploySection
+from mldeploy.errors import UsageError
 
 @dataclass
 class Desired:
@@ -21,22 +22,77 @@ class Desired:
     stage: str                 # canary | production
     traffic: int               # percent of requests to the canary
     smoke: dict[str, Any]      # a request body the model must answer with 200
+    pr: int | None = None      # a pull request's canary gets its own slot: parallel PRs never collide
+
+    @property
+    def slot(self) -> str:
+        """The slot this deploy fills: production, canary, or canary-pr<N> for a pull request."""
+        if self.stage == "production":
+            return "production"
+        return f"canary-pr{self.pr}" if self.pr else "canary"
+
+
+@dataclass
+class Change:
+    action: str                # create | update | delete
+    resource: str              # e.g. "sagemaker endpoint-config classifier-3f2a..."
+    field: str = ""
+    old: Any = None
+    new: Any = None
+
+    def text(self) -> str:
+        what = f"{self.action} {self.resource}"
+        if self.field:
+            what += f" {self.field}"
+        if self.action == "update" and (self.old is not None or self.new is not None):
+            what += f": {self.old} -> {self.new}"
+        elif self.new is not None and self.action == "create" and self.field:
+            what += f" = {self.new}"
+        return what
 
 
 @dataclass
 class Plan:
     target: str
     desired: Desired
-    changes: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    traffic_before: dict[str, int] = field(default_factory=dict)   # slot -> percent
+    traffic_after: dict[str, int] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)            # what the target read; apply reuses it
 
     @property
     def empty(self) -> bool:
         return not self.changes
 
+    def add(self, action: str, resource: str, field: str = "", old: Any = None, new: Any = None) -> None:
+        self.changes.append(Change(action, resource, field, old, new))
+
+    def _traffic(self, split: dict[str, int]) -> str:
+        return ", ".join(f"{slot} {pct}%" for slot, pct in split.items()) or "none"
+
     def text(self) -> str:
         if self.empty:
             return f"{self.target} {self.desired.endpoint}: up to date, nothing to change"
-        return "\n".join([f"{self.target} {self.desired.endpoint}: plan"] + [f"  - {c}" for c in self.changes])
+        lines = [f"{self.target} {self.desired.endpoint}: plan"] + [f"  - {c.text()}" for c in self.changes]
+        if self.traffic_before or self.traffic_after:
+            lines.append(f"  traffic: {self._traffic(self.traffic_before)} -> {self._traffic(self.traffic_after)}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"target": self.target, "endpoint": self.desired.endpoint, "image": self.desired.image,
+                           "stage": self.desired.stage, "slot": self.desired.slot,
+                           "changes": [asdict(c) for c in self.changes],
+                           "traffic_before": self.traffic_before, "traffic_after": self.traffic_after},
+                          indent=2, default=str)
+
+    def markdown(self) -> str:
+        head = f"### Deploy plan: {self.target} `{self.desired.endpoint}`\n\n"
+        if self.empty:
+            return head + "Up to date: nothing to change.\n"
+        rows = "\n".join(f"| {c.action} | `{c.resource}` | {c.field} | {'' if c.old is None else f'`{c.old}`'} | "
+                         f"{'' if c.new is None else f'`{c.new}`'} |" for c in self.changes)
+        return (head + "| action | resource | field | old | new |\n|---|---|---|---|---|\n" + rows +
+                f"\n\nTraffic: {self._traffic(self.traffic_before)} -> {self._traffic(self.traffic_after)}\n")
 
 
 class Target(Protocol):
@@ -45,8 +101,8 @@ class Target(Protocol):
     def plan(self, desired: Desired) -> Plan: ...
     def apply(self, plan: Plan) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
-    def promote(self) -> dict[str, Any]: ...
-    def rollback(self) -> dict[str, Any]: ...
+    def promote(self, pr: int | None = None) -> dict[str, Any]: ...
+    def rollback(self, pr: int | None = None) -> dict[str, Any]: ...
 
 
 def smoke_body(signature) -> dict[str, Any]:
@@ -60,12 +116,33 @@ def smoke_body(signature) -> dict[str, Any]:
     return {"inputs": {t.name: zeros(t.shape, t.dtype) for t in signature.inputs}}
 
 
-def target_for(cloud: str, target: str, endpoint: str, port: int) -> Target:
-    if cloud == "local":
+def target_for(deploy: DeploySection, endpoint: str) -> Target:
+    """The deploy target module for deploy.cloud/deploy.target (each imports its own SDK)."""
+    if deploy.cloud == "local":
         from mldeploy.deploy.local import LocalTarget
 
-        return LocalTarget(endpoint, port)
-    from mldeploy.errors import UsageError
+        return LocalTarget(endpoint, deploy.port)
+    if deploy.cloud == "aws" and deploy.target == "sagemaker":
+        from mldeploy.deploy.sagemaker import SageMakerTarget
 
-    raise UsageError(f"deploy.cloud {cloud} ({target}) is not available in this version yet",
-                     hint="use cloud: local")
+        return SageMakerTarget(endpoint, deploy)
+    if deploy.cloud == "aws" and deploy.target == "lambda":
+        from mldeploy.deploy.lambda_ import LambdaTarget
+
+        return LambdaTarget(endpoint, deploy)
+    raise UsageError(f"deploy.cloud {deploy.cloud} ({deploy.target}) is not available in this version yet",
+                     hint="use cloud local or aws")
+
+
+def doctor(deploy: DeploySection) -> list[tuple[str, bool, str]]:
+    """The cloud's preflight: identity and permission rows (check, passed, detail)."""
+    if deploy.cloud == "aws":
+        from mldeploy.deploy.aws import doctor as aws_doctor
+
+        return aws_doctor(deploy.region, deploy.target)
+    if deploy.cloud == "local":
+        from mldeploy.image import engine
+
+        version = engine().version().get("Version", "?")
+        return [("docker engine", True, f"Docker {version} answers")]
+    raise UsageError(f"doctor does not know cloud {deploy.cloud} yet")

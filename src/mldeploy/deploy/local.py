@@ -71,22 +71,30 @@ class LocalTarget:
     # -- the interface -------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
         slots = self.routes()
-        plan = Plan(self.name, desired)
+        plan = Plan(self.name, desired, traffic_before={k: v["weight"] for k, v in slots.items()})
+        container = f"container {self.prefix}-{{}}"
         if "production" not in slots:
-            plan.changes.append(f"start production from {desired.image} (the first deploy goes straight to "
-                                "production: there is nothing to compare a canary with)")
-            plan.changes.append(f"start the router on 127.0.0.1:{self.port}")
+            # the first deploy goes straight to production: there is nothing to compare a canary with
+            plan.add("create", container.format("production"), "image", new=desired.image)
+            plan.add("create", f"router {self.prefix}-router", "address", new=f"127.0.0.1:{self.port}")
+            plan.traffic_after = {"production": 100}
             return plan
         if desired.stage == "production":
-            if slots["production"]["image"] != desired.image or "canary" in slots:
-                plan.changes.append(f"replace production with {desired.image}, 100% of traffic")
+            if slots["production"]["image"] != desired.image:
+                plan.add("update", container.format("production"), "image", slots["production"]["image"], desired.image)
+            if "canary" in slots:
+                plan.add("delete", container.format("canary"))
+            plan.traffic_after = {"production": 100}
             return plan
         canary = slots.get("canary")
-        if canary is None or canary["image"] != desired.image:
-            plan.changes.append(f"{'replace' if canary else 'start'} the canary with {desired.image}")
+        if canary is None:
+            plan.add("create", container.format("canary"), "image", new=desired.image)
+        elif canary["image"] != desired.image:
+            plan.add("update", container.format("canary"), "image", canary["image"], desired.image)
         if canary is None or canary["weight"] != desired.traffic or canary["image"] != desired.image:
-            plan.changes.append(f"route {desired.traffic}% of traffic to the canary, "
-                                f"{100 - desired.traffic}% to production")
+            plan.add("update", f"router {self.prefix}-router", "canary weight",
+                     canary["weight"] if canary else None, desired.traffic)
+        plan.traffic_after = {"production": 100 - desired.traffic, "canary": desired.traffic}
         return plan
 
     def apply(self, plan: Plan) -> dict[str, Any]:
@@ -123,7 +131,7 @@ class LocalTarget:
                          "healthy": code == 200}
         return {"endpoint": self.endpoint, "url": f"http://127.0.0.1:{self.port}" if slots else None, "slots": out}
 
-    def promote(self) -> dict[str, Any]:
+    def promote(self, pr: int | None = None) -> dict[str, Any]:  # one canary here: pr names nothing else
         slots = self.routes()
         if "canary" not in slots:
             raise UsageError(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
@@ -132,10 +140,10 @@ class LocalTarget:
         self._remove(old)
         return {"changed": True, **self.status()}
 
-    def rollback(self) -> dict[str, Any]:
+    def rollback(self, pr: int | None = None) -> dict[str, Any]:
         slots = self.routes()
         if "canary" not in slots:
-            return {"changed": False, **self.status()}
+            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production already takes all traffic")
         canary = slots.pop("canary")["container"]
         slots["production"]["weight"] = 100
         self._write_routes(slots)

@@ -1,0 +1,188 @@
+"""What the AWS targets share: clients, one-line errors, names and tags, ECR, and the preflight.
+
+Credentials come from boto3's standard chain (in GitHub Actions: OIDC through
+aws-actions/configure-aws-credentials; no stored keys). `AWS_ENDPOINT_URL` (boto3's own setting)
+points every client elsewhere, which is how the tests reach moto. Only this package's AWS modules
+import boto3, and only inside functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from mldeploy import __version__
+from mldeploy.errors import CheckFailed, UsageError
+
+# Throttling and transient errors are retried with exponential backoff and client-side rate limiting.
+RETRIES = {"max_attempts": int(os.environ.get("MLDEPLOY_AWS_MAX_ATTEMPTS", "10")), "mode": "adaptive"}
+DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
+          "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "InvalidIdentityToken"}
+CREDENTIALS_HINT = ("in GitHub Actions, use aws-actions/configure-aws-credentials with role-to-assume "
+                    "(OIDC, permissions: id-token: write); locally, AWS_PROFILE or `aws sso login`")
+ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+
+def client(service: str, region: str | None):
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(region_name=region)
+    if not session.region_name:
+        raise UsageError("no AWS region is set", hint="set deploy.region in mldeploy.yaml or AWS_REGION")
+    return session.client(service, config=Config(retries=RETRIES, user_agent_extra=f"mldeploy/{__version__}"))
+
+
+def error_code(err: Exception) -> str:
+    return getattr(err, "response", {}).get("Error", {}).get("Code", "")
+
+
+@contextlib.contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Turn botocore's errors into one line naming what we were doing and what to do."""
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
+                                     NoRegionError)
+
+    try:
+        yield
+    except NoCredentialsError:
+        raise UsageError(f"no AWS credentials while trying to {doing}", hint=CREDENTIALS_HINT) from None
+    except NoRegionError:
+        raise UsageError("no AWS region is set", hint="set deploy.region in mldeploy.yaml or AWS_REGION") from None
+    except EndpointConnectionError as e:
+        raise CheckFailed(f"cannot reach AWS to {doing}: {e}", hint="check the network and the region") from None
+    except ClientError as e:
+        code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
+        if code in DENIED:
+            raise UsageError(f"AWS refused to {doing} ({code}): {message}",
+                             hint="the deploy role lacks a permission: see the README's AWS role policy; "
+                                  "`mldeploy doctor --cloud aws` checks them") from None
+        if code in ("ValidationException", "InvalidParameterValueException", "ResourceNotFoundException"):
+            raise UsageError(f"AWS rejected the request to {doing}: {message}") from None
+        raise CheckFailed(f"AWS could not {doing} ({code}): {message}") from None
+    except BotoCoreError as e:
+        raise CheckFailed(f"AWS could not {doing}: {e}") from None
+
+
+def resource_name(*parts: str, limit: int = 63) -> str:
+    """A name AWS accepts (letters, digits, hyphens), unique and stable for the same parts."""
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", "-".join(p for p in parts if p)).strip("-")
+    if len(name) > limit:  # keep it unique: shorten and add a hash of the whole
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:limit - 9].rstrip('-')}-{digest}"
+    return name
+
+
+def digest_of(image: str) -> str:
+    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
+
+
+def tags(endpoint: str, slot: str | None = None, image: str | None = None) -> dict[str, str]:
+    """Tags on every resource: which endpoint, slot, repo, commit and image it belongs to."""
+    found = {"mldeploy:endpoint": endpoint, "mldeploy:slot": slot,
+             "mldeploy:repo": os.environ.get("GITHUB_REPOSITORY"), "mldeploy:sha": os.environ.get("GITHUB_SHA"),
+             "mldeploy:image": image and digest_of(image)}
+    return {k: v for k, v in found.items() if v}
+
+
+def tag_list(values: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in values.items()]
+
+
+# -- ECR --------------------------------------------------------------------------------------------
+def ecr_region(registry: str) -> str:
+    match = ECR_HOST.match(registry)
+    if not match:
+        raise UsageError(f"{registry} is not an ECR registry (ACCOUNT.dkr.ecr.REGION.amazonaws.com)")
+    return match.group(2)
+
+
+def ecr_login(registry: str) -> dict[str, str]:
+    """A 12-hour push credential for an ECR registry, from the standard credential chain."""
+    with translated(f"get an ECR login for {registry}"):
+        data = client("ecr", ecr_region(registry)).get_authorization_token()["authorizationData"][0]
+    user, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+    return {"username": user, "password": password}
+
+
+def ensure_ecr_repository(repository: str) -> bool:
+    """Create the ECR repository when missing (scan on push, immutable tags); True if created."""
+    registry, name = repository.split("/", 1)
+    ecr = client("ecr", ecr_region(registry))
+    with translated(f"look up the ECR repository {name}"):
+        try:
+            ecr.describe_repositories(repositoryNames=[name])
+            return False
+        except ecr.exceptions.RepositoryNotFoundException:
+            pass
+    with translated(f"create the ECR repository {name}"):
+        ecr.create_repository(repositoryName=name, imageTagMutability="IMMUTABLE",
+                              imageScanningConfiguration={"scanOnPush": True},
+                              tags=tag_list(tags(name.rsplit("/", 1)[-1])))
+    print(f"created ECR repository {name} (scan on push, immutable tags)")
+    return True
+
+
+def ecr_has_image(image: str, region: str | None) -> bool:
+    """Whether ECR holds this repository@digest (a deploy of a missing image fails late and vaguely)."""
+    repository, digest = image.split("@", 1)
+    registry, name = repository.split("/", 1)
+    if not ECR_HOST.match(registry):
+        raise UsageError(f"the image {image} is not in ECR; SageMaker and Lambda only run images from ECR",
+                         hint="set image.registry to ACCOUNT.dkr.ecr.REGION.amazonaws.com and build again")
+    ecr = client("ecr", ecr_region(registry))
+    with translated(f"look up {image} in ECR"):
+        try:
+            ecr.describe_images(repositoryName=name, imageIds=[{"imageDigest": digest}])
+            return True
+        except (ecr.exceptions.ImageNotFoundException, ecr.exceptions.RepositoryNotFoundException):
+            return False
+
+
+# -- the preflight ----------------------------------------------------------------------------------
+WEB_IDENTITY_HELP = (
+    "AssumeRoleWithWebIdentity was refused. The usual causes: the role's trust policy does not match "
+    "the token's claims (token.actions.githubusercontent.com:sub must match repo:OWNER/REPO:ref:refs/heads/BRANCH, "
+    "repo:OWNER/REPO:pull_request or repo:OWNER/REPO:environment:NAME exactly; "
+    "token.actions.githubusercontent.com:aud must be sts.amazonaws.com), the OIDC provider is missing "
+    "from the account, or the job lacks `permissions: id-token: write`.")
+
+
+def doctor(region: str | None, target: str) -> list[tuple[str, bool, str]]:
+    """Who we are and what we may do: (check, passed, detail) rows; never prints a secret."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    rows: list[tuple[str, bool, str]] = []
+    try:
+        identity = client("sts", region).get_caller_identity()
+        rows.append(("identity", True, f"{identity['Arn']} (account {identity['Account']})"))
+    except NoCredentialsError:
+        return [("identity", False, f"no credentials found: {CREDENTIALS_HINT}")]
+    except ClientError as e:
+        code = error_code(e)
+        detail = WEB_IDENTITY_HELP if "WebIdentity" in str(e) or code == "InvalidIdentityToken" else str(e)
+        return [("identity", False, detail)]
+    probes = {"ecr:DescribeRepositories": ("ecr", "describe_repositories", {"maxResults": 1})}
+    if target == "sagemaker":
+        probes["sagemaker:ListEndpoints"] = ("sagemaker", "list_endpoints", {"MaxResults": 1})
+    else:
+        probes["lambda:ListFunctions"] = ("lambda", "list_functions", {"MaxItems": 1})
+    for permission, (service, call, kwargs) in probes.items():
+        try:
+            getattr(client(service, region), call)(**kwargs)
+            rows.append((permission, True, "allowed"))
+        except (ClientError, BotoCoreError) as e:
+            rows.append((permission, False, f"{error_code(e) or type(e).__name__}: see the README's role policy"))
+    return rows
+
+
+def cloudwatch_alarm_states(region: str | None, names: list[str]) -> dict[str, str]:
+    if not names:
+        return {}
+    with translated("read the CloudWatch alarms"):
+        alarms = client("cloudwatch", region).describe_alarms(AlarmNames=names)["MetricAlarms"]
+    return {a["AlarmName"]: a["StateValue"] for a in alarms}
+

@@ -1,0 +1,427 @@
+"""SageMaker real-time endpoints: slots are production variants, the canary share is their weights.
+
+    endpoint <name>  ->  endpoint config <name>-<hash of its variants>
+                            variant production     (model <name>-<digest12>)   weight 100 - canaries
+                            variant canary[-prN]   (model <name>-<digest12>)   weight N
+
+A canary deploy adds a variant (a pull request's canary is its own variant, so parallel PRs never
+touch each other); a production deploy or a promote leaves one variant serving 100% and ends every
+canary (they were measured against the old production); a rollback removes canaries. Changes go
+through a new endpoint config and UpdateEndpoint, which SageMaker applies without downtime and
+undoes by itself when the new variants fail to start; a change of weights alone goes through
+UpdateEndpointWeightsAndCapacities. With `strategy: guardrails` a production update is a blue/green
+deployment (canary step, bake, then all) that SageMaker rolls back when our alarms fire.
+After every change: read back each variant's image and weight, then a smoke request to the new
+variant; on a mismatch, a failed smoke or an alarm during the bake, the previous config is restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+from mldeploy.config import DeploySection
+from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy.aws import (client, digest_of, ecr_has_image, error_code, resource_name, tag_list, tags,
+                                 translated)
+from mldeploy.errors import CheckFailed, UsageError
+
+POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
+
+
+def percentages(weights: dict[str, float]) -> dict[str, int]:
+    total = sum(weights.values()) or 1.0
+    return {slot: round(100 * w / total) for slot, w in weights.items()}
+
+
+class SageMakerTarget:
+    name = "sagemaker"
+
+    def __init__(self, endpoint: str, cfg: DeploySection):
+        self.endpoint = resource_name(endpoint)
+        self.region = cfg.region
+        self.aws = cfg.aws
+        self.sm = client("sagemaker", self.region)
+        self.region = self.sm.meta.region_name
+        self.runtime = client("sagemaker-runtime", self.region)
+        if self.aws.sagemaker.data_capture_percent and not self.aws.sagemaker.data_capture_s3:
+            raise UsageError("deploy.aws.sagemaker.data_capture_percent is set but data_capture_s3 is not",
+                             hint="name the S3 prefix captured requests go to")
+
+    # -- what serves now --------------------------------------------------------------------------
+    def read(self) -> dict[str, Any] | None:
+        """The endpoint as SageMaker describes it: status, config, and per slot its model, image, share."""
+        with translated(f"describe the SageMaker endpoint {self.endpoint}"):
+            try:
+                ep = self.sm.describe_endpoint(EndpointName=self.endpoint)
+            except self.sm.exceptions.ClientError as e:
+                if error_code(e) == "ValidationException" and "find endpoint" in str(e).lower():
+                    return None
+                raise
+            config = self.sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
+            weights = {v["VariantName"]: v.get("CurrentWeight", v.get("DesiredWeight", 0.0))
+                       for v in ep.get("ProductionVariants", [])}
+            slots = {}
+            for v in config["ProductionVariants"]:
+                model = self.sm.describe_model(ModelName=v["ModelName"])
+                slots[v["VariantName"]] = {"model": v["ModelName"], "image": model["PrimaryContainer"]["Image"]}
+                weights.setdefault(v["VariantName"], v.get("InitialVariantWeight", 1.0))
+        share = percentages({s: weights[s] for s in slots})
+        for slot, entry in slots.items():
+            entry["weight"] = share[slot]
+        return {"status": ep["EndpointStatus"], "config": ep["EndpointConfigName"], "slots": slots,
+                "failure": ep.get("FailureReason")}
+
+    # -- the interface ----------------------------------------------------------------------------
+    def plan(self, desired: Desired) -> Plan:
+        if not ecr_has_image(desired.image, self.region):
+            raise UsageError(f"the image {desired.image} is not in ECR",
+                             hint="push it first: `mldeploy build --push` with image.registry set to your ECR registry")
+        current = self.read()
+        slots = current["slots"] if current else {}
+        if "production" not in slots or desired.slot == "production":
+            images = {"production": desired.image}
+            share = {"production": 100}
+        else:
+            others = {s: e["weight"] for s, e in slots.items() if s not in ("production", desired.slot)}
+            if sum(others.values()) + desired.traffic > 100:
+                raise UsageError(f"the canaries would take {sum(others.values()) + desired.traffic}% of traffic",
+                                 hint=f"lower --traffic or roll back one of {', '.join(others)}")
+            images = {"production": slots["production"]["image"],
+                      **{s: slots[s]["image"] for s in others}, desired.slot: desired.image}
+            share = {"production": 100 - sum(others.values()) - desired.traffic, **others, desired.slot: desired.traffic}
+        return self._plan(desired, current, images, share)
+
+    def apply(self, plan: Plan) -> dict[str, Any]:
+        if plan.empty:
+            return {"changed": False, **self.status()}
+        d, current = plan.desired, plan.state["current"]
+        images, share = plan.state["images"], plan.traffic_after
+        for slot, image in images.items():
+            self._ensure_model(slot, image)
+        self._ensure_alarms(images)
+        if plan.state["weights_only"]:
+            self._set_weights(share)
+        else:
+            config = self._ensure_config(images, share)
+            with translated(f"update the SageMaker endpoint {self.endpoint}"):
+                if current is None:
+                    self.sm.create_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
+                                            Tags=tag_list(tags(self.endpoint)))
+                else:
+                    self._deregister_scaling(set(current["slots"]) - set(images))
+                    self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
+                                            **self._deployment_config(d, current))
+        try:
+            self._wait(plan.state.get("config"))
+            self._verify(images, share)
+            if d.smoke:
+                self._smoke(d.slot, d.smoke)
+            self._ensure_scaling(images)
+            if d.slot.startswith("canary") and self.aws.bake_seconds:
+                self._bake(d.slot)
+        except CheckFailed as e:
+            raise CheckFailed(f"{e.message}; {self._restore(current)}") from None
+        return {"changed": True, **self.status()}
+
+    def status(self) -> dict[str, Any]:
+        current = self.read()
+        out = {"endpoint": self.endpoint, "url": None, "slots": {}}
+        if current is None:
+            return out
+        out["url"] = f"https://runtime.sagemaker.{self.region}.amazonaws.com/endpoints/{self.endpoint}/invocations"
+        out["status"] = current["status"]
+        for slot, s in current["slots"].items():
+            out["slots"][slot] = {"image": s["image"], "traffic": s["weight"], "healthy": current["status"] == "InService"}
+        return out
+
+    def promote(self, pr: int | None = None) -> dict[str, Any]:
+        current = self.read()
+        slot = self._canary(current, pr, "promote")
+        image = current["slots"][slot]["image"]
+        plan = self._plan(Desired(self.endpoint, image, "production", 0, {}), current,
+                          {"production": image}, {"production": 100})
+        return self.apply(plan)
+
+    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+        current = self.read()
+        gone = {self._canary(current, pr, "roll back")} if pr else {s for s in current["slots"] if s != "production"}
+        if not gone:
+            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
+        keep = {s: e for s, e in current["slots"].items() if s not in gone}
+        share = {s: e["weight"] for s, e in keep.items() if s != "production"}
+        share = {"production": 100 - sum(share.values()), **share}
+        production = current["slots"]["production"]["image"]
+        plan = self._plan(Desired(self.endpoint, production, "production", 0, {}), current,
+                          {s: e["image"] for s, e in keep.items()}, share)
+        return self.apply(plan)
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
+        canaries = sorted(s for s in (current or {}).get("slots", {}) if s != "production")
+        wanted = f"canary-pr{pr}" if pr else None
+        if wanted and wanted in canaries:
+            return wanted
+        if not wanted and len(canaries) == 1:
+            return canaries[0]
+        if not canaries or wanted:
+            raise UsageError(f"{self.endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
+                             hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
+        raise UsageError(f"{self.endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
+                         hint=f"say which with --pr N to {verb} it")
+
+    def _plan(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
+              share: dict[str, int]) -> Plan:
+        slots = current["slots"] if current else {}
+        plan = Plan(self.name, d, traffic_before={s: e["weight"] for s, e in slots.items()}, traffic_after=share)
+        same_images = {s: e["image"] for s, e in slots.items()} == images
+        plan.state = {"current": current, "images": images, "weights_only": bool(current) and same_images}
+        for slot, image in images.items():
+            if not self._exists("describe_model", ModelName=self._model_name(image)):
+                plan.add("create", f"sagemaker model {self._model_name(image)}", "image", new=image)
+        for name in self._alarm_names(images):
+            if name not in self._existing_alarms(images):
+                plan.add("create", f"cloudwatch alarm {name}")
+        if current is None:
+            plan.state["config"] = self._config_name(images, share)
+            plan.add("create", f"sagemaker endpoint-config {plan.state['config']}", "variants", new=share)
+            plan.add("create", f"sagemaker endpoint {self.endpoint}")
+        elif same_images:
+            for slot, pct in share.items():
+                if slots[slot]["weight"] != pct:
+                    plan.add("update", f"sagemaker endpoint {self.endpoint}", f"variant {slot} weight",
+                             slots[slot]["weight"], pct)
+        else:
+            plan.state["config"] = self._config_name(images, share)
+            if not self._exists("describe_endpoint_config", EndpointConfigName=plan.state["config"]):
+                plan.add("create", f"sagemaker endpoint-config {plan.state['config']}", "variants", new=share)
+            plan.add("update", f"sagemaker endpoint {self.endpoint}", "endpoint config",
+                     current["config"], plan.state["config"])
+            for slot in images:
+                if slot in slots and slots[slot]["image"] != images[slot]:
+                    plan.add("update", f"sagemaker variant {slot}", "image", slots[slot]["image"], images[slot])
+            for slot in set(slots) - set(images):
+                plan.add("delete", f"sagemaker variant {slot}")
+            if self._deployment_config(d, current):
+                plan.add("update", f"sagemaker endpoint {self.endpoint}", "deployment",
+                         new=f"blue/green {self.aws.sagemaker.strategy}: canary {self._canary_step()}%, "
+                             f"bake {self.aws.sagemaker.guardrails_wait_seconds} s, auto-rollback on alarms")
+        return plan
+
+    def _exists(self, call: str, **kwargs: str) -> bool:
+        with translated(f"{call.replace('_', ' ')} {next(iter(kwargs.values()))}"):
+            try:
+                getattr(self.sm, call)(**kwargs)
+                return True
+            except self.sm.exceptions.ClientError as e:
+                if error_code(e) == "ValidationException":
+                    return False
+                raise
+
+    def _model_name(self, image: str) -> str:
+        return resource_name(self.endpoint, digest_of(image)[:12])
+
+    def _variants(self, images: dict[str, str], share: dict[str, int]) -> list[dict[str, Any]]:
+        sm = self.aws.sagemaker
+        variants = []
+        for slot, image in images.items():
+            v: dict[str, Any] = {"VariantName": slot, "ModelName": self._model_name(image),
+                                 "InitialVariantWeight": float(share[slot])}
+            if sm.serverless_memory_mb:
+                v["ServerlessConfig"] = {"MemorySizeInMB": sm.serverless_memory_mb,
+                                         "MaxConcurrency": sm.serverless_max_concurrency}
+            else:
+                v |= {"InstanceType": sm.instance_type, "InitialInstanceCount": sm.instance_count}
+            variants.append(v)
+        return variants
+
+    def _data_capture(self) -> dict[str, Any]:
+        sm = self.aws.sagemaker
+        if not sm.data_capture_percent:
+            return {}
+        return {"DataCaptureConfig": {
+            "EnableCapture": True, "InitialSamplingPercentage": sm.data_capture_percent,
+            "DestinationS3Uri": sm.data_capture_s3,
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}}
+
+    def _config_name(self, images: dict[str, str], share: dict[str, int]) -> str:
+        spec = json.dumps([self._variants(images, share), self._data_capture()], sort_keys=True)
+        return resource_name(self.endpoint, hashlib.sha256(spec.encode()).hexdigest()[:12])
+
+    def _canary_step(self) -> int:
+        return min(max(self.aws.sagemaker.guardrails_canary_percent, 1), 50)
+
+    def _deployment_config(self, d: Desired, current: dict[str, Any] | None) -> dict[str, Any]:
+        """Guardrails: a production update shifts traffic blue/green and rolls back on our alarms."""
+        sm = self.aws.sagemaker
+        if sm.strategy != "guardrails" or d.slot != "production" or current is None:
+            return {}
+        step = {"Type": "CAPACITY_PERCENT", "Value": self._canary_step()}
+        routing: dict[str, Any] = {"Type": sm.guardrails_routing, "WaitIntervalInSeconds": sm.guardrails_wait_seconds}
+        routing["CanarySize" if sm.guardrails_routing == "CANARY" else "LinearStepSize"] = step
+        return {"DeploymentConfig": {
+            "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
+                                      "TerminationWaitInSeconds": 300,
+                                      "MaximumExecutionTimeoutInSeconds": self.aws.wait_seconds},
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": n} for n in self._alarm_names({"production": ""})]}},
+            "RetainAllVariantProperties": False}
+
+    # -- applying ---------------------------------------------------------------------------------
+    def _ensure_model(self, slot: str, image: str) -> None:
+        name = self._model_name(image)
+        if self._exists("describe_model", ModelName=name):
+            return
+        if not self.aws.role:
+            raise UsageError("deploy.aws.role is not set", hint="the ARN of the execution role SageMaker runs the "
+                                                                "model as (it needs ECR pull and CloudWatch Logs)")
+        with translated(f"create the SageMaker model {name}"):
+            self.sm.create_model(ModelName=name, ExecutionRoleArn=self.aws.role,
+                                 PrimaryContainer={"Image": image, "Mode": "SingleModel"},
+                                 Tags=tag_list(tags(self.endpoint, slot, image)))
+
+    def _ensure_config(self, images: dict[str, str], share: dict[str, int]) -> str:
+        name = self._config_name(images, share)
+        if not self._exists("describe_endpoint_config", EndpointConfigName=name):
+            with translated(f"create the SageMaker endpoint config {name}"):
+                self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=self._variants(images, share),
+                                               Tags=tag_list(tags(self.endpoint)), **self._data_capture())
+        return name
+
+    def _set_weights(self, share: dict[str, int]) -> None:
+        with translated(f"change the traffic of {self.endpoint}"):
+            self.sm.update_endpoint_weights_and_capacities(
+                EndpointName=self.endpoint,
+                DesiredWeightsAndCapacities=[{"VariantName": s, "DesiredWeight": float(p)} for s, p in share.items()])
+
+    def _wait(self, config: str | None) -> None:
+        """Until the endpoint is InService again; an update SageMaker undid is a failure, not success."""
+        deadline = time.monotonic() + self.aws.wait_seconds
+        started = time.monotonic()
+        while True:
+            with translated(f"describe the SageMaker endpoint {self.endpoint}"):
+                ep = self.sm.describe_endpoint(EndpointName=self.endpoint)
+            status = ep["EndpointStatus"]
+            if status == "InService":
+                break
+            if status in ("Failed", "OutOfService", "UpdateRollbackFailed"):
+                raise CheckFailed(f"the endpoint {self.endpoint} is {status}: {ep.get('FailureReason', 'no reason given')}")
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"the endpoint {self.endpoint} was still {status} after {self.aws.wait_seconds} s")
+            print(f"  {self.endpoint}: {status} ({time.monotonic() - started:.0f} s)", flush=True)
+            time.sleep(POLL_SECONDS)
+        if config and ep["EndpointConfigName"] != config:
+            raise CheckFailed(f"SageMaker did not apply {config} ({ep.get('FailureReason') or 'it rolled the update back'})")
+
+    def _verify(self, images: dict[str, str], share: dict[str, int]) -> None:
+        current = self.read()
+        served = {s: e["image"] for s, e in current["slots"].items()}
+        if served != images:
+            raise CheckFailed(f"the endpoint serves {served}, not the planned {images}")
+        weights = {s: e["weight"] for s, e in current["slots"].items()}
+        if any(abs(weights[s] - share[s]) > 1 for s in share):
+            raise CheckFailed(f"the endpoint's traffic is {weights}, not the planned {share}")
+
+    def _smoke(self, slot: str, body: dict[str, Any]) -> None:
+        try:
+            with translated(f"invoke {self.endpoint} (variant {slot})"):
+                r = self.runtime.invoke_endpoint(EndpointName=self.endpoint, TargetVariant=slot,
+                                                 ContentType="application/json", Accept="application/json",
+                                                 Body=json.dumps(body).encode())
+                r["Body"].read()
+        except UsageError as e:  # an invoke the model refuses is a failed smoke test, not bad usage
+            raise CheckFailed(f"the smoke request to {slot} failed: {e.message}") from None
+
+    def _bake(self, slot: str) -> None:
+        from mldeploy.deploy.aws import cloudwatch_alarm_states
+
+        names = self._alarm_names({slot: ""})
+        deadline = time.monotonic() + self.aws.bake_seconds
+        print(f"  baking {slot} for {self.aws.bake_seconds} s, watching {', '.join(names)}", flush=True)
+        while True:
+            firing = [n for n, state in cloudwatch_alarm_states(self.region, names).items() if state == "ALARM"]
+            if firing:
+                raise CheckFailed(f"the alarm {firing[0]} went to ALARM while {slot} baked")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+
+    def _restore(self, previous: dict[str, Any] | None) -> str:
+        """Put back what served before; say what happened, in the words the failure message ends with."""
+        with translated(f"restore {self.endpoint}"):
+            if previous is None:
+                self.sm.delete_endpoint(EndpointName=self.endpoint)
+                return "the new endpoint was deleted"
+            ep = self.sm.describe_endpoint(EndpointName=self.endpoint)
+            if ep["EndpointConfigName"] != previous["config"]:
+                self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=previous["config"])
+                self._wait(previous["config"])
+            self._set_weights({s: e["weight"] for s, e in previous["slots"].items()})
+        before = ", ".join(f"{s} {e['weight']}%" for s, e in previous["slots"].items())
+        return f"rolled back: the endpoint serves as before ({before})"
+
+    # -- alarms and autoscaling -------------------------------------------------------------------
+    def _alarm_names(self, images: dict[str, str]) -> list[str]:
+        return [resource_name("mldeploy", self.endpoint, slot, kind, limit=255)
+                for slot in images for kind in ("5xx", "latency-p99")]
+
+    def _existing_alarms(self, images: dict[str, str]) -> set[str]:
+        from mldeploy.deploy.aws import cloudwatch_alarm_states
+
+        return set(cloudwatch_alarm_states(self.region, self._alarm_names(images)))
+
+    def _ensure_alarms(self, images: dict[str, str]) -> None:
+        cw = client("cloudwatch", self.region)
+        existing = self._existing_alarms(images)
+        for slot in images:
+            five, latency = self._alarm_names({slot: ""})
+            dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": slot}]
+            common = {"Namespace": "AWS/SageMaker", "Dimensions": dims, "Period": 60, "EvaluationPeriods": 1,
+                      "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "notBreaching",
+                      "Tags": tag_list(tags(self.endpoint, slot))}
+            with translated(f"create the CloudWatch alarms of {slot}"):
+                if five not in existing:
+                    cw.put_metric_alarm(AlarmName=five, MetricName="Invocation5XXErrors", Statistic="Sum",
+                                        Threshold=float(self.aws.errors_5xx), **common)
+                if latency not in existing:  # ModelLatency is in microseconds
+                    cw.put_metric_alarm(AlarmName=latency, MetricName="ModelLatency", ExtendedStatistic="p99",
+                                        Threshold=self.aws.latency_p99_ms * 1000, **common)
+
+    def _scaling_id(self, slot: str) -> str:
+        return f"endpoint/{self.endpoint}/variant/{slot}"
+
+    def _ensure_scaling(self, images: dict[str, str]) -> None:
+        sm = self.aws.sagemaker
+        if not sm.autoscaling_max or sm.serverless_memory_mb:
+            return
+        scaling = client("application-autoscaling", self.region)
+        for slot in images:
+            with translated(f"set up autoscaling of {slot}"):
+                scaling.register_scalable_target(
+                    ServiceNamespace="sagemaker", ResourceId=self._scaling_id(slot),
+                    ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+                    MinCapacity=sm.instance_count, MaxCapacity=max(sm.autoscaling_max, sm.instance_count))
+                scaling.put_scaling_policy(
+                    PolicyName=resource_name(self.endpoint, slot, "invocations"), ServiceNamespace="sagemaker",
+                    ResourceId=self._scaling_id(slot), ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+                    PolicyType="TargetTrackingScaling",
+                    TargetTrackingScalingPolicyConfiguration={
+                        "TargetValue": float(sm.invocations_per_instance),
+                        "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+                        "ScaleInCooldown": 300, "ScaleOutCooldown": 60})
+
+    def _deregister_scaling(self, slots: set[str]) -> None:
+        """A variant with a scalable target cannot be removed: deregister it first."""
+        if not slots or not self.aws.sagemaker.autoscaling_max:
+            return
+        scaling = client("application-autoscaling", self.region)
+        for slot in slots:
+            with translated(f"remove the autoscaling of {slot}"):
+                try:
+                    scaling.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=self._scaling_id(slot),
+                                                       ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+                except scaling.exceptions.ObjectNotFoundException:
+                    pass
