@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -26,11 +27,23 @@ CREDENTIALS_HINT = ("in GitHub Actions, use aws-actions/configure-aws-credential
 ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
 
+@functools.cache
+def _data_loader():
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
 def client(service: str, region: str | None):
+    """A client from the standard credential chain, as it stands now (a fresh session each time);
+    the service models are parsed once per process (parsing is most of a client's cost)."""
     import boto3
+    import botocore.session
     from botocore.config import Config
 
-    session = boto3.session.Session(region_name=region)
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _data_loader())
+    session = boto3.session.Session(region_name=region, botocore_session=core)
     if not session.region_name:
         raise UsageError("no AWS region is set", hint="set deploy.region in mldeploy.yaml or AWS_REGION")
     return session.client(service, config=Config(retries=RETRIES, user_agent_extra=f"mldeploy/{__version__}"))
