@@ -173,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("file", nargs="?", metavar="FILE", help="config file (default: ./mldeploy.yaml)")
     val.add_argument("--quiet", action="store_true", help="print nothing when the config is valid")
     val.set_defaults(func=cmd_config_validate)
+    get = cfg_sub.add_parser("get", parents=[common], formatter_class=fmt, epilog=EPILOG,
+                             help="print one value of the effective config (file, environment, defaults)",
+                             description="Print the effective value of a dotted key, e.g. deploy.cloud.")
+    get.add_argument("key", metavar="KEY", help="dotted key, e.g. deploy.cloud or image.registry")
+    get.set_defaults(func=cmd_config_get)
     sch = cfg_sub.add_parser("schema", parents=[common], formatter_class=fmt, epilog=EPILOG, help="print the JSON Schema of mldeploy.yaml",
                              description="Print the JSON Schema of mldeploy.yaml, for editor completion "
                                          "(e.g. `# yaml-language-server: $schema=...`).")
@@ -373,6 +378,18 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         where = find_config_file(args.file or args.config) or "defaults (no config file)"
         print(f"valid: {where}", file=sys.stderr)
         print(cfg.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+
+    value = load_config(args.config).model_dump(mode="json", by_alias=True)
+    for part in args.key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise UsageError(f"{args.key} is not a config key", hint="`mldeploy config schema` lists them")
+        value = value[part]
+    print("" if value is None else value if isinstance(value, str) else json.dumps(value))
     return 0
 
 

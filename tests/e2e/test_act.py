@@ -2,7 +2,8 @@
 
 The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v1`; act maps that to a
 clean copy of this checkout (`--local-repository`), and runs the job on this host. Remote actions
-cannot be cloned here, so actions/setup-python is replaced by the stand-in in tests/e2e/standins.
+cannot be cloned here, so actions/setup-python (and configure-aws-credentials) are replaced by the
+stand-ins in tests/e2e/standins.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
 STANDINS = Path(__file__).parent / "standins"
+STANDIN_FOR = {"actions/setup-python": "setup-python",
+               "aws-actions/configure-aws-credentials": "configure-aws-credentials"}
 
 
 def uses_refs(workflow: Path, action: str) -> list[str]:
@@ -54,8 +57,9 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
             "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
     for name, value in (env or {}).items():
         args += ["--env", f"{name}={value}"]
-    for sha in uses_refs(wf, "actions/setup-python"):
-        args += ["--local-repository", f"actions/setup-python@{sha}={STANDINS / 'setup-python'}"]
+    for action, standin in STANDIN_FOR.items():
+        for sha in uses_refs(wf, action):
+            args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
     print(result.stdout[-6000:], result.stderr[-3000:])
     return result

@@ -284,6 +284,10 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
     """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag)."""
     registry = repository.split("/", 1)[0]
     auth = registry_auth(registry)
+    if REGISTRY_LOGINS[0][0].match(registry.lower()):  # ECR does not create repositories on push
+        from mldeploy.deploy.aws import ensure_ecr_repository
+
+        ensure_ecr_repository(repository)
     image = client.images.get(tag)
     digest = None
     for t in tags:
