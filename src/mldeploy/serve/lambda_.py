@@ -4,18 +4,28 @@ HTTP events get the server's routes and status codes in a proxy response; a dire
 is the JSON request body itself and the result is the JSON response (errors as {"error", "status"}).
 The model loads once per execution environment, on the first event (or at init, when imported by
 the handler module), and stays for the environment's life.
+
+`run_runtime` is a small client of the Lambda Runtime API, so the serving image runs on Lambda as
+it is: `mldeploy serve` calls it when Lambda sets AWS_LAMBDA_RUNTIME_API (no awslambdaric inside).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import http.client
+import os
+import time
+import traceback
+from dataclasses import dataclass
 
 import orjson
 
+from mldeploy.errors import EXIT_USAGE, MldeployError
 from mldeploy.serve import codec
 from mldeploy.serve.app import GET_ROUTES, LIVE, POST_ROUTES, PREDICT, READY, V2_MODEL_PATH
 from mldeploy.serve.codec import BadRequest
+from mldeploy.serve.logs import log
 from mldeploy.serve.model import Model, ModelError
 from mldeploy.serve.settings import Settings, from_env
 
@@ -86,3 +96,91 @@ def _response(status: int, ctype: str, body: bytes) -> dict:
     binary = ctype == codec.NPY
     return {"statusCode": status, "headers": {"content-type": ctype}, "isBase64Encoded": binary,
             "body": base64.b64encode(body).decode() if binary else body.decode()}
+
+
+# -- the Lambda Runtime API (https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html) ------
+RUNTIME = "/2018-06-01/runtime"
+ERROR_TYPE = "Lambda-Runtime-Function-Error-Type"
+
+
+@dataclass(frozen=True)
+class Context:
+    """The part of Lambda's context object a handler needs."""
+
+    aws_request_id: str
+    invoked_function_arn: str
+    deadline_ms: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self.deadline_ms - int(time.time() * 1000))
+
+
+class _Api:
+    """One persistent connection to the Runtime API; a request that fails on it is sent once more
+    on a new connection (the API may have closed an idle one)."""
+
+    def __init__(self, address: str):
+        self.conn = http.client.HTTPConnection(address)  # no timeout: `next` waits for an event
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+        try:
+            return self._send(method, path, body, headers)
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # the next request opens a new connection; a second failure raises
+            return self._send(method, path, body, headers)
+
+    def _send(self, method: str, path: str, body: bytes | None,
+              headers: dict[str, str] | None) -> tuple[int, http.client.HTTPMessage, bytes]:
+        self.conn.request(method, RUNTIME + path, body=body, headers=headers or {})
+        r = self.conn.getresponse()
+        return r.status, r.headers, r.read()
+
+    def post(self, path: str, payload: object, error_type: str | None = None) -> None:
+        headers = {"content-type": "application/json", **({ERROR_TYPE: error_type} if error_type else {})}
+        status, _, body = self.call("POST", path, orjson.dumps(payload), headers)
+        if status != 202:
+            log("warning", "the Lambda Runtime API refused a post", path=path, status=status,
+                answer=body[:300].decode(errors="replace"))
+
+
+def _error(e: BaseException) -> dict:
+    return {"errorMessage": str(e), "errorType": type(e).__name__,
+            "stackTrace": traceback.format_exception(e)}
+
+
+def run_runtime(api: str) -> int:
+    """Serve Lambda invocations until the environment ends; 2 when the model cannot load."""
+    client = _Api(api)
+    try:
+        settings, model = _model()
+    except Exception as e:  # noqa: BLE001  any reason the model cannot load fails the init
+        message = e.describe() if isinstance(e, MldeployError) else f"{type(e).__name__}: {e}"
+        log("error", message, fd=2)
+        client.post("/init/error", {"errorMessage": message, "errorType": type(e).__name__},
+                    "Runtime.InitError")
+        return EXIT_USAGE
+    log("info", "starting", runtime="aws-lambda", bundle=str(settings.bundle), model=model.name,
+        threads=settings.threads)
+    while True:
+        _, headers, body = client.call("GET", "/invocation/next")
+        request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+        if trace := headers.get("Lambda-Runtime-Trace-Id"):
+            os.environ["_X_AMZN_TRACE_ID"] = trace
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
+        context = Context(request_id, headers.get("Lambda-Runtime-Invoked-Function-Arn", ""),
+                          int(headers.get("Lambda-Runtime-Deadline-Ms") or 0))
+        try:
+            try:
+                event = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                result: dict = {"status": 400, "error": "the event is not valid JSON"}
+            else:
+                result = handle(event, context)
+        except Exception as e:  # noqa: BLE001  a bug: report it for this invocation, serve the next
+            log("error", "the invocation failed", request_id=request_id, error=repr(e),
+                traceback="".join(traceback.format_exception(e)))
+            client.post(f"/invocation/{request_id}/error", _error(e), "Runtime.Unhandled")
+            continue
+        client.post(f"/invocation/{request_id}/response", result)

@@ -3,7 +3,8 @@
 The parent process imports numpy and ONNX Runtime once before the workers fork, so each worker
 starts in milliseconds; each worker then loads its own session (sessions cannot cross a fork).
 SIGTERM (what every platform sends) makes granian stop accepting and lets in-flight requests
-finish, up to MLDEPLOY_DRAIN_SECONDS, before the workers exit.
+finish, up to MLDEPLOY_DRAIN_SECONDS, before the workers exit. On AWS Lambda (AWS_LAMBDA_RUNTIME_API
+set) it serves through the Lambda Runtime API instead, in this one process.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from mldeploy.serve.settings import check_readable, from_env, to_env
 
 def serve(bundle: str | None = None, port: int | None = None, host: str | None = None,
           workers: int | None = None) -> int:
+    if api := os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # on Lambda: the same image polls for events
+        from mldeploy.serve.lambda_ import run_runtime
+
+        if bundle:
+            os.environ["MLDEPLOY_BUNDLE"] = bundle
+        return run_runtime(api)
     settings = from_env(bundle=bundle, port=port, host=host, workers=workers)
     check_readable(settings.bundle)
     try:  # fail here, with one line, rather than in every worker
