@@ -6,6 +6,8 @@ server answers. Each patch imitates AWS's documented behaviour only as far as th
   model of the new config is marked failing, keep the old config and set FailureReason, as
   SageMaker does when new variants fail their health checks (it rolls the update back by itself).
 - Throttling: the next N calls of an operation answer ThrottlingException, to test retries.
+- STS AssumeRoleWithWebIdentity refused (moto accepts any token), as AWS refuses a GitHub OIDC
+  token whose sub or aud claim the role's trust policy does not match.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from collections import defaultdict
 from moto.core.responses import ActionResult
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemaker.responses import SageMakerResponse
+from moto.sts.exceptions import STSClientError
+from moto.sts.responses import TokenResponse
 
 FAILING_IMAGES: set[str] = set()             # images whose containers "fail their health check"
 UPDATE_REQUESTS: list[dict] = []             # UpdateEndpoint bodies as the server received them
 THROTTLE: dict[str, int] = defaultdict(int)  # operation (SageMaker action name) -> throttled calls left
+REFUSE_WEB_IDENTITY = {"on": False}
 
 
 def reset() -> None:
     FAILING_IMAGES.clear()
     UPDATE_REQUESTS.clear()
     THROTTLE.clear()
+    REFUSE_WEB_IDENTITY["on"] = False
 
 
 def _update_endpoint(self: SageMakerResponse) -> ActionResult:
@@ -61,5 +67,15 @@ def _throttled_call_action(self: SageMakerResponse):
     return _call_action(self)
 
 
+_assume_role_with_web_identity = TokenResponse.assume_role_with_web_identity
+
+
+def _refusing_assume_role_with_web_identity(self: TokenResponse) -> ActionResult:
+    if REFUSE_WEB_IDENTITY["on"]:
+        raise STSClientError("AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+    return _assume_role_with_web_identity(self)
+
+
 SageMakerResponse.update_endpoint = _update_endpoint
+TokenResponse.assume_role_with_web_identity = _refusing_assume_role_with_web_identity
 SageMakerResponse.call_action = _throttled_call_action
