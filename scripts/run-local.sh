@@ -13,7 +13,7 @@ cd examples/model-repo
 "$mldeploy" run --promote
 # A fresh machine has no earlier model, so the first run went straight to production. Show the
 # canary path with the same image: in a model repo the canary is the new model a pull request built.
-echo "--- canary: the same image as a canary taking $("$mldeploy" config validate | python3 -c 'import json,sys; print(json.load(sys.stdin)["deploy"]["canary_traffic"])')% of traffic, then promoted"
+echo "--- canary: the same image as a canary taking $("$mldeploy" config get deploy.canary_traffic)% of traffic, then promoted"
 "$mldeploy" deploy --stage canary
 url=$("$mldeploy" status | sed -n 's/^endpoint: .*url: //p')
 python3 - "$url" <<'PY'
