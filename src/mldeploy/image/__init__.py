@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from mldeploy import __version__, github
 from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundle
 from mldeploy.errors import UsageError
+from mldeploy.image.sbom import SBOM_FILE, cyclonedx
 
 RUNTIME = ("onnxruntime", "numpy", "orjson", "granian")
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
@@ -169,6 +170,10 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
     else:
         requirements = runtime_wheels(folder / "wheels")
         (folder / "Dockerfile").write_text(render(base, labels, requirements), encoding="utf-8")
+        sbom = json.dumps(cyclonedx(sorted((folder / "wheels").glob("*.whl")), f"mldeploy/{_model_name(bundle)}"),
+                          indent=2) + "\n"
+        if not (bundle.path / SBOM_FILE).is_file() or (bundle.path / SBOM_FILE).read_text() != sbom:
+            (bundle.path / SBOM_FILE).write_text(sbom, encoding="utf-8")
     (folder / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
     return labels
 
@@ -321,7 +326,8 @@ def build_and_push(bundle_dir: str | os.PathLike, *, base: str, registry: str | 
     built = build(bundle_dir, base, local_tag, dockerfile)
     report: dict[str, object] = {"status": "passed", "image_id": built.image_id, "local_tag": local_tag,
                                  "size": built.size, "base": None if dockerfile else base,
-                                 "dockerfile": dockerfile or "mldeploy template"}
+                                 "dockerfile": dockerfile or "mldeploy template",
+                                 "sbom": None if dockerfile else SBOM_FILE}
     image = local_tag
     if push_image:
         if not registry:
