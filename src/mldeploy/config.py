@@ -199,6 +199,53 @@ class AwsSection(Section):
     lambda_: LambdaSection = Field(default_factory=LambdaSection, alias="lambda")
 
 
+class VertexSection(Section):
+    machine_type: str = Field("n1-standard-2", description="Machine type of each replica.")
+    min_replicas: int = Field(1, ge=1, le=1000, description="Replicas always running.")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Autoscale up to this many (default: min).")
+    accelerator_type: str | None = Field(None, description="e.g. NVIDIA_TESLA_T4 (the image must be able to use it).")
+    accelerator_count: int = Field(0, ge=0, le=8)
+    service_account: str | None = Field(None, description="Service account the model runs as.")
+
+
+class CloudRunSection(Section):
+    cpu: str = Field("1", pattern=r"^\d+(\.\d+)?m?$", description="CPU per instance, e.g. 1, 2, 1000m.")
+    memory: str = Field("2Gi", pattern=r"^\d+(Mi|Gi)$", description="Memory per instance, e.g. 512Mi, 2Gi.")
+    concurrency: int = Field(16, ge=1, le=1000, description="Requests one instance serves at once.")
+    min_instances: int = Field(0, ge=0, le=1000)
+    max_instances: int = Field(10, ge=1, le=1000)
+    ingress: Literal["all", "internal", "internal-and-cloud-load-balancing"] = "all"
+    allow_unauthenticated: bool = Field(False, description="Grant roles/run.invoker to allUsers (a public endpoint).")
+    service_account: str | None = Field(None, description="Service account the service runs as.")
+
+
+class GcpSection(Section):
+    project: str | None = Field(None, description="Project id (default: the credentials' project).")
+    bake_seconds: int = Field(0, ge=0, le=3600, description="After a canary deploy, keep checking it this long.")
+    wait_seconds: int = Field(1800, ge=10, description="Give up waiting for a long-running operation after this long.")
+    vertex: VertexSection = Field(default_factory=VertexSection)
+    cloudrun: CloudRunSection = Field(default_factory=CloudRunSection)
+
+
+class AzureMlSection(Section):
+    instance_type: str = Field("Standard_DS3_v2", description="VM size of each instance.")
+    instance_count: int = Field(1, ge=1, le=100)
+    auth_mode: Literal["key", "aad_token"] = Field("key", description="How callers authenticate to the endpoint.")
+    mirror: bool = Field(False, description="Canary gets a mirrored copy of the share (shadow) instead of live traffic.")
+    request_timeout_ms: int = Field(5000, ge=1, le=180000)
+    max_concurrent_requests_per_instance: int = Field(1, ge=1, le=1000)
+    autoscale_max: int | None = Field(None, ge=1, le=100, description="Autoscale up to this many instances.")
+
+
+class AzureSection(Section):
+    subscription_id: str | None = Field(None, description="Default: AZURE_SUBSCRIPTION_ID.")
+    resource_group: str | None = Field(None, description="Default: AZURE_RESOURCE_GROUP.")
+    workspace: str | None = Field(None, description="Azure ML workspace name. Default: AZUREML_WORKSPACE_NAME.")
+    bake_seconds: int = Field(0, ge=0, le=3600, description="After a canary deploy, keep checking it this long.")
+    wait_seconds: int = Field(1800, ge=10, description="Give up waiting for a long-running operation after this long.")
+    azureml: AzureMlSection = Field(default_factory=AzureMlSection)
+
+
 class DeploySection(Section):
     cloud: Literal["local", "aws", "gcp", "azure"] = "local"
     target: str | None = Field(None, validate_default=True, description="Per cloud: local docker; aws sagemaker|lambda; "
@@ -208,6 +255,8 @@ class DeploySection(Section):
     canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
     port: int = Field(8080, ge=1, le=65535, description="cloud local: the port the endpoint answers on.")
     aws: AwsSection = Field(default_factory=AwsSection)
+    gcp: GcpSection = Field(default_factory=GcpSection)
+    azure: AzureSection = Field(default_factory=AzureSection)
 
     @field_validator("target")
     @classmethod

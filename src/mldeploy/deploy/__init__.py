@@ -8,12 +8,12 @@ target's own module imports its cloud SDK.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from mldeploy.config import DeploySection
-from mldeploy.errors import UsageError
 
 @dataclass
 class Desired:
@@ -122,27 +122,17 @@ def target_for(deploy: DeploySection, endpoint: str) -> Target:
         from mldeploy.deploy.local import LocalTarget
 
         return LocalTarget(endpoint, deploy.port)
-    if deploy.cloud == "aws" and deploy.target == "sagemaker":
-        from mldeploy.deploy.sagemaker import SageMakerTarget
-
-        return SageMakerTarget(endpoint, deploy)
-    if deploy.cloud == "aws" and deploy.target == "lambda":
-        from mldeploy.deploy.lambda_ import LambdaTarget
-
-        return LambdaTarget(endpoint, deploy)
-    raise UsageError(f"deploy.cloud {deploy.cloud} ({deploy.target}) is not available in this version yet",
-                     hint="use cloud local or aws")
+    modules = {("aws", "sagemaker"): ("sagemaker", "SageMakerTarget"), ("aws", "lambda"): ("lambda_", "LambdaTarget"),
+               ("gcp", "vertex"): ("vertex", "VertexTarget"), ("gcp", "cloudrun"): ("cloudrun", "CloudRunTarget"),
+               ("azure", "azureml"): ("azureml", "AzureMLTarget")}
+    module, cls = modules[(deploy.cloud, deploy.target)]  # config validation allows only these pairs
+    return getattr(importlib.import_module(f"mldeploy.deploy.{module}"), cls)(endpoint, deploy)
 
 
 def doctor(deploy: DeploySection) -> list[tuple[str, bool, str]]:
     """The cloud's preflight: identity and permission rows (check, passed, detail)."""
-    if deploy.cloud == "aws":
-        from mldeploy.deploy.aws import doctor as aws_doctor
+    if deploy.cloud != "local":  # each cloud's module has its own preflight
+        return importlib.import_module(f"mldeploy.deploy.{deploy.cloud}").doctor(deploy)
+    from mldeploy.image import engine
 
-        return aws_doctor(deploy.region, deploy.target)
-    if deploy.cloud == "local":
-        from mldeploy.image import engine
-
-        version = engine().version().get("Version", "?")
-        return [("docker engine", True, f"Docker {version} answers")]
-    raise UsageError(f"doctor does not know cloud {deploy.cloud} yet")
+    return [("docker engine", True, f"Docker {engine().version().get('Version', '?')} answers")]

@@ -164,9 +164,11 @@ WEB_IDENTITY_HELP = (
     "from the account, or the job lacks `permissions: id-token: write`.")
 
 
-def doctor(region: str | None, target: str) -> list[tuple[str, bool, str]]:
+def doctor(deploy) -> list[tuple[str, bool, str]]:
     """Who we are and what we may do: (check, passed, detail) rows; never prints a secret."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    region, target = deploy.region, deploy.target
 
     rows: list[tuple[str, bool, str]] = []
     try:
