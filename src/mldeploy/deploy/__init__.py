@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mldeploy.config import DeploySection
+if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
+    from mldeploy.config import DeploySection
+
 
 @dataclass
 class Desired:
