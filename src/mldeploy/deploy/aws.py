@@ -14,7 +14,10 @@ import functools
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
+from typing import Any
+
 from mldeploy import __version__
 from mldeploy.errors import CheckFailed, UsageError
 
@@ -201,3 +204,22 @@ def cloudwatch_alarm_states(region: str | None, names: list[str]) -> dict[str, s
         alarms = client("cloudwatch", region).describe_alarms(AlarmNames=names)["MetricAlarms"]
     return {a["AlarmName"]: a["StateValue"] for a in alarms}
 
+
+def alarm_spec(namespace: str, dimensions: dict[str, str], tagged: dict[str, str]) -> dict[str, Any]:
+    """What every canary alarm shares: one minute, one period, at or over the threshold, no data is fine."""
+    return {"Namespace": namespace, "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+            "Period": 60, "EvaluationPeriods": 1, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching", "Tags": tag_list(tagged)}
+
+
+def bake(region: str | None, names: list[str], seconds: int, slot: str, poll: float) -> None:
+    """Watch these alarms for `seconds`; one going to ALARM fails the canary (CheckFailed)."""
+    deadline = time.monotonic() + seconds
+    print(f"  baking {slot} for {seconds} s, watching {', '.join(names)}", flush=True)
+    while True:
+        firing = [n for n, state in cloudwatch_alarm_states(region, names).items() if state == "ALARM"]
+        if firing:
+            raise CheckFailed(f"the alarm {firing[0]} went to ALARM while {slot} baked")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0)))

@@ -25,8 +25,8 @@ from typing import Any
 
 from mldeploy.config import DeploySection
 from mldeploy.deploy import Desired, Plan
-from mldeploy.deploy.aws import (client, digest_of, ecr_has_image, error_code, resource_name, tag_list, tags,
-                                 translated)
+from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
+                                 tag_list, tags, translated)
 from mldeploy.errors import CheckFailed, UsageError
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
@@ -336,18 +336,7 @@ class SageMakerTarget:
             raise CheckFailed(f"the smoke request to {slot} failed: {e.message}") from None
 
     def _bake(self, slot: str) -> None:
-        from mldeploy.deploy.aws import cloudwatch_alarm_states
-
-        names = self._alarm_names({slot: ""})
-        deadline = time.monotonic() + self.aws.bake_seconds
-        print(f"  baking {slot} for {self.aws.bake_seconds} s, watching {', '.join(names)}", flush=True)
-        while True:
-            firing = [n for n, state in cloudwatch_alarm_states(self.region, names).items() if state == "ALARM"]
-            if firing:
-                raise CheckFailed(f"the alarm {firing[0]} went to ALARM while {slot} baked")
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+        bake(self.region, self._alarm_names({slot: ""}), self.aws.bake_seconds, slot, POLL_SECONDS)
 
     def _restore(self, previous: dict[str, Any] | None) -> str:
         """Put back what served before; say what happened, in the words the failure message ends with."""
@@ -378,10 +367,8 @@ class SageMakerTarget:
         existing = self._existing_alarms(images)
         for slot in images:
             five, latency = self._alarm_names({slot: ""})
-            dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": slot}]
-            common = {"Namespace": "AWS/SageMaker", "Dimensions": dims, "Period": 60, "EvaluationPeriods": 1,
-                      "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "notBreaching",
-                      "Tags": tag_list(tags(self.endpoint, slot))}
+            common = alarm_spec("AWS/SageMaker", {"EndpointName": self.endpoint, "VariantName": slot},
+                                tags(self.endpoint, slot))
             with translated(f"create the CloudWatch alarms of {slot}"):
                 if five not in existing:
                     cw.put_metric_alarm(AlarmName=five, MetricName="Invocation5XXErrors", Statistic="Sum",
