@@ -1,19 +1,222 @@
-"""What the GCP targets share. For now: the Artifact Registry (and gcr.io) push login.
+"""What the GCP targets (Vertex AI, Cloud Run) share: credentials and project, API endpoints and
+clients, one-line errors, long-running operations, labels, Artifact Registry, and the preflight.
 
 Credentials are Application Default Credentials (in GitHub Actions: google-github-actions/auth
-with Workload Identity Federation; locally `gcloud auth application-default login`). Only this
-package's GCP modules import google.*, and only inside functions.
+with Workload Identity Federation; locally `gcloud auth application-default login`). The project
+is deploy.gcp.project, else the one ADC names (GOOGLE_CLOUD_PROJECT, which the auth action exports,
+or the credentials' own).
+
+`MLDEPLOY_GCP_API_ENDPOINT` points every GCP client at one address instead of Google's hosts
+(`{region}-aiplatform.googleapis.com` for Vertex AI, and so on), over the REST transport:
+  - an https:// URL or a bare host (a private endpoint, a proxy) gets the ADC credentials;
+  - a plain http:// URL (a local fake, as in the contract tests) gets AnonymousCredentials, so that
+    no bearer token ever travels unencrypted; ADC is then not read at all, and the project must
+    come from deploy.gcp.project or GOOGLE_CLOUD_PROJECT.
+Only this package's GCP modules import google.*, and only inside functions.
 """
 
 from __future__ import annotations
 
-from mldeploy.errors import UsageError
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 CREDENTIALS_HINT = ("in GitHub Actions, use google-github-actions/auth with Workload Identity Federation "
                     "(permissions: id-token: write); locally, `gcloud auth application-default login`")
+PERMISSION_HINT = ("the deploy service account lacks a role: see the README's GCP roles; "
+                   "`mldeploy doctor --cloud gcp` checks them")
+ENDPOINT_ENV = "MLDEPLOY_GCP_API_ENDPOINT"
+PROJECT_ENVS = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT", "GCP_PROJECT")
+POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
+REGION = re.compile(r"^[a-z]+(-[a-z]+)+\d+$")
+AR_HOST = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev$")
 
 
+# -- credentials, project, endpoints, clients --------------------------------------------------------
+def override() -> str | None:
+    """MLDEPLOY_GCP_API_ENDPOINT, if set: every GCP client talks to it instead of Google's hosts."""
+    return os.environ.get(ENDPOINT_ENV, "").strip().rstrip("/") or None
+
+
+def plain_http() -> bool:
+    return (override() or "").startswith("http://")
+
+
+def credentials() -> tuple[Any, str | None]:
+    """(credentials, the project they name or None): ADC, or anonymous for a plain-http endpoint."""
+    if plain_http():
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials(), _env_project()
+    import google.auth
+    from google.auth import exceptions
+
+    try:
+        return google.auth.default(scopes=SCOPES)
+    except exceptions.DefaultCredentialsError as e:
+        raise UsageError(f"no Google credentials: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
+    except exceptions.GoogleAuthError as e:
+        raise UsageError(f"Google refused or could not issue a token: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
+
+
+def project(deploy, found: str | None = None) -> str:
+    """deploy.gcp.project, else the credentials' project (`found`, from credentials())."""
+    chosen = deploy.gcp.project or found or _env_project()
+    if not chosen:
+        raise UsageError("no GCP project is set", hint="set deploy.gcp.project in mldeploy.yaml, or GOOGLE_CLOUD_PROJECT "
+                                                       "(google-github-actions/auth exports it)")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.:-]{2,99}", chosen):  # ids, and legacy domain:id ones
+        raise UsageError(f"{chosen!r} is not a GCP project id")
+    return chosen
+
+
+def region(deploy) -> str:
+    """deploy.region: the location (e.g. europe-west4) of every GCP resource we make."""
+    if not deploy.region:
+        raise UsageError("no GCP region is set", hint="set deploy.region in mldeploy.yaml (e.g. europe-west4) or pass --region")
+    if not REGION.match(deploy.region):
+        raise UsageError(f"deploy.region {deploy.region!r} is not a GCP region", hint="e.g. us-central1, europe-west4")
+    return deploy.region
+
+
+def api_endpoint(region: str | None = None, service: str = "aiplatform") -> str:
+    """The API host for a service: MLDEPLOY_GCP_API_ENDPOINT, else `{region}-{service}.googleapis.com`
+    (Vertex AI's low-level clients default to the global host, which serves no regional resources),
+    else `{service}.googleapis.com` for a global service."""
+    return override() or (f"{region}-{service}.googleapis.com" if region else f"{service}.googleapis.com")
+
+
+def client(cls, creds: Any = None, region: str | None = None, service: str = "aiplatform"):
+    """A low-level GAPIC client (REST transport) at the service's (regional) API endpoint."""
+    from google.api_core.gapic_v1.client_info import ClientInfo
+
+    from mldeploy import __version__
+
+    if creds is None:
+        creds, _ = credentials()
+    return cls(credentials=creds, transport="rest", client_options={"api_endpoint": api_endpoint(region, service)},
+               client_info=ClientInfo(user_agent=f"mldeploy/{__version__}"))
+
+
+def read_retry():
+    """Retries for reads only (a retried write could act twice): throttling and unavailability."""
+    from google.api_core import exceptions, retry
+
+    return retry.Retry(predicate=retry.if_exception_type(exceptions.ServiceUnavailable, exceptions.TooManyRequests),
+                       initial=1.0, maximum=10.0, timeout=60.0)
+
+
+# -- errors and long-running operations --------------------------------------------------------------
+@contextlib.contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Turn google.api_core / google.auth errors into one line naming what we were doing: refusals and
+    rejections (400, 401, 403, 404) are exit 2, the rest (server errors, timeouts, network) exit 1."""
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth
+
+    try:
+        yield
+    except MldeployError:
+        raise
+    except auth.DefaultCredentialsError as e:
+        raise UsageError(f"no Google credentials to {doing}: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
+    except auth.GoogleAuthError as e:  # RefreshError, OAuthError (STS), TransportError
+        raise UsageError(f"Google refused or could not issue a token to {doing}: {_first_line(e)}",
+                         hint=CREDENTIALS_HINT) from None
+    except (exceptions.Unauthorized, exceptions.Forbidden) as e:  # Unauthenticated, PermissionDenied
+        disabled = "SERVICE_DISABLED" in str(getattr(e, "reason", "")) or "has not been used in project" in str(e)
+        raise UsageError(f"Google Cloud refused to {doing} ({status_of(e)}): {message_of(e)}",
+                         hint="enable the API in the project (`gcloud services enable SERVICE.googleapis.com`)"
+                         if disabled else PERMISSION_HINT) from None
+    except (exceptions.BadRequest, exceptions.NotFound) as e:  # InvalidArgument, FailedPrecondition, OutOfRange
+        raise UsageError(f"Google Cloud rejected the request to {doing} ({status_of(e)}): {message_of(e)}") from None
+    except exceptions.MethodNotImplemented as e:
+        raise CheckFailed(f"the API does not implement the call to {doing}: {message_of(e)}",
+                          hint=f"check {ENDPOINT_ENV}" if override() else None) from None
+    except exceptions.GoogleAPICallError as e:
+        raise CheckFailed(f"Google Cloud could not {doing} ({status_of(e)}): {message_of(e)}") from None
+    except exceptions.GoogleAPIError as e:  # RetryError and the like
+        raise CheckFailed(f"Google Cloud could not {doing}: {_first_line(e)}") from None
+    except OSError as e:  # requests' ConnectionError and timeouts are OSErrors
+        where = f" at {override()}" if override() else ""
+        reason = re.search(r"\[Errno -?\d+\] [^'\")]+|timed out|Name or service not known", str(e))
+        raise CheckFailed(f"cannot reach Google Cloud{where} to {doing}: {reason.group(0) if reason else type(e).__name__}",
+                          hint="check the network, the region and any proxy") from None
+
+
+def wait(operation, doing: str, timeout: float) -> Any:
+    """Wait for a long-running operation, printing progress; its result, or CheckFailed (it failed or
+    ran past `timeout` seconds)."""
+    started = time.monotonic()
+    name = getattr(getattr(operation, "operation", None), "name", "")
+    while True:
+        with translated(f"follow the operation to {doing}"):
+            done = operation.done(retry=read_retry())
+        if done:
+            break
+        elapsed = time.monotonic() - started
+        if elapsed > timeout:
+            raise CheckFailed(f"{doing} was still running after {timeout:.0f} s (operation {name})",
+                              hint="raise deploy.gcp.wait_seconds, or look at the operation in the console")
+        print(f"  {doing}: running ({elapsed:.0f} s)", flush=True)
+        time.sleep(max(min(POLL_SECONDS, timeout - elapsed), 0.0))
+    error = operation.exception()
+    if error is not None:
+        raise CheckFailed(f"{doing} failed ({status_of(error)}): {message_of(error)}")
+    return operation.result()
+
+
+def status_of(error: Exception) -> str:
+    """The error's status in Google's words (PERMISSION_DENIED, ...), else its HTTP code."""
+    code = getattr(error, "grpc_status_code", None)
+    if code is not None:
+        return code.name
+    response = getattr(error, "response", None)
+    try:
+        status = response.json().get("error", {}).get("status") if response is not None else None
+    except Exception:  # noqa: BLE001 - a body that is not JSON
+        status = None
+    return status or str(getattr(error, "code", None) or type(error).__name__)
+
+
+def message_of(error: Exception) -> str:
+    """The server's own words, one line, without the 'METHOD URL: ' the REST transport puts first."""
+    text = str(getattr(error, "message", None) or _first_line(error))
+    text = re.sub(r"^[A-Z]+ \S+: ", "", text.strip())
+    return (text.splitlines() or [type(error).__name__])[0][:300]
+
+
+def _first_line(error: Exception) -> str:
+    """The error's own words, one line: the server's error code and description (never a token)."""
+    text = str(error.args[0] if error.args else error)
+    return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _env_project() -> str | None:
+    return next((os.environ[v] for v in PROJECT_ENVS if os.environ.get(v)), None)
+
+
+# -- labels ------------------------------------------------------------------------------------------
+def label_value(text: str) -> str:
+    """A GCP label value: lowercase letters, digits, _ and -, at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")[:63]
+
+
+def labels(endpoint: str, slot: str | None = None, image: str | None = None) -> dict[str, str]:
+    """Labels on every resource: which endpoint, slot, image digest, repo and commit it belongs to."""
+    found = {"mldeploy-endpoint": endpoint, "mldeploy-slot": slot,
+             "mldeploy-image": image and image.rsplit("@", 1)[-1].removeprefix("sha256:"),
+             "mldeploy-repo": os.environ.get("GITHUB_REPOSITORY"), "mldeploy-sha": os.environ.get("GITHUB_SHA")}
+    return {k: label_value(v) for k, v in found.items() if v}
+
+
+# -- registry ----------------------------------------------------------------------------------------
 def artifact_registry_login(registry: str) -> dict[str, str]:
     """A short-lived (about 1 hour) push credential for an Artifact Registry or gcr.io host."""
     import google.auth
@@ -32,7 +235,88 @@ def artifact_registry_login(registry: str) -> dict[str, str]:
     return {"username": "oauth2accesstoken", "password": credentials.token}
 
 
-def _first_line(error: Exception) -> str:
-    """The error's own words, one line: the server's error code and description (never a token)."""
-    text = str(error.args[0] if error.args else error)
-    return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+def artifact_repository(repository: str) -> tuple[str, str, str]:
+    """(location, project, repository id) of `LOCATION-docker.pkg.dev/PROJECT/REPO[/IMAGE...]`."""
+    parts = repository.split("/")
+    match = AR_HOST.match(parts[0].lower())
+    if not match or len(parts) < 3 or not all(parts[1:3]):
+        raise UsageError(f"{repository} is not an Artifact Registry repository (LOCATION-docker.pkg.dev/PROJECT/REPO)")
+    return match.group(1), parts[1], parts[2]
+
+
+def ensure_artifact_repository(repository: str, timeout: float = 300) -> bool:
+    """Create the Docker-format Artifact Registry repository of `repository` (a registry path or an
+    image repository below it) when missing; True if created. gcr.io hosts are left alone (their
+    repositories are made by Google, or by an admin with `gcloud artifacts repositories create`)."""
+    if not AR_HOST.match(repository.split("/", 1)[0].lower()):
+        return False
+    from google.api_core import exceptions
+    from google.cloud import artifactregistry_v1 as ar
+
+    location, project_id, repo = artifact_repository(repository)
+    registry = client(ar.ArtifactRegistryClient, service="artifactregistry")
+    name = f"projects/{project_id}/locations/{location}/repositories/{repo}"
+    with translated(f"look up the Artifact Registry repository {repo}"):
+        try:
+            registry.get_repository(name=name, retry=read_retry())
+            return False
+        except exceptions.NotFound:
+            pass
+    with translated(f"create the Artifact Registry repository {repo}"):
+        operation = registry.create_repository(
+            parent=f"projects/{project_id}/locations/{location}", repository_id=repo,
+            repository=ar.Repository(format_=ar.Repository.Format.DOCKER, labels=labels(repo),
+                                     description="Serving images pushed by mldeploy"))
+    wait(operation, f"create the Artifact Registry repository {repo}", timeout)
+    print(f"created Artifact Registry repository {location}-docker.pkg.dev/{project_id}/{repo} (Docker)")
+    return True
+
+
+# -- the preflight -----------------------------------------------------------------------------------
+def identity(creds: Any) -> str:
+    """Who the credentials are, in words (an email where they carry one; never a token)."""
+    kind = type(creds).__name__
+    if kind == "AnonymousCredentials":
+        return f"anonymous ({ENDPOINT_ENV} is plain http)"
+    email = getattr(creds, "service_account_email", None)
+    if kind == "Credentials" and "external_account" in type(creds).__module__:
+        kind = "Workload Identity Federation"
+    return f"{email} ({kind})" if email and email != "default" else kind
+
+
+def doctor(deploy) -> list[tuple[str, bool, str]]:
+    """Who we are and what we may do: (check, passed, detail) rows; one read-only probe per service."""
+    try:
+        creds, found = credentials()
+        chosen = project(deploy, found)
+    except UsageError as e:
+        return [("identity", False, e.describe())]
+    rows = [("identity", True, f"{identity(creds)}, project {chosen}")]
+    try:
+        location = region(deploy)
+    except UsageError as e:
+        return rows + [("region", False, e.describe())]
+    parent = f"projects/{chosen}/locations/{location}"
+    probes = []
+    if deploy.target == "cloudrun":
+        def list_services():
+            from google.cloud import run_v2
+
+            next(iter(client(run_v2.ServicesClient, creds, location, "run").list_services(
+                request={"parent": parent, "page_size": 1})), None)
+        probes.append(("run.services.list", list_services))
+    else:
+        def list_endpoints():
+            from google.cloud import aiplatform_v1
+
+            next(iter(client(aiplatform_v1.EndpointServiceClient, creds, location).list_endpoints(
+                request={"parent": parent, "page_size": 1})), None)
+        probes.append(("aiplatform.endpoints.list", list_endpoints))
+    for permission, probe in probes:
+        try:
+            with translated(f"check {permission}"):
+                probe()
+            rows.append((permission, True, "allowed"))
+        except MldeployError as e:
+            rows.append((permission, False, e.message))
+    return rows
