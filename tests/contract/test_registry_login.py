@@ -396,7 +396,7 @@ def test_ecr_registry_gets_its_token_from_boto3(monkeypatch):
     ("123456789012.dkr.ecr.eu-west-1.amazonaws.com.attacker.example", None),
 ])
 def test_the_table_sends_each_host_to_its_cloud(host, login):
-    chosen = [function for pattern, _, function in REGISTRY_LOGINS if pattern.match(host)]
+    chosen = [function for pattern, _, function, _ in REGISTRY_LOGINS if pattern.match(host)]
     assert chosen == ([login] if login else [])
 
 

@@ -254,10 +254,12 @@ def default_tags(bundle: Bundle) -> list[str]:
 
 
 # Cloud registries get a short-lived token from their cloud's module (only it imports the SDK).
-REGISTRY_LOGINS = (
-    (re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"), "aws", "ecr_login"),
-    (re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$"), "gcp", "artifact_registry_login"),
-    (re.compile(r"^[a-z0-9]+\.azurecr\.io$"), "azure", "acr_login"),
+REGISTRY_LOGINS = (  # host pattern, cloud module, its login, and what creates a missing repository
+    (re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"), "aws", "ecr_login",
+     "ensure_ecr_repository"),
+    (re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$"), "gcp", "artifact_registry_login",
+     "ensure_artifact_repository"),
+    (re.compile(r"^[a-z0-9]+\.azurecr\.io$"), "azure", "acr_login", None),  # ACR creates repositories on push
 )
 
 
@@ -270,7 +272,7 @@ def registry_auth(registry: str) -> dict[str, str] | None:
         user, password = os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
     if not password:
         host = registry.lower()
-        cloud, function = next(((c, f) for pattern, c, f in REGISTRY_LOGINS if pattern.match(host)), (None, None))
+        cloud, function = next(((c, f) for pattern, c, f, _ in REGISTRY_LOGINS if pattern.match(host)), (None, None))
         if cloud is None:
             return None
         try:
@@ -289,10 +291,9 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
     """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag)."""
     registry = repository.split("/", 1)[0]
     auth = registry_auth(registry)
-    if REGISTRY_LOGINS[0][0].match(registry.lower()):  # ECR does not create repositories on push
-        from mldeploy.deploy.aws import ensure_ecr_repository
-
-        ensure_ecr_repository(repository)
+    for pattern, cloud, _, ensure in REGISTRY_LOGINS:  # ECR and Artifact Registry make no repository on push
+        if ensure and pattern.match(registry.lower()):
+            getattr(importlib.import_module(f"mldeploy.deploy.{cloud}"), ensure)(repository)
     image = client.images.get(tag)
     digest = None
     for t in tags:
