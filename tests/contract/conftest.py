@@ -10,51 +10,17 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
-
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer  # noqa: E402
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
-
-from tests.contract import moto_patches  # noqa: E402
-
 ACCOUNT, REGION = "123456789012", "us-east-1"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mldeploy-endpoint"
-MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Set")
-
-
-class RecordingMotoServer(ThreadedMotoServer):
-    """moto's threaded server, with a log of (operation, method, path) for every request."""
-
-    def __init__(self) -> None:
-        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
-        self.requests: list[tuple[str, str, str]] = []
-
-    def _server_entry(self) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
-
-        def recording(environ, start_response):
-            path = environ.get("PATH_INFO", "")
-            target = environ.get("HTTP_X_AMZ_TARGET", "")
-            operation = target.rsplit(".", 1)[-1] if target else path.rsplit("/operation/", 1)[-1] if "/operation/" in path else ""
-            self.requests.append((operation, environ["REQUEST_METHOD"], path))
-            return app(environ, start_response)
-
-        self._server = make_server(self._ip_address, self._port, recording, True, request_handler=MotoRequestHandler)
-        self._server_ready_event.set()
-        self._server.serve_forever()
-
-    def mutating(self) -> list[tuple[str, str, str]]:
-        """Requests that change state: mutating JSON/CBOR operations, and REST writes (Lambda)."""
-        return [r for r in self.requests if r[0].startswith(MUTATING)
-                or (not r[0] and r[1] in ("POST", "PUT", "DELETE") and not r[2].endswith("/invocations")
-                    and not r[2].startswith("/moto-api"))]
 
 
 @pytest.fixture(scope="session")
 def moto_server():
+    pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
+    pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+    from tests.contract.moto_server import RecordingMotoServer
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = RecordingMotoServer()
     server.start()
@@ -68,6 +34,8 @@ def aws(moto_server, monkeypatch):
     """A clean AWS account in us-east-1, reached by every boto3 client the code makes."""
     server, url = moto_server
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).read()
+    from tests.contract import moto_patches
+
     moto_patches.reset()
     for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}.items():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+
 import boto3
 
 from mldeploy.deploy.aws import ensure_ecr_repository

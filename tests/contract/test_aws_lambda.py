@@ -4,12 +4,15 @@ Invoking an image function runs our own Lambda handler on the test bundle (tests
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+
 import json
 import threading
 import time
 
 import boto3
-import pytest
 
 from tests.contract import moto_lambda
 from tests.contract.conftest import ROLE, ecr_image

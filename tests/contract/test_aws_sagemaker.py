@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+
 import json
 import threading
 import time
 
 import boto3
-import pytest
 
 from tests.contract import moto_patches
 from tests.contract.conftest import ROLE, ecr_image

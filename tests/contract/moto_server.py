@@ -1,0 +1,39 @@
+"""moto's threaded server, recording every request (the `aws` fixture's log)."""
+
+from __future__ import annotations
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from tests.contract import moto_patches  # noqa: F401  (patches moto's classes on import)
+
+MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Set")
+
+
+class RecordingMotoServer(ThreadedMotoServer):
+    """moto's threaded server, with a log of (operation, method, path) for every request."""
+
+    def __init__(self) -> None:
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self.requests: list[tuple[str, str, str]] = []
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def recording(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            target = environ.get("HTTP_X_AMZ_TARGET", "")
+            operation = target.rsplit(".", 1)[-1] if target else path.rsplit("/operation/", 1)[-1] if "/operation/" in path else ""
+            self.requests.append((operation, environ["REQUEST_METHOD"], path))
+            return app(environ, start_response)
+
+        self._server = make_server(self._ip_address, self._port, recording, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    def mutating(self) -> list[tuple[str, str, str]]:
+        """Requests that change state: mutating JSON/CBOR operations, and REST writes (Lambda)."""
+        return [r for r in self.requests if r[0].startswith(MUTATING)
+                or (not r[0] and r[1] in ("POST", "PUT", "DELETE") and not r[2].endswith("/invocations")
+                    and not r[2].startswith("/moto-api"))]
