@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_FOR = {"actions/setup-python": "setup-python",
-               "aws-actions/configure-aws-credentials": "configure-aws-credentials"}
+               "aws-actions/configure-aws-credentials": "configure-aws-credentials",
+               "google-github-actions/auth": "google-auth", "azure/login": "azure-login"}
 
 
 def uses_refs(workflow: Path, action: str) -> list[str]:
