@@ -1,24 +1,59 @@
-"""What the Azure targets share. For now: the Azure Container Registry push login.
+"""What the Azure targets share: the credential, the workspace, an MLClient, one-line errors, the
+preflight, and the Azure Container Registry push login.
 
 Credentials come from azure-identity's DefaultAzureCredential (in GitHub Actions: azure/login with
 OIDC federated credentials, or AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_FEDERATED_TOKEN_FILE; locally
-`az login`). Only this package's Azure modules import azure.*, and only inside functions.
+`az login`). The workspace is deploy.azure.subscription_id / resource_group / workspace, else
+AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME.
+
+One seam reaches somewhere other than Azure (the contract tests' local fake, or a recording proxy):
+MLDEPLOY_AZURE_ARM_ENDPOINT=http://HOST:PORT sends every request for https://management.azure.com
+and for the endpoints' scoring hosts (https://*.inference.ml.azure.com) there instead, through an
+azure-core RequestsTransport whose requests Session rewrites those URLs (the original host stays in
+the Host header). Tokens still come from the real credential chain. Only this package's Azure
+modules import azure.*, and only inside functions.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
-from mldeploy.errors import UsageError
+from mldeploy import __version__
+from mldeploy.errors import CheckFailed, UsageError
 
 SCOPE = "https://management.azure.com/.default"
 ACR_USERNAME = "00000000-0000-0000-0000-000000000000"  # what ACR expects with a refresh token
 CREDENTIALS_HINT = ("in GitHub Actions, use azure/login with OIDC federated credentials (permissions: "
                     "id-token: write) and give the identity AcrPush on the registry; locally, `az login`")
+ML_CREDENTIALS_HINT = ("in GitHub Actions, use azure/login with OIDC federated credentials (permissions: "
+                       "id-token: write); locally, `az login`; `mldeploy doctor --cloud azure` checks it")
+ROLES_HINT = ("the deploying identity needs the AzureML Data Scientist role on the workspace; "
+              "`mldeploy doctor --cloud azure` checks it")
+ARM_ENDPOINT_ENV = "MLDEPLOY_AZURE_ARM_ENDPOINT"
+ARM_HOST = "management.azure.com"
+SCORING_SUFFIX = ".inference.ml.azure.com"
+FEDERATION_HELP = {
+    "AADSTS700213": "Entra ID has no federated credential matching this workflow's OIDC token: the app "
+                    "registration's (or managed identity's) federated credential must have issuer "
+                    "https://token.actions.githubusercontent.com, audience api://AzureADTokenExchange, and a "
+                    "subject equal to the token's sub, character for character: repo:OWNER/REPO:ref:refs/heads/"
+                    "BRANCH for a branch, repo:OWNER/REPO:pull_request for pull requests, "
+                    "repo:OWNER/REPO:environment:NAME when the job has an environment (which then wins)",
+    "AADSTS700024": "the workflow's OIDC token expired before it was exchanged (tokens live minutes): "
+                    "log in (azure/login) in the same job, shortly before the deploy",
+    "AADSTS700016": "Entra ID does not know the client id: AZURE_CLIENT_ID (azure/login's client-id) names no "
+                    "app registration or managed identity in the tenant AZURE_TENANT_ID; check both values",
+    "AADSTS90002": "the tenant AZURE_TENANT_ID (azure/login's tenant-id) does not exist; check the value",
+}
 
 
 def acr_login(registry: str) -> dict[str, str]:
@@ -88,3 +123,227 @@ def _credential_reason(error: Exception) -> str:
 
 def _first_line(text: str) -> str:
     return (str(text).strip().splitlines() or ["unknown error"])[0][:200]
+
+
+# -- the workspace, the credential, the client --------------------------------------------------------
+def workspace(deploy) -> tuple[str, str, str]:
+    """(subscription id, resource group, workspace) from deploy.azure, else the environment."""
+    az = deploy.azure
+    found = {"deploy.azure.subscription_id (or AZURE_SUBSCRIPTION_ID)":
+             az.subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID"),
+             "deploy.azure.resource_group (or AZURE_RESOURCE_GROUP)":
+             az.resource_group or os.environ.get("AZURE_RESOURCE_GROUP"),
+             "deploy.azure.workspace (or AZUREML_WORKSPACE_NAME)":
+             az.workspace or os.environ.get("AZUREML_WORKSPACE_NAME")}
+    missing = [key for key, value in found.items() if not value]
+    if missing:
+        raise UsageError(f"no Azure ML workspace: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set",
+                         hint="name the workspace the endpoint lives in, in mldeploy.yaml or the environment")
+    sub, rg, ws = found.values()
+    return str(sub), str(rg), str(ws)
+
+
+def credential():
+    """DefaultAzureCredential: azure/login's OIDC environment, workload identity, managed identity, az.
+    Its own failure warnings are not logged (our one line says why); --debug shows them."""
+    import logging
+
+    from azure.identity import DefaultAzureCredential
+
+    if os.environ.get("MLDEPLOY_DEBUG") != "1":
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
+    return DefaultAzureCredential()
+
+
+def transport():
+    """None (talk to Azure), or with MLDEPLOY_AZURE_ARM_ENDPOINT set, a transport that sends Azure's
+    management and scoring hosts to that URL instead (see the module docstring)."""
+    base = os.environ.get(ARM_ENDPOINT_ENV, "").strip().rstrip("/")
+    if not base:
+        return None
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"{ARM_ENDPOINT_ENV}={base!r} is not a URL", hint="e.g. http://127.0.0.1:8443")
+    import requests
+    import requests.adapters
+    from azure.core.pipeline.transport import RequestsTransport
+
+    class Redirect(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            url = urllib.parse.urlsplit(request.url)
+            if url.hostname and (url.hostname == ARM_HOST or url.hostname.endswith(SCORING_SUFFIX)):
+                request.headers["Host"] = url.netloc
+                request.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, url.path, url.query, ""))
+            return super().send(request, **kwargs)
+
+    session = requests.Session()
+    adapter = Redirect(max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=False)
+
+
+def ml_client(deploy, cred=None):
+    """An MLClient on the configured workspace: no telemetry, no progress bars, the SDK's INFO lines
+    (it logs them to stderr) only with --debug, and long-running operations polled every
+    MLDEPLOY_POLL_SECONDS (default 15) unless Azure says when (Retry-After)."""
+    import logging
+
+    from azure.ai.ml import MLClient
+
+    if os.environ.get("MLDEPLOY_DEBUG") != "1":
+        logging.getLogger("azure.ai.ml").setLevel(logging.WARNING)
+    sub, rg, ws = workspace(deploy)
+    kwargs: dict[str, Any] = {"enable_telemetry": False, "show_progress": False,
+                              "user_agent": f"mldeploy/{__version__}",
+                              "polling_interval": float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))}
+    custom = transport()
+    if custom is not None:
+        kwargs["transport"] = custom
+    return MLClient(cred or credential(), sub, rg, ws, **kwargs)
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+def error_text(error: Exception) -> str:
+    """The service's own code and message, one line, from an azure-core or azure-ai-ml error."""
+    inner = getattr(error, "error", None)
+    code, message = getattr(inner, "code", None), getattr(inner, "message", None)
+    if message:
+        return _first_line(f"{code}: {message}" if code and not str(message).startswith(str(code)) else message)
+    text = str(getattr(error, "message", None) or error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:  # azure-core's "(Code) message" / "Code: X" / "Message: Y" layouts
+        if line.lower().startswith("message:"):
+            return _first_line(line.split(":", 1)[1])
+    return _first_line(lines[0] if lines else type(error).__name__)
+
+
+def federation_help(text: str) -> str:
+    """Entra ID's refusal in plain words, when we know the AADSTS code; else the text itself."""
+    for code, words in FEDERATION_HELP.items():
+        if code in text:
+            return f"{code}: {words}"
+    return text
+
+
+@contextlib.contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Turn azure-core / azure-identity / azure-ai-ml errors into one line naming what we were doing."""
+    from azure.ai.ml.exceptions import MlException
+    from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
+                                       ServiceRequestError, ServiceResponseError)
+    from azure.identity import CredentialUnavailableError
+
+    try:
+        yield
+    except CredentialUnavailableError as e:
+        raise UsageError(f"no Azure credentials to {doing}: {_credential_reason(e)}", hint=ML_CREDENTIALS_HINT) from None
+    except ClientAuthenticationError as e:
+        if e.status_code in (401, 403):
+            raise UsageError(f"Azure refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
+                             hint=ROLES_HINT) from None
+        reason = _credential_reason(e)
+        if reason.startswith("none of the credentials"):
+            raise UsageError(f"no Azure credentials to {doing}: {reason}", hint=ML_CREDENTIALS_HINT) from None
+        raise UsageError(f"Entra ID gave no token to {doing}: {federation_help(reason)}",
+                         hint=ML_CREDENTIALS_HINT) from None
+    except ResourceNotFoundError as e:
+        raise UsageError(f"Azure could not {doing}: {error_text(e)}",
+                         hint="check deploy.azure.subscription_id, resource_group and workspace") from None
+    except HttpResponseError as e:
+        status = e.status_code or 0
+        if status == 403:
+            raise UsageError(f"Azure refused to {doing} (HTTP 403): {error_text(e)}", hint=ROLES_HINT) from None
+        if status in (400, 422):
+            raise UsageError(f"Azure rejected the request to {doing}: {error_text(e)}") from None
+        if status == 409:
+            raise CheckFailed(f"Azure could not {doing} now (HTTP 409): {error_text(e)}",
+                              hint="another operation on it is still running; run again when it is done") from None
+        raise CheckFailed(f"Azure could not {doing}: {error_text(e)}") from None
+    except (ServiceRequestError, ServiceResponseError) as e:
+        raise CheckFailed(f"cannot reach Azure to {doing}: {error_text(e)}", hint="check the network") from None
+    except MlException as e:  # the SDK's own validation of what we asked for
+        raise UsageError(f"azure-ai-ml refused to {doing}: {error_text(e)}") from None
+    except AzureError as e:
+        raise CheckFailed(f"Azure could not {doing}: {error_text(e)}") from None
+
+
+class _NoDots:
+    """stdout without the lone dots azure-ai-ml's poller prints on every poll (our lines say more)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if text == "." else self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def wait(poller, what: str, seconds: int, poll: float = 10.0) -> Any:
+    """The result of a long-running operation, with a progress line every `poll` seconds; an operation
+    still running after `seconds` is a failed check (it goes on in Azure; nothing here waits for it)."""
+    import sys
+
+    started = time.monotonic()
+    deadline = started + seconds
+    stdout, sys.stdout = sys.stdout, _NoDots(sys.stdout)
+    try:
+        while not poller.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CheckFailed(f"{what} was still {poller.status()} after {seconds} s",
+                                  hint="raise deploy.azure.wait_seconds, or read the deployment's logs in Azure ML studio")
+            poller.wait(min(poll, left))
+            if not poller.done() and time.monotonic() - started >= poll:
+                print(f"  {what}: {poller.status()} ({time.monotonic() - started:.0f} s)", flush=True)
+        return poller.result()
+    finally:
+        sys.stdout = stdout
+
+
+# -- the preflight ----------------------------------------------------------------------------------------
+def _claims(token: str) -> dict[str, Any]:
+    """The access token's identity claims (never the token itself); {} if it is not a JWT."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+
+
+def doctor(deploy) -> list[tuple[str, bool, str]]:
+    """Who we are and whether we may deploy: (check, passed, detail) rows; never prints a secret."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    rows: list[tuple[str, bool, str]] = []
+    try:
+        sub, rg, ws = workspace(deploy)
+        rows.append(("workspace coordinates", True, f"subscription {sub}, resource group {rg}, workspace {ws}"))
+    except UsageError as e:
+        rows.append(("workspace coordinates", False, e.describe()))
+        sub = None
+    cred = credential()
+    try:
+        token = cred.get_token(SCOPE)
+    except (ClientAuthenticationError, ValueError) as e:
+        rows.append(("credential", False, f"{federation_help(_credential_reason(e))} ({ML_CREDENTIALS_HINT})"))
+        return rows
+    claims = _claims(token.token)
+    who = ", ".join(f"{k} {claims[k]}" for k in ("upn", "appid", "oid", "tid") if claims.get(k)) or "an identity"
+    minutes = max(0, int((token.expires_on - time.time()) / 60))
+    rows.append(("credential", True, f"a token for Azure Resource Manager as {who} (valid {minutes} min)"))
+    if sub is None:
+        return rows
+    client = ml_client(deploy, cred)
+    try:
+        with translated(f"read the workspace {ws}"):
+            found = client.workspaces.get(ws)
+        rows.append(("workspace", True, f"{ws} in {found.location} is readable"))
+        with translated("list the workspace's online endpoints"):
+            count = len(list(client.online_endpoints.list()))
+        rows.append(("online endpoints", True, f"listing allowed ({count} endpoint{'s' if count != 1 else ''})"))
+    except (UsageError, CheckFailed) as e:
+        rows.append(("workspace" if len(rows) < 3 else "online endpoints", False, e.describe()))
+    return rows

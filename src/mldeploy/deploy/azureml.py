@@ -1,0 +1,454 @@
+"""Azure ML managed online endpoints: slots are deployments, the canary share is endpoint traffic.
+
+    endpoint <name>  (auth key or aad_token; https://<name>.<region>.inference.ml.azure.com/score)
+        deployment production-<digest8>     environment mldeploy-<name>:<hash>, our image   traffic 100 - canaries
+        deployment canary[-prN]-<digest8>   (the same, with the canary's image)            traffic N, or mirror N
+
+A deployment's name is its slot and the image's short digest, because a new image always gets a new
+deployment (Azure ML's blue/green): it must provision (its readiness probe is our server's
+/v2/health/ready, which answers only once the model is loaded and warmed up), serve the digest asked
+for and answer a smoke request sent to it alone (`azureml-model-deployment`) before any traffic
+moves; the deployment it replaces is deleted only after the traffic moved and was read back. A pull
+request's canary is its own slot (canary-pr<N>), so parallel PRs never touch each other. With
+`mirror: true` a canary gets a mirrored copy of its share (shadow traffic; Azure ML mirrors to one
+deployment, at most 50%) and live traffic stays as it was. A production deploy or a promote leaves
+one deployment serving 100% and ends every canary (they were measured against the old production);
+a promote starts a production deployment of the canary's image (the canary keeps its share until it
+is ready). A rollback moves the canaries' shares back to production and deletes them. Any failure
+before the new layout is read back puts the previous traffic back and deletes what was added.
+Autoscaling (autoscale_max) is not applied: Azure ML scales through Azure Monitor autoscale settings,
+which this module does not manage yet; a deploy with it set says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+from mldeploy import github
+from mldeploy.config import DeploySection
+from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy.azure import error_text, ml_client, translated, transport, wait
+from mldeploy.errors import CheckFailed, MldeployError, UsageError
+
+POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
+PORT = 8080
+# the Azure ML routes our server answers (README, `mldeploy serve`)
+INFERENCE_CONFIG = {"liveness_route": {"path": "/", "port": PORT},
+                    "readiness_route": {"path": "/v2/health/ready", "port": PORT},
+                    "scoring_route": {"path": "/score", "port": PORT}}
+SUFFIX = re.compile(r"^(?P<slot>.+)-[0-9a-f]{8}$")
+
+
+def azure_name(*parts: str, limit: int = 32) -> str:
+    """A name Azure ML accepts for endpoints and deployments: starts with a letter; lowercase
+    letters, digits and hyphens; at most `limit` characters (shortened with a hash, stable)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(p for p in parts if p).lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"m-{name}".rstrip("-")
+    if len(name) > limit:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:limit - 9].rstrip('-')}-{digest}"
+    return name
+
+
+def _missing_parent(error: Exception) -> bool:
+    """Whether a 404 is about the workspace, resource group or subscription, not the endpoint (ARM's
+    own wording for a missing parent resource)."""
+    code = str(getattr(getattr(error, "error", None), "code", "") or "")
+    text = error_text(error)
+    return code in ("ResourceGroupNotFound", "SubscriptionNotFound", "InvalidSubscriptionId") or (
+        "/workspaces/" in text and "under resource group" in text)
+
+
+def digest_of(image: str) -> str:
+    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
+
+
+class AzureMLTarget:
+    name = "azureml"
+
+    def __init__(self, endpoint: str, cfg: DeploySection):
+        self.endpoint = azure_name(endpoint)
+        self.azure = cfg.azure
+        self.settings = cfg.azure.azureml
+        self.ml = ml_client(cfg)   # the workspace's coordinates are checked here (UsageError when missing)
+        self._environments: dict[str, str | None] = {}
+
+    # -- what serves now --------------------------------------------------------------------------
+    def read(self) -> dict[str, Any] | None:
+        """The endpoint and its deployments: per deployment its slot, image and state; per slot the
+        deployment serving it (others of the same slot are stale leftovers), its traffic and mirror."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with translated(f"read the Azure ML endpoint {self.endpoint}"):
+            try:
+                ep = self.ml.online_endpoints.get(self.endpoint)
+            except ResourceNotFoundError as e:
+                if _missing_parent(e):
+                    raise
+                return None
+            found = list(self.ml.online_deployments.list(self.endpoint))
+        traffic = {k: int(v) for k, v in (ep.traffic or {}).items() if int(v)}
+        mirror = {k: int(v) for k, v in (ep.mirror_traffic or {}).items() if int(v)}
+        deployments = {}
+        for dep in found:
+            tags = dep.tags or {}
+            match = SUFFIX.match(dep.name)
+            deployments[dep.name] = {"slot": tags.get("mldeploy:slot") or (match.group("slot") if match else dep.name),
+                                     "image": self._image(dep.environment), "state": str(dep.provisioning_state or ""),
+                                     "traffic": traffic.get(dep.name, 0), "mirror": mirror.get(dep.name, 0)}
+        slots: dict[str, dict[str, Any]] = {}
+        stale = []
+        for name, dep in sorted(deployments.items(), key=lambda kv: -(kv[1]["traffic"] + kv[1]["mirror"])):
+            if dep["slot"] in slots:
+                stale.append(name)
+            else:
+                slots[dep["slot"]] = {"deployment": name, **dep}
+        return {"entity": ep, "auth_mode": str(ep.auth_mode or "key").lower(), "url": ep.scoring_uri,
+                "state": str(ep.provisioning_state or ""), "traffic": traffic, "mirror": mirror,
+                "deployments": deployments, "slots": slots, "stale": stale}
+
+    def _image(self, environment: Any) -> str | None:
+        """The image of a deployment's environment (an ARM id or azureml:name:version)."""
+        env_id = str(getattr(environment, "id", None) or environment or "")
+        if env_id not in self._environments:
+            match = (re.search(r"/environments/([^/]+)/versions/([^/]+)$", env_id)
+                     or re.match(r"^azureml:([^:]+):([^:]+)$", env_id))
+            image = None
+            if match:
+                with translated(f"read the environment {match.group(1)}:{match.group(2)}"):
+                    image = self.ml.environments.get(match.group(1), version=match.group(2)).image
+            self._environments[env_id] = image
+        return self._environments[env_id]
+
+    # -- the interface ----------------------------------------------------------------------------
+    def plan(self, desired: Desired) -> Plan:
+        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", desired.image):
+            raise UsageError(f"the image {desired.image} is not REPOSITORY@sha256:DIGEST",
+                             hint="deploy by digest: `mldeploy build --push` records it")
+        current = self.read()
+        slots = current["slots"] if current else {}
+        new = self._deployment_name(desired.slot, desired.image)
+        if "production" not in slots or desired.slot == "production":
+            new = self._deployment_name("production", desired.image)
+            return self._plan(desired, current, "production", new, {new: 100}, {},
+                              [n for n in (current or {}).get("deployments", {}) if n != new])
+        old = slots.get(desired.slot, {}).get("deployment")
+        others = {s: e for s, e in slots.items() if s not in ("production", desired.slot)}
+        live = {e["deployment"]: e["traffic"] for e in others.values() if e["traffic"]}
+        mirror = {e["deployment"]: e["mirror"] for e in others.values() if e["mirror"]}
+        production = slots["production"]["deployment"]
+        if self.settings.mirror:
+            if desired.traffic > 50:
+                raise UsageError(f"--traffic {desired.traffic}: Azure ML mirrors at most 50% of traffic",
+                                 hint="lower --traffic, or set deploy.azure.azureml.mirror: false")
+            if mirror:
+                taken = ", ".join(s for s, e in others.items() if e["mirror"])
+                raise UsageError(f"{taken} already gets the mirrored traffic; Azure ML mirrors to one deployment only",
+                                 hint=f"roll back {taken} first")
+            traffic = {production: 100 - sum(live.values()), **live}
+            mirror = {new: desired.traffic} if desired.traffic else {}
+        else:
+            if sum(live.values()) + desired.traffic > 100:
+                raise UsageError(f"the canaries would take {sum(live.values()) + desired.traffic}% of traffic",
+                                 hint=f"lower --traffic or roll back one of {', '.join(others)}")
+            traffic = {production: 100 - sum(live.values()) - desired.traffic, **live, new: desired.traffic}
+        delete = ([old] if old and old != new else []) + current["stale"]
+        return self._plan(desired, current, desired.slot, new, traffic, mirror, delete)
+
+    def apply(self, plan: Plan) -> dict[str, Any]:
+        if plan.empty:
+            return {"changed": False, **self.status()}
+        s, d = plan.state, plan.desired
+        current = s["current"]
+        done = {"deployment": False, "traffic": False}   # what _restore must undo
+        if self.settings.autoscale_max:
+            github.warning("deploy.azure.azureml.autoscale_max is not applied: Azure ML autoscales through Azure "
+                           "Monitor autoscale settings, which mldeploy does not manage yet; each deployment runs "
+                           f"{self.settings.instance_count} instance(s)")
+        try:
+            if current is None:
+                self._put_endpoint(None, {}, {})
+            elif s["auth_changed"]:
+                self._put_endpoint(current, current["traffic"], current["mirror"])
+            if s["build"]:
+                done["deployment"] = s["new"] not in (current or {}).get("deployments", {})
+                self._put_deployment(s["new"], s["slot"], d.image)
+            if s["new"]:
+                self._check_deployment(s["new"], d.image)
+                if d.smoke:
+                    self._smoke(s["new"], d.smoke)
+            if s["traffic"] != (current or {}).get("traffic", {}) or s["mirror"] != (current or {}).get("mirror", {}):
+                done["traffic"] = True
+                self._put_endpoint(self.read(), s["traffic"], s["mirror"])
+            self._verify(s)
+            if s["slot"] != "production" and self.azure.bake_seconds and s["new"] and d.smoke:
+                self._bake(s["new"], d.smoke)
+        except MldeployError as e:
+            raise type(e)(f"{e.message}; {self._restore(current, s, done)}", hint=e.hint) from None
+        self._delete(s["delete"])
+        return {"changed": True, **self.status()}
+
+    def status(self) -> dict[str, Any]:
+        current = self.read()
+        out: dict[str, Any] = {"endpoint": self.endpoint, "url": None, "slots": {}}
+        if current is None:
+            return out
+        out["url"] = current["url"]
+        out["status"] = current["state"]
+        for slot, e in current["slots"].items():
+            out["slots"][slot] = {"image": e["image"], "traffic": e["traffic"], "deployment": e["deployment"],
+                                  "healthy": e["state"].lower().endswith("succeeded")}
+            if e["mirror"]:
+                out["slots"][slot]["mirror"] = e["mirror"]
+        return out
+
+    def promote(self, pr: int | None = None) -> dict[str, Any]:
+        current = self.read()
+        slot = self._canary(current, pr, "promote")
+        return self.apply(self.plan(Desired(self.endpoint, current["slots"][slot]["image"], "production", 0, {})))
+
+    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+        current = self.read()
+        gone = {self._canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
+                                                                    if s != "production"}
+        if not gone or current is None:
+            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
+        slots = current["slots"]
+        keep = {s: e for s, e in slots.items() if s not in gone and s != "production"}
+        live = {e["deployment"]: e["traffic"] for e in keep.values() if e["traffic"]}
+        mirror = {e["deployment"]: e["mirror"] for e in keep.values() if e["mirror"]}
+        production = slots["production"]
+        traffic = {production["deployment"]: 100 - sum(live.values()), **live}
+        desired = Desired(self.endpoint, production["image"], "production", 0, {})
+        return self.apply(self._plan(desired, current, "production", None, traffic, mirror,
+                                     [slots[s]["deployment"] for s in sorted(gone)] + current["stale"]))
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _deployment_name(self, slot: str, image: str) -> str:
+        return f"{azure_name(slot, limit=23)}-{digest_of(image)[:8]}"
+
+    def _environment(self, image: str) -> tuple[str, str]:
+        return azure_name("mldeploy", self.endpoint, limit=64), hashlib.sha256(image.encode()).hexdigest()[:16]
+
+    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
+        canaries = sorted(s for s in (current or {}).get("slots", {}) if s != "production")
+        wanted = f"canary-pr{pr}" if pr else None
+        if wanted and wanted in canaries:
+            return wanted
+        if not wanted and len(canaries) == 1:
+            return canaries[0]
+        if not canaries or wanted:
+            raise UsageError(f"{self.endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
+                             hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
+        raise UsageError(f"{self.endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
+                         hint=f"say which with --pr N to {verb} it")
+
+    def _by_slot(self, split: dict[str, int], deployments: dict[str, str]) -> dict[str, int]:
+        return {deployments.get(name, name): pct for name, pct in split.items()}
+
+    def _plan(self, d: Desired, current: dict[str, Any] | None, slot: str, new: str | None,
+              traffic: dict[str, int], mirror: dict[str, int], delete: list[str]) -> Plan:
+        existing = (current or {}).get("deployments", {})
+        slot_of = {name: e["slot"] for name, e in existing.items()} | ({new: slot} if new else {})
+        traffic = {k: v for k, v in traffic.items() if v}
+        plan = Plan(self.name, d, traffic_before=self._by_slot((current or {}).get("traffic", {}), slot_of),
+                    traffic_after=self._by_slot(traffic, slot_of))
+        ep = f"azureml endpoint {self.endpoint}"
+        auth_changed = bool(current) and current["auth_mode"] != self.settings.auth_mode
+        build = False
+        if current is None:
+            plan.add("create", ep, "auth", new=self.settings.auth_mode)
+        elif auth_changed:
+            plan.add("update", ep, "auth", current["auth_mode"], self.settings.auth_mode)
+        if new:
+            found = existing.get(new)
+            if found is None:
+                build = True
+                plan.add("create", f"azureml deployment {new}", "image", new=d.image)
+            elif found["image"] != d.image:
+                build = True
+                plan.add("update", f"azureml deployment {new}", "image", found["image"], d.image)
+            elif not found["state"].lower().endswith("succeeded"):
+                build = True
+                plan.add("update", f"azureml deployment {new}", "state", found["state"], "Succeeded")
+        if traffic != (current or {}).get("traffic", {}):
+            plan.add("update", ep, "traffic", (current or {}).get("traffic", {}), traffic)
+        if mirror != (current or {}).get("mirror", {}):
+            plan.add("update", ep, "mirror traffic", (current or {}).get("mirror", {}), mirror)
+        for name in delete:
+            plan.add("delete", f"azureml deployment {name}")
+        plan.state = {"current": current, "slot": slot, "new": new, "build": build, "auth_changed": auth_changed,
+                      "traffic": traffic, "mirror": mirror, "delete": delete,
+                      "images": {n: e["image"] for n, e in existing.items() if n not in delete} | (
+                          {new: d.image} if new else {})}
+        return plan
+
+    # -- applying ---------------------------------------------------------------------------------
+    def _tags(self, slot: str | None = None, image: str | None = None) -> dict[str, str]:
+        found = {"mldeploy:endpoint": self.endpoint, "mldeploy:slot": slot,
+                 "mldeploy:repo": os.environ.get("GITHUB_REPOSITORY"), "mldeploy:sha": os.environ.get("GITHUB_SHA"),
+                 "mldeploy:image": image and digest_of(image)}
+        return {k: v for k, v in found.items() if v}
+
+    def _put_endpoint(self, current: dict[str, Any] | None, traffic: dict[str, int], mirror: dict[str, int]) -> None:
+        """Create the endpoint, or PUT it whole with this traffic and mirror traffic (how Azure ML
+        changes traffic); the endpoint's other settings are kept as read."""
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+        if current is None:
+            entity = ManagedOnlineEndpoint(name=self.endpoint, auth_mode=self.settings.auth_mode, tags=self._tags(),
+                                           description="deployed by mldeploy")
+            doing = f"create the Azure ML endpoint {self.endpoint}"
+        else:
+            entity = current["entity"]
+            entity.auth_mode = self.settings.auth_mode
+            entity.traffic = dict(traffic)
+            entity.mirror_traffic = dict(mirror)
+            shown = ", ".join(f"{k} {v}%" for k, v in traffic.items()) or "none"
+            doing = f"set the traffic of {self.endpoint} ({shown}{', mirror ' if mirror else ''}" \
+                    f"{', '.join(f'{k} {v}%' for k, v in mirror.items())})"
+        print(f"  {doing[0].upper()}{doing[1:]}", flush=True)
+        with translated(doing):
+            wait(self.ml.online_endpoints.begin_create_or_update(entity), f"endpoint {self.endpoint}",
+                 self.azure.wait_seconds, POLL_SECONDS)
+
+    def _put_deployment(self, name: str, slot: str, image: str) -> None:
+        from azure.ai.ml.entities import Environment, ManagedOnlineDeployment, OnlineRequestSettings
+        from azure.core.exceptions import ResourceNotFoundError
+
+        env_name, version = self._environment(image)
+        with translated(f"register the environment {env_name}:{version}"):
+            try:
+                env = self.ml.environments.get(env_name, version=version)
+            except ResourceNotFoundError:
+                env = self.ml.environments.create_or_update(Environment(
+                    name=env_name, version=version, image=image, inference_config=INFERENCE_CONFIG,
+                    description=f"mldeploy serving image for {self.endpoint}", tags=self._tags(image=image)))
+        s = self.settings
+        deployment = ManagedOnlineDeployment(
+            name=name, endpoint_name=self.endpoint, environment=env.id, instance_type=s.instance_type,
+            instance_count=s.instance_count, tags=self._tags(slot, image),
+            request_settings=OnlineRequestSettings(request_timeout_ms=s.request_timeout_ms,
+                                                   max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance))
+        print(f"  Deploying {image} as {name} ({s.instance_count} x {s.instance_type})", flush=True)
+        with translated(f"deploy {name} to {self.endpoint}"):
+            wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {name}",
+                 self.azure.wait_seconds, POLL_SECONDS)
+
+    def _check_deployment(self, name: str, image: str) -> None:
+        with translated(f"read the deployment {name}"):
+            dep = self.ml.online_deployments.get(name, self.endpoint)
+        state = str(dep.provisioning_state or "")
+        if not state.lower().endswith("succeeded"):
+            raise CheckFailed(f"the deployment {name} is {state or 'in no state'}, not Succeeded")
+        self._environments.clear()
+        served = self._image(dep.environment)
+        if served != image:
+            raise CheckFailed(f"the deployment {name} runs {served}, not the planned {image}")
+
+    def _smoke(self, name: str, body: dict[str, Any]) -> None:
+        """POST the smoke body to the endpoint's scoring URI, routed to this deployment alone
+        (`azureml-model-deployment`, which reaches a deployment with no traffic too), with the
+        endpoint's key or token. Not online_endpoints.invoke: it crashes on an error body that is not
+        ARM-shaped (ours is {"error": "..."}), and the answer's status and body are the diagnosis."""
+        from azure.core import PipelineClient
+        from azure.core.exceptions import AzureError
+        from azure.core.rest import HttpRequest
+
+        with translated(f"read the scoring URI and keys of {self.endpoint}"):
+            url = self.ml.online_endpoints.get(self.endpoint).scoring_uri
+            keys = self.ml.online_endpoints.get_keys(self.endpoint)
+        secret = getattr(keys, "primary_key", None) or getattr(keys, "access_token", None)
+        github.mask(secret or "")
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "azureml-model-deployment": name, **({"Authorization": f"Bearer {secret}"} if secret else {})}
+        custom = transport()
+        client = PipelineClient(url, retry_total=2, **({"transport": custom} if custom else {}))
+        try:
+            response = client.send_request(HttpRequest("POST", url, json=body, headers=headers))
+            text = response.text()
+        except AzureError as e:
+            raise CheckFailed(f"the smoke request to {name} failed: {error_text(e)}") from None
+        if response.status_code != 200:
+            raise CheckFailed(f"the smoke request to {name} failed (HTTP {response.status_code}): "
+                              f"{' '.join(text.split())[:200] or response.reason}")
+        try:
+            json.loads(text)
+        except ValueError:
+            raise CheckFailed(f"the smoke request to {name} did not answer JSON: {text[:100]!r}") from None
+
+    def _verify(self, s: dict[str, Any]) -> None:
+        """Read back what serves: each deployment's image, the traffic and the mirror traffic, as planned."""
+        self._environments.clear()
+        after = self.read()
+        if after is None:
+            raise CheckFailed(f"the endpoint {self.endpoint} is gone")
+        for name, image in s["images"].items():
+            served = after["deployments"].get(name, {}).get("image")
+            if served != image:
+                raise CheckFailed(f"the deployment {name} serves {served}, not the planned {image}")
+        if after["traffic"] != s["traffic"]:
+            raise CheckFailed(f"the endpoint's traffic is {after['traffic']}, not the planned {s['traffic']}")
+        if after["mirror"] != s["mirror"]:
+            raise CheckFailed(f"the endpoint's mirror traffic is {after['mirror']}, not the planned {s['mirror']}")
+
+    def _bake(self, name: str, body: dict[str, Any]) -> None:
+        """Keep checking the canary for bake_seconds: still provisioned, still answering."""
+        deadline = time.monotonic() + self.azure.bake_seconds
+        print(f"  baking {name} for {self.azure.bake_seconds} s", flush=True)
+        while True:
+            with translated(f"read the deployment {name}"):
+                state = str(self.ml.online_deployments.get(name, self.endpoint).provisioning_state or "")
+            if not state.lower().endswith("succeeded"):
+                raise CheckFailed(f"the deployment {name} went {state} while it baked")
+            self._smoke(name, body)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+
+    def _delete(self, names: list[str]) -> None:
+        """Delete replaced deployments (they take no traffic any more); a failure leaves a leftover the
+        next deploy deletes, and is a warning: what serves was verified."""
+        pollers = []
+        for name in names:
+            print(f"  Deleting deployment {name}", flush=True)
+            try:
+                with translated(f"delete the deployment {name}"):
+                    pollers.append((name, self.ml.online_deployments.begin_delete(name, self.endpoint)))
+            except MldeployError as e:
+                github.warning(f"{e.message} (the next deploy deletes it)")
+        for name, poller in pollers:
+            try:
+                with translated(f"delete the deployment {name}"):
+                    wait(poller, f"deleting {name}", self.azure.wait_seconds, POLL_SECONDS)
+            except MldeployError as e:
+                github.warning(f"{e.message} (the next deploy deletes it)")
+
+    def _restore(self, previous: dict[str, Any] | None, s: dict[str, Any], done: dict[str, bool]) -> str:
+        """Put back what served before and delete what this run added; say what happened, in the words
+        the failure message ends with."""
+        try:
+            if previous is None:
+                if self.read() is None:
+                    return "rolled back: no endpoint was left behind"
+                with translated(f"delete the endpoint {self.endpoint}"):
+                    wait(self.ml.online_endpoints.begin_delete(self.endpoint), f"deleting {self.endpoint}",
+                         self.azure.wait_seconds, POLL_SECONDS)
+                return "rolled back: the new endpoint was deleted"
+            if done["traffic"]:
+                self._put_endpoint(self.read(), previous["traffic"], previous["mirror"])
+            if done["deployment"]:
+                with translated(f"delete the deployment {s['new']}"):
+                    wait(self.ml.online_deployments.begin_delete(s["new"], self.endpoint), f"deleting {s['new']}",
+                         self.azure.wait_seconds, POLL_SECONDS)
+        except MldeployError as e:
+            return f"and the rollback failed too: {e.message}"
+        before = ", ".join(f"{slot} {e['traffic']}%" for slot, e in previous["slots"].items() if e["traffic"])
+        removed = f"; {s['new']} was deleted" if done["deployment"] else ""
+        return f"rolled back: the endpoint serves as before ({before or 'no traffic'}){removed}"

@@ -1,0 +1,397 @@
+"""A small stateful fake of Azure Resource Manager for Microsoft.MachineLearningServices online endpoints.
+
+The real azure-ai-ml client talks to it over HTTP: mldeploy's MLClient factory, given
+MLDEPLOY_AZURE_ARM_ENDPOINT, sends https://management.azure.com/... and the endpoints' scoring hosts
+(https://E.REGION.inference.ml.azure.com) here, keeping the original host in the Host header.
+
+What it answers (api-version is ignored; paths as the SDK formats them):
+  GET    .../workspaces/W                                    the workspace (its location)
+  GET    .../workspaces/W/onlineEndpoints                    list
+  GET    .../onlineEndpoints/E, PUT (create or full update: traffic, mirrorTraffic), DELETE
+  POST   .../onlineEndpoints/E/listKeys, .../token
+  GET    .../onlineEndpoints/E/deployments (list), GET/PUT/DELETE .../deployments/D
+  GET/PUT .../environments/N/versions/V
+  GET    .../locations/L/mfeOperationsStatus/ID              long-running operation status
+  POST   /score on host E.L.inference.ml.azure.com           the model (answers like our server)
+Endpoint and deployment writes are long-running: 201 (PUT) or 202 (DELETE) with Azure-AsyncOperation
+and a short Retry-After (see RETRY_AFTER); an environment version PUT answers at once.
+Like the service, it refuses traffic to a deployment that does not exist, traffic that does not
+add up to 100, mirror traffic over 50% or to a deployment that takes live traffic, and deleting a
+deployment that still takes traffic. Deployment responses carry properties.scaleSettings (the SDK
+needs it). Every ARM request must carry the bearer token the fake authority issued.
+
+Knobs for tests: `failing_images` (a deployment of such an image fails to provision),
+`failing_scores` (its scoring answers 424 like a model error behind Azure ML's front end),
+`fail_next[kind]` (the next LRO of that kind, "endpoint", "deployment" or "delete", fails with
+this message), `rounds` (InProgress answers before an LRO finishes). `requests` logs
+(method, host, path) of everything received, `bodies` (method, path, JSON body), `scored` each
+scoring request (endpoint, deployment header, body); `mutating()` the writes among the requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+PROVIDER = "Microsoft.MachineLearningServices"
+WS = (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/" + PROVIDER +
+      r"/workspaces/(?P<ws>[^/]+)")
+ROUTES = [
+    ("workspace", WS + r"$"),
+    ("endpoints", WS + r"/onlineEndpoints$"),
+    ("endpoint", WS + r"/onlineEndpoints/(?P<e>[^/]+)$"),
+    ("keys", WS + r"/onlineEndpoints/(?P<e>[^/]+)/listKeys$"),
+    ("token", WS + r"/onlineEndpoints/(?P<e>[^/]+)/token$"),
+    ("deployments", WS + r"/onlineEndpoints/(?P<e>[^/]+)/deployments$"),
+    ("deployment", WS + r"/onlineEndpoints/(?P<e>[^/]+)/deployments/(?P<d>[^/]+)$"),
+    ("environment", WS + r"/environments/(?P<n>[^/]+)/versions/(?P<v>[^/]+)$"),
+    ("operation", r"/subscriptions/[^/]+/providers/" + PROVIDER + r"/locations/[^/]+/mfeOperationsStatus/(?P<op>[^/]+)$"),
+]
+# azure-core reads Retry-After "0" as no header at all (`if delay:`) and falls back to the SDK's own
+# interval (5 s for deployments, else the client's polling_interval, 30 s by default); a small
+# fraction is honoured. A 202's header must be an int (the SDK deserializes it): those get "0", and
+# mldeploy's polling_interval (MLDEPLOY_POLL_SECONDS) applies.
+RETRY_AFTER = "0.01"
+SCORING_HOST = re.compile(r"^(?P<e>[a-z0-9-]+)\.(?P<loc>[a-z0-9]+)\.inference\.ml\.azure\.com$", re.I)
+
+
+class AzureMLFake:
+    def __init__(self, subscription: str, resource_group: str, workspace: str, *, token: str,
+                 location: str = "eastus") -> None:
+        self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
+        self.location, self.token = location, token
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
+        self.environments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str]] = []
+        self.bodies: list[tuple[str, str, Any]] = []
+        self.scored: list[tuple[str, str | None, Any]] = []   # (endpoint, deployment header, body)
+        self.failing_images: set[str] = set()
+        self.failing_scores: set[str] = set()
+        self.fail_next: dict[str, str] = {}
+        self.rounds = 1
+        self.keys = {"primaryKey": "fake-primary-SECRET-key", "secondaryKey": "fake-secondary-SECRET-key"}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True   # else each keep-alive answer waits ~40 ms for a delayed ACK
+
+            def do_GET(self):
+                fake._handle(self, "GET")
+
+            def do_PUT(self):
+                fake._handle(self, "PUT")
+
+            def do_POST(self):
+                fake._handle(self, "POST")
+
+            def do_DELETE(self):
+                fake._handle(self, "DELETE")
+
+            def do_PATCH(self):
+                fake._handle(self, "PATCH")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            for store in (self.endpoints, self.deployments, self.environments, self.operations, self.fail_next):
+                store.clear()
+            for log in (self.requests, self.bodies, self.scored):
+                log.clear()
+            self.failing_images.clear()
+            self.failing_scores.clear()
+            self.rounds = 1
+
+    # -- what tests read ---------------------------------------------------------------------------
+    def mutating(self) -> list[tuple[str, str, str]]:
+        """Requests that change state: every PUT, PATCH and DELETE, and POSTs other than reads."""
+        return [r for r in self.requests if r[0] in ("PUT", "PATCH", "DELETE")
+                or (r[0] == "POST" and not r[2].endswith(("/listKeys", "/token", "/score")))]
+
+    def serving(self, endpoint: str) -> dict[str, Any]:
+        """{deployment: (image, traffic %)} plus "mirror": {deployment: %}, straight from the state."""
+        with self._lock:
+            ep = self.endpoints[endpoint]["properties"]
+            out: dict[str, Any] = {}
+            for name, dep in self.deployments.get(endpoint, {}).items():
+                out[name] = (self.image_of(dep), ep.get("traffic", {}).get(name, 0))
+            if ep.get("mirrorTraffic"):
+                out["mirror"] = dict(ep["mirrorTraffic"])
+            return out
+
+    def image_of(self, deployment: dict[str, Any]) -> str | None:
+        env_id = deployment["properties"].get("environmentId") or ""
+        match = re.search(r"/environments/([^/]+)/versions/([^/]+)$", env_id)
+        env = self.environments.get((match.group(1), match.group(2))) if match else None
+        return env["properties"].get("image") if env else None
+
+    # -- HTTP --------------------------------------------------------------------------------------
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        path = urlsplit(handler.path).path
+        host = (handler.headers.get("Host") or "").split(":")[0]
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        with self._lock:
+            self.requests.append((method, host, path))
+            self.bodies.append((method, path, body))
+            status, payload, headers = self._route(method, host, path, body, handler.headers)
+        data = b"" if payload is None else json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.send_header("x-ms-request-id", f"req-{next(self._ids)}")
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _route(self, method, host, path, body, headers) -> tuple[int, Any, dict[str, str]]:
+        scoring = SCORING_HOST.match(host)
+        if scoring:
+            return self._score(scoring.group("e"), headers, body)
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return error(401, "AuthenticationFailed", "Authentication failed: no valid bearer token")
+        for kind, pattern in ROUTES:
+            match = re.match(pattern, path, re.IGNORECASE)
+            if match:
+                args = match.groupdict()
+                if "ws" in args and (args["sub"], args["rg"], args["ws"].lower()) != \
+                        (self.subscription, self.resource_group, self.workspace.lower()):
+                    return error(404, "ResourceNotFound", f"The Resource '{PROVIDER}/workspaces/{args['ws']}' under "
+                                                          f"resource group '{args['rg']}' was not found.")
+                handler = getattr(self, f"_{kind}_{method.lower()}", None)
+                if handler is None:
+                    return error(405, "MethodNotAllowed", f"{method} is not supported on {kind}")
+                return handler(body=body, **{k: v for k, v in args.items() if k not in ("sub", "rg", "ws")})
+        return error(404, "NoRoute", f"the fake has no route for {method} {path}")
+
+    # -- resources ---------------------------------------------------------------------------------
+    def _ws_id(self) -> str:
+        return (f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/providers/{PROVIDER}"
+                f"/workspaces/{self.workspace}")
+
+    def _workspace_get(self, body):
+        return ok({"id": self._ws_id(), "name": self.workspace, "type": f"{PROVIDER}/workspaces",
+                   "location": self.location, "kind": "Default", "tags": {},
+                   "properties": {"friendlyName": self.workspace, "workspaceId": "0000aaaa-1111-2222-3333-444455556666",
+                                  "discoveryUrl": f"https://{self.location}.api.azureml.ms/discovery",
+                                  "provisioningState": "Succeeded"}})
+
+    def _endpoints_get(self, body):
+        return ok({"value": list(self.endpoints.values())})
+
+    def _endpoint_get(self, body, e):
+        if e not in self.endpoints:
+            return error(404, "ResourceNotFound", f"Endpoint {e} not found.")
+        return ok(self.endpoints[e])
+
+    def _endpoint_put(self, body, e):
+        props = (body or {}).get("properties") or {}
+        deployments = self.deployments.get(e, {})
+        traffic = {k: int(v) for k, v in (props.get("traffic") or {}).items()}
+        mirror = {k: int(v) for k, v in (props.get("mirrorTraffic") or {}).items()}
+        for name in list(traffic) + list(mirror):
+            if name not in deployments:
+                return error(400, "BadArgument", f"Traffic cannot be set for non-existent deployment {name}.")
+        if traffic and sum(traffic.values()) not in (0, 100):
+            return error(400, "BadArgument", f"Traffic must add up to 100 (or 0), not {sum(traffic.values())}.")
+        if any(v > 50 for v in mirror.values()) or len(mirror) > 1:
+            return error(400, "BadArgument", "Mirror traffic goes to one deployment, at most 50%.")
+        if any(traffic.get(name) for name in mirror):
+            return error(400, "BadArgument", "A deployment that takes live traffic cannot get mirror traffic.")
+        existing = self.endpoints.get(e)
+        resource = {
+            "id": f"{self._ws_id()}/onlineEndpoints/{e}", "name": e,
+            "type": f"{PROVIDER}/workspaces/onlineEndpoints", "location": body.get("location", self.location),
+            "kind": body.get("kind") or "Managed", "tags": body.get("tags") or {},
+            "identity": {"type": "SystemAssigned", "principalId": "aaaa0000-0000-0000-0000-000000000001",
+                         "tenantId": "72f988bf-0000-4000-8000-00000000cafe"},
+            "properties": {**props, "traffic": traffic, "mirrorTraffic": mirror,
+                           "authMode": props.get("authMode") or "Key",
+                           "scoringUri": f"https://{e}.{self.location}.inference.ml.azure.com/score",
+                           "swaggerUri": f"https://{e}.{self.location}.inference.ml.azure.com/swagger.json",
+                           "provisioningState": "Updating" if existing else "Creating"}}
+        self.endpoints[e] = resource
+        self.deployments.setdefault(e, {})
+        failure = self.fail_next.pop("endpoint", None)
+
+        def finish(failed: bool) -> None:
+            resource["properties"]["provisioningState"] = "Failed" if failed else "Succeeded"
+            if failed and existing is None:
+                self.endpoints.pop(e, None)
+            elif failed:
+                self.endpoints[e] = existing
+
+        return self._lro(201, resource, failure, finish)
+
+    def _endpoint_delete(self, body, e):
+        if e not in self.endpoints:
+            return 204, None, {}
+
+        def finish(failed: bool) -> None:
+            if not failed:
+                self.endpoints.pop(e, None)
+                self.deployments.pop(e, None)
+
+        return self._lro(202, None, self.fail_next.pop("delete", None), finish)
+
+    def _keys_post(self, body, e):
+        if e not in self.endpoints:
+            return error(404, "ResourceNotFound", f"Endpoint {e} not found.")
+        return ok(self.keys)
+
+    def _token_post(self, body, e):
+        return ok({"accessToken": "fake-endpoint-SECRET-token", "expiryTimeUtc": 4102444800,
+                   "refreshAfterTimeUtc": 4102444800, "tokenType": "Bearer"})
+
+    def _deployments_get(self, body, e):
+        if e not in self.endpoints:
+            return error(404, "ResourceNotFound", f"Endpoint {e} not found.")
+        return ok({"value": list(self.deployments.get(e, {}).values())})
+
+    def _deployment_get(self, body, e, d):
+        dep = self.deployments.get(e, {}).get(d)
+        if dep is None:
+            return error(404, "ResourceNotFound", f"Deployment {d} not found in endpoint {e}.")
+        return ok(dep)
+
+    def _deployment_put(self, body, e, d):
+        if e not in self.endpoints:
+            return error(404, "ResourceNotFound", f"Endpoint {e} not found.")
+        props = dict((body or {}).get("properties") or {})
+        env_id = props.get("environmentId") or ""
+        match = re.search(r"/environments/([^/]+)/versions/([^/]+)$", env_id)
+        if not match or (match.group(1), match.group(2)) not in self.environments:
+            return error(400, "BadArgument", f"Environment {env_id or '(none)'} does not exist.")
+        existing = self.deployments[e].get(d)
+        props.setdefault("scaleSettings", {"scaleType": "Default"})
+        props["provisioningState"] = "Updating" if existing else "Creating"
+        resource = {"id": f"{self._ws_id()}/onlineEndpoints/{e}/deployments/{d}", "name": d,
+                    "type": f"{PROVIDER}/workspaces/onlineEndpoints/deployments",
+                    "location": body.get("location", self.location), "kind": body.get("kind") or "Managed",
+                    "tags": body.get("tags") or {}, "sku": body.get("sku") or {"name": "Default", "capacity": 1},
+                    "properties": props}
+        self.deployments[e][d] = resource
+        image = self.image_of(resource)
+        failure = self.fail_next.pop("deployment", None)
+        if failure is None and image in self.failing_images:
+            failure = ("ResourceNotReady: User container has crashed or terminated: the liveness probe "
+                       f"failed on port 8080 (image {image})")
+
+        def finish(failed: bool) -> None:
+            resource["properties"]["provisioningState"] = "Failed" if failed else "Succeeded"
+
+        return self._lro(201, resource, failure, finish)
+
+    def _deployment_delete(self, body, e, d):
+        if d not in self.deployments.get(e, {}):
+            return 204, None, {}
+        if self.endpoints[e]["properties"].get("traffic", {}).get(d):
+            return error(400, "BadArgument", f"Deployment {d} still takes traffic; set its traffic to 0 first.")
+        if self.endpoints[e]["properties"].get("mirrorTraffic", {}).get(d):
+            return error(400, "BadArgument", f"Deployment {d} still takes mirror traffic; remove it first.")
+
+        def finish(failed: bool) -> None:
+            if not failed:
+                self.deployments[e].pop(d, None)
+
+        return self._lro(202, None, self.fail_next.pop("delete", None), finish)
+
+    def _environment_get(self, body, n, v):
+        env = self.environments.get((n, v))
+        return ok(env) if env else error(404, "ResourceNotFound", f"Environment {n}:{v} not found.")
+
+    def _environment_put(self, body, n, v):
+        props = (body or {}).get("properties") or {}
+        old = self.environments.get((n, v))
+        if old and old["properties"].get("image") != props.get("image"):
+            return error(409, "Conflict", f"Environment {n}:{v} exists with another image; versions are immutable.")
+        self.environments[(n, v)] = {"id": f"{self._ws_id()}/environments/{n}/versions/{v}", "name": v,
+                                     "type": f"{PROVIDER}/workspaces/environments/versions",
+                                     "properties": {**props, "provisioningState": "Succeeded"}}
+        return ok(self.environments[(n, v)], 201 if old is None else 200)
+
+    # -- long-running operations -------------------------------------------------------------------
+    def _lro(self, status: int, resource: Any, failure: str | None, finish) -> tuple[int, Any, dict[str, str]]:
+        op = f"op-{next(self._ids)}"
+        self.operations[op] = {"left": self.rounds, "failure": failure, "finish": finish}
+        url = (f"https://management.azure.com/subscriptions/{self.subscription}/providers/{PROVIDER}/locations/"
+               f"{self.location}/mfeOperationsStatus/{op}?api-version=2024-04-01")
+        headers = {"Azure-AsyncOperation": url, "Retry-After": RETRY_AFTER}
+        if status == 202:  # the SDK reads a 202's Retry-After as an int: "0" means its polling_interval
+            headers.update({"Location": url, "Retry-After": "0"})
+        return status, resource, headers
+
+    def _operation_get(self, body, op):
+        state = self.operations.get(op)
+        if state is None:
+            return error(404, "ResourceNotFound", f"Operation {op} not found.")
+        if state["left"] > 0:
+            state["left"] -= 1
+            return 200, {"status": "InProgress"}, {"Retry-After": RETRY_AFTER}
+        if "done" not in state:
+            state["done"] = True
+            state["finish"](state["failure"] is not None)
+        if state["failure"]:
+            code = state["failure"].split(":", 1)[0] if ":" in state["failure"] else "OperationFailed"
+            return ok({"status": "Failed", "error": {"code": code, "message": state["failure"]}})
+        return ok({"status": "Succeeded"})
+
+    # -- the model -----------------------------------------------------------------------------------
+    def _score(self, e, headers, body) -> tuple[int, Any, dict[str, str]]:
+        endpoint = self.endpoints.get(e)
+        if endpoint is None:
+            return 404, {"message": f"endpoint {e} not found"}, {}
+        mode = endpoint["properties"].get("authMode", "Key").lower()
+        allowed = ({f"Bearer {k}" for k in self.keys.values()} if mode == "key" else
+                   {f"Bearer {self.token}"} if mode == "aadtoken" else {"Bearer fake-endpoint-SECRET-token"})
+        if headers.get("Authorization", "") not in allowed:
+            return 401, {"message": f"{mode} auth failed"}, {}
+        name = headers.get("azureml-model-deployment")
+        traffic = endpoint["properties"].get("traffic") or {}
+        if not name:
+            name = max(traffic, key=traffic.get) if traffic else None
+        dep = self.deployments.get(e, {}).get(name or "")
+        self.scored.append((e, headers.get("azureml-model-deployment"), body))
+        if dep is None:
+            return 404, {"message": f"no deployment {name} to route to"}, {}
+        if dep["properties"].get("provisioningState") != "Succeeded":
+            return 503, {"message": f"deployment {name} is {dep['properties'].get('provisioningState')}"}, {}
+        if self.image_of(dep) in self.failing_scores:
+            # Azure ML answers 424 when the model's container answered an error; the body is the container's
+            return 424, {"error": "model run failed: input 'x' expected 4 values per row", "request_id": "r-1"}, {}
+        if not isinstance(body, dict) or not any(k in body for k in ("inputs", "input", "instances", "data")):
+            return 400, {"error": "expected a JSON object with 'inputs'", "request_id": "r-2"}, {}
+        return 200, {"outputs": [[0.2, 0.3, 0.5]]}, {"azureml-model-deployment": name}
+
+
+def ok(body: Any, status: int = 200) -> tuple[int, Any, dict[str, str]]:
+    return status, body, {}
+
+
+def error(status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
+    return status, {"error": {"code": code, "message": message}}, {}
