@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from mldeploy.errors import UsageError
 
 if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
     from mldeploy.config import DeploySection
@@ -116,6 +119,21 @@ def smoke_body(signature) -> dict[str, Any]:
         return value
 
     return {"inputs": {t.name: zeros(t.shape, t.dtype) for t in signature.inputs}}
+
+
+def pick_canary(endpoint: str, slots: Iterable[str], pr: int | None, verb: str) -> str:
+    """The canary a promote or a rollback acts on: the pull request's, else the only one."""
+    canaries = sorted(s for s in slots if s != "production")
+    wanted = f"canary-pr{pr}" if pr else None
+    if wanted and wanted in canaries:
+        return wanted
+    if not wanted and len(canaries) == 1:
+        return canaries[0]
+    if not canaries or wanted:
+        raise UsageError(f"{endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
+                         hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
+    raise UsageError(f"{endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
+                     hint=f"say which with --pr N to {verb} it")
 
 
 def target_for(deploy: DeploySection, endpoint: str) -> Target:

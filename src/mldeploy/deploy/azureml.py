@@ -31,7 +31,7 @@ from typing import Any
 
 from mldeploy import github
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy import Desired, Plan, pick_canary
 from mldeploy.deploy.azure import error_text, ml_client, translated, transport, wait
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -237,17 +237,7 @@ class AzureMLTarget:
         return azure_name("mldeploy", self.endpoint, limit=64), hashlib.sha256(image.encode()).hexdigest()[:16]
 
     def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
-        canaries = sorted(s for s in (current or {}).get("slots", {}) if s != "production")
-        wanted = f"canary-pr{pr}" if pr else None
-        if wanted and wanted in canaries:
-            return wanted
-        if not wanted and len(canaries) == 1:
-            return canaries[0]
-        if not canaries or wanted:
-            raise UsageError(f"{self.endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
-                             hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
-        raise UsageError(f"{self.endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
-                         hint=f"say which with --pr N to {verb} it")
+        return pick_canary(self.endpoint, (current or {}).get("slots", {}), pr, verb)
 
     def _by_slot(self, split: dict[str, int], deployments: dict[str, str]) -> dict[str, int]:
         return {deployments.get(name, name): pct for name, pct in split.items()}

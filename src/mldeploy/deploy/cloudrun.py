@@ -43,7 +43,7 @@ from typing import Any
 
 from mldeploy import __version__
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, gcp
+from mldeploy.deploy import Desired, Plan, gcp, pick_canary
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "5"))  # bake checks, smoke retries (LROs: gcp's)
@@ -272,17 +272,7 @@ class CloudRunTarget:
         if current is None:
             raise UsageError(f"the Cloud Run service {self.service} does not exist in {self.parent}",
                              hint="deploy it first with `mldeploy deploy`")
-        canaries = sorted(s for s in current["slots"] if s != "production")
-        wanted = f"canary-pr{pr}" if pr else None
-        if wanted and wanted in canaries:
-            return wanted
-        if not wanted and len(canaries) == 1:
-            return canaries[0]
-        if not canaries or wanted:
-            raise UsageError(f"{self.service} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
-                             hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
-        raise UsageError(f"{self.service} has {len(canaries)} canaries ({', '.join(canaries)})",
-                         hint=f"say which with --pr N to {verb} it")
+        return pick_canary(self.service, current["slots"], pr, verb)
 
     def _spec(self) -> str:
         """A short hash of what a revision runs besides its image: a change of settings is a new revision."""

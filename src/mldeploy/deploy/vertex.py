@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy import Desired, Plan, pick_canary
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
@@ -230,17 +230,7 @@ class VertexTarget:
 
     # -- planning ---------------------------------------------------------------------------------
     def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
-        canaries = sorted(s for s in (current or {}).get("slots", {}) if s != "production")
-        wanted = f"canary-pr{pr}" if pr else None
-        if wanted and wanted in canaries:
-            return wanted
-        if not wanted and len(canaries) == 1:
-            return canaries[0]
-        if not canaries or wanted:
-            raise UsageError(f"{self.endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
-                             hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
-        raise UsageError(f"{self.endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
-                         hint=f"say which with --pr N to {verb} it")
+        return pick_canary(self.endpoint, (current or {}).get("slots", {}), pr, verb)
 
     @staticmethod
     def _kept(current: dict[str, Any] | None, images: dict[str, str]) -> dict[str, str]:
