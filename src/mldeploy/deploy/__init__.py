@@ -121,6 +121,15 @@ def smoke_body(signature) -> dict[str, Any]:
     return {"inputs": {t.name: zeros(t.shape, t.dtype) for t in signature.inputs}}
 
 
+def canary_shares(current: dict[str, int], slot: str, traffic: int) -> dict[str, int]:
+    """Traffic after a canary deploy: production gives the canary its share, other canaries keep theirs."""
+    others = {s: pct for s, pct in current.items() if s not in ("production", slot)}
+    if sum(others.values()) + traffic > 100:
+        raise UsageError(f"the canaries would take {sum(others.values()) + traffic}% of traffic",
+                         hint=f"lower --traffic or roll back one of {', '.join(others)}")
+    return {"production": 100 - sum(others.values()) - traffic, **others, slot: traffic}
+
+
 def pick_canary(endpoint: str, slots: Iterable[str], pr: int | None, verb: str) -> str:
     """The canary a promote or a rollback acts on: the pull request's, else the only one."""
     canaries = sorted(s for s in slots if s != "production")

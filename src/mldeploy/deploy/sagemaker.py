@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, pick_canary
+from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary
 from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
                                  tag_list, tags, translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -86,13 +86,8 @@ class SageMakerTarget:
             images = {"production": desired.image}
             share = {"production": 100}
         else:
-            others = {s: e["weight"] for s, e in slots.items() if s not in ("production", desired.slot)}
-            if sum(others.values()) + desired.traffic > 100:
-                raise UsageError(f"the canaries would take {sum(others.values()) + desired.traffic}% of traffic",
-                                 hint=f"lower --traffic or roll back one of {', '.join(others)}")
-            images = {"production": slots["production"]["image"],
-                      **{s: slots[s]["image"] for s in others}, desired.slot: desired.image}
-            share = {"production": 100 - sum(others.values()) - desired.traffic, **others, desired.slot: desired.traffic}
+            share = canary_shares({s: e["weight"] for s, e in slots.items()}, desired.slot, desired.traffic)
+            images = {s: desired.image if s == desired.slot else slots[s]["image"] for s in share}
         return self._plan(desired, current, images, share)
 
     def apply(self, plan: Plan) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, pick_canary
+from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
@@ -153,13 +153,8 @@ class VertexTarget:
             images = {"production": desired.image}
             share = {"production": 100}
         else:
-            others = {s: e["traffic"] for s, e in slots.items() if s not in ("production", desired.slot)}
-            if sum(others.values()) + desired.traffic > 100:
-                raise UsageError(f"the canaries would take {sum(others.values()) + desired.traffic}% of traffic",
-                                 hint=f"lower --traffic or roll back one of {', '.join(others)}")
-            images = {"production": slots["production"]["image"],
-                      **{s: slots[s]["image"] for s in others}, desired.slot: desired.image}
-            share = {"production": 100 - sum(others.values()) - desired.traffic, **others, desired.slot: desired.traffic}
+            share = canary_shares({s: e["traffic"] for s, e in slots.items()}, desired.slot, desired.traffic)
+            images = {s: desired.image if s == desired.slot else slots[s]["image"] for s in share}
         return self._plan(desired, current, images, share)
 
     def apply(self, plan: Plan) -> dict[str, Any]:
