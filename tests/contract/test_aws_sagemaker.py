@@ -164,6 +164,20 @@ def test_an_alarm_during_the_bake_rolls_the_canary_back(mldeploy, project, monke
     assert serving() == {"production": (a, 100)}
 
 
+def test_an_alarm_left_by_an_earlier_canary_does_not_fail_the_next_bake(mldeploy, project, monkeypatch):
+    _, _, (a, b) = project
+    assert deploy(mldeploy, project, a).code == 0
+    assert deploy(mldeploy, project, b, "--stage", "canary", "--traffic", "10").code == 0
+    boto3.client("cloudwatch").set_alarm_state(AlarmName="mldeploy-classifier-canary-5xx", StateValue="ALARM",
+                                               StateReason="the first canary answered 5xx")
+    assert mldeploy("rollback", cwd=project[0]).code == 0
+    monkeypatch.setenv("MLDEPLOY_DEPLOY__AWS__BAKE_SECONDS", "1")
+    c = ecr_image("models/classifier", "c" * 64)
+    r = deploy(mldeploy, project, c, "--stage", "canary", "--traffic", "10")
+    assert r.code == 0, r.err
+    assert serving() == {"production": (a, 90), "canary": (c, 10)}
+
+
 def test_throttling_is_retried_with_backoff(mldeploy, project, aws):
     _, _, (a, _) = project
     moto_patches.THROTTLE["CreateEndpoint"] = 2

@@ -97,7 +97,8 @@ class SageMakerTarget:
         images, share = plan.state["images"], plan.traffic_after
         for slot, image in images.items():
             self._ensure_model(slot, image)
-        self._ensure_alarms(images)
+        served = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
+        self._ensure_alarms(images, fresh={s for s, image in images.items() if served.get(s) != image})
         if plan.state["weights_only"]:
             self._set_weights(share)
         else:
@@ -347,7 +348,9 @@ class SageMakerTarget:
 
         return set(cloudwatch_alarm_states(self.region, self._alarm_names(images)))
 
-    def _ensure_alarms(self, images: dict[str, str]) -> None:
+    def _ensure_alarms(self, images: dict[str, str], fresh: set[str]) -> None:
+        """Alarms for every variant; a slot getting a new image starts from INSUFFICIENT_DATA, so an
+        alarm an earlier canary left in ALARM cannot fail this one's bake."""
         cw = client("cloudwatch", self.region)
         existing = self._existing_alarms(images)
         for slot in images:
@@ -361,6 +364,10 @@ class SageMakerTarget:
                 if latency not in existing:  # ModelLatency is in microseconds
                     cw.put_metric_alarm(AlarmName=latency, MetricName="ModelLatency", ExtendedStatistic="p99",
                                         Threshold=self.aws.latency_p99_ms * 1000, **common)
+                for name in (five, latency) if slot in fresh else ():
+                    if name in existing:
+                        cw.set_alarm_state(AlarmName=name, StateValue="INSUFFICIENT_DATA",
+                                           StateReason=f"mldeploy: {slot} now serves a new image")
 
     def _scaling_id(self, slot: str) -> str:
         return f"endpoint/{self.endpoint}/variant/{slot}"
