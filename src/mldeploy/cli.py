@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, parents=[common, where], formatter_class=fmt, epilog=EPILOG, help=text,
                            description=text[0].upper() + text[1:] + ".")
         p.set_defaults(func=cmd_slots, verb=verb)
+        if verb == "rollback":
+            p.add_argument("--missing-ok", action="store_true",
+                           help="no canary to roll back is success (tearing down a closed PR's canary)")
     doc = sub.add_parser("doctor", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
                          help="check the cloud credentials, identity and deploy permissions",
                          description="Check who the cloud credentials belong to and whether they may deploy;\n"
@@ -322,8 +325,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_slots(args: argparse.Namespace) -> int:
+    from mldeploy.deploy import NoCanary
+
     _, _, target = _target(args)
-    report = target.status() if args.verb == "status" else getattr(target, args.verb)(args.pr)
+    try:
+        report = target.status() if args.verb == "status" else getattr(target, args.verb)(args.pr)
+    except NoCanary as e:
+        if not getattr(args, "missing_ok", False):
+            raise
+        print(f"rollback: nothing to roll back ({e.message})")
+        return 0
     if args.verb != "status":
         print(f"{args.verb}: {'done' if report.get('changed') else 'nothing to do'}")
     _print_status(report)

@@ -274,6 +274,20 @@ def test_promote_or_rollback_without_a_canary_is_exit_2(mldeploy, project):
     assert serving() == {"production": (a, 100)}
 
 
+def test_rollback_missing_ok_tears_down_a_canary_that_is_already_gone(mldeploy, project, aws):
+    _, _, (a, b) = project
+    r = mldeploy("rollback", "--pr", "7", "--missing-ok", cwd=project[0])  # no endpoint at all yet
+    assert r.code == 0 and "nothing to roll back" in r.out, r.err
+    assert deploy(mldeploy, project, a).code == 0
+    assert deploy(mldeploy, project, b, "--pr", "7", "--traffic", "10").code == 0
+    assert mldeploy("rollback", "--pr", "7", "--missing-ok", cwd=project[0]).code == 0
+    assert serving() == {"production": (a, 100)}
+    aws.requests.clear()
+    r = mldeploy("rollback", "--pr", "7", "--missing-ok", cwd=project[0])
+    assert r.code == 0 and "nothing to roll back" in r.out and aws.mutating() == []
+    assert mldeploy("rollback", "--pr", "7", cwd=project[0]).code == 2  # without the flag: still an error
+
+
 def test_doctor_names_the_identity_and_permissions(mldeploy, project):
     r = mldeploy("doctor", cwd=project[0])
     assert r.code == 0, r.out

@@ -121,6 +121,10 @@ def smoke_body(signature) -> dict[str, Any]:
     return {"inputs": {t.name: zeros(t.shape, t.dtype) for t in signature.inputs}}
 
 
+class NoCanary(UsageError):
+    """A promote or rollback found no canary to act on (exit 2; `rollback --missing-ok` says so and exits 0)."""
+
+
 def canary_shares(current: dict[str, int], slot: str, traffic: int) -> dict[str, int]:
     """Traffic after a canary deploy: production gives the canary its share, other canaries keep theirs."""
     others = {s: pct for s, pct in current.items() if s not in ("production", slot)}
@@ -139,7 +143,7 @@ def pick_canary(endpoint: str, slots: Iterable[str], pr: int | None, verb: str) 
     if not wanted and len(canaries) == 1:
         return canaries[0]
     if not canaries or wanted:
-        raise UsageError(f"{endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
+        raise NoCanary(f"{endpoint} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
                          hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
     raise UsageError(f"{endpoint} has {len(canaries)} canaries ({', '.join(canaries)})",
                      hint=f"say which with --pr N to {verb} it")

@@ -31,7 +31,7 @@ from typing import Any
 
 from mldeploy import github
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, pick_canary
+from mldeploy.deploy import Desired, NoCanary, Plan, pick_canary
 from mldeploy.deploy.azure import error_text, ml_client, translated, transport, wait
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -218,7 +218,7 @@ class AzureMLTarget:
         gone = {self._canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
                                                                     if s != "production"}
         if not gone or current is None:
-            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
+            raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
         slots = current["slots"]
         keep = {s: e for s, e in slots.items() if s not in gone and s != "production"}
         live = {e["deployment"]: e["traffic"] for e in keep.values() if e["traffic"]}

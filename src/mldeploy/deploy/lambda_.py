@@ -31,7 +31,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy import Desired, NoCanary, Plan
 from mldeploy.deploy.aws import (ECR_HOST, alarm_spec, bake, client, digest_of, ecr_has_image, resource_name, tags,
                                  translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -253,7 +253,7 @@ class LambdaTarget:
     def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
         holder = next((s for s in (current or {}).get("slots", {}) if s != "production"), None)
         if holder is None:
-            raise UsageError(f"{self.function} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
+            raise NoCanary(f"{self.function} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
                              hint="deploy one with --stage canary" if verb == "promote" else "nothing changed")
         if pr and holder != f"canary-pr{pr}":
             raise UsageError(f"{self.function} has no canary for PR {pr} to {verb}; its canary is {holder}",

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from mldeploy.deploy import Desired, Plan
+from mldeploy.deploy import Desired, NoCanary, Plan
 from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
 
@@ -134,7 +134,7 @@ class LocalTarget:
     def promote(self, pr: int | None = None) -> dict[str, Any]:  # one canary here: pr names nothing else
         slots = self.routes()
         if "canary" not in slots:
-            raise UsageError(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
+            raise NoCanary(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
         old = slots["production"]["container"]
         self._write_routes({"production": {**slots["canary"], "weight": 100}})
         self._remove(old)
@@ -143,7 +143,7 @@ class LocalTarget:
     def rollback(self, pr: int | None = None) -> dict[str, Any]:
         slots = self.routes()
         if "canary" not in slots:
-            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production already takes all traffic")
+            raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production already takes all traffic")
         canary = slots.pop("canary")["container"]
         slots["production"]["weight"] = 100
         self._write_routes(slots)

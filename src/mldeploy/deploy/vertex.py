@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary
+from mldeploy.deploy import Desired, NoCanary, Plan, canary_shares, pick_canary
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
@@ -214,7 +214,7 @@ class VertexTarget:
         gone = {self._canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
                                                                     if s != "production"}
         if not gone:
-            raise UsageError(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
+            raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
         keep = {s: e for s, e in current["slots"].items() if s not in gone}
         share = {s: e["traffic"] for s, e in keep.items() if s != "production"}
         share = {"production": 100 - sum(share.values()), **share}
