@@ -8,6 +8,7 @@ stand-ins in tests/e2e/standins.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -25,11 +26,12 @@ ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_FOR = {"actions/setup-python": "setup-python",
                "aws-actions/configure-aws-credentials": "configure-aws-credentials",
-               "google-github-actions/auth": "google-auth", "azure/login": "azure-login"}
+               "google-github-actions/auth": "google-auth", "azure/login": "azure-login",
+               "actions/upload-artifact": "upload-artifact", "actions/download-artifact": "download-artifact"}
 
 
-def uses_refs(workflow: Path, action: str) -> list[str]:
-    return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", workflow.read_text())
+def uses_refs(text: str, action: str) -> list[str]:
+    return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", text)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +49,23 @@ def model_repo(tmp_path):
 
 
 def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
-        event: str = "push") -> subprocess.CompletedProcess:
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        event: str = "push", payload: dict | None = None) -> subprocess.CompletedProcess:
+    if not (repo / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        subprocess.run(["git", "remote", "add", "origin", "https://github.com/acme/models.git"], cwd=repo, check=True)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "model"],
-                   cwd=repo, check=True)
-    (repo.parent / "event.json").write_text("{}")
+    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "model",
+                    "--allow-empty"], cwd=repo, check=True)
+    (repo.parent / "event.json").write_text(json.dumps(payload or {}))
     wf = repo / ".github" / "workflows" / workflow
+    # the actions the workflow uses, and those of the kit's reusable workflows it may call
+    used = "\n".join(p.read_text() for p in [wf, *(kit / ".github" / "workflows").glob("*.yml")])
     args = [ACT, event, "-W", str(wf), "-e", str(repo.parent / "event.json"),
             "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
     for name, value in (env or {}).items():
         args += ["--env", f"{name}={value}"]
     for action, standin in STANDIN_FOR.items():
-        for sha in uses_refs(wf, action):
+        for sha in set(uses_refs(used, action)):
             args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
     print(result.stdout[-6000:], result.stderr[-3000:])
