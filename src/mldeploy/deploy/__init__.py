@@ -149,6 +149,18 @@ def pick_canary(endpoint: str, slots: Iterable[str], pr: int | None, verb: str) 
                      hint=f"say which with --pr N to {verb} it")
 
 
+def rollback_layout(endpoint: str, slots: dict[str, tuple[str, int]], pr: int | None
+                    ) -> tuple[dict[str, str], dict[str, int]]:
+    """Images and traffic after a rollback of the PR's canary (or of every canary): production
+    takes their share back. slots: slot -> (image, percent)."""
+    gone = {pick_canary(endpoint, slots, pr, "roll back")} if pr else {s for s in slots if s != "production"}
+    if not gone:
+        raise NoCanary(f"{endpoint} has no canary to roll back", hint="production is already all the traffic")
+    keep = {s: v for s, v in slots.items() if s not in gone}
+    canaries = {s: pct for s, (_, pct) in keep.items() if s != "production"}
+    return {s: image for s, (image, _) in keep.items()}, {"production": 100 - sum(canaries.values()), **canaries}
+
+
 def target_for(deploy: DeploySection, endpoint: str) -> Target:
     """The deploy target module for deploy.cloud/deploy.target (each imports its own SDK)."""
     if deploy.cloud == "local":

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, NoCanary, Plan, canary_shares, pick_canary
+from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, rollback_layout
 from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
                                  tag_list, tags, translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -144,16 +144,9 @@ class SageMakerTarget:
 
     def rollback(self, pr: int | None = None) -> dict[str, Any]:
         current = self.read()
-        gone = {self._canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
-                                                                    if s != "production"}
-        if not gone:
-            raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
-        keep = {s: e for s, e in current["slots"].items() if s not in gone}
-        share = {s: e["weight"] for s, e in keep.items() if s != "production"}
-        share = {"production": 100 - sum(share.values()), **share}
-        production = current["slots"]["production"]["image"]
-        plan = self._plan(Desired(self.endpoint, production, "production", 0, {}), current,
-                          {s: e["image"] for s, e in keep.items()}, share)
+        slots = {s: (e["image"], e["weight"]) for s, e in (current or {}).get("slots", {}).items()}
+        images, share = rollback_layout(self.endpoint, slots, pr)
+        plan = self._plan(Desired(self.endpoint, images["production"], "production", 0, {}), current, images, share)
         return self.apply(plan)
 
     # -- planning ---------------------------------------------------------------------------------
