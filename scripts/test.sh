@@ -5,6 +5,6 @@
 #   scripts/test.sh tests/test_cli.py    any pytest arguments
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup-venv.sh torch,tensorflow,serve,image,aws,gcp,azure,dev
+scripts/setup-venv.sh torch,tensorflow,serve,image,aws,gcp,azure,monitor,dev
 scripts/setup-system.sh
 exec .venv/bin/python -m pytest "$@"

@@ -273,10 +273,62 @@ class DeploySection(Section):
         return target
 
 
+class DriftSection(Section):
+    """When live inputs count as drifted from the baseline (mldeploy monitor drift)."""
+
+    psi: float = Field(0.2, gt=0, description="Population stability index above this flags a feature.")
+    ks_pvalue: float = Field(0.01, gt=0, lt=1, description="Numeric features: a Kolmogorov-Smirnov p-value below this "
+                                                           "(with PSI above psi/2) flags the feature.")
+    chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical features: chi-square p-value below this "
+                                                             "flags the feature.")
+    jensen_shannon: float = Field(0.1, gt=0, le=1, description="Categorical features and predictions: "
+                                                               "Jensen-Shannon distance above this flags.")
+    prediction_psi: float = Field(0.2, gt=0, description="PSI of the model's outputs above this flags prediction drift.")
+    bins: int = Field(10, ge=2, le=100, description="Histogram bins of numeric features (quantile edges of the baseline).")
+    min_records: int = Field(100, ge=1, description="Fewer captured records than this: report, never flag.")
+    fail_on_drift: bool = Field(False, description="Exit 1 when any feature or the predictions drift.")
+    capture: str | None = Field(None, description="Where captured requests are read from: a folder, s3://, gs:// "
+                                                  "or https://<account>.blob.core.windows.net/<container>/<prefix>.")
+    schedule: str = Field("0 * * * *", description="Cron schedule of the drift check (local: printed for cron/CI; "
+                                                   "clouds: their monitoring schedule).")
+
+
+class CanaryAnalysisSection(Section):
+    """How `mldeploy canary analyze` judges the canary against production over the same window."""
+
+    window_seconds: int = Field(600, ge=10, le=86400, description="How far back to look.")
+    min_requests: int = Field(100, ge=1, description="Fewer canary requests than this: decision hold.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary 5xx share above this: rollback.")
+    max_error_rate_increase: float = Field(0.005, ge=0, le=1, description="Canary 5xx share minus production's "
+                                                                          "above this: rollback.")
+    max_latency_ratio: float = Field(1.5, gt=1, description="Canary p99 (or p50) latency over production's above "
+                                                            "this: rollback.")
+    max_prediction_divergence: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon distance between the two "
+                                                                          "slots' predictions above this: rollback.")
+
+
+class AlertsSection(Section):
+    """Alarms on the endpoint, set up by mldeploy monitor setup."""
+
+    latency_p99_ms: float = Field(1000, gt=0, description="Model latency p99 above this (ms).")
+    errors_5xx: int = Field(1, ge=1, description="This many 5xx answers in a 5-minute window.")
+    cpu_percent: float = Field(90, gt=0, le=100, description="Azure: CPU utilization above this.")
+    memory_percent: float = Field(90, gt=0, le=100, description="Azure: memory utilization above this.")
+    invocations_anomaly: bool = Field(True, description="AWS: an anomaly-detection alarm on invocations.")
+    emails: list[str] = Field(default_factory=list, description="Who is told (Vertex alert emails, an SNS "
+                                                                "subscription, an Azure action group).")
+    sns_topic: str | None = Field(None, description="AWS: topic ARN or name (created) the alarms notify.")
+    action_group: str | None = Field(None, description="Azure: action group resource id or name (created) "
+                                                       "the alerts notify.")
+
+
 class MonitoringSection(Section):
-    enabled: bool = False
-    capture_sample_rate: float = Field(0.0, ge=0, le=1)
-    drift_threshold: float = Field(0.2, gt=0)
+    enabled: bool = Field(False, description="Capture requests and set up monitoring when deploying.")
+    capture_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of requests captured for drift checks.")
+    baseline: str | None = Field(None, description="Baseline statistics file (default: baseline.json in the bundle).")
+    drift: DriftSection = Field(default_factory=DriftSection)
+    canary: CanaryAnalysisSection = Field(default_factory=CanaryAnalysisSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
 
 
 class Config(Section):
