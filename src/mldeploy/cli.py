@@ -186,6 +186,24 @@ def _parser() -> argparse.ArgumentParser:
                                          "(e.g. `# yaml-language-server: $schema=...`).")
     sch.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     sch.set_defaults(func=cmd_config_schema)
+
+    mon = sub.add_parser("monitor", formatter_class=fmt, epilog=EPILOG,
+                         help="baselines, drift checks and the cloud's monitoring",
+                         description="Watch a deployed model: baseline statistics, drift of live inputs and\n"
+                                     "predictions, and the cloud's own monitoring and alarms.")
+    mon_sub = mon.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
+    # monitor baseline / drift (mldeploy.monitor.drift)
+    # MONITOR-BASELINE-DRIFT
+    # monitor setup (mldeploy.monitor.setup)
+    # MONITOR-SETUP
+
+    can = sub.add_parser("canary", formatter_class=fmt, epilog=EPILOG,
+                         help="judge the canary against production",
+                         description="Compare the canary slot with production over a window and decide\n"
+                                     "promote, hold or rollback.")
+    can_sub = can.add_subparsers(dest="canary_command", metavar="ACTION", required=True)
+    # canary analyze (mldeploy.monitor.canary)
+    # CANARY-ANALYZE
     return parser
 
 
@@ -416,6 +434,9 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+# MONITOR-COMMANDS (cmd_monitor_* and cmd_canary_* functions go here)
 
 
 def main(argv: list[str] | None = None) -> int:
