@@ -43,7 +43,7 @@ if [ ! -x "$venv/bin/mldeploy" ]; then
   install ""
 fi
 for extra in "$@"; do
-  case "$extra" in torch|tensorflow|serve|image|aws|gcp|azure) ;; onnx) continue ;;
+  case "$extra" in torch|tensorflow|serve|image|aws|gcp|azure|monitor) ;; onnx) continue ;;
     *) echo "::error::unknown extra '$extra'" >&2; exit 2 ;; esac
   if [ ! -e "$venv/.extra-$extra" ]; then
     install "$extra"

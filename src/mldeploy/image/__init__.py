@@ -117,7 +117,9 @@ def _mldeploy_wheel() -> Path:
         return next(WHEEL_CACHE.glob(f"mldeploy-{__version__}-*.whl"))
     out = WHEEL_CACHE / f"mldeploy-src-{_tree_hash(source / 'src' / 'mldeploy')}"
     if not any(out.glob("*.whl")):
-        _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source))
+        # isolated: the build backend pyproject.toml asks for, not whatever setuptools the venv has
+        # (a fresh venv's is too old for its metadata)
+        _pip("wheel", "--no-deps", "--wheel-dir", str(out), str(source))
     return next(out.glob("*.whl"))
 
 
