@@ -187,15 +187,82 @@ def _parser() -> argparse.ArgumentParser:
     sch.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     sch.set_defaults(func=cmd_config_schema)
 
+    rep = sub.add_parser(
+        "report", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+        help="the deploy report: step summary and one pull request comment, updated in place",
+        description="Write what a deploy did (decision, endpoint, image, traffic, parity, optimization,\n"
+                    "latency, canary analysis, the plan) as Markdown to the step summary; with --comment,\n"
+                    "also create or update this endpoint's comment on pull request --pr (needs GITHUB_TOKEN).")
+    rep.add_argument("--stage", help="canary, production, rollback or teardown")
+    rep.add_argument("--decision", help="deployed, promoted, rolled-back, failed, ...")
+    rep.add_argument("--from", dest="from_file", metavar="FILE",
+                     help="a report made earlier (--out): print, summarize or comment it as it is")
+    rep.add_argument("--plan", metavar="FILE", help="the deploy's plan JSON (deploy --plan-out)")
+    rep.add_argument("--analysis", metavar="FILE", help="the canary analysis JSON (canary analyze --json)")
+    rep.add_argument("--url", help="where the endpoint answers")
+    rep.add_argument("--out", metavar="FILE", help="also write the Markdown to FILE")
+    rep.add_argument("--comment", action="store_true", help="create or update the comment on pull request --pr")
+    rep.set_defaults(func=cmd_report)
+
     mon = sub.add_parser("monitor", formatter_class=fmt, epilog=EPILOG,
                          help="baselines, drift checks and the cloud's monitoring",
                          description="Watch a deployed model: baseline statistics, drift of live inputs and\n"
                                      "predictions, and the cloud's own monitoring and alarms.")
     mon_sub = mon.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
     # monitor baseline / drift (mldeploy.monitor.drift)
+    bas = mon_sub.add_parser(
+        "baseline", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="record statistics of reference inputs and of the model's outputs on them",
+        description="Compute per-feature statistics of reference (training) inputs and of the bundle's\n"
+                    "predictions on them: counts, missing, mean/std, quantiles, histograms on fixed bin\n"
+                    "edges, category frequencies. Written to baseline.json in the bundle (and noted in\n"
+                    "its manifest), or to --out FILE. `mldeploy monitor drift` compares traffic with it.")
+    bas.add_argument("--data", metavar="FILE", help="reference inputs: .npz (one array per input), .npy or "
+                                                    ".jsonl (default: optimize.data)")
+    bas.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    bas.add_argument("--out", metavar="FILE", help="write the baseline here instead of into the bundle")
+    bas.add_argument("--bins", type=int, metavar="N", help="histogram bins (default monitoring.drift.bins)")
+    bas.add_argument("--force", action="store_true", help="compute again even if the baseline is up to date")
+    bas.set_defaults(func=cmd_monitor_baseline)
+    dri = mon_sub.add_parser(
+        "drift", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="compare captured requests with the baseline; exit 1 on drift with --fail-on-drift",
+        description="Read captured requests (the serving runtime's capture-*.jsonl or SageMaker data\n"
+                    "capture; a folder, s3://, gs:// or https://ACCOUNT.blob.core.windows.net/...), newest\n"
+                    "first, and judge drift per feature and for the predictions: PSI, Kolmogorov-Smirnov,\n"
+                    "chi-square, Jensen-Shannon, new categories. Thresholds: monitoring.drift.\n"
+                    "Exit 1 on drift only with --fail-on-drift (or monitoring.drift.fail_on_drift); 2 for a\n"
+                    "baseline made for another model.")
+    dri.add_argument("--capture", metavar="DIR|URI", help="where captured requests are (default: "
+                                                          "monitoring.drift.capture)")
+    dri.add_argument("--baseline", metavar="FILE", help="baseline (default: monitoring.baseline, else "
+                                                        "baseline.json in the bundle)")
+    dri.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    dri.add_argument("--max-records", type=int, default=100_000, metavar="N",
+                     help="read at most this many of the newest records (default 100000)")
+    dri.add_argument("--fail-on-drift", action="store_true", default=None, help="exit 1 when anything drifts")
+    dri.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    dri.add_argument("--region", metavar="NAME", help="AWS region of an s3:// source (default: deploy.region)")
+    dri.set_defaults(func=cmd_monitor_drift)
     # MONITOR-BASELINE-DRIFT
     # monitor setup (mldeploy.monitor.setup)
     # MONITOR-SETUP
+    mset = mon_sub.add_parser(
+        "setup", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        help="set up the cloud's own monitoring and alarms of the endpoint",
+        description="Set up the cloud's monitoring of a deployed endpoint: SageMaker Model Monitor (data quality,\n"
+                    "from the baseline) and CloudWatch alarms with SNS; a Vertex AI model monitoring job;\n"
+                    "Azure Monitor metric alerts with an action group; locally, a capture check and a\n"
+                    "schedule for `mldeploy monitor drift`. Re-runs change nothing when nothing changed.")
+    mset.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
+    mset.add_argument("--cloud", choices=["local", "aws", "gcp", "azure"], help="where (default: deploy.cloud)")
+    mset.add_argument("--target", metavar="NAME", help="aws sagemaker|lambda, gcp vertex|cloudrun, azure azureml")
+    mset.add_argument("--endpoint", metavar="NAME", help="endpoint name (default: deploy.endpoint, else the model's name)")
+    mset.add_argument("--region", metavar="NAME", help="cloud region (default: deploy.region)")
+    mset.add_argument("--baseline", metavar="FILE", help="baseline statistics (default: monitoring.baseline)")
+    mset.add_argument("--plan", action="store_true", help="print what would change, change nothing")
+    mset.add_argument("--plan-out", metavar="FILE", help="also write the plan as JSON to FILE")
+    mset.set_defaults(func=cmd_monitor_setup)
 
     can = sub.add_parser("canary", formatter_class=fmt, epilog=EPILOG,
                          help="judge the canary against production",
@@ -203,6 +270,20 @@ def _parser() -> argparse.ArgumentParser:
                                      "promote, hold or rollback.")
     can_sub = can.add_subparsers(dest="canary_command", metavar="ACTION", required=True)
     # canary analyze (mldeploy.monitor.canary)
+    ana = can_sub.add_parser(
+        "analyze", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+        help="decide promote, hold or rollback from both slots' metrics over a window",
+        description="Compare the canary with production over the same window: 5xx error rate, latency\n"
+                    "p50/p99 and (where requests are captured) how far their predictions diverge. Local:\n"
+                    "the router's per-slot /metrics, scraped now and after --window seconds; AWS: CloudWatch\n"
+                    "over the last --window seconds. Thresholds: monitoring.canary in mldeploy.yaml.\n"
+                    "Exit 0 for promote and hold, 1 for rollback (unless --no-fail).")
+    ana.add_argument("--window", type=float, metavar="SECONDS",
+                     help="how long to look (default monitoring.canary.window_seconds); local: 0 reads "
+                          "everything since the slots started, without waiting")
+    ana.add_argument("--json", metavar="FILE", help="also write the decision, reasons and figures as JSON")
+    ana.add_argument("--no-fail", action="store_true", help="exit 0 on rollback too (report only)")
+    ana.set_defaults(func=cmd_canary_analyze)
     # CANARY-ANALYZE
     return parser
 
@@ -281,8 +362,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace):
-    from mldeploy.config import load_config
     from mldeploy.deploy import target_for
+
+    cfg, bundle, endpoint = _where(args)
+    return cfg, bundle, target_for(cfg.deploy, endpoint)
+
+
+def _where(args: argparse.Namespace):
+    """The config with the `where` flags applied, the bundle when it was needed, and the endpoint name."""
+    from mldeploy.config import load_config
 
     cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
                                               "deploy.target": args.target, "deploy.region": args.region,
@@ -294,7 +382,7 @@ def _target(args: argparse.Namespace):
     if endpoint is None or args.command == "deploy":
         bundle = Bundle.open(cfg.bundle)
         endpoint = endpoint or _model_name(bundle)
-    return cfg, bundle, target_for(cfg.deploy, endpoint)
+    return cfg, bundle, endpoint
 
 
 def _pr_number() -> int | None:
@@ -422,6 +510,49 @@ def cmd_config_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.from_file:
+        markdown = _read_report(args.from_file)
+    elif not (args.stage and args.decision):
+        raise UsageError("report needs --stage and --decision (or --from FILE)")
+    else:
+        markdown = _new_report(args)
+    github.set_output("report", markdown)
+    if not args.from_file:
+        print(markdown)
+        github.add_summary(markdown)
+    if args.out:
+        Path(args.out).write_text(markdown, encoding="utf-8")
+    if args.comment:
+        if not args.pr:
+            raise UsageError("--comment needs the pull request's number", hint="pass --pr N or set MLDEPLOY_PR")
+        if not markdown.startswith("<!-- mldeploy-report "):
+            raise UsageError(f"{args.from_file} is not an mldeploy report", hint="make it with mldeploy report --out")
+        print(f"commented: {github.upsert_comment(args.pr, markdown, marker=markdown.splitlines()[0])}")
+    return 0
+
+
+def _read_report(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read the report {path}: {e.strerror}") from None
+
+
+def _new_report(args: argparse.Namespace) -> str:
+    from mldeploy.report import build_report
+
+    try:  # the endpoint's name keys the comment (a plan names it too)
+        cfg, _, endpoint = _where(args)
+        bundle = cfg.bundle
+    except MldeployError:  # no bundle to name it (a teardown job): then the plan or --endpoint must
+        bundle, endpoint = args.bundle, args.endpoint
+    server, repo, run = (os.environ.get(k, "") for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID"))
+    return build_report(stage=args.stage, decision=args.decision, bundle=bundle, plan=args.plan,
+                        analysis=args.analysis, url=args.url, endpoint=endpoint,
+                        run_url=f"{server}/{repo}/actions/runs/{run}" if server and repo and run else None)
+
+
 def cmd_config_schema(args: argparse.Namespace) -> int:
     from mldeploy.config import json_schema
 
@@ -436,6 +567,80 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary_analyze(args: argparse.Namespace) -> int:
+    """Exit 1 on rollback, so a workflow step fails and its rollback step runs; hold is 0: not yet
+    judged is no failure (the workflow reads the `decision` output to wait or promote)."""
+    from mldeploy.monitor.canary import ROLLBACK, run
+
+    if args.window is not None and args.window < 0:
+        raise UsageError(f"--window {args.window:g} is negative", hint="give seconds, or 0 (local: since start)")
+    cfg, _, endpoint = _where(args)
+    analysis = run(cfg, endpoint, args.window, args.pr)
+    print(analysis.text())
+    github.add_summary(analysis.markdown())
+    github.set_output("decision", analysis.decision)
+    github.set_output("reasons", "; ".join(analysis.reasons))
+    if args.json:
+        try:
+            Path(args.json).write_text(analysis.to_json() + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {args.json}: {e.strerror}") from None
+    return 1 if analysis.decision == ROLLBACK and not args.no_fail else 0
+
+
+# CANARY-COMMANDS (above: cmd_canary_*)
+# MONITOR-SETUP-COMMAND
+def cmd_monitor_setup(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.monitor.setup import setup
+
+    cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
+                                              "deploy.target": args.target, "deploy.region": args.region,
+                                              "deploy.endpoint": args.endpoint, "monitoring.baseline": args.baseline})
+    plan = setup(cfg, args.config, plan_only=args.plan)
+    if args.plan_out:
+        Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
+    github.add_summary(plan.markdown())
+    for name, value in plan.outputs.items():
+        github.set_output(name, value)
+    return 0
+
+
+def cmd_monitor_baseline(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.monitor.baseline import create, table
+
+    cfg = load_config(args.config, overrides={"bundle": args.bundle, "monitoring.drift.bins": args.bins})
+    data = args.data or cfg.optimize.data
+    if not data:
+        raise UsageError("no reference data for the baseline", hint="pass --data FILE (.npz, .npy or .jsonl)")
+    found, path, written = create(cfg.bundle, data, bins=cfg.monitoring.drift.bins, out=args.out, force=args.force)
+    print(table(found))
+    print(f"{found['records']} reference records; {'written' if written else 'up to date, left unchanged'}")
+    github.set_output("baseline", str(path))
+    return 0
+
+
+def cmd_monitor_drift(args: argparse.Namespace) -> int:
+    from mldeploy.config import load_config
+    from mldeploy.errors import CheckFailed
+    from mldeploy.monitor.drift import headline, markdown, run, text
+
+    cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.region": args.region,
+                                              "monitoring.drift.fail_on_drift": args.fail_on_drift})
+    report = run(cfg, baseline_path=args.baseline, capture=args.capture, max_records=args.max_records,
+                 json_out=args.json)
+    print(text(report))
+    github.add_summary(markdown(report))
+    github.set_output("drift", "true" if report["drift"] else "false")
+    github.set_output("drift-status", report["status"])
+    if report["drift"] and cfg.monitoring.drift.fail_on_drift:
+        raise CheckFailed(headline(report).split(" (", 1)[0],
+                          hint="investigate the drifted features; a new baseline after retraining resets it")
+    return 0
+
+
+# MONITOR-BASELINE-DRIFT-COMMANDS (above: cmd_monitor_baseline, cmd_monitor_drift)
 # MONITOR-COMMANDS (cmd_monitor_* and cmd_canary_* functions go here)
 
 

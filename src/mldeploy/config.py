@@ -279,8 +279,8 @@ class DriftSection(Section):
     psi: float = Field(0.2, gt=0, description="Population stability index above this flags a feature.")
     ks_pvalue: float = Field(0.01, gt=0, lt=1, description="Numeric features: a Kolmogorov-Smirnov p-value below this "
                                                            "(with PSI above psi/2) flags the feature.")
-    chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical features: chi-square p-value below this "
-                                                             "flags the feature.")
+    chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical features: a chi-square p-value below this "
+                                                             "(with PSI above psi/2) flags the feature.")
     jensen_shannon: float = Field(0.1, gt=0, le=1, description="Categorical features and predictions: "
                                                                "Jensen-Shannon distance above this flags.")
     prediction_psi: float = Field(0.2, gt=0, description="PSI of the model's outputs above this flags prediction drift.")
@@ -326,6 +326,9 @@ class MonitoringSection(Section):
     enabled: bool = Field(False, description="Capture requests and set up monitoring when deploying.")
     capture_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of requests captured for drift checks.")
     baseline: str | None = Field(None, description="Baseline statistics file (default: baseline.json in the bundle).")
+    s3: str | None = Field(None, pattern=r"^s3://[^/]+", description="AWS: S3 prefix for SageMaker Model Monitor's "
+                                                                     "baseline files and reports (default: "
+                                                                     "<capture bucket>/mldeploy-monitoring/<endpoint>).")
     drift: DriftSection = Field(default_factory=DriftSection)
     canary: CanaryAnalysisSection = Field(default_factory=CanaryAnalysisSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)

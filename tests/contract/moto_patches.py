@@ -8,6 +8,8 @@ server answers. Each patch imitates AWS's documented behaviour only as far as th
 - Throttling: the next N calls of an operation answer ThrottlingException, to test retries.
 - STS AssumeRoleWithWebIdentity refused (moto accepts any token), as AWS refuses a GitHub OIDC
   token whose sub or aud claim the role's trust policy does not match.
+- CloudWatch GetMetricData: percentile statistics (p50, p99: moto answers none) over the raw values
+  put, and a log of the requests for tests to assert on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ FAILING_IMAGES: set[str] = set()             # images whose containers "fail the
 UPDATE_REQUESTS: list[dict] = []             # UpdateEndpoint bodies as the server received them
 THROTTLE: dict[str, int] = defaultdict(int)  # operation (SageMaker action name) -> throttled calls left
 REFUSE_WEB_IDENTITY = {"on": False}
+MONITORING_SCHEDULES: dict[str, dict] = {}   # name -> the schedule as DescribeMonitoringSchedule answers
+ANOMALY_DETECTORS: list[dict] = []           # SingleMetricAnomalyDetector bodies
+BODIES: list[tuple[str, str, dict]] = []     # (service, operation, parsed parameters) of every request
+METRIC_DATA_REQUESTS: list[dict] = []       # CloudWatch GetMetricData requests, as moto parsed them
 
 
 def reset() -> None:
@@ -32,6 +38,10 @@ def reset() -> None:
     UPDATE_REQUESTS.clear()
     THROTTLE.clear()
     REFUSE_WEB_IDENTITY["on"] = False
+    MONITORING_SCHEDULES.clear()
+    ANOMALY_DETECTORS.clear()
+    BODIES.clear()
+    METRIC_DATA_REQUESTS.clear()
 
 
 def _update_endpoint(self: SageMakerResponse) -> ActionResult:
@@ -79,3 +89,101 @@ def _refusing_assume_role_with_web_identity(self: TokenResponse) -> ActionResult
 SageMakerResponse.update_endpoint = _update_endpoint
 TokenResponse.assume_role_with_web_identity = _refusing_assume_role_with_web_identity
 SageMakerResponse.call_action = _throttled_call_action
+
+
+# -- CloudWatch: percentiles (moto answers None for p50/p99) and a log of GetMetricData requests ----
+from moto.cloudwatch.models import CloudWatchBackend, MetricDatum, Statistics  # noqa: E402
+
+_statistic = Statistics.get_statistics_for_type
+_get_metric_data = CloudWatchBackend.get_metric_data
+
+
+def _statistic_with_percentiles(self: Statistics, stat: str):
+    """pNN over the raw values put in the period (nearest rank), as CloudWatch answers extended statistics."""
+    if stat.startswith("p") and stat[1:].replace(".", "", 1).isdigit():
+        values = sorted(m.value for m in self.metric_data if isinstance(m, MetricDatum))
+        if not values:
+            return None
+        rank = max(1, -(-float(stat[1:]) * len(values) // 100))
+        return values[int(rank) - 1]
+    return _statistic(self, stat)
+
+
+def _recorded_get_metric_data(self: CloudWatchBackend, queries, start_time, end_time, *args, **kwargs):
+    METRIC_DATA_REQUESTS.append({"queries": queries, "start": start_time, "end": end_time})
+    return _get_metric_data(self, queries, start_time, end_time, *args, **kwargs)
+
+
+Statistics.get_statistics_for_type = _statistic_with_percentiles
+CloudWatchBackend.get_metric_data = _recorded_get_metric_data
+
+
+# -- monitoring: schedules, anomaly detectors, and the request-body log ----------------------------------
+from moto.cloudwatch.responses import CloudWatchResponse  # noqa: E402
+from moto.core.responses import BaseResponse  # noqa: E402
+
+
+def _create_monitoring_schedule(self: SageMakerResponse) -> ActionResult:
+    name = self._get_param("MonitoringScheduleName")
+    if name in MONITORING_SCHEDULES:
+        raise ValidationError(message=f"Monitoring schedule {name} already exists.")
+    arn = f"arn:aws:sagemaker:{self.region}:{self.current_account}:monitoring-schedule/{name}"
+    MONITORING_SCHEDULES[name] = {"MonitoringScheduleArn": arn, "MonitoringScheduleName": name,
+                                  "MonitoringScheduleStatus": "Scheduled", "MonitoringType": "DataQuality",
+                                  "MonitoringScheduleConfig": self._get_param("MonitoringScheduleConfig")}
+    return ActionResult({"MonitoringScheduleArn": arn})
+
+
+def _describe_monitoring_schedule(self: SageMakerResponse) -> ActionResult:
+    name = self._get_param("MonitoringScheduleName")
+    if name not in MONITORING_SCHEDULES:  # SageMaker's own words for a missing schedule
+        raise ValidationError(message=f"Monitoring Schedule {name} not found.")
+    return ActionResult(MONITORING_SCHEDULES[name])
+
+
+def _update_monitoring_schedule(self: SageMakerResponse) -> ActionResult:
+    name = self._get_param("MonitoringScheduleName")
+    if name not in MONITORING_SCHEDULES:
+        raise ValidationError(message=f"Monitoring Schedule {name} not found.")
+    MONITORING_SCHEDULES[name]["MonitoringScheduleConfig"] = self._get_param("MonitoringScheduleConfig")
+    return ActionResult({"MonitoringScheduleArn": MONITORING_SCHEDULES[name]["MonitoringScheduleArn"]})
+
+
+def _put_anomaly_detector(self: CloudWatchResponse) -> ActionResult:
+    detector = self._get_param("SingleMetricAnomalyDetector")
+    if detector not in ANOMALY_DETECTORS:
+        ANOMALY_DETECTORS.append(detector)
+    return ActionResult({})
+
+
+def _describe_anomaly_detectors(self: CloudWatchResponse) -> ActionResult:
+    wanted = {k: self._get_param(k) for k in ("Namespace", "MetricName", "Dimensions") if self._get_param(k)}
+    found = [{**d, "SingleMetricAnomalyDetector": d, "StateValue": "TRAINED"} for d in ANOMALY_DETECTORS
+             if all(d.get(k) == v for k, v in wanted.items())]
+    return ActionResult({"AnomalyDetectors": found})
+
+
+def _recording(call):
+    def record(self: BaseResponse):
+        params = getattr(self, "params", None)
+        if params is None:
+            try:
+                params = json.loads(self.body or "{}")
+            except (ValueError, TypeError):
+                params = {}
+        try:
+            action = self._get_action()
+        except Exception:  # noqa: BLE001 - a REST request without an action name
+            action = ""
+        BODIES.append((self.service_name, action, params))
+        return call(self)
+    return record
+
+
+SageMakerResponse.create_monitoring_schedule = _create_monitoring_schedule
+SageMakerResponse.describe_monitoring_schedule = _describe_monitoring_schedule
+SageMakerResponse.update_monitoring_schedule = _update_monitoring_schedule
+CloudWatchResponse.put_anomaly_detector = _put_anomaly_detector
+CloudWatchResponse.describe_anomaly_detectors = _describe_anomaly_detectors
+BaseResponse.call_action = _recording(BaseResponse.call_action)
+SageMakerResponse.call_action = _recording(SageMakerResponse.call_action)

@@ -223,3 +223,47 @@ def bake(region: str | None, names: list[str], seconds: int, slot: str, poll: fl
         if time.monotonic() >= deadline:
             return
         time.sleep(min(poll, max(deadline - time.monotonic(), 0)))
+
+
+def metric_window(region: str | None, queries: dict[str, tuple[str, str, dict[str, str], str]],
+                  seconds: float) -> dict[str, list[float]]:
+    """CloudWatch GetMetricData over the last `seconds` as one period (rounded up to whole minutes, as
+    CloudWatch wants): query id -> (namespace, metric, dimensions, statistic such as Sum or p99) ->
+    the values CloudWatch returned (none when nothing was recorded). Canary analysis reads it."""
+    import datetime as dt
+
+    period = max(60, int(-(-seconds // 60)) * 60)
+    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    request = [{"Id": qid, "ReturnData": True, "MetricStat": {
+        "Metric": {"Namespace": ns, "MetricName": metric, "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]},
+        "Period": period, "Stat": stat}} for qid, (ns, metric, dims, stat) in queries.items()]
+    found: dict[str, list[float]] = {qid: [] for qid in queries}
+    cw = client("cloudwatch", region)
+    with translated("read the endpoint's CloudWatch metrics"):
+        for page in cw.get_paginator("get_metric_data").paginate(
+                MetricDataQueries=request, StartTime=end - dt.timedelta(seconds=period), EndTime=end):
+            for result in page["MetricDataResults"]:
+                found[result["Id"]] += [v for v in result.get("Values", []) if v is not None]
+    return found
+
+
+# -- captured requests (mldeploy monitor drift) -----------------------------------------------------
+def capture_objects(bucket: str, prefix: str, region: str | None, max_bytes: int,
+                    suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """(s3 URI, bytes) of the capture files under s3://bucket/prefix, newest first, stopping before
+    `max_bytes` would be exceeded (SageMaker data capture and copied serving-runtime files alike)."""
+    s3 = client("s3", region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    with translated(f"list s3://{bucket}/{prefix}"):
+        try:
+            found = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                     for o in page.get("Contents", []) if o["Key"].endswith(suffixes)]
+        except s3.exceptions.NoSuchBucket:
+            raise UsageError(f"the S3 bucket {bucket} does not exist", hint="check monitoring.drift.capture") from None
+    read = 0
+    for o in sorted(found, key=lambda o: (o["LastModified"], o["Key"]), reverse=True):
+        if read and read + o["Size"] > max_bytes:
+            return
+        read += o["Size"]
+        with translated(f"read s3://{bucket}/{o['Key']}"):
+            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        yield f"s3://{bucket}/{o['Key']}", body

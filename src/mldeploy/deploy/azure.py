@@ -8,7 +8,8 @@ AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME.
 
 One seam reaches somewhere other than Azure (the contract tests' local fake, or a recording proxy):
 MLDEPLOY_AZURE_ARM_ENDPOINT=http://HOST:PORT sends every request for https://management.azure.com
-and for the endpoints' scoring hosts (https://*.inference.ml.azure.com) there instead, through an
+and for the endpoints' scoring hosts (https://*.inference.ml.azure.com) and Blob storage
+(https://*.blob.core.windows.net) there instead, through an
 azure-core RequestsTransport whose requests Session rewrites those URLs (the original host stays in
 the Host header). Tokens still come from the real credential chain. Only this package's Azure
 modules import azure.*, and only inside functions.
@@ -41,6 +42,7 @@ ROLES_HINT = ("the deploying identity needs the AzureML Data Scientist role on t
 ARM_ENDPOINT_ENV = "MLDEPLOY_AZURE_ARM_ENDPOINT"
 ARM_HOST = "management.azure.com"
 SCORING_SUFFIX = ".inference.ml.azure.com"
+BLOB_SUFFIX = ".blob.core.windows.net"   # captured requests (monitor drift) go the same way
 FEDERATION_HELP = {
     "AADSTS700213": "Entra ID has no federated credential matching this workflow's OIDC token: the app "
                     "registration's (or managed identity's) federated credential must have issuer "
@@ -171,7 +173,7 @@ def transport():
     class Redirect(requests.adapters.HTTPAdapter):
         def send(self, request, **kwargs):
             url = urllib.parse.urlsplit(request.url)
-            if url.hostname and (url.hostname == ARM_HOST or url.hostname.endswith(SCORING_SUFFIX)):
+            if url.hostname and (url.hostname == ARM_HOST or url.hostname.endswith((SCORING_SUFFIX, BLOB_SUFFIX))):
                 request.headers["Host"] = url.netloc
                 request.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, url.path, url.query, ""))
             return super().send(request, **kwargs)
@@ -347,3 +349,81 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
     except (UsageError, CheckFailed) as e:
         rows.append(("workspace" if len(rows) < 3 else "online endpoints", False, e.describe()))
     return rows
+
+
+# -- captured requests (mldeploy monitor drift) ---------------------------------------------------------
+def capture_blobs(account_url: str, container: str, prefix: str, max_bytes: int,
+                  suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """(URL, bytes) of the capture files under a Blob storage container/prefix, newest first, stopping
+    before `max_bytes` would be exceeded. The identity needs Storage Blob Data Reader on the container."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.storage.blob import ContainerClient
+
+    @contextlib.contextmanager
+    def storage_errors(doing: str) -> Iterator[None]:
+        with translated(doing):
+            try:
+                yield
+            except ResourceNotFoundError:
+                raise UsageError(f"the Blob container {account_url}/{container} does not exist",
+                                 hint="check monitoring.drift.capture") from None
+            except HttpResponseError as e:  # (ClientAuthenticationError too) a refusal is about storage roles
+                if e.status_code not in (401, 403):
+                    raise
+                raise UsageError(f"Azure Storage refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
+                                 hint="the identity needs the Storage Blob Data Reader role on the container") from None
+
+    custom = transport()
+    store = ContainerClient(account_url, container, credential=credential(),
+                            **({"transport": custom} if custom is not None else {}))
+    with storage_errors(f"list {account_url}/{container}/{prefix}"):
+        blobs = [b for b in store.list_blobs(name_starts_with=prefix or None) if b.name.endswith(suffixes)]
+    read = 0
+    for blob in sorted(blobs, key=lambda b: (b.last_modified, b.name), reverse=True):
+        if read and read + (blob.size or 0) > max_bytes:
+            return
+        read += blob.size or 0
+        with storage_errors(f"read {account_url}/{container}/{blob.name}"):
+            data = store.download_blob(blob.name).readall()
+        yield f"{account_url}/{container}/{blob.name}", data
+
+
+# -- Azure Monitor metrics (mldeploy canary analyze) -----------------------------------------------------
+def monitor_client(subscription: str):
+    """An azure-mgmt-monitor MonitorManagementClient, through MLDEPLOY_AZURE_ARM_ENDPOINT when set."""
+    from azure.mgmt.monitor import MonitorManagementClient
+
+    custom = transport()
+    return MonitorManagementClient(credential(), subscription, **({"transport": custom} if custom is not None else {}))
+
+
+def metric_series(subscription: str, resource_id: str, namespace: str, names: list[str], aggregation: str,
+                  dimensions: str, seconds: float, doing: str) -> list[dict[str, Any]]:
+    """Azure Monitor metrics of one resource over the last `seconds` (rounded up to whole minutes),
+    minute by minute, split as the $filter `dimensions` says: per time series its metric name, its
+    dimension values (names in lowercase) and [(time, value of `aggregation`)] of the minutes that
+    have one. The identity needs Monitoring Reader (or Reader) on the resource."""
+    import datetime as dt
+
+    from azure.core.exceptions import HttpResponseError
+
+    minutes = max(1, int(-(-seconds // 60)))
+    end = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)  # whole minutes, as Azure keeps them
+    span = f"{(end - dt.timedelta(minutes=minutes)).isoformat()}/{end.isoformat()}".replace("+00:00", "Z")
+    with translated(doing):
+        try:
+            answer = monitor_client(subscription).metrics.list(
+                resource_id, timespan=span, interval="PT1M", metricnames=",".join(names),
+                aggregation=aggregation, filter=dimensions, top=1000, metricnamespace=namespace)
+        except HttpResponseError as e:
+            if e.status_code not in (401, 403):
+                raise
+            raise UsageError(f"Azure refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
+                             hint="the identity needs the Monitoring Reader role on the endpoint "
+                                  "(or its resource group)") from None
+    key = aggregation.lower()
+    return [{"metric": metric.name.value,
+             "dimensions": {m.name.value.lower(): m.value for m in (series.metadatavalues or [])},
+             "values": [(point.time_stamp, getattr(point, key)) for point in (series.data or [])
+                        if getattr(point, key) is not None]}
+            for metric in answer.value for series in (metric.timeseries or [])]

@@ -320,3 +320,104 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
         except MldeployError as e:
             rows.append((permission, False, e.message))
     return rows
+
+
+# -- captured requests (mldeploy monitor drift) ------------------------------------------------------
+def capture_objects(bucket: str, prefix: str, max_bytes: int,
+                    suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """(gs URI, bytes) of the capture files under gs://bucket/prefix, newest first, stopping before
+    `max_bytes` would be exceeded. MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
+    from google.api_core import exceptions
+    from google.cloud import storage
+
+    creds, found = credentials()
+    options = {"api_endpoint": override()} if override() else None
+    gcs = storage.Client(project=found or _env_project() or "<none>", credentials=creds, client_options=options)
+    with translated(f"list gs://{bucket}/{prefix}"):
+        try:
+            blobs = [b for b in gcs.list_blobs(bucket, prefix=prefix or None, retry=read_retry())
+                     if b.name.endswith(suffixes)]
+        except exceptions.NotFound:
+            raise UsageError(f"the Cloud Storage bucket {bucket} does not exist",
+                             hint="check monitoring.drift.capture") from None
+    read = 0
+    for blob in sorted(blobs, key=lambda b: (b.updated, b.name), reverse=True):
+        if read and read + (blob.size or 0) > max_bytes:
+            return
+        read += blob.size or 0
+        with translated(f"read gs://{bucket}/{blob.name}"):
+            data = blob.download_as_bytes()
+        yield f"gs://{bucket}/{blob.name}", data
+
+
+# -- Cloud Monitoring (mldeploy canary analyze) --------------------------------------------------------
+MONITORING_HOST = "monitoring.googleapis.com"
+
+
+def time_series(project_id: str, query: str, seconds: float, group_by: list[str],
+                doing: str) -> list[dict[str, Any]]:
+    """Cloud Monitoring timeSeries.list of the last `seconds` as one alignment period (rounded up to
+    whole minutes), each series' points summed over the period (ALIGN_DELTA) and across series into
+    `group_by` fields (REDUCE_SUM). Per series: its metric labels, resource labels, and point values:
+    an int, or a distribution as [(bucket upper bound, count)].
+
+    google-cloud-monitoring speaks gRPC only, so this is the REST API v3 through google-auth's
+    AuthorizedSession (MLDEPLOY_GCP_API_ENDPOINT reaches another host, as for the other clients), and
+    the library's own message type reads the answer."""
+    import datetime as dt
+
+    from google.api_core import exceptions
+    from google.auth.transport.requests import AuthorizedSession
+    from google.cloud.monitoring_v3 import ListTimeSeriesResponse
+
+    from mldeploy import __version__
+
+    period = max(60, int(-(-seconds // 60)) * 60)
+    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    params: dict[str, Any] = {
+        "filter": query, "interval.startTime": (end - dt.timedelta(seconds=period)).strftime(stamp),
+        "interval.endTime": end.strftime(stamp), "aggregation.alignmentPeriod": f"{period}s",
+        "aggregation.perSeriesAligner": "ALIGN_DELTA", "aggregation.crossSeriesReducer": "REDUCE_SUM",
+        "aggregation.groupByFields": group_by}
+    base = override() or MONITORING_HOST
+    url = f"{base if base.startswith(('http://', 'https://')) else 'https://' + base}/v3/projects/{project_id}/timeSeries"
+    session = AuthorizedSession(credentials()[0])
+    session.headers["User-Agent"] = f"mldeploy/{__version__}"
+
+    def page() -> Any:
+        response = session.get(url, params=params, timeout=60)
+        if response.status_code != 200:
+            raise exceptions.from_http_response(response)
+        return ListTimeSeriesResponse.from_json(response.text, ignore_unknown_fields=True)
+
+    found = []
+    with translated(doing):
+        while True:
+            answer = read_retry()(page)()
+            for series in answer.time_series:
+                found.append({"metric": dict(series.metric.labels), "resource": dict(series.resource.labels),
+                              "values": [_point_value(p.value) for p in series.points]})
+            if not answer.next_page_token:
+                return found
+            params["pageToken"] = answer.next_page_token
+
+
+def _point_value(value: Any) -> int | float | list[tuple[float, int]]:
+    """A point's number, or its distribution's buckets as (upper bound, count), +Inf last (Cloud
+    Monitoring leaves trailing empty buckets out)."""
+    if "distribution_value" not in value:
+        return value.int64_value if "int64_value" in value else value.double_value
+    d = value.distribution_value
+    options = d.bucket_options
+    if "explicit_buckets" in options:
+        bounds = list(options.explicit_buckets.bounds)
+    elif "exponential_buckets" in options:
+        e = options.exponential_buckets
+        bounds = [e.scale * e.growth_factor ** i for i in range(e.num_finite_buckets + 1)]
+    elif "linear_buckets" in options:
+        lin = options.linear_buckets
+        bounds = [lin.offset + lin.width * i for i in range(lin.num_finite_buckets + 1)]
+    else:
+        bounds = []
+    return list(zip([*bounds, float("inf")], (int(c) for c in d.bucket_counts)))

@@ -13,6 +13,8 @@ What it answers (api-version is ignored; paths as the SDK formats them):
   GET/PUT .../environments/N/versions/V
   GET    .../locations/L/mfeOperationsStatus/ID              long-running operation status
   POST   /score on host E.L.inference.ml.azure.com           the model (answers like our server)
+  GET    .../onlineEndpoints/E/providers/Microsoft.Insights/metrics   Azure Monitor metrics, from
+                                                             series seeded with add_metric
 Endpoint and deployment writes are long-running: 201 (PUT) or 202 (DELETE) with Azure-AsyncOperation
 and a short Retry-After (see RETRY_AFTER); an environment version PUT answers at once.
 Like the service, it refuses traffic to a deployment that does not exist, traffic that does not
@@ -34,9 +36,10 @@ import itertools
 import json
 import re
 import threading
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 PROVIDER = "Microsoft.MachineLearningServices"
 WS = (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/" + PROVIDER +
@@ -51,7 +54,18 @@ ROUTES = [
     ("deployment", WS + r"/onlineEndpoints/(?P<e>[^/]+)/deployments/(?P<d>[^/]+)$"),
     ("environment", WS + r"/environments/(?P<n>[^/]+)/versions/(?P<v>[^/]+)$"),
     ("operation", r"/subscriptions/[^/]+/providers/" + PROVIDER + r"/locations/[^/]+/mfeOperationsStatus/(?P<op>[^/]+)$"),
+    # Azure Monitor (azure-mgmt-monitor): metric alerts and action groups, synchronous PUTs
+    ("metric_alert", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                     r"metricAlerts/(?P<n>[^/]+)$"),
+    ("action_group", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                     r"actionGroups/(?P<n>[^/]+)$"),
+    # Azure Monitor metrics of an online endpoint (canary analysis)
+    ("metrics", WS + r"/onlineEndpoints/(?P<e>[^/]+)/providers/Microsoft\.Insights/metrics$"),
 ]
+# Azure Monitor: the online endpoint metrics the fake serves, with their dimensions (a $filter naming
+# another one is refused, as Azure refuses it) and unit
+ENDPOINT_METRICS = {"RequestsPerMinute": (("deployment", "statusCode", "statusCodeClass", "modelStatusCode"), "Count"),
+                    **{f"RequestLatency{p}": (("deployment",), "MilliSeconds") for p in ("", "_P50", "_P90", "_P95", "_P99")}}
 # azure-core reads Retry-After "0" as no header at all (`if delay:`) and falls back to the SDK's own
 # interval (5 s for deployments, else the client's polling_interval, 30 s by default); a small
 # fraction is honoured. A 202's header must be an int (the SDK deserializes it): those get "0", and
@@ -69,6 +83,11 @@ class AzureMLFake:
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
         self.environments: dict[tuple[str, str], dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
+        self.metric_alerts: dict[str, dict[str, Any]] = {}     # Azure Monitor, by name
+        self.action_groups: dict[str, dict[str, Any]] = {}
+        self.metric_points: list[dict[str, Any]] = []          # Azure Monitor metrics, seeded by add_metric
+        self.metric_queries: list[dict[str, str]] = []         # the query of every metrics request
+        self.query: dict[str, list[str]] = {}                  # the query of the request being answered
         self.requests: list[tuple[str, str, str]] = []
         self.bodies: list[tuple[str, str, Any]] = []
         self.scored: list[tuple[str, str | None, Any]] = []   # (endpoint, deployment header, body)
@@ -114,8 +133,11 @@ class AzureMLFake:
 
     def reset(self) -> None:
         with self._lock:
-            for store in (self.endpoints, self.deployments, self.environments, self.operations, self.fail_next):
+            for store in (self.endpoints, self.deployments, self.environments, self.operations, self.fail_next,
+                          self.metric_alerts, self.action_groups):
                 store.clear()
+            self.metric_points.clear()
+            self.metric_queries.clear()
             for log in (self.requests, self.bodies, self.scored):
                 log.clear()
             self.failing_images.clear()
@@ -150,6 +172,7 @@ class AzureMLFake:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         path = urlsplit(handler.path).path
+        query = parse_qs(urlsplit(handler.path).query)
         host = (handler.headers.get("Host") or "").split(":")[0]
         try:
             body = json.loads(raw) if raw else None
@@ -157,6 +180,7 @@ class AzureMLFake:
             body = raw.decode(errors="replace")
         with self._lock:
             self.requests.append((method, host, path))
+            self.query = query
             self.bodies.append((method, path, body))
             status, payload, headers = self._route(method, host, path, body, handler.headers)
         data = b"" if payload is None else json.dumps(payload).encode()
@@ -360,6 +384,97 @@ class AzureMLFake:
             code = state["failure"].split(":", 1)[0] if ":" in state["failure"] else "OperationFailed"
             return ok({"status": "Failed", "error": {"code": code, "message": state["failure"]}})
         return ok({"status": "Succeeded"})
+
+    # -- Azure Monitor ---------------------------------------------------------------------------------
+    def _insights(self, store: dict[str, dict[str, Any]], kind: str, n: str, body: Any, status: int):
+        """A PUT of a metric alert or action group: stored whole, answered at once (200 on update)."""
+        resource = {**(body or {}), "id": f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+                                          f"/providers/Microsoft.Insights/{kind}/{n}",
+                    "name": n, "type": f"Microsoft.Insights/{kind}"}
+        existed = n in store
+        store[n] = resource
+        return ok(resource, 200 if existed else status)
+
+    def _metric_alert_get(self, body, n):
+        found = self.metric_alerts.get(n)
+        return ok(found) if found else error(404, "ResourceNotFound", f"Metric alert {n} not found.")
+
+    def _metric_alert_put(self, body, n):
+        criteria = ((body or {}).get("properties") or {}).get("criteria") or {}
+        if not criteria.get("allOf") or not ((body or {}).get("properties") or {}).get("scopes"):
+            return error(400, "BadRequest", "a metric alert needs scopes and criteria.allOf")
+        return self._insights(self.metric_alerts, "metricAlerts", n, body, 200)  # Azure answers 200, not 201
+
+    def _action_group_get(self, body, n):
+        found = self.action_groups.get(n)
+        return ok(found) if found else error(404, "ResourceNotFound", f"Action group {n} not found.")
+
+    def _action_group_put(self, body, n):
+        short = ((body or {}).get("properties") or {}).get("groupShortName") or ""
+        if not 1 <= len(short) <= 12:
+            return error(400, "BadRequest", "groupShortName must be 1 to 12 characters")
+        return self._insights(self.action_groups, "actionGroups", n, body, 201)
+
+    def add_metric(self, endpoint: str, metric: str, dimensions: dict[str, str], values: list[float]) -> None:
+        """Seed Azure Monitor: one value per minute for the last len(values) minutes of any window."""
+        self.metric_points.append({"endpoint": endpoint, "metric": metric, "values": list(values),
+                                   "dimensions": {k.lower(): v for k, v in dimensions.items()}})
+
+    def _metrics_get(self, body, e):
+        """Microsoft.Insights/metrics of an endpoint, minute by minute (PT1M only): the series split by
+        the $filter's dimensions ('*' or values joined by `or`), Total or Average of each minute, at
+        most `top` series (10 unless asked, as Azure does)."""
+        q = {k: v[-1] for k, v in self.query.items()}
+        self.metric_queries.append(q)
+        if e not in self.endpoints:
+            return error(404, "ResourceNotFound", f"Endpoint {e} not found.")
+        try:
+            start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in q["timespan"].split("/"))
+        except (KeyError, ValueError):
+            return error(400, "BadRequest", "timespan must be START/END in ISO 8601")
+        aggregation = q.get("aggregation", "")
+        if q.get("interval") != "PT1M" or aggregation.lower() not in ("total", "average"):
+            return error(501, "NotImplemented", "the fake answers interval PT1M with Total or Average only")
+        wanted: dict[str, set[str] | None] = {}
+        for group in filter(None, re.split(r"\s+and\s+", q.get("$filter", ""))):
+            terms = [re.fullmatch(r"\s*(\w+) eq '([^']*)'\s*", t) for t in re.split(r"\s+or\s+", group)]
+            if not all(terms) or len({t.group(1).lower() for t in terms}) != 1:
+                return error(400, "BadRequest", f"Invalid $filter {group!r}: the logical or operator cannot "
+                                                "separate two different metadata names")
+            values = {t.group(2).lower() for t in terms}
+            wanted[terms[0].group(1).lower()] = None if "*" in values else values
+        minutes = [start + timedelta(minutes=i) for i in range(int((end - start).total_seconds() // 60))]
+        out = []
+        for name in q.get("metricnames", "").split(","):
+            if name not in ENDPOINT_METRICS:
+                return error(400, "BadRequest", f"Failed to find metric configuration for provider: "
+                                                f"{PROVIDER}, resource Type: onlineEndpoints, metric: {name}")
+            dims, unit = ENDPOINT_METRICS[name]
+            if set(wanted) - {d.lower() for d in dims}:
+                return error(400, "BadRequest", f"Metric: {name} does not support requested dimension "
+                                                f"combination: {','.join(wanted)}")
+            series: dict[tuple, list[list[float]]] = {}
+            for point in self.metric_points:
+                if point["endpoint"] != e or point["metric"] != name or any(
+                        values is not None and point["dimensions"].get(d, "").lower() not in values
+                        for d, values in wanted.items()):
+                    continue
+                per_minute = series.setdefault(tuple(point["dimensions"].get(d, "") for d in wanted),
+                                               [[] for _ in minutes])
+                for i, value in enumerate(point["values"][-len(minutes):] if minutes else []):
+                    per_minute[len(minutes) - len(point["values"][-len(minutes):]) + i].append(value)
+            key = aggregation.lower()
+            out.append({"id": f"{self._ws_id()}/onlineEndpoints/{e}/providers/Microsoft.Insights/metrics/{name}",
+                        "type": "Microsoft.Insights/metrics", "name": {"value": name, "localizedValue": name},
+                        "unit": unit, "errorCode": "Success", "timeseries": [
+                            {"metadatavalues": [{"name": {"value": d, "localizedValue": d}, "value": v}
+                                                for d, v in zip(wanted, labels)],
+                             "data": [{"timeStamp": m.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                       **({key: sum(vs) if key == "total" else sum(vs) / len(vs)} if vs else {})}
+                                      for m, vs in zip(minutes, values)]}
+                            for labels, values in list(series.items())[:int(q.get("top", 10))]]})
+        return ok({"cost": len(minutes), "timespan": q["timespan"], "interval": "PT1M",
+                   "namespace": q.get("metricnamespace", ""), "resourceregion": self.location, "value": out})
 
     # -- the model -----------------------------------------------------------------------------------
     def _score(self, e, headers, body) -> tuple[int, Any, dict[str, str]]:

@@ -14,6 +14,11 @@ Tests drive failures explicitly:
   fail_deploy_images   a deployModel of a model with this image ends with an operation error
   failing_images       a deployed model with this image answers predictions with 500
   denied               permission names (e.g. "aiplatform.endpoints.list") answered with 403
+Model deployment monitoring jobs: create (answered at once, as Vertex does), get, list (display_name
+filter) and PATCH with an updateMask (a long-running operation); `monitoring_jobs` holds them and
+`job_bodies` the create/patch bodies as received.
+Cloud Monitoring's timeSeries.list (GET /v3/projects/P/timeSeries) is answered from `monitoring`
+(fakes/cloud_monitoring.py: tests seed series there).
 Everything the server received is in `requests` as (method, path, query); `mutating()` filters out
 reads and predictions. Anything it does not know answers 501, as Google's front end does.
 """
@@ -28,6 +33,8 @@ import urllib.parse
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from tests.contract.fakes.cloud_monitoring import BadRequest, CloudMonitoring
 
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
 AR = "type.googleapis.com/google.devtools.artifactregistry.v1."
@@ -74,8 +81,11 @@ class FakeVertex:
             self.fail_deploy_images: set[str] = set()
             self.failing_images: set[str] = set()
             self.denied: set[str] = set()
+            self.monitoring_jobs: dict[str, dict[str, Any]] = {}
+            self.job_bodies: list[tuple[str, dict[str, Any]]] = []   # (method, body) of job writes
             self.ids = itertools.count(1001)
             self.clock = datetime(2026, 11, 25, tzinfo=timezone.utc)
+            self.monitoring = CloudMonitoring()   # Cloud Monitoring's timeSeries.list, on the same address
             self.requests.clear()
 
     def mutating(self) -> list[tuple[str, str, str]]:
@@ -148,6 +158,15 @@ class FakeVertex:
             ("GET", rf"/v1/(?P<name>{LOC}/repositories/[^/:]+)", "artifactregistry.repositories.get",
              self._get_repository),
             ("POST", rf"/v1/{LOC}/repositories", "artifactregistry.repositories.create", self._create_repository),
+            ("POST", rf"/v1/{LOC}/modelDeploymentMonitoringJobs", "aiplatform.modelDeploymentMonitoringJobs.create",
+             self._create_monitoring_job),
+            ("GET", rf"/v1/{LOC}/modelDeploymentMonitoringJobs", "aiplatform.modelDeploymentMonitoringJobs.list",
+             self._list_monitoring_jobs),
+            ("GET", rf"/v1/(?P<name>{LOC}/modelDeploymentMonitoringJobs/[^/:]+)",
+             "aiplatform.modelDeploymentMonitoringJobs.get", self._get_monitoring_job),
+            ("PATCH", rf"/v1/(?P<name>{LOC}/modelDeploymentMonitoringJobs/[^/:]+)",
+             "aiplatform.modelDeploymentMonitoringJobs.update", self._update_monitoring_job),
+            ("GET", r"/v3/projects/(?P<project>[^/]+)/timeSeries", "monitoring.timeSeries.list", self._list_time_series),
         ]
         for verb, pattern, permission, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -369,6 +388,56 @@ class FakeVertex:
             return {"@type": AR + "Repository", **self.repositories[name]}
 
         return self._operation(m, done)
+
+    # -- model deployment monitoring jobs ---------------------------------------------------------
+    def _create_monitoring_job(self, m, query, body):
+        self.job_bodies.append(("POST", body))
+        self._existing(body.get("endpoint", ""))
+        deployed = {d["id"] for d in self._existing(body["endpoint"]).get("deployedModels", [])}
+        for objective in body.get("modelDeploymentMonitoringObjectiveConfigs", []):
+            if objective.get("deployedModelId") not in deployed:
+                raise ApiError(400, f"Deployed model {objective.get('deployedModelId')} is not on the endpoint.")
+        if not body.get("modelDeploymentMonitoringScheduleConfig", {}).get("monitorInterval"):
+            raise ApiError(400, "model_deployment_monitoring_schedule_config.monitor_interval is required")
+        name = "projects/{project}/locations/{location}/modelDeploymentMonitoringJobs/".format(**m) + str(next(self.ids))
+        now = self._now()
+        self.monitoring_jobs[name] = {**body, "name": name, "state": "JOB_STATE_RUNNING", "scheduleState": "OFFLINE",
+                                      "createTime": now, "updateTime": now}
+        return self.monitoring_jobs[name]
+
+    def _list_monitoring_jobs(self, m, query, body):
+        prefix = "projects/{project}/locations/{location}/".format(**m)
+        found = [j for j in self.monitoring_jobs.values() if j["name"].startswith(prefix)
+                 and _matches(j, query.get("filter"))]
+        return {"modelDeploymentMonitoringJobs": found} if found else {}
+
+    def _get_monitoring_job(self, m, query, body):
+        if m["name"] not in self.monitoring_jobs:
+            raise ApiError(404, f"ModelDeploymentMonitoringJob {m['name']} not found.")
+        return self.monitoring_jobs[m["name"]]
+
+    def _update_monitoring_job(self, m, query, body):
+        job = self._get_monitoring_job(m, query, body)
+        self.job_bodies.append(("PATCH", body))
+        mask = [re.sub(r"_([a-z])", lambda g: g.group(1).upper(), p) for p in query.get("updateMask", "").split(",") if p]
+        if not mask:
+            raise ApiError(400, "update_mask is required")
+
+        def done() -> dict[str, Any]:
+            for field in mask:
+                job[field] = body.get(field)
+            job["updateTime"] = self._now()
+            return {"@type": V1 + "ModelDeploymentMonitoringJob", **job}
+
+        return self._operation(m, done)
+
+    def _list_time_series(self, m, query, body):
+        """Cloud Monitoring (fakes/cloud_monitoring.py), with the raw query of this request (the one
+        just logged), whose groupByFields repeat."""
+        try:
+            return self.monitoring.list(m["project"], urllib.parse.parse_qs(self.requests[-1][2]))
+        except BadRequest as e:
+            raise ApiError(e.code, e.message, e.status) from None
 
 
 def _matches(resource: dict[str, Any], text: str | None) -> bool:

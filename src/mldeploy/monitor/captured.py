@@ -1,0 +1,326 @@
+"""Captured requests, read back for drift checks: from a folder, a file, or cloud storage.
+
+Two record formats are read, one JSON object per line:
+  - the serving runtime's (src/mldeploy/serve/capture.py): capture-PID.jsonl and its rotated
+    capture-PID.N.jsonl, {"time", "request_id", "model_version", "latency_ms", "inputs", "outputs"};
+  - SageMaker data capture ({"captureData": {"endpointInput": {"data", "encoding", ...},
+    "endpointOutput": ...}, "eventMetadata": ...}), which SageMaker writes to S3 when an endpoint's
+    DataCaptureConfig is on: the request body is decoded as the server would decode it.
+Sources: a folder (searched recursively for *.jsonl / *.json / *.ndjson), one file, s3://bucket/prefix,
+gs://bucket/prefix or https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix. Files and objects are
+read newest first, and lines from the end of each, until --max-records usable records are in (or
+MAX_BYTES were fetched), so the newest traffic is what is judged. A line that is not JSON is counted
+as corrupt, a record that does not fit the model's signature as mismatched; both are skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from mldeploy.bundle import Signature, TensorSpec
+from mldeploy.errors import UsageError
+
+SUFFIXES = (".jsonl", ".json", ".ndjson")
+MAX_BYTES = 1 << 30          # stop fetching after this much, whatever --max-records says
+MAX_PROBLEMS = 5             # examples of skipped lines kept for the report
+BLOB_HOST = ".blob.core.windows.net"
+
+try:  # orjson (the serve extra) parses about 3x faster; json does the same job
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the extras installed
+    _loads = json.loads
+
+
+class Mismatch(Exception):
+    """A record that does not fit the model's signature."""
+
+
+@dataclass
+class Captured:
+    source: str
+    records: int = 0                 # usable records (requests)
+    rows: int = 0                    # examples in them (a request may carry a batch)
+    corrupt: int = 0                 # lines that are not a JSON object
+    mismatched: int = 0              # records that do not fit the signature
+    objects: int = 0                 # files or objects read
+    truncated: bool = False          # stopped at max_records or MAX_BYTES: older traffic was left
+    problems: list[str] = field(default_factory=list)
+    versions: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    first: str | None = None         # time of the oldest and newest record read
+    last: str | None = None
+    inputs: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+
+    def skip(self, kind: str, where: str, why: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{where}: {why}"[:300])
+
+    def input_columns(self) -> dict[str, np.ndarray]:
+        from mldeploy.monitor.baseline import columns
+
+        return _features(self.inputs, columns)
+
+    def output_columns(self) -> dict[str, np.ndarray]:
+        from mldeploy.monitor.baseline import output_columns
+
+        return _features(self.outputs, output_columns)
+
+
+def _features(tensors: dict[str, list[np.ndarray]], cut: Callable) -> dict[str, np.ndarray]:
+    """Per-feature values of every record's tensors; records are grouped by row shape first (a
+    symbolic dim may differ between requests), so each group is cut in one vectorized pass."""
+    found: dict[str, list[np.ndarray]] = defaultdict(list)
+    for name, parts in tensors.items():
+        groups: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        for arr in parts:
+            groups[arr.shape[1:]].append(arr)
+        for group in groups.values():
+            for feature, _, values in cut(name, np.concatenate(group)):
+                found[feature].append(values)
+    return {name: np.concatenate(parts) for name, parts in found.items()}
+
+
+# -- where the bytes come from ------------------------------------------------------------------------
+def objects(source: str, region: str | None = None, max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every capture file or object under `source`, newest first."""
+    parts = urlsplit(source)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        from mldeploy.deploy import aws
+
+        yield from aws.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), region, max_bytes, SUFFIXES)
+    elif scheme == "gs":
+        from mldeploy.deploy import gcp
+
+        yield from gcp.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), max_bytes, SUFFIXES)
+    elif scheme == "https" and (parts.hostname or "").endswith(BLOB_HOST):
+        container, _, prefix = parts.path.lstrip("/").partition("/")
+        if not container:
+            raise UsageError(f"{source} names no container",
+                             hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
+        from mldeploy.deploy import azure
+
+        yield from azure.capture_blobs(f"https://{parts.netloc}", container, prefix, max_bytes, SUFFIXES)
+    elif scheme and len(scheme) > 1:  # (a one-letter scheme is a Windows drive)
+        raise UsageError(f"cannot read captured requests from {source}",
+                         hint="use a folder, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or "
+                              "https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
+    else:
+        yield from _local(Path(source), max_bytes)
+
+
+def _bucket(source: str, parts) -> str:
+    if not parts.netloc:
+        raise UsageError(f"{source} names no bucket", hint=f"use {parts.scheme}://BUCKET/PREFIX")
+    return parts.netloc
+
+
+def _local(path: Path, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        found = [f for f in path.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)]
+        files = sorted(found, key=lambda f: (f.stat().st_mtime_ns, str(f)), reverse=True)
+    else:
+        raise UsageError(f"capture folder {path} not found",
+                         hint="pass --capture DIR|URI (monitoring.drift.capture), where the server writes "
+                              "MLDEPLOY_CAPTURE_DIR")
+    read = 0
+    for f in files:
+        size = f.stat().st_size
+        if read and read + size > max_bytes:
+            return
+        read += size
+        yield str(f), f.read_bytes()
+
+
+# -- records -----------------------------------------------------------------------------------------
+def read(source: str, signature: Signature, *, max_records: int = 100_000, region: str | None = None) -> Captured:
+    """The usable records under `source`, newest first, at most `max_records`."""
+    from mldeploy.serve.model import DTYPES
+
+    found = Captured(source)
+    dtypes = {t.name: np.dtype(DTYPES.get(t.dtype, np.object_)) for t in [*signature.inputs, *signature.outputs]}
+    decoder = _SageMaker(signature)
+    stream = objects(source, region)
+    for name, data in stream:
+        found.objects += 1
+        lines = data.split(b"\n")
+        for number in range(len(lines) - 1, -1, -1):  # the newest records are at the end of a file
+            line = lines[number].strip()
+            if not line:
+                continue
+            if found.records >= max_records:
+                found.truncated = True
+                stream.close()
+                return found
+            where = f"{name}:{number + 1}"
+            try:
+                doc = _loads(line)
+            except ValueError as e:
+                found.skip("corrupt", where, f"not JSON ({str(e).splitlines()[0][:80]})")
+                continue
+            if not isinstance(doc, dict):
+                found.skip("corrupt", where, f"a JSON {type(doc).__name__}, not an object")
+                continue
+            try:
+                if "captureData" in doc:
+                    inputs, outputs, when = decoder.record(doc, dtypes)
+                    version, kind = None, "sagemaker"
+                else:
+                    inputs, outputs = _record(doc, signature, dtypes)
+                    when, version, kind = doc.get("time"), doc.get("model_version"), "mldeploy"
+            except Mismatch as e:
+                found.skip("mismatched", where, str(e))
+                continue
+            _add(found, inputs, outputs, when, version, kind, signature)
+    return found
+
+
+def _add(found: Captured, inputs, outputs, when, version, kind, signature: Signature) -> None:
+    for name, arr in inputs.items():
+        found.inputs[name].append(arr)
+    for name, arr in (outputs or {}).items():
+        found.outputs[name].append(arr)
+    found.records += 1
+    found.rows += len(inputs[signature.inputs[0].name])
+    found.formats[kind] += 1
+    if version is not None:
+        found.versions[str(version)] += 1
+    if isinstance(when, str):
+        found.first = when if found.first is None else min(found.first, when)
+        found.last = when if found.last is None else max(found.last, when)
+
+
+def _record(doc: dict, signature: Signature, dtypes: dict[str, np.dtype]):
+    """(inputs, outputs) of a serving-runtime record, checked against the signature."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, dict):
+        raise Mismatch('no "inputs" object')
+    feeds = _tensors(inputs, signature.inputs, dtypes, "input", signature.batch_dim)
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return feeds, None
+    if not isinstance(outputs, dict):
+        raise Mismatch('"outputs" is not an object')
+    return feeds, _tensors(outputs, signature.outputs, dtypes, "output", signature.batch_dim)
+
+
+def _tensors(values: dict, specs: list[TensorSpec], dtypes: dict[str, np.dtype], what: str,
+             batch: str | None) -> dict[str, np.ndarray]:
+    unknown = set(values) - {t.name for t in specs}
+    if unknown:
+        raise Mismatch(f"unknown {what} {sorted(unknown)[0]!r} (the model's: {', '.join(t.name for t in specs)})")
+    out = {spec.name: _tensor(values.get(spec.name), spec, dtypes[spec.name], what) for spec in specs}
+    rows = {len(arr) for spec, arr in zip(specs, out.values()) if batch and spec.shape[:1] == (batch,)}
+    if len(rows) > 1:
+        raise Mismatch(f"{what}s disagree on the number of rows: {sorted(rows)}")
+    return out
+
+
+def _tensor(value: object, spec: TensorSpec, dtype: np.dtype, what: str) -> np.ndarray:
+    if value is None:
+        raise Mismatch(f"no {what} {spec.name!r}")
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise Mismatch(f"{what} {spec.name!r} is not a rectangular array of {spec.dtype}") from None
+    fits = arr.ndim == len(spec.shape) and arr.ndim > 0 and len(arr) > 0 and all(
+        not isinstance(d, int) or d == n for d, n in zip(spec.shape[1:], arr.shape[1:]))
+    if not fits:
+        raise Mismatch(f"{what} {spec.name!r} has shape {list(arr.shape)}, the model's is {spec.shape_text()}")
+    return arr
+
+
+class _SageMaker:
+    """SageMaker data-capture records: the request body decoded as the server decodes it (so every body
+    form the server accepts is read), the response body as the server writes it."""
+
+    def __init__(self, signature: Signature):
+        self.signature = signature
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            try:
+                from mldeploy.serve.model import Model
+            except ImportError as e:  # pragma: no cover - depends on the extras installed
+                raise UsageError(f"reading SageMaker data capture needs the serve extra ({e})",
+                                 hint="pip install 'mldeploy[serve]'") from None
+            self._model = Model(self.signature, "", False, 0.0)  # a signature only: nothing runs
+        return self._model
+
+    def record(self, doc: dict, dtypes: dict[str, np.dtype]):
+        from mldeploy.serve import codec
+
+        data = doc.get("captureData")
+        request = data.get("endpointInput") if isinstance(data, dict) else None
+        if not isinstance(request, dict):
+            raise Mismatch("SageMaker record without captureData.endpointInput")
+        body, ctype = _body(request)
+        try:
+            feeds = codec.decode(body, ctype, "", self.model(), allow_nonfinite=True).feeds
+        except codec.BadRequest as e:
+            raise Mismatch(f"request body: {e.message}") from None
+        response = data.get("endpointOutput")
+        outputs = self._outputs(response, dtypes) if isinstance(response, dict) else None
+        meta = doc.get("eventMetadata") if isinstance(doc.get("eventMetadata"), dict) else {}
+        return feeds, outputs, meta.get("inferenceTime")
+
+    def _outputs(self, response: dict, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray] | None:
+        """Outputs from the server's answer: {"predictions"}, {"outputs"} (columnar or v2), CSV."""
+        specs = self.signature.outputs
+        body, ctype = _body(response)
+        if ctype.startswith("text/csv"):
+            spec = specs[0]
+            if len(specs) != 1 or len(spec.shape) not in (1, 2):
+                return None
+            try:
+                value = np.loadtxt(body.decode().splitlines(), delimiter=",", ndmin=2)
+            except (ValueError, UnicodeDecodeError):
+                raise Mismatch("response body: not CSV numbers") from None
+            value = value[:, 0] if len(spec.shape) == 1 else value
+            return {spec.name: _tensor(value, spec, dtypes[spec.name], "output")}
+        try:
+            doc = _loads(body)
+        except ValueError:
+            raise Mismatch("response body: not JSON") from None
+        named: dict = {}
+        value = doc.get("predictions", doc.get("outputs")) if isinstance(doc, dict) else doc
+        if isinstance(value, list) and value and all(isinstance(t, dict) and "datatype" in t for t in value):  # v2
+            for t in value:
+                try:
+                    dtype = dtypes.get(t["name"], np.float64)
+                    named[t["name"]] = np.asarray(t["data"], dtype=dtype).reshape(t["shape"])
+                except (KeyError, ValueError, TypeError):
+                    raise Mismatch("response body: a malformed v2 output tensor") from None
+        elif isinstance(value, dict):
+            named = value
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):  # one object per row
+            named = {t.name: [r.get(t.name) for r in value] for t in specs}
+        elif value is not None and len(specs) == 1:
+            named = {specs[0].name: value}
+        else:
+            return None
+        return _tensors(named, specs, dtypes, "output", self.signature.batch_dim)
+
+
+def _body(part: dict) -> tuple[bytes, str]:
+    data, encoding = part.get("data", ""), str(part.get("encoding", "")).upper()
+    if not isinstance(data, str):
+        raise Mismatch("SageMaker record whose data is not a string")
+    try:
+        body = base64.b64decode(data, validate=True) if encoding == "BASE64" else data.encode()
+    except ValueError:
+        raise Mismatch("SageMaker record whose BASE64 data does not decode") from None
+    return body, str(part.get("observedContentType") or "application/json").lower()

@@ -1,0 +1,183 @@
+"""`mldeploy monitor setup --cloud aws`: SageMaker Model Monitor, CloudWatch alarms and SNS, with the
+real boto3 against moto over HTTP (Model Monitor schedules and anomaly detectors: moto_patches)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+
+import json
+
+import boto3
+
+from tests.contract import moto_patches
+from tests.contract.conftest import ROLE, ecr_image
+from tests.contract.moto_server import MUTATING
+from tests.unit.test_sagemaker_constraints import baseline
+
+ENDPOINT, BUCKET = "classifier", "acme-capture"
+ANALYZER = "156813124566.dkr.ecr.us-east-1.amazonaws.com/sagemaker-model-monitor-analyzer"
+
+
+def config(capture: int = 20, schedule: str = "0 */6 * * *", emails: str = "[ops@acme.example]") -> str:
+    return f"""
+deploy:
+  cloud: aws
+  target: sagemaker
+  endpoint: {ENDPOINT}
+  aws:
+    role: {ROLE}
+    sagemaker:
+      data_capture_percent: {capture}
+      data_capture_s3: s3://{BUCKET}/capture
+monitoring:
+  baseline: baseline.json
+  drift:
+    schedule: "{schedule}"
+    jensen_shannon: 0.15
+  alerts:
+    sns_topic: ml-alerts
+    emails: {emails}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, bundle, aws, mldeploy):
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline()))
+    (tmp_path / "mldeploy.yaml").write_text(config())
+    image = ecr_image("models/classifier", "a" * 64)
+    r = mldeploy("deploy", "--bundle", bundle, "--image", image, cwd=tmp_path)
+    assert r.code == 0, r.err
+    aws.requests.clear()
+    moto_patches.BODIES.clear()
+    return tmp_path
+
+
+def mutating(aws) -> list:
+    """Writes: API operations by name (SNS's query protocol has no name in the server's log), S3 writes."""
+    return ([(svc, op) for svc, op, _ in moto_patches.BODIES if op.startswith(MUTATING)]
+            + [r for r in aws.requests if r[1] in ("PUT", "DELETE")])
+
+
+def sent(service: str, operation: str) -> list[dict]:
+    return [params for svc, op, params in moto_patches.BODIES if svc == service and op == operation]
+
+
+def test_plan_changes_nothing_then_setup_creates_everything_then_a_rerun_is_a_no_op(mldeploy, project, aws):
+    r = mldeploy("monitor", "setup", "--plan", cwd=project)
+    assert r.code == 0, r.err
+    assert aws.requests and mutating(aws) == []
+    for line in ("create sagemaker monitoring schedule classifier-data-quality", "create sns topic ml-alerts",
+                 "create sns email subscription ops@acme.example", "create cloudwatch alarm mldeploy-classifier-invocations-anomaly",
+                 "update cloudwatch alarm mldeploy-classifier-production-5xx alarm actions"):
+        assert line in r.out, r.out
+    assert moto_patches.MONITORING_SCHEDULES == {}
+
+    r = mldeploy("monitor", "setup", cwd=project)
+    assert r.code == 0, r.err
+    assert "set up (" in r.out
+
+    # the baseline went to S3 in SageMaker's formats, under the capture bucket
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mldeploy-monitoring/classifier/")["Contents"]]
+    assert sorted(k.rsplit("/", 1)[-1] for k in keys) == ["constraints.json", "preprocessor.py", "statistics.json"]
+    cons_key = next(k for k in keys if k.endswith("constraints.json"))
+    cons = json.loads(s3.get_object(Bucket=BUCKET, Key=cons_key)["Body"].read())
+    assert cons["monitoring_config"]["distribution_constraints"]["comparison_threshold"] == 0.15
+
+    (job,) = sent("sagemaker", "CreateDataQualityJobDefinition")
+    prefix = f"s3://{BUCKET}/mldeploy-monitoring/classifier"
+    assert job["JobDefinitionName"].startswith("classifier-dq-")
+    assert job["DataQualityBaselineConfig"] == {
+        "ConstraintsResource": {"S3Uri": f"s3://{BUCKET}/{cons_key}"},
+        "StatisticsResource": {"S3Uri": f"s3://{BUCKET}/{cons_key.replace('constraints', 'statistics')}"}}
+    assert job["DataQualityAppSpecification"]["ImageUri"] == ANALYZER
+    assert job["DataQualityAppSpecification"]["RecordPreprocessorSourceUri"].endswith("/preprocessor.py")
+    assert job["DataQualityJobInput"]["EndpointInput"]["EndpointName"] == ENDPOINT
+    assert job["DataQualityJobOutputConfig"]["MonitoringOutputs"][0]["S3Output"]["S3Uri"] == f"{prefix}/reports"
+    assert job["JobResources"]["ClusterConfig"]["InstanceCount"] == 1
+    assert job["RoleArn"] == ROLE
+    (schedule,) = sent("sagemaker", "CreateMonitoringSchedule")
+    assert schedule["MonitoringScheduleName"] == "classifier-data-quality"
+    assert schedule["MonitoringScheduleConfig"] == {
+        "ScheduleConfig": {"ScheduleExpression": "cron(0 0/6 ? * * *)"},
+        "MonitoringJobDefinitionName": job["JobDefinitionName"], "MonitoringType": "DataQuality"}
+
+    topic = boto3.client("sns").list_topics()["Topics"][0]["TopicArn"]
+    assert topic.endswith(":ml-alerts")
+    assert f"sns-topic: {topic}" in r.out and "monitoring-schedule: classifier-data-quality" in r.out  # outputs
+    (sub,) = sent("sns", "Subscribe")
+    assert sub == {"TopicArn": topic, "Protocol": "email", "Endpoint": "ops@acme.example"}
+    (detector,) = sent("cloudwatch", "PutAnomalyDetector")
+    assert detector["SingleMetricAnomalyDetector"] == {
+        "Namespace": "AWS/SageMaker", "MetricName": "Invocations", "Stat": "Sum",
+        "Dimensions": [{"Name": "EndpointName", "Value": ENDPOINT}, {"Name": "VariantName", "Value": "production"}]}
+    alarms = {a["AlarmName"]: a for a in sent("cloudwatch", "PutMetricAlarm")}
+    anomaly = alarms["mldeploy-classifier-invocations-anomaly"]
+    assert anomaly["ThresholdMetricId"] == "band"
+    assert anomaly["ComparisonOperator"] == "LessThanLowerOrGreaterThanUpperThreshold"
+    assert anomaly["Metrics"][1]["Expression"] == "ANOMALY_DETECTION_BAND(m1, 2)"
+    assert anomaly["AlarmActions"] == [topic]
+    # the deploy's alarms now notify the topic, with their thresholds as they were
+    five = alarms["mldeploy-classifier-production-5xx"]
+    assert five["AlarmActions"] == [topic] and five["MetricName"] == "Invocation5XXErrors" and five["Threshold"] == 1.0
+    latency = boto3.client("cloudwatch").describe_alarms(
+        AlarmNames=["mldeploy-classifier-production-latency-p99"])["MetricAlarms"][0]
+    assert latency["AlarmActions"] == [topic] and latency["ExtendedStatistic"] == "p99"
+
+    aws.requests.clear()
+    moto_patches.BODIES.clear()
+    r = mldeploy("monitor", "setup", cwd=project)
+    assert r.code == 0, r.err
+    assert "up to date, nothing to change" in r.out
+    assert mutating(aws) == []
+
+
+def test_a_new_schedule_updates_the_schedule_only(mldeploy, project, aws):
+    assert mldeploy("monitor", "setup", cwd=project).code == 0
+    (project / "mldeploy.yaml").write_text(config(schedule="0 4 * * *"))
+    moto_patches.BODIES.clear()
+    r = mldeploy("monitor", "setup", cwd=project)
+    assert r.code == 0, r.err
+    assert "update sagemaker monitoring schedule classifier-data-quality schedule" in r.out
+    (update,) = sent("sagemaker", "UpdateMonitoringSchedule")
+    assert update["MonitoringScheduleConfig"]["ScheduleConfig"] == {"ScheduleExpression": "cron(0 4 ? * * *)"}
+    assert sent("sagemaker", "CreateDataQualityJobDefinition") == []  # the job's spec did not change
+
+
+def test_capture_off_is_explained_and_model_monitor_left_out(mldeploy, tmp_path, bundle, aws):
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline()))
+    (tmp_path / "mldeploy.yaml").write_text(config(capture=0, emails="[]"))
+    assert mldeploy("deploy", "--bundle", bundle, "--image", ecr_image("models/classifier", "b" * 64),
+                    cwd=tmp_path).code == 0
+    r = mldeploy("monitor", "setup", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "data capture is off on classifier" in r.out and "data_capture_percent" in r.out
+    assert moto_patches.MONITORING_SCHEDULES == {} and sent("sagemaker", "UpdateEndpoint") == []
+
+
+def test_missing_endpoint_is_one_line_exit_2(mldeploy, tmp_path, aws):
+    (tmp_path / "mldeploy.yaml").write_text(config())
+    r = mldeploy("monitor", "setup", cwd=tmp_path)
+    assert r.code == 2 and "the SageMaker endpoint classifier does not exist" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and mutating(aws) == []
+
+
+def test_a_schedule_sagemaker_cannot_run_is_exit_2_before_any_write(mldeploy, project, aws):
+    (project / "mldeploy.yaml").write_text(config(schedule="30 * * * *"))
+    r = mldeploy("monitor", "setup", cwd=project)
+    assert r.code == 2 and "monitoring.drift.schedule '30 * * * *'" in r.err
+    assert mutating(aws) == []
+
+
+def test_lambda_gets_alarms_and_sns_only(mldeploy, tmp_path, aws):
+    (tmp_path / "mldeploy.yaml").write_text(config().replace("target: sagemaker", "target: lambda"))
+    r = mldeploy("monitor", "setup", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "Lambda has no SageMaker Model Monitor: alarms and SNS only" in r.out
+    assert "mldeploy monitor drift" in r.out
+    (detector,) = sent("cloudwatch", "PutAnomalyDetector")
+    assert detector["SingleMetricAnomalyDetector"]["Dimensions"] == [{"Name": "FunctionName", "Value": ENDPOINT}]
+    assert sent("sagemaker", "CreateMonitoringSchedule") == []

@@ -1,0 +1,97 @@
+"""`mldeploy monitor setup --cloud gcp`: a Vertex AI model deployment monitoring job, with the real
+google-cloud-aiplatform JobServiceClient (REST) against the local Vertex fake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-cloud-aiplatform) is not installed")
+
+from tests.contract.test_gcp_vertex import A, B, CONFIG, ENDPOINT, deploy, ids, server, vertex  # noqa: F401,E402
+from tests.unit.test_sagemaker_constraints import baseline  # noqa: E402
+
+MONITORING = """
+monitoring:
+  capture_sample_rate: 0.25
+  baseline: baseline.json
+  drift:
+    schedule: "0 */6 * * *"
+    jensen_shannon: 0.15
+  alerts:
+    emails: {emails}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, bundle, vertex):
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline()))
+    (tmp_path / "mldeploy.yaml").write_text(CONFIG + MONITORING.format(emails="[ml@acme.example]"))
+    return tmp_path, bundle
+
+
+def test_plan_then_job_then_no_op_then_update(mldeploy, project, vertex):
+    folder, _ = project
+    assert deploy(mldeploy, project, A).code == 0
+    assert deploy(mldeploy, project, B, "--stage", "canary", "--traffic", "10").code == 0
+    vertex.requests.clear()
+
+    r = mldeploy("monitor", "setup", "--plan", cwd=folder)
+    assert r.code == 0, r.err
+    assert "create vertex model deployment monitoring job classifier-monitoring" in r.out
+    assert vertex.requests and vertex.mutating() == [] and vertex.monitoring_jobs == {}
+
+    r = mldeploy("monitor", "setup", cwd=folder)
+    assert r.code == 0, r.err
+    ((method, body),) = vertex.job_bodies
+    assert method == "POST"
+    assert body["displayName"] == "classifier-monitoring"
+    assert body["endpoint"] == vertex.endpoint(ENDPOINT)["name"]
+    deployed = ids(vertex)
+    assert sorted(o["deployedModelId"] for o in body["modelDeploymentMonitoringObjectiveConfigs"]) == sorted(
+        deployed.values())
+    drift = body["modelDeploymentMonitoringObjectiveConfigs"][0]["objectiveConfig"]["predictionDriftDetectionConfig"]
+    assert drift["driftThresholds"] == {name: {"value": 0.15} for name in ("age", "city", "color", "tier", "x")}
+    assert drift["defaultDriftThreshold"] == {"value": 0.15}
+    assert body["modelDeploymentMonitoringScheduleConfig"] == {"monitorInterval": "21600s"}
+    assert body["loggingSamplingStrategy"] == {"randomSampleConfig": {"sampleRate": 0.25}}
+    assert body["modelMonitoringAlertConfig"] == {"emailAlertConfig": {"userEmails": ["ml@acme.example"]},
+                                                  "enableLogging": True}
+    assert body["labels"]["mldeploy-endpoint"] == ENDPOINT
+
+    vertex.requests.clear()
+    r = mldeploy("monitor", "setup", cwd=folder)
+    assert r.code == 0 and "up to date, nothing to change" in r.out
+    assert vertex.mutating() == []
+
+    (folder / "mldeploy.yaml").write_text(CONFIG + MONITORING.format(emails="[ml@acme.example, oncall@acme.example]"))
+    r = mldeploy("monitor", "setup", cwd=folder)
+    assert r.code == 0, r.err
+    assert "update vertex model deployment monitoring job classifier-monitoring model_monitoring_alert_config" in r.out
+    method, body = vertex.job_bodies[-1]
+    assert method == "PATCH" and body["modelMonitoringAlertConfig"]["emailAlertConfig"]["userEmails"] == [
+        "ml@acme.example", "oncall@acme.example"]
+    (job,) = vertex.monitoring_jobs.values()
+    assert job["modelMonitoringAlertConfig"]["emailAlertConfig"]["userEmails"][1] == "oncall@acme.example"
+
+
+def test_no_endpoint_and_no_sample_rate_are_exit_2(mldeploy, project, vertex):
+    folder, _ = project
+    r = mldeploy("monitor", "setup", cwd=folder)
+    assert r.code == 2 and "the Vertex AI endpoint classifier does not exist" in r.err
+    assert deploy(mldeploy, project, A).code == 0
+    (folder / "mldeploy.yaml").write_text(CONFIG + MONITORING.format(emails="[]").replace("0.25", "0.0"))
+    vertex.requests.clear()
+    r = mldeploy("monitor", "setup", cwd=folder)
+    assert r.code == 2 and "monitoring.capture_sample_rate is 0" in r.err
+    assert vertex.mutating() == []
+
+
+def test_cloud_run_gets_the_drift_schedule(mldeploy, project, vertex):
+    folder, _ = project
+    r = mldeploy("monitor", "setup", "--target", "cloudrun", cwd=folder)
+    assert r.code == 0, r.err
+    assert "Cloud Run has no model monitoring" in r.out
+    assert "0 */6 * * *" in r.out and "mldeploy monitor drift" in r.out
+    assert vertex.requests == []

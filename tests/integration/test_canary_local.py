@@ -1,0 +1,79 @@
+"""`mldeploy canary analyze` on the local target with a real engine: the router's per-slot
+/metrics and each slot container's capture files."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.integration.test_local_target import BODY, mldeploy
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def capturing_images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple:
+    """The bundle and two pushed digests of the same model whose containers capture every request."""
+    _, bundle = serving_image
+    code, out = mldeploy("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"], "--push",
+                         "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
+    assert code == 0, out
+    good = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    repository = good.split("@")[0]
+    digests = []
+    for tag in ("capture-a", "capture-b"):
+        folder = tmp_path_factory.mktemp(tag)
+        (folder / "Dockerfile").write_text(f"FROM {good}\nENV MLDEPLOY_CAPTURE_DIR=/tmp/capture\nLABEL v={tag}\n")
+        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}")
+        digest = None
+        for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
+            digest = (chunk.get("aux") or {}).get("Digest") or digest
+        digests.append(f"{repository}@{digest}")
+    return bundle, digests
+
+
+@pytest.fixture
+def endpoint(capturing_images, tmp_path):
+    port = free_port()
+    name = f"c{port}"
+    (tmp_path / "mldeploy.yaml").write_text(f"deploy:\n  cloud: local\n  endpoint: {name}\n  port: {port}\n"
+                                            "monitoring:\n  canary:\n    min_requests: 5\n")
+    yield name, port, tmp_path / "mldeploy.yaml"
+    from mldeploy.deploy.local import LocalTarget
+
+    LocalTarget(name, port).destroy()
+
+
+def test_local_canary_promotes_on_real_traffic_and_holds_on_an_empty_window(capturing_images, endpoint, tmp_path):
+    bundle, (a, b) = capturing_images
+    name, port, config = endpoint
+    for image, stage in ((a, "production"), (b, "canary")):
+        code, out = mldeploy("deploy", "--config", config, "--bundle", bundle, "--image", image,
+                             "--stage", stage, "--traffic", "50")
+        assert code == 0, out
+    served = {"production": 0, "canary": 0}
+    for _ in range(60):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=BODY,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            served[r.headers["x-mldeploy-slot"]] += 1
+    assert min(served.values()) >= 5, served
+    time.sleep(1.5)  # workers publish their counters for each other every second
+
+    code, out = mldeploy("canary", "analyze", "--config", config, "--window", "0", "--json", tmp_path / "d.json")
+    found = json.loads((tmp_path / "d.json").read_text())
+    assert code == 0 and found["decision"] == "promote", out
+    # the smoke request each slot answered at deploy is counted too
+    assert found["slots"]["production"]["requests"] == served["production"] + 1
+    assert found["slots"]["canary"]["requests"] == served["canary"] + 1
+    assert found["slots"]["canary"]["predictions"] >= served["canary"]  # read from the container's capture
+    assert found["prediction_divergence"] == pytest.approx(0.0, abs=1e-9)  # same model, same inputs
+
+    started = time.monotonic()
+    code, out = mldeploy("canary", "analyze", "--config", config, "--window", "1")
+    assert code == 0 and "decision: hold" in out and "no requests reached either slot" in out, out
+    assert time.monotonic() - started >= 1
