@@ -147,19 +147,6 @@ def test_prometheus_parser_reads_labels_with_escapes():
 
 
 # -- the command -----------------------------------------------------------------------------------
-def test_cli_holds_where_there_is_no_metrics_source(mldeploy, tmp_path, monkeypatch):
-    summary, outputs = tmp_path / "summary.md", tmp_path / "out.txt"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
-    monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    r = mldeploy("canary", "analyze", "--cloud", "azure", "--endpoint", "clf", "--json", tmp_path / "d.json",
-                 cwd=tmp_path)
-    assert r.code == 0, r.err
-    assert "decision: hold" in r.out and "no metrics source for azure azureml yet" in r.out
-    assert json.loads((tmp_path / "d.json").read_text())["decision"] == "hold"
-    assert "Canary analysis" in summary.read_text() and "decision" in outputs.read_text()
-
-
 def test_cli_says_when_nothing_answers_locally(mldeploy, tmp_path):
     from tests.serve.conftest import free_port
 
@@ -168,12 +155,17 @@ def test_cli_says_when_nothing_answers_locally(mldeploy, tmp_path):
     assert r.code == 2 and "nothing answers on 127.0.0.1" in r.err
 
 
-def test_cli_reads_a_local_runtime_since_start(mldeploy, tmp_path, runtime):
+def test_cli_reads_a_local_runtime_since_start(mldeploy, tmp_path, runtime, monkeypatch):
     """A lone runtime answers /metrics whatever x-mldeploy-slot says, so both 'slots' read the same:
-    the whole local path (scrape, window, decision, exit code) without Docker."""
+    the whole local path (scrape, window, decision, exit code, summary, outputs) without Docker."""
+    summary, outputs = tmp_path / "summary.md", tmp_path / "out.txt"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     r = mldeploy("canary", "analyze", "--cloud", "local", "--endpoint", "clf", "--port", runtime.port,
                  "--window", "0", "--json", tmp_path / "d.json", cwd=tmp_path)
     assert r.code == 0, r.err
+    assert "Canary analysis" in summary.read_text() and "decision=hold" in outputs.read_text()
     found = json.loads((tmp_path / "d.json").read_text())
     assert found["slots"]["production"]["requests"] == found["slots"]["canary"]["requests"] >= 30
     assert found["decision"] == HOLD and "fewer than min_requests 100" in found["reasons"][0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mldeploy.deploy.azure import credential, transport, translated, workspace
+from mldeploy.deploy.azure import monitor_client, translated, workspace
 from mldeploy.errors import UsageError
 from mldeploy.monitor.setup import SetupPlan
 
@@ -28,7 +28,6 @@ COMPARED = ("scopes", "criteria", "actions", "window_size", "evaluation_frequenc
 
 def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
     from azure.core.exceptions import ResourceNotFoundError
-    from azure.mgmt.monitor import MonitorManagementClient
     from azure.mgmt.monitor import models as m
 
     from mldeploy.deploy.azureml import AzureMLTarget, azure_name
@@ -39,8 +38,7 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
     current = AzureMLTarget(endpoint, cfg.deploy).read()
     if current is None:
         raise UsageError(f"the Azure ML endpoint {name} does not exist", hint="deploy it first (`mldeploy deploy`)")
-    custom = transport()
-    monitor = MonitorManagementClient(credential(), sub, **({"transport": custom} if custom is not None else {}))
+    monitor = monitor_client(sub)
     alerts = cfg.monitoring.alerts
     tags = {"mldeploy-endpoint": name}
 

@@ -9,6 +9,8 @@ It answers what `mldeploy.deploy.cloudrun` sends, as Cloud Run does, over plain 
     GET    /v2/projects/P/locations/L/services/S/revisions[/R] revisions
     GET    /v2/projects/P/locations/L/operations/O             poll an operation
     GET    .../services/S:getIamPolicy, POST .../services/S:setIamPolicy
+    GET    /v3/projects/P/timeSeries                            Cloud Monitoring, from `monitoring`
+                                                                (fakes/cloud_monitoring.py)
     POST   /run/S/predict, /run/S/tag/T/predict                the service URL and its tag URLs
 
 What it models, because the deploy code depends on it: a template change creates a revision (named by
@@ -33,6 +35,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.contract.fakes.cloud_monitoring import PATH as MONITORING_PATH, BadRequest, CloudMonitoring
 
 REVISION_TYPE = 2  # TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 LATEST_TYPE = 1
@@ -85,6 +89,7 @@ class FakeCloudRun:
             self.slow_polls = 0                                # polls before a new operation is done
             self.denied: set[str] = set()                      # "METHOD suffix" of requests answered 403
             self.counter = itertools.count(1)
+            self.monitoring = CloudMonitoring()                # Cloud Monitoring, on the same address
 
     def mutating(self) -> list[tuple[str, str]]:
         """Requests that change state: API writes (IAM reads and permission tests are POSTs too)."""
@@ -156,6 +161,12 @@ class FakeCloudRun:
         with self.lock:
             if any(f"{method} {path}".endswith(rule) for rule in self.denied):
                 raise ApiError(403, "PERMISSION_DENIED", f"Permission denied on resource {path} (or it may not exist).")
+            m = MONITORING_PATH.fullmatch(path)
+            if m and method == "GET":
+                try:
+                    return 200, self.monitoring.list(m.group("project"), query)
+                except BadRequest as e:
+                    raise ApiError(e.code, e.status, e.message) from None
             m = re.fullmatch(r"/run/([a-z0-9-]+)(?:/tag/([a-z0-9-]+))?/predict", path)
             if m and method == "POST":
                 return self._predict(m.group(1), m.group(2), body)
