@@ -283,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
                           "everything since the slots started, without waiting")
     ana.add_argument("--json", metavar="FILE", help="also write the decision, reasons and figures as JSON")
     ana.add_argument("--no-fail", action="store_true", help="exit 0 on rollback too (report only)")
+    ana.add_argument("--missing-ok", action="store_true",
+                     help="no canary to judge (the first deploy went to production) is success: decision none")
     ana.set_defaults(func=cmd_canary_analyze)
     # CANARY-ANALYZE
     return parser
@@ -570,12 +572,20 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 def cmd_canary_analyze(args: argparse.Namespace) -> int:
     """Exit 1 on rollback, so a workflow step fails and its rollback step runs; hold is 0: not yet
     judged is no failure (the workflow reads the `decision` output to wait or promote)."""
+    from mldeploy.deploy import NoCanary
     from mldeploy.monitor.canary import ROLLBACK, run
 
     if args.window is not None and args.window < 0:
         raise UsageError(f"--window {args.window:g} is negative", hint="give seconds, or 0 (local: since start)")
     cfg, _, endpoint = _where(args)
-    analysis = run(cfg, endpoint, args.window, args.pr)
+    try:
+        analysis = run(cfg, endpoint, args.window, args.pr)
+    except NoCanary as e:
+        if not args.missing_ok:
+            raise
+        print(f"canary analyze: nothing to judge ({e.message})")
+        github.set_output("decision", "none")
+        return 0
     print(analysis.text())
     github.add_summary(analysis.markdown())
     github.set_output("decision", analysis.decision)

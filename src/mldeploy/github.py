@@ -112,3 +112,48 @@ def group(title: str) -> Iterator[None]:
     else:
         print(f"-- {title}", file=sys.stderr, flush=True)
         yield
+
+
+def upsert_comment(pr: int, body: str, marker: str) -> str:
+    """Create the pull request's comment that starts with `marker`, or update it in place.
+
+    Uses the REST API at $GITHUB_API_URL for $GITHUB_REPOSITORY with $GITHUB_TOKEN (the job needs
+    `pull-requests: write`). Returns the comment's URL.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mldeploy.errors import UsageError
+
+    token = os.environ.get("GITHUB_TOKEN", "")
+    repo = os.environ.get("GITHUB_REPOSITORY", "")
+    api = os.environ.get("GITHUB_API_URL", "https://api.github.com").rstrip("/")
+    if not token or not repo:
+        raise UsageError("cannot comment: GITHUB_TOKEN and GITHUB_REPOSITORY must be set",
+                         hint="pass `GITHUB_TOKEN: ${{ github.token }}` in the step's env")
+    mask(token)
+
+    def call(method: str, path: str, data: dict | None = None):
+        request = urllib.request.Request(
+            api + path, None if data is None else json.dumps(data).encode(), method=method,
+            headers={"authorization": f"Bearer {token}", "accept": "application/vnd.github+json",
+                     "x-github-api-version": "2022-11-28", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as e:
+            hint = ("the job needs `permissions: pull-requests: write`" if e.code in (401, 403)
+                    else "check GITHUB_REPOSITORY and the pull request number")
+            raise UsageError(f"GitHub refused {method} {path}: HTTP {e.code}", hint=hint) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise UsageError(f"cannot reach GitHub at {api}: {getattr(e, 'reason', e)}") from None
+
+    body = marker + "\n" + body if not body.startswith(marker) else body
+    page = 1
+    while comments := call("GET", f"/repos/{repo}/issues/{pr}/comments?per_page=100&page={page}"):
+        for comment in comments:
+            if comment.get("body", "").startswith(marker):
+                return call("PATCH", f"/repos/{repo}/issues/comments/{comment['id']}", {"body": body})["html_url"]
+        page += 1
+    return call("POST", f"/repos/{repo}/issues/{pr}/comments", {"body": body})["html_url"]

@@ -49,7 +49,8 @@ def model_repo(tmp_path):
 
 
 def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
-        event: str = "push", payload: dict | None = None) -> subprocess.CompletedProcess:
+        event: str = "push", payload: dict | None = None,
+        secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     if not (repo / ".git").exists():
         subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
         subprocess.run(["git", "remote", "add", "origin", "https://github.com/acme/models.git"], cwd=repo, check=True)
@@ -64,6 +65,8 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
             "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
     for name, value in (env or {}).items():
         args += ["--env", f"{name}={value}"]
+    for name, value in (secrets or {}).items():
+        args += ["--secret", f"{name}={value}"]
     for action, standin in STANDIN_FOR.items():
         for sha in set(uses_refs(used, action)):
             args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]

@@ -1,0 +1,70 @@
+"""A fake of the GitHub REST API's pull request comments, as `mldeploy report --comment` uses it:
+list (paginated), create, update. It keeps the comments and every request it saw."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeGitHub:
+    def __init__(self, token: str):
+        self.token = token
+        self.comments: dict[int, dict] = {}   # id -> {"id", "pr", "body", "html_url"}
+        self.requests: list[tuple[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self, method: str) -> None:
+                fake.requests.append((method, self.path))
+                if self.headers.get("authorization") != f"Bearer {fake.token}":
+                    return self._answer(401, {"message": "Bad credentials"})
+                length = int(self.headers.get("content-length") or 0)
+                payload = json.loads(self.rfile.read(length)) if length else {}
+                if m := re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments(?:\?per_page=(\d+)&page=(\d+))?",
+                                     self.path):
+                    pr = int(m[2])
+                    if method == "GET":
+                        mine = [c for c in fake.comments.values() if c["pr"] == pr]
+                        size, page = int(m[3] or 30), int(m[4] or 1)
+                        return self._answer(200, mine[(page - 1) * size:page * size])
+                    new = len(fake.comments) + 1
+                    fake.comments[new] = {"id": new, "pr": pr, "body": payload["body"],
+                                          "html_url": f"https://github.com/{m[1]}/pull/{pr}#issuecomment-{new}"}
+                    return self._answer(201, fake.comments[new])
+                if (m := re.fullmatch(r"/repos/[^/]+/[^/]+/issues/comments/(\d+)", self.path)) and method == "PATCH":
+                    comment = fake.comments[int(m[1])]
+                    comment["body"] = payload["body"]
+                    return self._answer(200, comment)
+                self._answer(404, {"message": "Not Found"})
+
+            def do_GET(self):
+                self._route("GET")
+
+            def do_POST(self):
+                self._route("POST")
+
+            def do_PATCH(self):
+                self._route("PATCH")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
