@@ -367,7 +367,7 @@ def _target(args: argparse.Namespace):
     from mldeploy.deploy import target_for
 
     cfg, bundle, endpoint = _where(args)
-    return cfg, bundle, target_for(cfg.deploy, endpoint)
+    return cfg, bundle, target_for(cfg.deploy, endpoint, cfg.monitoring.capture_rate)
 
 
 def _where(args: argparse.Namespace):

@@ -333,6 +333,11 @@ class MonitoringSection(Section):
     canary: CanaryAnalysisSection = Field(default_factory=CanaryAnalysisSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
 
+    @property
+    def capture_rate(self) -> float:
+        """The share of requests a deploy asks the serving runtime to capture."""
+        return self.capture_sample_rate if self.enabled else 0.0
+
 
 class Config(Section):
     """mldeploy.yaml, schema version 1."""

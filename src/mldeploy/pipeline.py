@@ -59,7 +59,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     done("build and push")
 
     bundle = Bundle.open(cfg.bundle)
-    target = target_for(cfg.deploy, cfg.deploy.endpoint or _model_name(bundle))
+    target = target_for(cfg.deploy, cfg.deploy.endpoint or _model_name(bundle), cfg.monitoring.capture_rate)
     body = smoke_body(bundle.signature)
     with step("deploy"):
         plan = target.plan(Desired(target.endpoint, str(built["image"]), "canary", cfg.deploy.canary_traffic, body))

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -141,3 +142,22 @@ def test_port_in_use_and_missing_digest(images, endpoint):
     assert code == 2 and f"port {port} is already in use" in out, out
     code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--image", good.split("@")[0] + ":latest")
     assert code == 2 and "no image digest to deploy" in out
+
+
+def test_monitoring_makes_the_slots_capture_for_drift_checks(images, endpoint, tmp_path, monkeypatch):
+    bundle, good, _, _ = images
+    name, port = endpoint
+    monkeypatch.chdir(tmp_path)  # the capture folder is the model repo's .mldeploy/capture/<endpoint>
+    monkeypatch.setenv("MLDEPLOY_MONITORING__ENABLED", "true")
+    monkeypatch.setenv("MLDEPLOY_MONITORING__CAPTURE_SAMPLE_RATE", "1")
+    code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--port", port, "--image", good)
+    assert code == 0, out
+    assert all(predict(port)[0] == 200 for _ in range(25))
+    folder = tmp_path / ".mldeploy" / "capture" / name
+    deadline = time.monotonic() + 10
+    while len(records := [json.loads(line) for f in folder.rglob("capture-*.jsonl")
+                          for line in f.read_text().splitlines()]) < 25 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the runtime writes in the background
+    assert len(records) >= 25, list(folder.rglob("*"))  # the smoke request is captured too
+    assert records[-1]["inputs"] == {"x": [[0.1, 0.2, 0.3, 0.4]]} or list(records[-1]["inputs"].values()) == [
+        [[0.1, 0.2, 0.3, 0.4]]]

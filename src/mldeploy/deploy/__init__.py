@@ -161,12 +161,14 @@ def rollback_layout(endpoint: str, slots: dict[str, tuple[str, int]], pr: int | 
     return {s: image for s, (image, _) in keep.items()}, {"production": 100 - sum(canaries.values()), **canaries}
 
 
-def target_for(deploy: DeploySection, endpoint: str) -> Target:
-    """The deploy target module for deploy.cloud/deploy.target (each imports its own SDK)."""
+def target_for(deploy: DeploySection, endpoint: str, capture_rate: float = 0.0) -> Target:
+    """The deploy target module for deploy.cloud/deploy.target (each imports its own SDK).
+    capture_rate: local slots capture this share of requests for drift checks (the clouds have
+    their own data capture settings)."""
     if deploy.cloud == "local":
         from mldeploy.deploy.local import LocalTarget
 
-        return LocalTarget(endpoint, deploy.port)
+        return LocalTarget(endpoint, deploy.port, capture_rate)
     modules = {("aws", "sagemaker"): ("sagemaker", "SageMakerTarget"), ("aws", "lambda"): ("lambda_", "LambdaTarget"),
                ("gcp", "vertex"): ("vertex", "VertexTarget"), ("gcp", "cloudrun"): ("cloudrun", "CloudRunTarget"),
                ("azure", "azureml"): ("azureml", "AzureMLTarget")}

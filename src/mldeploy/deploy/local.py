@@ -19,6 +19,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from mldeploy.deploy import Desired, NoCanary, Plan
@@ -26,15 +27,17 @@ from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
 
 ROUTES_PATH = "/tmp/routes.json"
+CAPTURE_ROOT = ".mldeploy/capture"   # relative to where deploy runs (the model repo)
 READY_SECONDS = 120
 
 
 class LocalTarget:
     name = "local"
 
-    def __init__(self, endpoint: str, port: int):
+    def __init__(self, endpoint: str, port: int, capture_rate: float = 0.0):
         self.endpoint = endpoint
         self.port = port
+        self.capture_rate = capture_rate
         self.client = engine()
         self.prefix = f"mldeploy-{endpoint}"
         self.network = self.prefix
@@ -189,7 +192,8 @@ class LocalTarget:
             container = self.client.containers.run(
                 d.image, ["serve"], name=name, detach=True, network=self.network,
                 restart_policy={"Name": "unless-stopped"},  # the endpoint comes back with the engine
-                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot})
+                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot},
+                **self._capture(name))
         except docker.errors.ImageNotFound:
             raise UsageError(f"the image {d.image} is not on the engine and cannot be pulled",
                              hint="run `mldeploy build --push` first") from None
@@ -202,6 +206,18 @@ class LocalTarget:
             self._write_routes(slots)  # as it was: the new container never took traffic
             raise
         return entry
+
+    def _capture(self, container: str) -> dict[str, Any]:
+        """Capture into .mldeploy/capture/<endpoint>/<container>/ on this machine (one folder per
+        container: each numbers its workers' files from the same PIDs), for `monitor drift`."""
+        if not self.capture_rate:
+            return {}
+        folder = Path(CAPTURE_ROOT, self.endpoint, container).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777)  # the runtime runs as an unprivileged user in the container
+        return {"environment": {"MLDEPLOY_CAPTURE_DIR": "/var/mldeploy/capture",
+                                "MLDEPLOY_CAPTURE_SAMPLE_RATE": str(self.capture_rate)},
+                "volumes": {str(folder): {"bind": "/var/mldeploy/capture", "mode": "rw"}}}
 
     def _check(self, container, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
         import docker

@@ -170,9 +170,9 @@ def local_plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
             result.notes.append(f"{slot} captures {env.get('MLDEPLOY_CAPTURE_SAMPLE_RATE', '1.0')} of requests "
                                 f"to {env['MLDEPLOY_CAPTURE_DIR']} in its container")
         else:
-            result.notes.append(f"{slot} does not capture requests: the serving runtime captures when "
-                                "MLDEPLOY_CAPTURE_DIR (and MLDEPLOY_CAPTURE_SAMPLE_RATE) are set in the container; "
-                                f"mount a host folder there and point monitoring.drift.capture at it ({capture})")
+            result.notes.append(f"{slot} does not capture requests: set monitoring.enabled: true and "
+                                "monitoring.capture_sample_rate (e.g. 0.1), then deploy again; the slots then "
+                                f"capture into {capture}")
     if containers == []:
         result.notes.append(f"no running slot containers of {endpoint}: deploy first (`mldeploy deploy`)")
     result.notes += schedule_snippets(cfg, config_file)
