@@ -13,9 +13,9 @@ kit=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${MLDEPLOY_PYTHON:-python3}
 command -v "$python" >/dev/null || { echo "::error::python interpreter '$python' not found; add actions/setup-python before this step" >&2; exit 2; }
 
-# The venv is keyed by the kit's content, its folder (an image build reads the kit's source from
-# there) and the interpreter, so a new kit version or checkout gets a new venv.
-key=$( { "$python" -c 'import sys; print(sys.version)'; echo "$kit"; cat "$kit/pyproject.toml" "$kit/constraints.txt";
+# The venv is keyed by the kit's content and the interpreter, so a new kit version gets a new venv
+# and copies of the same kit in other folders share one.
+key=$( { "$python" -c 'import sys; print(sys.version)'; cat "$kit/pyproject.toml" "$kit/constraints.txt";
          find "$kit/src" -type f -name '*.py' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
 root=${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/mldeploy
 venv="$root/venv-$key"
@@ -50,4 +50,6 @@ for extra in "$@"; do
     touch "$venv/.extra-$extra"
   fi
 done
+# an image build packs the kit's source: this copy, which exists while this action runs
+echo "$kit" > "$venv/kit-source"
 echo "$venv/bin/mldeploy"

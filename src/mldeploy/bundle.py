@@ -77,6 +77,9 @@ class Signature:
         return next(t for t in self.inputs if t.name == name)
 
 
+MODEL_WRITERS = ("convert", "optimize")  # the steps that write model.onnx
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
     h = hashlib.sha256()
@@ -187,10 +190,16 @@ class Bundle:
         self.save_manifest()
 
     def fresh_step(self, step: str, key: str) -> dict[str, Any] | None:
-        """The last step's report if it is a passed `step` made with `key` and model.onnx is untouched since:
-        re-running that step with the same inputs has nothing to do."""
-        last = (self.manifest.get("steps") or [{}])[-1]
-        if last.get("step") != step or last.get("status") != "passed" or last.get("key") != key:
+        """The last `step` report if it passed, was made with `key`, and model.onnx is untouched since
+        (no later step rewrote it, and its hash is the one recorded): re-running that step with the
+        same inputs has nothing to do. Later steps that only read the model (build, baseline) do not
+        make it stale."""
+        steps = self.manifest.get("steps") or []
+        at = next((i for i in range(len(steps) - 1, -1, -1) if steps[i].get("step") == step), None)
+        if at is None or any(s.get("step") in MODEL_WRITERS for s in steps[at + 1:]):
+            return None
+        last = steps[at]
+        if last.get("status") != "passed" or last.get("key") != key:
             return None
         return last if self.manifest.get("model", {}).get("sha256") == sha256_file(self.model_path) else None
 

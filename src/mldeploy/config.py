@@ -29,7 +29,8 @@ ENV_PREFIX = "MLDEPLOY_"
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
 # Keys whose values are file paths, resolved against the config file's folder.
-PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"))
+PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
+             ("monitoring", "baseline"), ("monitoring", "drift", "capture"))  # a capture URI (s3://...) stays as is
 TARGETS = {
     "local": ("docker",),
     "aws": ("sagemaker", "lambda"),
@@ -496,7 +497,7 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str
         base = file.parent
         for key in PATH_KEYS:
             value = _get_dotted(data, key)
-            if isinstance(value, str) and value and not os.path.isabs(value):
+            if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
                 _set_dotted(data, key, str(base / value))
 
     origin: dict[tuple[str, ...], str] = {}

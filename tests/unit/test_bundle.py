@@ -340,3 +340,17 @@ def test_sha256_of_folder_is_unambiguous(tmp_path):
     (one / "b").write_bytes(b"y")
     (two / "a").write_bytes(b"xb\0y")  # same byte stream: "a\0" "x" "b\0" "y"
     assert sha256_file(one) != sha256_file(two)
+
+
+def test_a_step_stays_fresh_past_later_steps_that_only_read_the_model(tmp_path):
+    bundle = Bundle.open(make_bundle(tmp_path / "b"))
+    bundle.add_step("optimize", {"status": "passed", "key": "k"})
+    bundle.add_step("build", {"status": "passed"})
+    bundle.add_step("baseline", {"status": "passed"})
+    assert bundle.fresh_step("optimize", "k")["key"] == "k"  # build and baseline left model.onnx alone
+    assert bundle.fresh_step("optimize", "other") is None     # other inputs
+    assert bundle.fresh_step("convert", "k") is None          # never ran
+    bundle.add_step("convert", {"status": "passed", "key": "c"})
+    assert bundle.fresh_step("optimize", "k") is None         # convert rewrote the model since
+    (bundle.path / MODEL_FILE).write_bytes(b"changed by hand")
+    assert bundle.fresh_step("convert", "c") is None          # the hash no longer matches

@@ -539,3 +539,15 @@ def test_json_schema_validates_like_editors_do():
     from ruamel.yaml import YAML
     example = Path(__file__).resolve().parents[2] / "examples" / "model-repo" / "mldeploy.yaml"
     assert not list(validator.iter_errors(YAML(typ="safe").load(example.read_text())))
+
+
+def test_monitoring_paths_are_relative_to_the_config_file_and_uris_stay(tmp_path):
+    from mldeploy.config import load_config
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "mldeploy.yaml").write_text("version: 1\nmonitoring:\n  baseline: stats/baseline.json\n"
+                                          "  drift:\n    capture: s3://bucket/capture/\n")
+    cfg = load_config(str(folder / "mldeploy.yaml"))
+    assert cfg.monitoring.baseline == str(folder / "stats" / "baseline.json")
+    assert cfg.monitoring.drift.capture == "s3://bucket/capture/"

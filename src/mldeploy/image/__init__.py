@@ -124,10 +124,14 @@ def _mldeploy_wheel() -> Path:
 
 
 def _source_tree() -> Path | None:
-    """The kit's source: this file's checkout (editable), or the folder pip installed it from (the actions)."""
+    """The kit's source: this file's checkout (editable), the kit an action's venv was last set up
+    from (scripts/action-setup.sh), or the folder pip installed it from."""
     here = Path(__file__).resolve().parents[3]
     if (here / "pyproject.toml").is_file():
         return here
+    noted = Path(sys.prefix, "kit-source")
+    if noted.is_file() and (kit := Path(noted.read_text().strip())).joinpath("pyproject.toml").is_file():
+        return kit
     try:
         from importlib.metadata import distribution
 
