@@ -71,7 +71,9 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
         for sha in set(uses_refs(used, action)):
             args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
-    print(result.stdout[-6000:], result.stderr[-3000:])
+    log = repo.parent / f"act-{wf.stem}-{len(list(repo.parent.glob('act-*.log')))}.log"
+    log.write_text(result.stdout + result.stderr)  # the whole run, for when a test fails
+    print(f"act log: {log}\n", result.stdout[-6000:], result.stderr[-3000:])
     return result
 
 

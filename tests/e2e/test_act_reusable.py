@@ -3,15 +3,20 @@ exactly as a team's repo calls them (`uses: acme/ml-deploy/.github/workflows/dep
 against a real Docker engine and registry (cloud local) and a fake of GitHub's comments API.
 
 One endpoint lives through what a model repo does to it, in order: a release tag deploys
-production; a pull request deploys its canary and comments; a second push whose canary dies
-fails the run, keeps everything serving and updates the same comment; a fork's pull request
+production; a pull request with a model that answers differently deploys its canary, canary
+analysis judges it on live traffic and rolls it back, failing the run and saying why in the pull
+request's comment; the next push deploys a canary that stays, updating the same comment; a push
+whose canary dies on start fails the run and keeps everything serving; a fork's pull request
 deploys nothing; the rollback workflow removes the canary; closing the pull request then finds
-nothing to tear down and succeeds.
+nothing to tear down and succeeds. Every slot captures its requests (monitoring.enabled), which is
+what canary analysis compares predictions with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import re
 import shutil
 import threading
@@ -51,7 +56,10 @@ def endpoint(docker_env, github, tmp_path_factory):
     port = free_port()
     name = f"wf{port}"
     env = {**docker_env, "MLDEPLOY_DEPLOY__PORT": str(port), "MLDEPLOY_DEPLOY__ENDPOINT": name,
-           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path_factory.mktemp("artifacts")), "GITHUB_API_URL": github.url}
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path_factory.mktemp("artifacts")), "GITHUB_API_URL": github.url,
+           "MLDEPLOY_MONITORING__ENABLED": "true", "MLDEPLOY_MONITORING__CAPTURE_SAMPLE_RATE": "1",
+           # judge on the few seconds of traffic between the deploy and the analysis
+           "MLDEPLOY_MONITORING__CANARY__MIN_REQUESTS": "5"}
     yield name, port, env
     from mldeploy.deploy.local import LocalTarget
 
@@ -69,14 +77,45 @@ def run(repo, kit, endpoint, workflow: str, event: str, payload: dict):
     return act(repo, kit, workflow, endpoint[2], event=event, payload=payload, secrets={"GITHUB_TOKEN": TOKEN})
 
 
-def retrain(repo, seed: int) -> None:
-    """A new model version: the same network with nudged weights (a new image digest)."""
+def retrain(repo, seed: int, flip: bool = False) -> None:
+    """A new model version: the same network with nudged weights (a new image digest); flip: with
+    its logits negated, so it predicts another class for nearly every input."""
     import torch
 
     path = repo / "model" / "weights.pt"
     state = torch.load(path, weights_only=True)
     generator = torch.Generator().manual_seed(seed)
-    torch.save({k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in state.items()}, path)
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+    if flip:
+        state = {k: -v if k.startswith("net.2.") else v for k, v in state.items()}
+    torch.save(state, path)
+
+
+@contextlib.contextmanager
+def traffic(port: int):
+    """Requests with random features, one after another, while the block runs."""
+    stop = threading.Event()
+    sent = []
+
+    def send():
+        rng = random.Random(0)
+        while not stop.is_set():
+            body = json.dumps({"instances": [[rng.gauss(0, 1) for _ in range(16)]]}).encode()
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body,
+                                                 {"content-type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    sent.append(answer.headers["x-mldeploy-slot"])
+            except OSError:
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        thread.join()
 
 
 def served(port: int, n: int = 200) -> dict[str, int]:
@@ -109,12 +148,28 @@ def test_a_release_tag_deploys_production(kit, repo, endpoint):
     assert served(port) == {"production": 200}
 
 
-def test_a_pull_request_deploys_its_canary_and_comments(kit, repo, endpoint, github):
+def test_canary_analysis_rolls_back_a_pull_requests_canary_that_answers_differently(kit, repo, endpoint, github):
+    name, port, _ = endpoint
+    before = routes(name, port)
+    retrain(repo, seed=1, flip=True)
+    with traffic(port) as sent:
+        r = run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("opened"))
+    assert r.returncode != 0, r.stdout[-6000:]
+    assert "canary" in sent  # it did take traffic before it was judged
+    assert "::error title=mldeploy canary analysis::the canary was unhealthy and was rolled back" in r.stdout
+    assert routes(name, port) == before and served(port) == {"production": 200}
+    [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+    assert f"### ↩️ mldeploy: canary rolled-back - `{name}` (local)" in comment["body"], comment["body"]
+    assert re.search(r"\| Canary analysis \| \*\*rollback\*\*:[^|]*prediction divergence [0-9.]+ \(Jensen-Shannon",
+                     comment["body"]), comment["body"]
+
+
+def test_the_next_push_deploys_a_canary_that_stays_and_updates_the_comment(kit, repo, endpoint, github):
     name, port, _ = endpoint
     production = routes(name, port)["production"]["image"]
-    retrain(repo, seed=1)
+    retrain(repo, seed=2)
     started = time.monotonic()
-    r = run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("opened"))
+    r = run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("synchronize"))
     print(f"PR canary run: {time.monotonic() - started:.0f} s")
     ok(r)
     now = routes(name, port)
@@ -122,7 +177,8 @@ def test_a_pull_request_deploys_its_canary_and_comments(kit, repo, endpoint, git
     assert (now["production"]["weight"], now["canary"]["weight"]) == (80, 20)  # deploy.canary_traffic
     counts = served(port, 400)
     assert 40 <= counts.get("canary", 0) <= 130, counts  # 20% of 400 is 80
-    [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+    [comment] = [c for c in github.comments.values() if c["pr"] == PR]  # the same comment, updated
+    assert ("PATCH", f"/repos/acme/models/issues/comments/{comment['id']}") in github.requests
     body = comment["body"]
     assert body.startswith(f"<!-- mldeploy-report endpoint={name} -->")
     assert f"### ✅ mldeploy: canary deployed - `{name}` (local)" in body
@@ -130,6 +186,7 @@ def test_a_pull_request_deploys_its_canary_and_comments(kit, repo, endpoint, git
     assert re.search(r"\| Parity \| passed, max abs error [0-9.e-]+ \(torch -> ONNX", body)
     assert re.search(r"\| Optimization \| `[\w-]+`: [0-9.]+x faster", body)
     assert "| Latency | p50 " in body and "<summary>Plan</summary>" in body
+    assert "| Canary analysis | **hold**" in body  # no traffic yet: too early to judge, and it stays
     assert TOKEN not in r.stdout  # masked
 
 
@@ -138,7 +195,7 @@ def test_a_push_whose_canary_dies_fails_the_run_and_keeps_serving(kit, repo, end
 
     name, port, _ = endpoint
     before = routes(name, port)
-    retrain(repo, seed=2)
+    retrain(repo, seed=3)
     client = docker.DockerClient(base_url=docker_env["DOCKER_HOST"])
     stop = threading.Event()
     killed: list[str] = []
@@ -163,9 +220,8 @@ def test_a_push_whose_canary_dies_fails_the_run_and_keeps_serving(kit, repo, end
     assert "the canary container exited on start" in r.stdout
     assert routes(name, port) == before  # production and the earlier canary, as they were
     assert set(served(port)) <= {"production", "canary"}
-    [comment] = [c for c in github.comments.values() if c["pr"] == PR]  # the same comment, updated
+    [comment] = [c for c in github.comments.values() if c["pr"] == PR]
     assert f"### ❌ mldeploy: canary failed - `{name}`" in comment["body"]
-    assert ("PATCH", f"/repos/acme/models/issues/comments/{comment['id']}") in github.requests
 
 
 def test_a_fork_pull_request_deploys_nothing(kit, repo, endpoint, github):

@@ -147,13 +147,13 @@ def test_port_in_use_and_missing_digest(images, endpoint):
 def test_monitoring_makes_the_slots_capture_for_drift_checks(images, endpoint, tmp_path, monkeypatch):
     bundle, good, _, _ = images
     name, port = endpoint
-    monkeypatch.chdir(tmp_path)  # the capture folder is the model repo's .mldeploy/capture/<endpoint>
+    monkeypatch.setenv("MLDEPLOY_CAPTURE_ROOT", str(tmp_path))
     monkeypatch.setenv("MLDEPLOY_MONITORING__ENABLED", "true")
     monkeypatch.setenv("MLDEPLOY_MONITORING__CAPTURE_SAMPLE_RATE", "1")
     code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--port", port, "--image", good)
     assert code == 0, out
     assert all(predict(port)[0] == 200 for _ in range(25))
-    folder = tmp_path / ".mldeploy" / "capture" / name
+    folder = tmp_path / name
     deadline = time.monotonic() + 10
     while len(records := [json.loads(line) for f in folder.rglob("capture-*.jsonl")
                           for line in f.read_text().splitlines()]) < 25 and time.monotonic() < deadline:

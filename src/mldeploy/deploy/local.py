@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 import urllib.error
@@ -27,8 +28,15 @@ from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
 
 ROUTES_PATH = "/tmp/routes.json"
-CAPTURE_ROOT = ".mldeploy/capture"   # relative to where deploy runs (the model repo)
 READY_SECONDS = 120
+
+
+def capture_folder(endpoint: str) -> Path:
+    """Where the local endpoint's slots capture requests: outside any checkout, since a CI job's
+    workspace is cleaned between runs while the containers live on ($MLDEPLOY_CAPTURE_ROOT, else
+    ~/.local/state/mldeploy/capture)."""
+    root = os.environ.get("MLDEPLOY_CAPTURE_ROOT") or Path.home() / ".local" / "state" / "mldeploy" / "capture"
+    return Path(root, endpoint).resolve()
 
 
 class LocalTarget:
@@ -208,11 +216,11 @@ class LocalTarget:
         return entry
 
     def _capture(self, container: str) -> dict[str, Any]:
-        """Capture into .mldeploy/capture/<endpoint>/<container>/ on this machine (one folder per
-        container: each numbers its workers' files from the same PIDs), for `monitor drift`."""
+        """Capture into capture_folder(endpoint)/<container>/ (one folder per container: each
+        numbers its workers' files from the same PIDs), for `monitor drift` and canary analysis."""
         if not self.capture_rate:
             return {}
-        folder = Path(CAPTURE_ROOT, self.endpoint, container).resolve()
+        folder = capture_folder(self.endpoint) / container
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o777)  # the runtime runs as an unprivileged user in the container
         return {"environment": {"MLDEPLOY_CAPTURE_DIR": "/var/mldeploy/capture",

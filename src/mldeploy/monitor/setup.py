@@ -132,18 +132,24 @@ def load_baseline(cfg) -> dict[str, Any] | None:
     return load(path)   # a missing or damaged file named by monitoring.baseline: exit 2, one line
 
 
-def drift_command(cfg_file: str | None) -> str:
-    return "mldeploy monitor drift" + (f" --config {shlex.quote(cfg_file)}" if cfg_file else "")
+def drift_args(cfg_file: str | None, capture: str | None = None) -> list[str]:
+    """The arguments of `mldeploy monitor drift` for a scheduled check."""
+    return ["--config", cfg_file] * bool(cfg_file) + ["--capture", capture] * bool(capture)
 
 
-def schedule_snippets(cfg, cfg_file: str | None) -> list[str]:
+def drift_command(cfg_file: str | None, capture: str | None = None) -> str:
+    return shlex.join(["mldeploy", "monitor", "drift", *drift_args(cfg_file, capture)])
+
+
+def schedule_snippets(cfg, cfg_file: str | None, capture: str | None = None) -> list[str]:
     """A cron line and a GitHub Actions schedule that run the drift check (for targets the cloud does
     not monitor, and for local)."""
     schedule = cfg.monitoring.drift.schedule
-    cron = f"{schedule} cd {shlex.quote(os.getcwd())} && {drift_command(cfg_file)}"
-    args = "".join(f"\n            {a}" for a in (["--config", cfg_file] if cfg_file else []))
+    cron = f"{schedule} cd {shlex.quote(os.getcwd())} && {drift_command(cfg_file, capture)}"
+    args = "".join(f"\n            {a}" for a in drift_args(cfg_file, capture))
     actions = (f"on:\n  schedule:\n    - cron: \"{schedule}\"\njobs:\n  drift:\n    runs-on: ubuntu-latest\n"
-               "    steps:\n      - uses: actions/checkout@v4\n      - uses: acme/ml-deploy@v1\n        with:\n"
+               "    steps:\n      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2\n"
+               "      - uses: acme/ml-deploy@v1\n        with:\n"
                "          command: monitor\n          extras: monitor\n          args: |\n            drift" + args)
     return [f"cron: {cron}", f"GitHub Actions:\n{actions}"]
 
@@ -153,7 +159,9 @@ def local_plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
     """Local: nothing to create. Say whether the slot containers capture requests, and how to run the
     drift check on a schedule."""
     result = SetupPlan("local", endpoint)
-    capture = cfg.monitoring.drift.capture or f".mldeploy/capture/{endpoint}"
+    from mldeploy.deploy.local import capture_folder
+
+    capture = cfg.monitoring.drift.capture or str(capture_folder(endpoint))
     try:
         from mldeploy.image import engine
 
@@ -175,6 +183,7 @@ def local_plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
                                 f"capture into {capture}")
     if containers == []:
         result.notes.append(f"no running slot containers of {endpoint}: deploy first (`mldeploy deploy`)")
-    result.notes += schedule_snippets(cfg, config_file)
-    result.outputs["drift-command"] = drift_command(config_file)
+    own = None if cfg.monitoring.drift.capture else capture  # the slots' folder, unless the config names one
+    result.notes += schedule_snippets(cfg, config_file, own)
+    result.outputs["drift-command"] = drift_command(config_file, own)
     return result
