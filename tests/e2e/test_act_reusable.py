@@ -58,6 +58,7 @@ def endpoint(docker_env, github, tmp_path_factory):
     env = {**docker_env, "MLDEPLOY_DEPLOY__PORT": str(port), "MLDEPLOY_DEPLOY__ENDPOINT": name,
            "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path_factory.mktemp("artifacts")), "GITHUB_API_URL": github.url,
            "MLDEPLOY_MONITORING__ENABLED": "true", "MLDEPLOY_MONITORING__CAPTURE_SAMPLE_RATE": "1",
+           "MLDEPLOY_CAPTURE_ROOT": str(tmp_path_factory.mktemp("capture")),
            # judge on the few seconds of traffic between the deploy and the analysis
            "MLDEPLOY_MONITORING__CANARY__MIN_REQUESTS": "5"}
     yield name, port, env
