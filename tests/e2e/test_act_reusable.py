@@ -7,7 +7,8 @@ production; a pull request with a model that answers differently deploys its can
 analysis judges it on live traffic and rolls it back, failing the run and saying why in the pull
 request's comment; the next push deploys a canary that stays, updating the same comment; a push
 whose canary dies on start fails the run and keeps everything serving; a fork's pull request
-deploys nothing; the rollback workflow removes the canary; closing the pull request then finds
+deploys nothing; the rollback workflow removes the canary; another push's canary is promoted by
+the promote workflow (the very image, nothing rebuilt); closing the pull request then finds
 nothing to tear down and succeeds. Every slot captures its requests (monitoring.enabled), which is
 what canary analysis compares predictions with.
 """
@@ -240,6 +241,20 @@ def test_the_rollback_workflow_removes_the_canary(kit, repo, endpoint):
     ok(r)
     assert f"### ↩️ mldeploy: rollback rolled-back - `{name}`" in r.stdout
     assert set(routes(name, port)) == {"production"} and served(port) == {"production": 200}
+
+
+def test_the_promote_workflow_makes_the_tested_canary_production(kit, repo, endpoint, github):
+    name, port, _ = endpoint
+    retrain(repo, seed=4)
+    ok(run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("synchronize")))
+    canary = routes(name, port)["canary"]["image"]
+    r = run(repo, kit, endpoint, "promote.yml", "workflow_dispatch", {})
+    ok(r)
+    assert "Build the serving image" not in r.stdout  # nothing rebuilt
+    assert f"### ✅ mldeploy: promote promoted - `{name}`" in r.stdout
+    now = routes(name, port)
+    assert set(now) == {"production"} and now["production"]["image"] == canary
+    assert served(port) == {"production": 200}
 
 
 def test_closing_the_pull_request_with_nothing_left_to_tear_down_succeeds(kit, repo, endpoint, github):
