@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  # noqa: F401  (fixtures)
-from tests.contract.test_aws_sagemaker import serving
+from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
 from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,3 +39,31 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_sagemaker
     assert '"stage": "canary"' in plan and '"canary-pr7": 10' in plan.split('"traffic_after"', 1)[1]
     assert "canary-pr7  10%  healthy" in log and "Job succeeded" in log
     assert "stand-in-secret-key" not in log  # the credential was masked
+
+
+RELEASE = Path(__file__).parent / "workflows" / "release-aws.yml"
+
+
+def test_the_reusable_workflow_promotes_and_rolls_back_on_sagemaker(kit, tmp_path, mldeploy, project, moto_server):
+    """The reusable workflow itself on AWS (stages that build nothing): the OIDC login stand-in, the
+    umbrella action's promote and rollback against moto, the decision and the report."""
+    folder, bundle, (first, second) = project
+    repo = folder  # the project is a model repo: mldeploy.yaml for SageMaker
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(RELEASE, repo / ".github" / "workflows" / RELEASE.name)
+    for image, stage in ((first, "production"), (second, "canary")):
+        r = mldeploy("deploy", "--bundle", bundle, "--image", image, "--stage", stage, "--traffic", "10", cwd=repo)
+        assert r.code == 0, r.err
+    env = {"AWS_ENDPOINT_URL": moto_server[1], "MLDEPLOY_POLL_SECONDS": "0.1"}
+
+    r = act(repo, kit, RELEASE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "promote"}})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert serving() == {"production": (second, 100)}  # the canary's very image, nothing rebuilt
+    assert "### ✅ mldeploy: promote promoted - `classifier`" in r.stdout
+    assert "Build the serving image" not in r.stdout and "stand-in-secret-key" not in r.stdout
+
+    assert mldeploy("deploy", "--bundle", bundle, "--image", first, "--traffic", "10", cwd=repo).code == 0
+    r = act(repo, kit, RELEASE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert serving() == {"production": (second, 100)}
+    assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
