@@ -248,17 +248,12 @@ def _parser() -> argparse.ArgumentParser:
     # monitor setup (mldeploy.monitor.setup)
     # MONITOR-SETUP
     mset = mon_sub.add_parser(
-        "setup", parents=[common], formatter_class=fmt, epilog=EPILOG,
+        "setup", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
         help="set up the cloud's own monitoring and alarms of the endpoint",
         description="Set up the cloud's monitoring of a deployed endpoint: SageMaker Model Monitor (data quality,\n"
                     "from the baseline) and CloudWatch alarms with SNS; a Vertex AI model monitoring job;\n"
                     "Azure Monitor metric alerts with an action group; locally, a capture check and a\n"
                     "schedule for `mldeploy monitor drift`. Re-runs change nothing when nothing changed.")
-    mset.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
-    mset.add_argument("--cloud", choices=["local", "aws", "gcp", "azure"], help="where (default: deploy.cloud)")
-    mset.add_argument("--target", metavar="NAME", help="aws sagemaker|lambda, gcp vertex|cloudrun, azure azureml")
-    mset.add_argument("--endpoint", metavar="NAME", help="endpoint name (default: deploy.endpoint, else the model's name)")
-    mset.add_argument("--region", metavar="NAME", help="cloud region (default: deploy.region)")
     mset.add_argument("--baseline", metavar="FILE", help="baseline statistics (default: monitoring.baseline)")
     mset.add_argument("--plan", action="store_true", help="print what would change, change nothing")
     mset.add_argument("--plan-out", metavar="FILE", help="also write the plan as JSON to FILE")
@@ -370,13 +365,15 @@ def _target(args: argparse.Namespace):
     return cfg, bundle, target_for(cfg.deploy, endpoint, cfg.monitoring.capture_rate)
 
 
-def _where(args: argparse.Namespace):
-    """The config with the `where` flags applied, the bundle when it was needed, and the endpoint name."""
+def _where(args: argparse.Namespace, more: dict | None = None):
+    """The config with the `where` flags (and `more` overrides) applied, the bundle when it was
+    needed, and the endpoint name."""
     from mldeploy.config import load_config
 
     cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
                                               "deploy.target": args.target, "deploy.region": args.region,
-                                              "deploy.endpoint": args.endpoint, "deploy.port": args.port})
+                                              "deploy.endpoint": args.endpoint, "deploy.port": args.port,
+                                              **(more or {})})
     from mldeploy.bundle import Bundle
 
     endpoint = cfg.deploy.endpoint
@@ -601,12 +598,9 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
 # CANARY-COMMANDS (above: cmd_canary_*)
 # MONITOR-SETUP-COMMAND
 def cmd_monitor_setup(args: argparse.Namespace) -> int:
-    from mldeploy.config import load_config
     from mldeploy.monitor.setup import setup
 
-    cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
-                                              "deploy.target": args.target, "deploy.region": args.region,
-                                              "deploy.endpoint": args.endpoint, "monitoring.baseline": args.baseline})
+    cfg, _, _ = _where(args, {"monitoring.baseline": args.baseline})
     plan = setup(cfg, args.config, plan_only=args.plan)
     if args.plan_out:
         Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
