@@ -10,46 +10,28 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import free_port
-from tests.integration.test_local_target import BODY, mldeploy
+from tests.integration.test_local_target import BODY, images, mldeploy  # noqa: F401  (images is a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def capturing_images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple:
-    """The bundle and two pushed digests of the same model whose containers capture every request."""
-    _, bundle = serving_image
-    code, out = mldeploy("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"], "--push",
-                         "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
-    assert code == 0, out
-    good = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
-    repository = good.split("@")[0]
-    digests = []
-    for tag in ("capture-a", "capture-b"):
-        folder = tmp_path_factory.mktemp(tag)
-        (folder / "Dockerfile").write_text(f"FROM {good}\nENV MLDEPLOY_CAPTURE_DIR=/tmp/capture\nLABEL v={tag}\n")
-        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}")
-        digest = None
-        for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
-            digest = (chunk.get("aux") or {}).get("Digest") or digest
-        digests.append(f"{repository}@{digest}")
-    return bundle, digests
-
-
 @pytest.fixture
-def endpoint(capturing_images, tmp_path):
+def endpoint(images, tmp_path, monkeypatch):
+    """A local endpoint whose slots capture every request (monitoring.enabled)."""
     port = free_port()
     name = f"c{port}"
     (tmp_path / "mldeploy.yaml").write_text(f"deploy:\n  cloud: local\n  endpoint: {name}\n  port: {port}\n"
-                                            "monitoring:\n  canary:\n    min_requests: 5\n")
+                                            "monitoring:\n  enabled: true\n  capture_sample_rate: 1.0\n"
+                                            "  canary:\n    min_requests: 5\n")
+    monkeypatch.setenv("MLDEPLOY_CAPTURE_ROOT", str(tmp_path / "capture"))
     yield name, port, tmp_path / "mldeploy.yaml"
     from mldeploy.deploy.local import LocalTarget
 
     LocalTarget(name, port).destroy()
 
 
-def test_local_canary_promotes_on_real_traffic_and_holds_on_an_empty_window(capturing_images, endpoint, tmp_path):
-    bundle, (a, b) = capturing_images
+def test_local_canary_promotes_on_real_traffic_and_holds_on_an_empty_window(images, endpoint, tmp_path):
+    bundle, a, b, _ = images
     name, port, config = endpoint
     for image, stage in ((a, "production"), (b, "canary")):
         code, out = mldeploy("deploy", "--config", config, "--bundle", bundle, "--image", image,
