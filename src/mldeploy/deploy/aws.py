@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mldeploy import __version__
@@ -248,10 +248,10 @@ def metric_window(region: str | None, queries: dict[str, tuple[str, str, dict[st
 
 
 # -- captured requests (mldeploy monitor drift) -----------------------------------------------------
-def capture_objects(bucket: str, prefix: str, region: str | None, max_bytes: int,
-                    suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    """(s3 URI, bytes) of the capture files under s3://bucket/prefix, newest first, stopping before
-    `max_bytes` would be exceeded (SageMaker data capture and copied serving-runtime files alike)."""
+def capture_objects(bucket: str, prefix: str, region: str | None,
+                    suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
+    """(s3 URI, size, modified, read) of each capture file under s3://bucket/prefix (SageMaker data
+    capture and copied serving-runtime files alike)."""
     s3 = client("s3", region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     with translated(f"list s3://{bucket}/{prefix}"):
         try:
@@ -259,11 +259,10 @@ def capture_objects(bucket: str, prefix: str, region: str | None, max_bytes: int
                      for o in page.get("Contents", []) if o["Key"].endswith(suffixes)]
         except s3.exceptions.NoSuchBucket:
             raise UsageError(f"the S3 bucket {bucket} does not exist", hint="check monitoring.drift.capture") from None
-    read = 0
-    for o in sorted(found, key=lambda o: (o["LastModified"], o["Key"]), reverse=True):
-        if read and read + o["Size"] > max_bytes:
-            return
-        read += o["Size"]
-        with translated(f"read s3://{bucket}/{o['Key']}"):
-            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-        yield f"s3://{bucket}/{o['Key']}", body
+    def reader(key: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with translated(f"read s3://{bucket}/{key}"):
+                return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return read
+
+    return [(f"s3://{bucket}/{o['Key']}", o["Size"], o["LastModified"], reader(o["Key"])) for o in found]

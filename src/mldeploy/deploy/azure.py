@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mldeploy import __version__
@@ -352,10 +352,10 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
 
 
 # -- captured requests (mldeploy monitor drift) ---------------------------------------------------------
-def capture_blobs(account_url: str, container: str, prefix: str, max_bytes: int,
-                  suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    """(URL, bytes) of the capture files under a Blob storage container/prefix, newest first, stopping
-    before `max_bytes` would be exceeded. The identity needs Storage Blob Data Reader on the container."""
+def capture_blobs(account_url: str, container: str, prefix: str,
+                  suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
+    """(URL, size, modified, read) of each capture file under a Blob storage container/prefix. The
+    identity needs Storage Blob Data Reader on the container."""
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.storage.blob import ContainerClient
 
@@ -378,14 +378,13 @@ def capture_blobs(account_url: str, container: str, prefix: str, max_bytes: int,
                             **({"transport": custom} if custom is not None else {}))
     with storage_errors(f"list {account_url}/{container}/{prefix}"):
         blobs = [b for b in store.list_blobs(name_starts_with=prefix or None) if b.name.endswith(suffixes)]
-    read = 0
-    for blob in sorted(blobs, key=lambda b: (b.last_modified, b.name), reverse=True):
-        if read and read + (blob.size or 0) > max_bytes:
-            return
-        read += blob.size or 0
-        with storage_errors(f"read {account_url}/{container}/{blob.name}"):
-            data = store.download_blob(blob.name).readall()
-        yield f"{account_url}/{container}/{blob.name}", data
+    def reader(name: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with storage_errors(f"read {account_url}/{container}/{name}"):
+                return store.download_blob(name).readall()
+        return read
+
+    return [(f"{account_url}/{container}/{b.name}", b.size or 0, b.last_modified, reader(b.name)) for b in blobs]
 
 
 # -- Azure Monitor metrics (mldeploy canary analyze) -----------------------------------------------------

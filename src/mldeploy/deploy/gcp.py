@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
@@ -323,10 +323,10 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
 
 
 # -- captured requests (mldeploy monitor drift) ------------------------------------------------------
-def capture_objects(bucket: str, prefix: str, max_bytes: int,
-                    suffixes: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
-    """(gs URI, bytes) of the capture files under gs://bucket/prefix, newest first, stopping before
-    `max_bytes` would be exceeded. MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
+def capture_objects(bucket: str, prefix: str,
+                    suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
+    """(gs URI, size, modified, read) of each capture file under gs://bucket/prefix.
+    MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
     from google.api_core import exceptions
     from google.cloud import storage
 
@@ -340,14 +340,13 @@ def capture_objects(bucket: str, prefix: str, max_bytes: int,
         except exceptions.NotFound:
             raise UsageError(f"the Cloud Storage bucket {bucket} does not exist",
                              hint="check monitoring.drift.capture") from None
-    read = 0
-    for blob in sorted(blobs, key=lambda b: (b.updated, b.name), reverse=True):
-        if read and read + (blob.size or 0) > max_bytes:
-            return
-        read += blob.size or 0
-        with translated(f"read gs://{bucket}/{blob.name}"):
-            data = blob.download_as_bytes()
-        yield f"gs://{bucket}/{blob.name}", data
+    def reader(blob) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with translated(f"read gs://{bucket}/{blob.name}"):
+                return blob.download_as_bytes()
+        return read
+
+    return [(f"gs://{bucket}/{b.name}", b.size or 0, b.updated, reader(b)) for b in blobs]
 
 
 # -- Cloud Monitoring (mldeploy canary analyze) --------------------------------------------------------

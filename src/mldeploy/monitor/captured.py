@@ -98,11 +98,11 @@ def objects(source: str, region: str | None = None, max_bytes: int = MAX_BYTES) 
     if scheme == "s3":
         from mldeploy.deploy import aws
 
-        yield from aws.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), region, max_bytes, SUFFIXES)
+        found = aws.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), region, SUFFIXES)
     elif scheme == "gs":
         from mldeploy.deploy import gcp
 
-        yield from gcp.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), max_bytes, SUFFIXES)
+        found = gcp.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), SUFFIXES)
     elif scheme == "https" and (parts.hostname or "").endswith(BLOB_HOST):
         container, _, prefix = parts.path.lstrip("/").partition("/")
         if not container:
@@ -110,13 +110,19 @@ def objects(source: str, region: str | None = None, max_bytes: int = MAX_BYTES) 
                              hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
         from mldeploy.deploy import azure
 
-        yield from azure.capture_blobs(f"https://{parts.netloc}", container, prefix, max_bytes, SUFFIXES)
+        found = azure.capture_blobs(f"https://{parts.netloc}", container, prefix, SUFFIXES)
     elif scheme and len(scheme) > 1:  # (a one-letter scheme is a Windows drive)
         raise UsageError(f"cannot read captured requests from {source}",
                          hint="use a folder, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or "
                               "https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
     else:
-        yield from _local(Path(source), max_bytes)
+        found = _local(Path(source))
+    read = 0  # newest first, stopping before max_bytes would be exceeded
+    for name, size, _, fetch in sorted(found, key=lambda s: (s[2], s[0]), reverse=True):
+        if read and read + size > max_bytes:
+            return
+        read += size
+        yield name, fetch()
 
 
 def _bucket(source: str, parts) -> str:
@@ -125,23 +131,16 @@ def _bucket(source: str, parts) -> str:
     return parts.netloc
 
 
-def _local(path: Path, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+def _local(path: Path) -> list[tuple[str, int, int, Callable[[], bytes]]]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        found = [f for f in path.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)]
-        files = sorted(found, key=lambda f: (f.stat().st_mtime_ns, str(f)), reverse=True)
+        files = [f for f in path.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)]
     else:
         raise UsageError(f"capture folder {path} not found",
                          hint="pass --capture DIR|URI (monitoring.drift.capture), where the server writes "
                               "MLDEPLOY_CAPTURE_DIR")
-    read = 0
-    for f in files:
-        size = f.stat().st_size
-        if read and read + size > max_bytes:
-            return
-        read += size
-        yield str(f), f.read_bytes()
+    return [(str(f), (st := f.stat()).st_size, st.st_mtime_ns, f.read_bytes) for f in files]
 
 
 # -- records -----------------------------------------------------------------------------------------
