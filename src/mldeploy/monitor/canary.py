@@ -228,15 +228,11 @@ def divergence(production: list, canary: list) -> float:
         low, high = min(production), max(production)
         production = [_bin(v, edges, low, high) for v in production]
         canary = [_bin(v, edges, low, high) for v in canary]
+    from scipy.spatial.distance import jensenshannon  # as drift measures categorical features
+
     p, q = Counter(map(str, production)), Counter(map(str, canary))
-    keys = set(p) | set(q)
-    pn, qn = sum(p.values()), sum(q.values())
-    total = 0.0
-    for k in keys:
-        a, b = p[k] / pn, q[k] / qn
-        m = (a + b) / 2
-        total += (a * math.log2(a / m) if a else 0) + (b * math.log2(b / m) if b else 0)
-    return math.sqrt(max(total / 2, 0.0))
+    keys = sorted(set(p) | set(q))
+    return float(jensenshannon([p[k] for k in keys], [q[k] for k in keys], base=2))
 
 
 def _quantile(values: list[float], q: float) -> float:
