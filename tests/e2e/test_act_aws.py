@@ -6,6 +6,7 @@ exports (masked) short-lived credentials the way the real action does after assu
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 
 from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  # noqa: F401  (fixtures)
 from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
+from tests.e2e.cloud_registries import ECR_HOST, Registry
 from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
+from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,29 +44,105 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_sagemaker
     assert "stand-in-secret-key" not in log  # the credential was masked
 
 
-RELEASE = Path(__file__).parent / "workflows" / "release-aws.yml"
+PIPELINE = Path(__file__).parent / "workflows" / "pipeline-aws.yml"
+
+
+def ecr(registries) -> Registry:
+    """ECR's registry host as it behaves with ECR's API (moto): the login GetAuthorizationToken
+    issued, pushes only into repositories the API created, and DescribeImages then knows the image
+    by the registry's digest."""
+    import boto3
+
+    api = boto3.client("ecr")
+
+    def login() -> tuple[str, str]:
+        token = api.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+        user, password = base64.b64decode(token).decode().split(":", 1)
+        return user, password
+
+    def has_repository(name: str) -> bool:
+        try:
+            return bool(api.describe_repositories(repositoryNames=[name])["repositories"])
+        except api.exceptions.RepositoryNotFoundException:
+            return False
+
+    def pushed(name: str, ref: str, digest: str, manifest: bytes, media_type: str) -> None:
+        tag = {} if ref.startswith("sha256:") else {"imageTag": ref}
+        try:
+            api.put_image(repositoryName=name, imageManifest=manifest.decode(), imageManifestMediaType=media_type,
+                          imageDigest=digest, **tag)
+        except api.exceptions.ImageAlreadyExistsException:
+            pass
+
+    registries[ECR_HOST] = Registry(login, has_repository, pushed)
+    return registries[ECR_HOST]
+
+
+def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_sagemaker(
+        kit, tmp_path, aws, moto_server, cloud_registries, docker_env, github):
+    """The whole path on AWS: the build job pushes to ECR (a TLS registry by ECR's name that wants
+    ECR's login), the deploy job deploys that digest to SageMaker (moto), the PR gets its comment."""
+    import boto3
+
+    front, _ = cloud_registries
+    registry = ecr(front.registries)
+    repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
+  cloud: aws
+  target: sagemaker
+  endpoint: classifier
+  aws:
+    role: {ROLE}
+image:
+  repository: models/classifier
+""")
+    env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ECR_HOST, "AWS_ENDPOINT_URL": moto_server[1],
+           "MLDEPLOY_POLL_SECONDS": "0.1", "GITHUB_API_URL": github.url,
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+
+    r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"}, secrets={"GITHUB_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    [release] = set(registry.pushes)  # one image, pushed under each of its tags
+    assert serving() == {"production": (release, 100)}
+    [described] = boto3.client("ecr").describe_images(
+        repositoryName="models/classifier", imageIds=[{"imageDigest": release.split("@")[1]}])["imageDetails"]
+    assert "v1.0.0" in described["imageTags"]  # the release's tag, next to the model and git ones
+    assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
+    assert "stand-in-secret-key" not in r.stdout
+
+    retrain(repo, seed=1)
+    r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
+            secrets={"GITHUB_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    canary = registry.pushes[-1]
+    assert canary != release and serving() == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
+    [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+    assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
+
+    r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert serving() == {"production": (release, 100)}
+    assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
 
 
 def test_the_reusable_workflow_promotes_and_rolls_back_on_sagemaker(kit, tmp_path, mldeploy, project, moto_server):
-    """The reusable workflow itself on AWS (stages that build nothing): the OIDC login stand-in, the
-    umbrella action's promote and rollback against moto, the decision and the report."""
+    """Promote (the very image the canary served, nothing rebuilt), then roll back a canary."""
     folder, bundle, (first, second) = project
     repo = folder  # the project is a model repo: mldeploy.yaml for SageMaker
     (repo / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy(RELEASE, repo / ".github" / "workflows" / RELEASE.name)
+    shutil.copy(PIPELINE, repo / ".github" / "workflows" / PIPELINE.name)
     for image, stage in ((first, "production"), (second, "canary")):
         r = mldeploy("deploy", "--bundle", bundle, "--image", image, "--stage", stage, "--traffic", "10", cwd=repo)
         assert r.code == 0, r.err
     env = {"AWS_ENDPOINT_URL": moto_server[1], "MLDEPLOY_POLL_SECONDS": "0.1"}
 
-    r = act(repo, kit, RELEASE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "promote"}})
+    r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "promote"}})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert serving() == {"production": (second, 100)}  # the canary's very image, nothing rebuilt
     assert "### ✅ mldeploy: promote promoted - `classifier`" in r.stdout
     assert "Build the serving image" not in r.stdout and "stand-in-secret-key" not in r.stdout
 
     assert mldeploy("deploy", "--bundle", bundle, "--image", first, "--traffic", "10", cwd=repo).code == 0
-    r = act(repo, kit, RELEASE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+    r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert serving() == {"production": (second, 100)}
     assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout

@@ -12,8 +12,13 @@ import pytest
 pytest.importorskip("azure.ai.ml", reason="the azure extra (azure-ai-ml) is not installed")
 
 from tests.contract.conftest import bundle  # noqa: E402,F401  (fixture)
-from tests.contract.test_azure_ml import ENDPOINT, REGISTRY, RG, WS, arm, authority, azure, name, tls  # noqa: E402,F401
+from mldeploy.deploy.azure import ACR_USERNAME  # noqa: E402
+from tests.contract.test_azure_ml import (AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS, arm, authority, azure, name,  # noqa: E402,F401
+                                          tls)
+from tests.contract.test_registry_login import ACR_REFRESH, TENANT  # noqa: E402
+from tests.e2e.cloud_registries import ACR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
+from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,3 +48,69 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_azure_ml(
     assert '"canary-pr7": 10' in plan.split('"traffic_after"', 1)[1]
     assert "canary-pr7  10%  healthy" in log and "Job succeeded" in log
     assert "standin-github-oidc-token" not in log  # masked
+
+
+PIPELINE = Path(__file__).parent / "workflows" / "pipeline-azure.yml"
+
+
+def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_azure_ml(
+        kit, tmp_path, azure, tls, cloud_registries, docker_env, github, monkeypatch):
+    """The whole path on Azure: the build job exchanges its Entra ID token (the fake authority) at
+    ACR's /oauth2/exchange for a refresh token and pushes with it (a TLS registry by ACR's name);
+    the deploy job deploys that digest to Azure ML (the ARM fake); the PR gets its comment."""
+    front, registries_ca = cloud_registries
+    exchanges = []
+
+    def exchange(form: dict[str, str]) -> tuple[int, dict]:
+        exchanges.append(form)
+        if form.get("grant_type") == "access_token" and form.get("access_token") == AAD_TOKEN \
+                and form.get("service") == ACR_HOST:
+            return 200, {"refresh_token": ACR_REFRESH}
+        return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid Azure AD token"}]}
+
+    registry = front.registries[ACR_HOST] = Registry(login=lambda: (ACR_USERNAME, ACR_REFRESH), exchange=exchange)
+    cas = tmp_path / "ca-bundle.pem"  # pip (the machine's CAs), the fake authority and the registry
+    cas.write_text("".join(p.read_text() for p in (Path("/etc/ssl/certs/ca-certificates.crt"), tls[1],
+                                                    registries_ca)))
+    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(var, str(cas))
+    repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
+  cloud: azure
+  target: azureml
+  endpoint: {ENDPOINT}
+  azure:
+    resource_group: {RG}
+    workspace: {WS}
+image:
+  repository: models/classifier
+""")
+    env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ACR_HOST, "GITHUB_API_URL": github.url,
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+    try:
+        r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
+                secrets={"GITHUB_TOKEN": TOKEN})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        [release] = set(registry.pushes)
+        assert release.startswith(f"{ACR_HOST}/models/classifier@sha256:")
+        assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
+        assert exchanges and exchanges[0]["tenant"] == TENANT  # the push login was ACR's exchange
+        assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
+
+        retrain(repo, seed=1)
+        r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
+                secrets={"GITHUB_TOKEN": TOKEN})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        canary = registry.pushes[-1]
+        assert canary != release
+        assert azure.serving(ENDPOINT) == {name("production", release): (release, 90),
+                                           name(f"canary-pr{PR}", canary): (canary, 10)}
+        [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+        assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
+
+        r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
+        assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
+        assert ACR_REFRESH not in r.stdout and "standin-github-oidc-token" not in r.stdout
+    finally:
+        del front.registries[ACR_HOST]

@@ -4,6 +4,7 @@ what the real action exports after Workload Identity Federation."""
 
 from __future__ import annotations
 
+import datetime
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,10 @@ pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-
 from tests.contract.conftest import bundle  # noqa: E402,F401  (fixture)
 from tests.contract.fakes.vertex import FakeVertex  # noqa: E402
 from tests.contract.test_gcp_vertex import ENDPOINT, PROJECT, REGION, REPOSITORY, serving  # noqa: E402
+from tests.contract.test_registry_login import STS_OK, Fake  # noqa: E402
+from tests.e2e.cloud_registries import AR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
+from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,3 +47,67 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_vertex(ki
     plan = log.split("canary plan:", 1)[1]  # the plan output reached the next step
     assert '"canary-pr7": 10' in plan.split('"traffic_after"', 1)[1]
     assert "canary-pr7  10%  healthy" in log and "Job succeeded" in log
+
+
+PIPELINE = Path(__file__).parent / "workflows" / "pipeline-gcp.yml"
+ACCOUNT = "mldeploy-deploy@acme-ml.iam.gserviceaccount.com"
+PUSH_TOKEN = "ya29.impersonated-push-token"
+
+
+def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_vertex(
+        kit, tmp_path, cloud_registries, docker_env, github):
+    """The whole path on GCP: the build job logs in to Artifact Registry with the token Workload
+    Identity Federation gives (a fake STS and IAM Credentials behind the real google-auth), creates
+    the repository through the Artifact Registry API and pushes there (a TLS registry by its name);
+    the deploy job deploys that digest to Vertex AI (the fake); the PR gets its comment."""
+    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sts = Fake({"/v1/token": STS_OK,
+                f"/v1/projects/-/serviceAccounts/{ACCOUNT}:generateAccessToken":
+                    (200, {"accessToken": PUSH_TOKEN, "expireTime": expires})})
+    vertex = FakeVertex().start()
+    front, _ = cloud_registries
+    location = AR_HOST.split("-docker.")[0]
+    registry = front.registries[AR_HOST] = Registry(
+        login=lambda: ("oauth2accesstoken", PUSH_TOKEN),
+        has_repository=lambda name: "projects/{}/locations/{}/repositories/{}".format(
+            *name.split("/")[:1], location, name.split("/")[1]) in vertex.repositories)
+    repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
+  cloud: gcp
+  target: vertex
+  endpoint: {ENDPOINT}
+  region: {REGION}
+image:
+  repository: {PROJECT}/models/classifier
+""")
+    env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": AR_HOST, "MLDEPLOY_GCP_API_ENDPOINT": vertex.url,
+           "STANDIN_GOOGLE_API": f"http://{sts.host}", "MLDEPLOY_POLL_SECONDS": "0.05",
+           "GITHUB_API_URL": github.url, "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+    try:
+        r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
+                secrets={"GITHUB_TOKEN": TOKEN})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        [release] = set(registry.pushes)
+        assert release.startswith(f"{AR_HOST}/{PROJECT}/models/classifier@sha256:")
+        assert serving(vertex) == {"production": (release, 100)}
+        assert f"projects/{PROJECT}/locations/{location}/repositories/models" in vertex.repositories
+        assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
+        assert ("POST", "/v1/token") == sts.requests[0][:2]  # the push login went through STS
+
+        retrain(repo, seed=1)
+        r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
+                secrets={"GITHUB_TOKEN": TOKEN})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        canary = registry.pushes[-1]
+        assert canary != release and serving(vertex) == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
+        [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+        assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
+
+        r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert serving(vertex) == {"production": (release, 100)}
+        assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
+        assert PUSH_TOKEN not in r.stdout and "standin-github-oidc-token" not in r.stdout
+    finally:
+        vertex.stop()
+        sts.close()
+        del front.registries[AR_HOST]

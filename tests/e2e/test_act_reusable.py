@@ -75,6 +75,19 @@ def repo(tmp_path_factory):
     return repo
 
 
+def pipeline_repo(tmp_path, workflow, deploy_config: str):
+    """The example model repo calling the kit from `workflow` only, deploying as `deploy_config`
+    says (it replaces the example's deploy section)."""
+    repo = tmp_path / "model-repo"
+    shutil.copytree(ROOT / "examples" / "model-repo", repo, ignore=shutil.ignore_patterns(".mldeploy", ".github"))
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(workflow, repo / ".github" / "workflows" / workflow.name)
+    config = repo / "mldeploy.yaml"
+    text = config.read_text()
+    config.write_text(text[:text.index("\ndeploy:")] + "\n" + deploy_config)
+    return repo
+
+
 def run(repo, kit, endpoint, workflow: str, event: str, payload: dict):
     return act(repo, kit, workflow, endpoint[2], event=event, payload=payload, secrets={"GITHUB_TOKEN": TOKEN})
 

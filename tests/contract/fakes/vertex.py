@@ -177,12 +177,13 @@ class FakeVertex:
         raise ApiError(501, f"the fake does not implement {method} {path}")
 
     def _operation(self, loc: dict[str, str], response: Callable[[], dict[str, Any]], *,
-                   fail: str | None = None, parent: str | None = None) -> dict[str, Any]:
+                   fail: str | None = None, parent: str | None = None,
+                   metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         name = f"{parent or 'projects/{project}/locations/{location}'.format(**loc)}/operations/{next(self.ids)}"
         self.operations[name] = {"polls": self.polls, "response": response, "fail": fail,
                                  "op": {"name": name, "done": False,
-                                        "metadata": {"@type": V1 + "GenericOperationMetadata",
-                                                     "createTime": self._now()}}}
+                                        "metadata": metadata or {"@type": V1 + "GenericOperationMetadata",
+                                                                 "createTime": self._now()}}}
         return self._advance(name, poll=False)
 
     def _advance(self, name: str, poll: bool = True) -> dict[str, Any]:
@@ -387,7 +388,8 @@ class FakeVertex:
             self.repositories[name] = {**body, "name": name, "createTime": self._now()}
             return {"@type": AR + "Repository", **self.repositories[name]}
 
-        return self._operation(m, done)
+        # Artifact Registry's own metadata type: a client with only that library cannot read Vertex's
+        return self._operation(m, done, metadata={"@type": AR + "OperationMetadata"})
 
     # -- model deployment monitoring jobs ---------------------------------------------------------
     def _create_monitoring_job(self, m, query, body):
