@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
 
+import base64
 import datetime as dt
 import json
 
@@ -101,6 +102,67 @@ def test_sagemaker_failing_canary_rolls_back_with_exit_1(mldeploy, sagemaker, mo
     assert "**rollback**" in summary.read_text()
     r, _ = analyze(mldeploy, sagemaker, "--no-fail")
     assert r.code == 0 and "decision: rollback" in r.out
+
+
+def captured(slot: str, rows: list[list[float]], seconds_ago: float = 30, base64_body: bool = False) -> None:
+    """One data-capture file of a variant, where and as SageMaker writes it: one request per row."""
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds_ago)
+
+    def part(mode: str, doc: dict) -> dict:
+        data = json.dumps(doc)
+        if base64_body:
+            return {"observedContentType": "application/json", "mode": mode,
+                    "data": base64.b64encode(data.encode()).decode(), "encoding": "BASE64"}
+        return {"observedContentType": "application/json", "mode": mode, "data": data, "encoding": "JSON"}
+
+    lines = [json.dumps({"captureData": {"endpointInput": part("INPUT", {"instances": [[0.5] * 4]}),
+                                         "endpointOutput": part("OUTPUT", {"predictions": [row]})},
+                         "eventMetadata": {"eventId": f"{slot}-{i}", "inferenceTime": f"{when:%Y-%m-%dT%H:%M:%S}Z"},
+                         "eventVersion": "0"}) for i, row in enumerate(rows)]
+    key = f"capture/{ENDPOINT}/{slot}/{when:%Y/%m/%d/%H}/{when:%M-%S}-{seconds_ago:g}-{slot}.jsonl"
+    boto3.client("s3").put_object(Bucket="captures", Key=key, Body="\n".join(lines).encode())
+
+
+@pytest.fixture
+def capturing(sagemaker):
+    """The endpoint's config says it captures every request into s3://captures/capture."""
+    boto3.client("s3").create_bucket(Bucket="captures")
+    config = sagemaker / "mldeploy.yaml"
+    config.write_text(config.read_text() + "    sagemaker:\n      data_capture_percent: 100\n"
+                                           "      data_capture_s3: s3://captures/capture\n")
+    return sagemaker
+
+
+def test_sagemaker_canary_answering_differently_in_its_data_capture_rolls_back(mldeploy, capturing):
+    variant("production", 900, 0, 40)
+    variant("canary", 300, 0, 40)
+    captured("production", [[0.8, 0.1, 0.1]] * 60 + [[0.1, 0.8, 0.1]] * 20)
+    captured("canary", [[0.1, 0.1, 0.8]] * 30, base64_body=True)  # SageMaker's form for binary bodies
+    captured("canary", [[0.8, 0.1, 0.1]] * 500, seconds_ago=7200)  # before the window: not counted
+    r, found = analyze(mldeploy, capturing)
+    assert r.code == 1 and found["decision"] == "rollback", found
+    assert found["slots"]["production"]["predictions"] == 80 and found["slots"]["canary"]["predictions"] == 30
+    assert found["prediction_divergence"] == pytest.approx(1.0)  # class 2 only vs classes 0 and 1: disjoint
+    assert any("prediction divergence 1.000" in reason for reason in found["reasons"]), found["reasons"]
+
+
+def test_sagemaker_canary_answering_alike_in_its_data_capture_promotes(mldeploy, capturing):
+    variant("production", 900, 0, 40)
+    variant("canary", 300, 0, 40)
+    captured("production", [[0.8, 0.1, 0.1]] * 60 + [[0.1, 0.8, 0.1]] * 20)
+    captured("canary", [[0.7, 0.2, 0.1]] * 30 + [[0.2, 0.7, 0.1]] * 10)
+    r, found = analyze(mldeploy, capturing)
+    assert r.code == 0 and found["decision"] == "promote", found
+    assert found["prediction_divergence"] == pytest.approx(0.0, abs=1e-6)  # the same classes in the same shares
+    assert not [n for n in found["notes"] if "prediction divergence not measured" in n]
+
+
+def test_sagemaker_without_data_capture_says_divergence_was_not_measured(mldeploy, sagemaker):
+    variant("production", 900, 0, 40)
+    variant("canary", 300, 0, 40)
+    r, found = analyze(mldeploy, sagemaker)
+    assert r.code == 0 and found["prediction_divergence"] is None
+    assert any("does not capture requests (deploy.aws.sagemaker.data_capture_percent" in n for n in found["notes"])
 
 
 def test_sagemaker_empty_window_holds(mldeploy, sagemaker):

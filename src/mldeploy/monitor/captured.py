@@ -91,8 +91,10 @@ def _features(tensors: dict[str, list[np.ndarray]], cut: Callable) -> dict[str, 
 
 
 # -- where the bytes come from ------------------------------------------------------------------------
-def objects(source: str, region: str | None = None, max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every capture file or object under `source`, newest first."""
+def objects(source: str, region: str | None = None,
+            max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, float, bytes]]:
+    """(name, last modified as Unix time, bytes) of every capture file or object under `source`,
+    newest first."""
     parts = urlsplit(source)
     scheme = parts.scheme.lower()
     if scheme == "s3":
@@ -118,11 +120,16 @@ def objects(source: str, region: str | None = None, max_bytes: int = MAX_BYTES) 
     else:
         found = _local(Path(source))
     read = 0  # newest first, stopping before max_bytes would be exceeded
-    for name, size, _, fetch in sorted(found, key=lambda s: (s[2], s[0]), reverse=True):
+    for name, size, modified, fetch in sorted(found, key=lambda s: (s[2], s[0]), reverse=True):
         if read and read + size > max_bytes:
             return
         read += size
-        yield name, fetch()
+        yield name, _unix(modified), fetch()
+
+
+def _unix(modified) -> float:
+    """A listing's last-modified time (a datetime from a cloud, nanoseconds from a local file)."""
+    return modified.timestamp() if hasattr(modified, "timestamp") else modified / 1e9
 
 
 def _bucket(source: str, parts) -> str:
@@ -152,7 +159,7 @@ def read(source: str, signature: Signature, *, max_records: int = 100_000, regio
     dtypes = {t.name: np.dtype(DTYPES.get(t.dtype, np.object_)) for t in [*signature.inputs, *signature.outputs]}
     decoder = _SageMaker(signature)
     stream = objects(source, region)
-    for name, data in stream:
+    for name, _, data in stream:
         found.objects += 1
         lines = data.split(b"\n")
         for number in range(len(lines) - 1, -1, -1):  # the newest records are at the end of a file
@@ -266,7 +273,7 @@ class _SageMaker:
         request = data.get("endpointInput") if isinstance(data, dict) else None
         if not isinstance(request, dict):
             raise Mismatch("SageMaker record without captureData.endpointInput")
-        body, ctype = _body(request)
+        body, ctype = body_of(request)
         try:
             feeds = codec.decode(body, ctype, "", self.model(), allow_nonfinite=True).feeds
         except codec.BadRequest as e:
@@ -279,7 +286,7 @@ class _SageMaker:
     def _outputs(self, response: dict, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray] | None:
         """Outputs from the server's answer: {"predictions"}, {"outputs"} (columnar or v2), CSV."""
         specs = self.signature.outputs
-        body, ctype = _body(response)
+        body, ctype = body_of(response)
         if ctype.startswith("text/csv"):
             spec = specs[0]
             if len(specs) != 1 or len(spec.shape) not in (1, 2):
@@ -314,7 +321,7 @@ class _SageMaker:
         return _tensors(named, specs, dtypes, "output", self.signature.batch_dim)
 
 
-def _body(part: dict) -> tuple[bytes, str]:
+def body_of(part: dict) -> tuple[bytes, str]:
     data, encoding = part.get("data", ""), str(part.get("encoding", "")).upper()
     if not isinstance(data, str):
         raise Mismatch("SageMaker record whose data is not a string")

@@ -6,7 +6,8 @@ predictions each slot made).
              the start and at the end of the window and differenced; p50/p99 from the histogram;
              predictions from each slot container's capture files when it captures
   sagemaker  CloudWatch AWS/SageMaker Invocations, Invocation5XXErrors, ModelLatency p50/p99 per
-             EndpointName + VariantName
+             EndpointName + VariantName; predictions from each variant's data capture in S3 when
+             the endpoint captures (deploy.aws.sagemaker.data_capture_percent)
   lambda     CloudWatch AWS/Lambda Invocations, Errors, Duration p50/p99 per version behind the
              alias: FunctionName + Resource <function>:live + ExecutedVersion
   vertex     Cloud Monitoring prediction/online/response_count (by response_code) and
@@ -245,8 +246,59 @@ def sagemaker(deploy, endpoint: str, window: float, pr: int | None) -> Collected
     dims = {slot: {"EndpointName": target.endpoint, "VariantName": slot} for slot in ("production", canary)}
     stats = _cloudwatch(target.region, "AWS/SageMaker", dims, ("Invocations", "Invocation5XXErrors", "ModelLatency"),
                         1e-3, window)  # ModelLatency is in microseconds
-    return Collected(stats["production"], stats[canary], window, f"CloudWatch AWS/SageMaker {target.endpoint}",
-                     notes=["prediction divergence not measured: SageMaker data capture is not read yet"])
+    found = Collected(stats["production"], stats[canary], window, f"CloudWatch AWS/SageMaker {target.endpoint}")
+    capture = deploy.aws.sagemaker
+    if not (capture.data_capture_percent and capture.data_capture_s3):
+        found.notes.append("prediction divergence not measured: the endpoint does not capture requests "
+                           "(deploy.aws.sagemaker.data_capture_percent and data_capture_s3)")
+        return found
+    since = time.time() - window
+    for slot in ("production", canary):  # SageMaker writes DestinationS3Uri/ENDPOINT/VARIANT/yyyy/mm/dd/hh/
+        stats[slot].predictions = sagemaker_predictions(
+            f"{capture.data_capture_s3.rstrip('/')}/{target.endpoint}/{slot}/", since, target.region)
+    return found
+
+
+def sagemaker_predictions(source: str, since: float, region: str | None) -> list:
+    """The predictions in one variant's data capture (s3://.../ENDPOINT/VARIANT/) since `since` (Unix
+    time), read from the responses as the server wrote them; files last written before `since` are
+    not read. Capture reaches S3 a few minutes late, so the newest requests may be missing."""
+    import datetime as dt
+
+    from mldeploy.monitor.captured import Mismatch, objects
+
+    records = []
+    for _, modified, data in objects(source, region):
+        if modified < since:
+            break  # newest first: every file after this one is older still
+        for line in data.splitlines():
+            try:
+                doc = json.loads(line)
+                when = dt.datetime.fromisoformat(doc["eventMetadata"]["inferenceTime"]).timestamp()
+                if when >= since:
+                    records.append({"outputs": _response_outputs(doc["captureData"]["endpointOutput"])})
+            except (ValueError, KeyError, TypeError, Mismatch):
+                continue  # not a record with a readable JSON answer (drift reports those; here they just don't count)
+    return prediction_values(records)
+
+
+def _response_outputs(part: dict) -> dict:
+    """{output: rows} from a captured answer of the serving runtime ({"predictions"}, {"outputs"}
+    columnar or Open Inference Protocol v2)."""
+    from mldeploy.monitor.captured import body_of
+
+    body = json.loads(body_of(part)[0])
+    value = body.get("predictions", body.get("outputs")) if isinstance(body, dict) else body
+    if isinstance(value, list) and value and all(isinstance(t, dict) and "datatype" in t for t in value):  # v2
+        return {t["name"]: _reshaped(t["data"], t["shape"]) for t in value}
+    return value if isinstance(value, dict) else {"predictions": value}
+
+
+def _reshaped(flat: list, shape: list[int]) -> list:
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_reshaped(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 def lambda_(deploy, endpoint: str, window: float, pr: int | None) -> Collected:
