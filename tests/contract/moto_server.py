@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+from urllib.parse import parse_qs
+
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
 from tests.contract import moto_patches  # noqa: F401  (patches moto's classes on import)
 
-MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Set")
+MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Untag", "Set",
+            "Subscribe", "Unsubscribe")
 
 
 class RecordingMotoServer(ThreadedMotoServer):
@@ -25,6 +29,11 @@ class RecordingMotoServer(ThreadedMotoServer):
             path = environ.get("PATH_INFO", "")
             target = environ.get("HTTP_X_AMZ_TARGET", "")
             operation = target.rsplit(".", 1)[-1] if target else path.rsplit("/operation/", 1)[-1] if "/operation/" in path else ""
+            if not operation and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+                # the query protocol (SNS, ...) names the operation in the form body: read it, put it back
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                environ["wsgi.input"] = io.BytesIO(body)
+                operation = parse_qs(body.decode()).get("Action", [""])[0]
             self.requests.append((operation, environ["REQUEST_METHOD"], path))
             return app(environ, start_response)
 
@@ -33,7 +42,8 @@ class RecordingMotoServer(ThreadedMotoServer):
         self._server.serve_forever()
 
     def mutating(self) -> list[tuple[str, str, str]]:
-        """Requests that change state: mutating JSON/CBOR operations, and REST writes (Lambda)."""
+        """Requests that change state: mutating JSON, CBOR and query operations, and REST writes
+        (Lambda, S3)."""
         return [r for r in self.requests if r[0].startswith(MUTATING)
                 or (not r[0] and r[1] in ("POST", "PUT", "DELETE") and not r[2].endswith("/invocations")
                     and not r[2].startswith("/moto-api"))]

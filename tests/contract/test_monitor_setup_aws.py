@@ -13,7 +13,6 @@ import boto3
 
 from tests.contract import moto_patches
 from tests.contract.conftest import ROLE, ecr_image
-from tests.contract.moto_server import MUTATING
 from tests.unit.test_sagemaker_constraints import baseline
 
 ENDPOINT, BUCKET = "classifier", "acme-capture"
@@ -55,12 +54,6 @@ def project(tmp_path, bundle, aws, mldeploy):
     return tmp_path
 
 
-def mutating(aws) -> list:
-    """Writes: API operations by name (SNS's query protocol has no name in the server's log), S3 writes."""
-    return ([(svc, op) for svc, op, _ in moto_patches.BODIES if op.startswith(MUTATING)]
-            + [r for r in aws.requests if r[1] in ("PUT", "DELETE")])
-
-
 def sent(service: str, operation: str) -> list[dict]:
     return [params for svc, op, params in moto_patches.BODIES if svc == service and op == operation]
 
@@ -68,7 +61,7 @@ def sent(service: str, operation: str) -> list[dict]:
 def test_plan_changes_nothing_then_setup_creates_everything_then_a_rerun_is_a_no_op(mldeploy, project, aws):
     r = mldeploy("monitor", "setup", "--plan", cwd=project)
     assert r.code == 0, r.err
-    assert aws.requests and mutating(aws) == []
+    assert aws.requests and aws.mutating() == []
     for line in ("create sagemaker monitoring schedule classifier-data-quality", "create sns topic ml-alerts",
                  "create sns email subscription ops@acme.example", "create cloudwatch alarm mldeploy-classifier-invocations-anomaly",
                  "update cloudwatch alarm mldeploy-classifier-production-5xx alarm actions"):
@@ -78,6 +71,7 @@ def test_plan_changes_nothing_then_setup_creates_everything_then_a_rerun_is_a_no
     r = mldeploy("monitor", "setup", cwd=project)
     assert r.code == 0, r.err
     assert "set up (" in r.out
+    assert {"CreateTopic", "Subscribe", "PutMetricAlarm"} <= {op for op, _, _ in aws.mutating()}  # the log sees SNS
 
     # the baseline went to S3 in SageMaker's formats, under the capture bucket
     s3 = boto3.client("s3")
@@ -132,7 +126,7 @@ def test_plan_changes_nothing_then_setup_creates_everything_then_a_rerun_is_a_no
     r = mldeploy("monitor", "setup", cwd=project)
     assert r.code == 0, r.err
     assert "up to date, nothing to change" in r.out
-    assert mutating(aws) == []
+    assert aws.mutating() == []
 
 
 def test_a_new_schedule_updates_the_schedule_only(mldeploy, project, aws):
@@ -162,14 +156,14 @@ def test_missing_endpoint_is_one_line_exit_2(mldeploy, tmp_path, aws):
     (tmp_path / "mldeploy.yaml").write_text(config())
     r = mldeploy("monitor", "setup", cwd=tmp_path)
     assert r.code == 2 and "the SageMaker endpoint classifier does not exist" in r.err
-    assert len(r.err.strip().splitlines()) == 1 and mutating(aws) == []
+    assert len(r.err.strip().splitlines()) == 1 and aws.mutating() == []
 
 
 def test_a_schedule_sagemaker_cannot_run_is_exit_2_before_any_write(mldeploy, project, aws):
     (project / "mldeploy.yaml").write_text(config(schedule="30 * * * *"))
     r = mldeploy("monitor", "setup", cwd=project)
     assert r.code == 2 and "monitoring.drift.schedule '30 * * * *'" in r.err
-    assert mutating(aws) == []
+    assert aws.mutating() == []
 
 
 def test_lambda_gets_alarms_and_sns_only(mldeploy, tmp_path, aws):
