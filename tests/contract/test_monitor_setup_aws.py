@@ -141,6 +141,23 @@ def test_a_new_schedule_updates_the_schedule_only(mldeploy, project, aws):
     assert sent("sagemaker", "CreateDataQualityJobDefinition") == []  # the job's spec did not change
 
 
+def test_a_new_baseline_moves_the_schedule_to_a_new_job_definition_and_deletes_the_old_one(mldeploy, project, aws):
+    assert mldeploy("monitor", "setup", cwd=project).code == 0
+    (first,) = sent("sagemaker", "CreateDataQualityJobDefinition")
+    (project / "mldeploy.yaml").write_text(config().replace("jensen_shannon: 0.15", "jensen_shannon: 0.2"))
+    r = mldeploy("monitor", "setup", cwd=project)
+    assert r.code == 0, r.err
+    _, second = sent("sagemaker", "CreateDataQualityJobDefinition")
+    old, new = first["JobDefinitionName"], second["JobDefinitionName"]
+    assert old != new and f"delete sagemaker data-quality job definition {old}" in r.out
+    schedule = moto_patches.MONITORING_SCHEDULES["classifier-data-quality"]["MonitoringScheduleConfig"]
+    assert schedule["MonitoringJobDefinitionName"] == new
+    left = [d["MonitoringJobDefinitionName"] for d in
+            boto3.client("sagemaker").list_data_quality_job_definitions()["JobDefinitionSummaries"]]
+    assert left == [new]  # the superseded definition is gone, the schedule's is kept
+    assert "delete" not in mldeploy("monitor", "setup", cwd=project).out  # a re-run is a no-op
+
+
 def test_capture_off_is_explained_and_model_monitor_left_out(mldeploy, tmp_path, bundle, aws):
     (tmp_path / "baseline.json").write_text(json.dumps(baseline()))
     (tmp_path / "mldeploy.yaml").write_text(config(capture=0, emails="[]"))

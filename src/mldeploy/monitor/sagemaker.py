@@ -227,6 +227,11 @@ def _model_monitor(cfg, endpoint: str, region: str, result: SetupPlan) -> None:
                     sm, "update_monitoring_schedule", f"update the monitoring schedule {schedule}",
                     MonitoringScheduleName=schedule, MonitoringScheduleConfig=config), label, old.get(key), config[key])
                 break
+        superseded = old.get("MonitoringJobDefinitionName") or ""
+        if superseded != definition and superseded.startswith(resource_name(endpoint, "dq") + "-"):  # ours, now unused
+            result.add("delete", f"sagemaker data-quality job definition {superseded}", lambda: _call(
+                sm, "delete_data_quality_job_definition", f"delete the job definition {superseded}",
+                JobDefinitionName=superseded))
     result.outputs |= {"monitoring-schedule": schedule, "job-definition": definition, "baseline-s3": prefix}
 
 
