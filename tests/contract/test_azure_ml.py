@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import threading
 import time
 
@@ -166,6 +167,49 @@ def test_first_deploy_canary_promote_rollback(mldeploy, project, azure):
     r = mldeploy("status", cwd=project[0])
     assert r.code == 0, r.err
     assert f"production 100%  healthy  {B}" in r.out and "canary" not in r.out
+
+
+def autoscale(project, maximum: int) -> None:
+    config = project[0] / "mldeploy.yaml"
+    text = re.sub(r"\n      autoscale_max: \d+", "", config.read_text())
+    config.write_text(text.replace("      instance_count: 2\n", f"      instance_count: 2\n      autoscale_max: {maximum}\n"))
+
+
+def test_autoscale_max_gives_each_deployment_an_autoscale_setting_that_goes_with_it(mldeploy, project, azure):
+    autoscale(project, 4)
+    r = deploy(mldeploy, project, A)
+    assert r.code == 0, r.err
+    production = name("production", A)
+    assert f"create azure monitor autoscale setting {ENDPOINT}-{production}-autoscale instances = 2-4" in r.out
+    (setting,) = azure.autoscale_settings.values()
+    props = setting["properties"]
+    assert setting["location"] == "eastus" and props["enabled"] is True
+    assert props["targetResourceUri"].endswith(f"/onlineEndpoints/{ENDPOINT}/deployments/{production}")
+    (profile,) = props["profiles"]
+    assert profile["capacity"] == {"minimum": "2", "maximum": "4", "default": "2"}
+    rules = {(r["metricTrigger"]["metricName"], r["metricTrigger"]["operator"], r["metricTrigger"]["threshold"],
+              r["scaleAction"]["direction"]) for r in profile["rules"]}
+    assert rules == {("CpuUtilizationPercentage", "GreaterThan", 70, "Increase"),
+                     ("CpuUtilizationPercentage", "LessThan", 25, "Decrease")}
+    assert all(r["metricTrigger"]["metricResourceUri"] == props["targetResourceUri"] for r in profile["rules"])
+
+    azure.requests.clear()
+    r = deploy(mldeploy, project, A, "--stage", "production")
+    assert r.code == 0 and "up to date, nothing to change" in r.out and azure.mutating() == []
+
+    autoscale(project, 6)  # only the autoscale setting changes: no new deployment
+    r = deploy(mldeploy, project, A, "--stage", "production")
+    assert r.code == 0, r.err
+    assert f"update azure monitor autoscale setting {ENDPOINT}-{production}-autoscale instances: 2-4 -> 2-6" in r.out
+    assert [p.rsplit("/", 2)[-2] for _, _, p in azure.mutating()] == ["autoscalesettings"]
+    assert azure.autoscale_settings[f"{ENDPOINT}-{production}-autoscale"]["properties"]["profiles"][0][
+        "capacity"]["maximum"] == "6"
+
+    assert deploy(mldeploy, project, B, "--stage", "canary", "--traffic", "10").code == 0
+    assert len(azure.autoscale_settings) == 2  # the canary's deployment scales too
+    assert mldeploy("promote", cwd=project[0]).code == 0
+    # a fresh production deployment of the canary's image; the replaced ones took their settings along
+    assert list(azure.autoscale_settings) == [f"{ENDPOINT}-{name('production', B)}-autoscale"]
 
 
 def test_a_canary_can_mirror_traffic_instead(mldeploy, project, azure, monkeypatch):

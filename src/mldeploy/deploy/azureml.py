@@ -16,8 +16,9 @@ one deployment serving 100% and ends every canary (they were measured against th
 a promote starts a production deployment of the canary's image (the canary keeps its share until it
 is ready). A rollback moves the canaries' shares back to production and deletes them. Any failure
 before the new layout is read back puts the previous traffic back and deletes what was added.
-Autoscaling (autoscale_max) is not applied: Azure ML scales through Azure Monitor autoscale settings,
-which this module does not manage yet; a deploy with it set says so.
+With autoscale_max, each new deployment gets an Azure Monitor autoscale setting (Azure ML scales
+through those): instance_count to autoscale_max instances on the deployment's CPU; it is deleted
+with its deployment.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 from mldeploy import github
 from mldeploy.config import DeploySection
 from mldeploy.deploy import Desired, NoCanary, Plan, pick_canary
-from mldeploy.deploy.azure import error_text, ml_client, translated, transport, wait
+from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
@@ -42,6 +43,9 @@ INFERENCE_CONFIG = {"liveness_route": {"path": "/", "port": PORT},
                     "readiness_route": {"path": "/v2/health/ready", "port": PORT},
                     "scoring_route": {"path": "/score", "port": PORT}}
 SUFFIX = re.compile(r"^(?P<slot>.+)-[0-9a-f]{8}$")
+# autoscale: one instance more when the deployment's CPU averages above 70% for 5 minutes, one less
+# below 25% for 10 minutes, at most one change per 5 minutes (Azure ML's documented example rules)
+SCALE_RULES = (("GreaterThan", 70, 5, "Increase"), ("LessThan", 25, 10, "Decrease"))
 
 
 def azure_name(*parts: str, limit: int = 32) -> str:
@@ -167,10 +171,6 @@ class AzureMLTarget:
         s, d = plan.state, plan.desired
         current = s["current"]
         done = {"deployment": False, "traffic": False}   # what _restore must undo
-        if self.settings.autoscale_max:
-            github.warning("deploy.azure.azureml.autoscale_max is not applied: Azure ML autoscales through Azure "
-                           "Monitor autoscale settings, which mldeploy does not manage yet; each deployment runs "
-                           f"{self.settings.instance_count} instance(s)")
         try:
             if current is None:
                 self._put_endpoint(None, {}, {})
@@ -180,9 +180,11 @@ class AzureMLTarget:
                 done["deployment"] = s["new"] not in (current or {}).get("deployments", {})
                 self._put_deployment(s["new"], s["slot"], d.image)
             if s["new"]:
-                self._check_deployment(s["new"], d.image)
+                deployment_id = self._check_deployment(s["new"], d.image)
                 if d.smoke:
                     self._smoke(s["new"], d.smoke)
+                if s["autoscale"]:
+                    self._put_autoscale(s["new"], deployment_id)
             if s["traffic"] != (current or {}).get("traffic", {}) or s["mirror"] != (current or {}).get("mirror", {}):
                 done["traffic"] = True
                 self._put_endpoint(self.read(), s["traffic"], s["mirror"])
@@ -271,9 +273,18 @@ class AzureMLTarget:
             plan.add("update", ep, "traffic", (current or {}).get("traffic", {}), traffic)
         if mirror != (current or {}).get("mirror", {}):
             plan.add("update", ep, "mirror traffic", (current or {}).get("mirror", {}), mirror)
+        autoscale = False
+        if new and self.settings.autoscale_max:
+            found = None if build else self._autoscale_capacity(new)
+            wanted = (self.settings.instance_count, self.settings.autoscale_max)
+            if found != wanted:
+                autoscale = True
+                plan.add("update" if found else "create", f"azure monitor autoscale setting {self._autoscale_name(new)}",
+                         "instances", found and "{}-{}".format(*found), "{}-{}".format(*wanted))
         for name in delete:
             plan.add("delete", f"azureml deployment {name}")
         plan.state = {"current": current, "slot": slot, "new": new, "build": build, "auth_changed": auth_changed,
+                      "autoscale": autoscale,
                       "traffic": traffic, "mirror": mirror, "delete": delete,
                       "images": {n: e["image"] for n, e in existing.items() if n not in delete} | (
                           {new: d.image} if new else {})}
@@ -331,7 +342,8 @@ class AzureMLTarget:
             wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {name}",
                  self.azure.wait_seconds, POLL_SECONDS)
 
-    def _check_deployment(self, name: str, image: str) -> None:
+    def _check_deployment(self, name: str, image: str) -> str:
+        """Check the deployment is provisioned with the image; returns its ARM id."""
         with translated(f"read the deployment {name}"):
             dep = self.ml.online_deployments.get(name, self.endpoint)
         state = str(dep.provisioning_state or "")
@@ -341,6 +353,64 @@ class AzureMLTarget:
         served = self._image(dep.environment)
         if served != image:
             raise CheckFailed(f"the deployment {name} runs {served}, not the planned {image}")
+        return dep.id
+
+    # -- autoscale --------------------------------------------------------------------------------
+    def _autoscale_name(self, deployment: str) -> str:
+        return f"{self.endpoint}-{deployment}-autoscale"
+
+    def _monitor(self):
+        return monitor_client(self.ml.subscription_id)
+
+    def _autoscale_capacity(self, deployment: str) -> tuple[int, int] | None:
+        """(minimum, maximum) instances of the deployment's autoscale setting, or None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name = self._autoscale_name(deployment)
+        with translated(f"read the autoscale setting {name}"):
+            try:
+                found = self._monitor().autoscale_settings.get(self.ml.resource_group_name, name)
+            except ResourceNotFoundError:
+                return None
+        capacity = found.profiles[0].capacity if found.profiles else None
+        return (int(capacity.minimum), int(capacity.maximum)) if capacity else None
+
+    def _put_autoscale(self, deployment: str, deployment_id: str) -> None:
+        from datetime import timedelta
+
+        from azure.mgmt.monitor.models import (AutoscaleProfile, AutoscaleSettingResource, MetricTrigger, ScaleAction,
+                                               ScaleCapacity, ScaleRule)
+
+        s, name = self.settings, self._autoscale_name(deployment)
+        rules = [ScaleRule(
+            metric_trigger=MetricTrigger(metric_name="CpuUtilizationPercentage", metric_resource_uri=deployment_id,
+                                         time_grain=timedelta(minutes=1), statistic="Average", operator=operator,
+                                         time_window=timedelta(minutes=minutes), time_aggregation="Average",
+                                         threshold=threshold),
+            scale_action=ScaleAction(direction=direction, type="ChangeCount", value="1", cooldown=timedelta(minutes=5)))
+            for operator, threshold, minutes, direction in SCALE_RULES]
+        with translated(f"read the location of {self.endpoint}"):
+            location = self.ml.online_endpoints.get(self.endpoint).location
+        setting = AutoscaleSettingResource(
+            location=location, target_resource_uri=deployment_id, enabled=True, tags=self._tags(),
+            profiles=[AutoscaleProfile(name="mldeploy", rules=rules, capacity=ScaleCapacity(
+                minimum=str(s.instance_count), maximum=str(s.autoscale_max), default=str(s.instance_count)))])
+        print(f"  Autoscaling {deployment}: {s.instance_count} to {s.autoscale_max} instances on CPU", flush=True)
+        with translated(f"set the autoscale setting {name}"):
+            self._monitor().autoscale_settings.create_or_update(self.ml.resource_group_name, name, setting)
+
+    def _delete_autoscale(self, deployment: str) -> None:
+        """Delete a deployment's autoscale setting with the deployment (none there is fine)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not self.settings.autoscale_max:
+            return
+        name = self._autoscale_name(deployment)
+        with translated(f"delete the autoscale setting {name}"):
+            try:
+                self._monitor().autoscale_settings.delete(self.ml.resource_group_name, name)
+            except ResourceNotFoundError:
+                pass
 
     def _smoke(self, name: str, body: dict[str, Any]) -> None:
         """POST the smoke body to the endpoint's scoring URI, routed to this deployment alone
@@ -417,6 +487,7 @@ class AzureMLTarget:
             try:
                 with translated(f"delete the deployment {name}"):
                     wait(poller, f"deleting {name}", self.azure.wait_seconds, POLL_SECONDS)
+                self._delete_autoscale(name)
             except MldeployError as e:
                 github.warning(f"{e.message} (the next deploy deletes it)")
 
@@ -430,6 +501,8 @@ class AzureMLTarget:
                 with translated(f"delete the endpoint {self.endpoint}"):
                     wait(self.ml.online_endpoints.begin_delete(self.endpoint), f"deleting {self.endpoint}",
                          self.azure.wait_seconds, POLL_SECONDS)
+                if s["autoscale"]:
+                    self._delete_autoscale(s["new"])
                 return "rolled back: the new endpoint was deleted"
             if done["traffic"]:
                 self._put_endpoint(self.read(), previous["traffic"], previous["mirror"])
@@ -437,6 +510,8 @@ class AzureMLTarget:
                 with translated(f"delete the deployment {s['new']}"):
                     wait(self.ml.online_deployments.begin_delete(s["new"], self.endpoint), f"deleting {s['new']}",
                          self.azure.wait_seconds, POLL_SECONDS)
+                if s["autoscale"]:
+                    self._delete_autoscale(s["new"])
         except MldeployError as e:
             return f"and the rollback failed too: {e.message}"
         before = ", ".join(f"{slot} {e['traffic']}%" for slot, e in previous["slots"].items() if e["traffic"])

@@ -15,6 +15,9 @@ What it answers (api-version is ignored; paths as the SDK formats them):
   POST   /score on host E.L.inference.ml.azure.com           the model (answers like our server)
   GET    .../onlineEndpoints/E/providers/Microsoft.Insights/metrics   Azure Monitor metrics, from
                                                              series seeded with add_metric
+  GET/PUT .../providers/Microsoft.Insights/metricAlerts/N, actionGroups/N   (synchronous)
+  GET/PUT/DELETE .../providers/Microsoft.Insights/autoscalesettings/N        (synchronous; the target
+                                                             must be a deployment that exists)
 Endpoint and deployment writes are long-running: 201 (PUT) or 202 (DELETE) with Azure-AsyncOperation
 and a short Retry-After (see RETRY_AFTER); an environment version PUT answers at once.
 Like the service, it refuses traffic to a deployment that does not exist, traffic that does not
@@ -59,6 +62,8 @@ ROUTES = [
                      r"metricAlerts/(?P<n>[^/]+)$"),
     ("action_group", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
                      r"actionGroups/(?P<n>[^/]+)$"),
+    ("autoscale", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                  r"autoscalesettings/(?P<n>[^/]+)$"),
     # Azure Monitor metrics of an online endpoint (canary analysis)
     ("metrics", WS + r"/onlineEndpoints/(?P<e>[^/]+)/providers/Microsoft\.Insights/metrics$"),
 ]
@@ -85,6 +90,7 @@ class AzureMLFake:
         self.operations: dict[str, dict[str, Any]] = {}
         self.metric_alerts: dict[str, dict[str, Any]] = {}     # Azure Monitor, by name
         self.action_groups: dict[str, dict[str, Any]] = {}
+        self.autoscale_settings: dict[str, dict[str, Any]] = {}
         self.metric_points: list[dict[str, Any]] = []          # Azure Monitor metrics, seeded by add_metric
         self.metric_queries: list[dict[str, str]] = []         # the query of every metrics request
         self.query: dict[str, list[str]] = {}                  # the query of the request being answered
@@ -134,7 +140,7 @@ class AzureMLFake:
     def reset(self) -> None:
         with self._lock:
             for store in (self.endpoints, self.deployments, self.environments, self.operations, self.fail_next,
-                          self.metric_alerts, self.action_groups):
+                          self.metric_alerts, self.action_groups, self.autoscale_settings):
                 store.clear()
             self.metric_points.clear()
             self.metric_queries.clear()
@@ -414,6 +420,32 @@ class AzureMLFake:
         if not 1 <= len(short) <= 12:
             return error(400, "BadRequest", "groupShortName must be 1 to 12 characters")
         return self._insights(self.action_groups, "actionGroups", n, body, 201)
+
+    def _autoscale_get(self, body, n):
+        found = self.autoscale_settings.get(n)
+        return ok(found) if found else error(404, "ResourceNotFound", f"Autoscale setting {n} not found.")
+
+    def _autoscale_put(self, body, n):
+        """Azure's checks: a location, 1 to 20 profiles whose capacity holds minimum <= default <= maximum,
+        and a target resource that exists (here: a deployment of this workspace)."""
+        props = (body or {}).get("properties") or {}
+        target = re.search(r"/onlineEndpoints/([^/]+)/deployments/([^/]+)$", props.get("targetResourceUri") or "")
+        if not (body or {}).get("location") or not 1 <= len(props.get("profiles") or []) <= 20:
+            return error(400, "BadRequest", "an autoscale setting needs a location and 1 to 20 profiles")
+        for profile in props["profiles"]:
+            c = profile.get("capacity") or {}
+            try:
+                if not 0 <= int(c["minimum"]) <= int(c["default"]) <= int(c["maximum"]):
+                    raise ValueError
+            except (KeyError, ValueError):
+                return error(400, "InvalidCapacity", f"profile {profile.get('name')}: minimum <= default <= maximum")
+        if not target or target.group(2) not in self.deployments.get(target.group(1), {}):
+            return error(400, "TargetResourceNotFound", f"the target resource {props.get('targetResourceUri')} "
+                                                        "was not found")
+        return self._insights(self.autoscale_settings, "autoscalesettings", n, body, 201)
+
+    def _autoscale_delete(self, body, n):
+        return ok(None, 200 if self.autoscale_settings.pop(n, None) else 204)
 
     def add_metric(self, endpoint: str, metric: str, dimensions: dict[str, str], values: list[float]) -> None:
         """Seed Azure Monitor: one value per minute for the last len(values) minutes of any window."""
