@@ -218,6 +218,26 @@ class CloudRunSection(Section):
     ingress: Literal["all", "internal", "internal-and-cloud-load-balancing"] = "all"
     allow_unauthenticated: bool = Field(False, description="Grant roles/run.invoker to allUsers (a public endpoint).")
     service_account: str | None = Field(None, description="Service account the service runs as.")
+    environment: dict[str, str] = Field(default_factory=dict,
+                                        description="Extra environment of the container (MLDEPLOY_* settings).")
+    secrets: dict[str, str] = Field(default_factory=dict, description="Environment variables from Secret Manager: "
+                                                                      "NAME: SECRET or SECRET:VERSION (default latest).")
+
+    @field_validator("environment", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+            if name == "PORT" or name.startswith("K_"):
+                raise ValueError(f"{name} is set by Cloud Run itself")
+        return value
+
+    @model_validator(mode="after")
+    def _set_once(self) -> CloudRunSection:
+        if both := sorted(set(self.environment) & set(self.secrets)):
+            raise ValueError(f"{', '.join(both)} set in both environment and secrets")
+        return self
 
 
 class GcpSection(Section):

@@ -140,6 +140,41 @@ def test_the_revision_runs_the_configured_container(mldeploy, project, gcp, monk
         "containers"][0]["resources"]["limits"]["memory"] == "8Gi"
 
 
+def test_environment_and_secrets_reach_the_container_and_a_change_is_a_new_revision(mldeploy, project, gcp):
+    settings = ("      max_instances: 5\n      environment: {MLDEPLOY_WORKERS: \"2\", MLDEPLOY_BATCHING: \"off\"}\n"
+                "      secrets: {MLDEPLOY_API_KEYS: \"api-keys:3\", HF_TOKEN: projects/acme-ml/secrets/hf}\n")
+    (project[0] / "mldeploy.yaml").write_text(CONFIG.replace("      max_instances: 5\n", settings))
+    r = deploy(mldeploy, project, A)
+    assert r.code == 0, r.err
+    assert "api-keys" not in r.out  # a plan names revisions, never values
+    (revision,) = gcp.revisions.values()
+    assert revision["containers"][0]["env"] == [
+        {"name": "MLDEPLOY_BATCHING", "value": "off"}, {"name": "MLDEPLOY_WORKERS", "value": "2"},
+        {"name": "HF_TOKEN", "valueSource": {"secretKeyRef": {"secret": "projects/acme-ml/secrets/hf",
+                                                             "version": "latest"}}},
+        {"name": "MLDEPLOY_API_KEYS", "valueSource": {"secretKeyRef": {"secret": "api-keys", "version": "3"}}}]
+
+    gcp.requests.clear()
+    assert "up to date" in deploy(mldeploy, project, A, "--stage", "production").out and gcp.mutating() == []
+    (project[0] / "mldeploy.yaml").write_text(CONFIG.replace("      max_instances: 5\n", settings.replace('"2"', '"4"')))
+    r = deploy(mldeploy, project, A, "--stage", "production")
+    assert r.code == 0 and "create cloud run revision" in r.out, r.out
+    assert len(gcp.revisions) == 2 and gcp.serving(ENDPOINT) == {"production": (A, 100)}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("environment: {PORT: \"9000\"}", "PORT is set by Cloud Run itself"),
+    ("environment: {\"2X\": a}", "'2X' is not an environment variable name"),
+    ("environment: {A: b}\n      secrets: {A: s}", "A set in both environment and secrets"),
+])
+def test_bad_environment_is_one_line_exit_2(mldeploy, project, gcp, settings, message):
+    (project[0] / "mldeploy.yaml").write_text(CONFIG.replace("      max_instances: 5\n",
+                                                             f"      max_instances: 5\n      {settings}\n"))
+    r = deploy(mldeploy, project, A)
+    assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert gcp.mutating() == []
+
+
 def test_plan_calls_nothing_that_mutates(mldeploy, project, gcp, tmp_path):
     assert deploy(mldeploy, project, A).code == 0
     gcp.requests.clear()

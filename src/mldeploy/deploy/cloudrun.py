@@ -277,8 +277,10 @@ class CloudRunTarget:
     def _spec(self) -> str:
         """A short hash of what a revision runs besides its image: a change of settings is a new revision."""
         s = self.settings
-        return _hash(json.dumps([s.cpu, s.memory, s.concurrency, s.min_instances, s.max_instances,
-                                 s.service_account, PORT]), 4)
+        spec = [s.cpu, s.memory, s.concurrency, s.min_instances, s.max_instances, s.service_account, PORT]
+        if s.environment or s.secrets:  # only then: revisions deployed before these keys keep their names
+            spec += [s.environment, s.secrets]
+        return _hash(json.dumps(spec, sort_keys=True), 4)
 
     def _revision_name(self, slot: str, image: str) -> str:
         name = f"{self.service}-{slot}-{digest_of(image)[:10]}-{self._spec()}"
@@ -343,8 +345,14 @@ class CloudRunTarget:
 
     def _template(self, revision: str, slot: str, image: str) -> Any:
         run, s = self.run, self.settings
+        env = [run.EnvVar(name=k, value=v) for k, v in sorted(s.environment.items())]
+        for name, ref in sorted(s.secrets.items()):  # SECRET or SECRET:VERSION (a name or projects/P/secrets/S)
+            secret, _, version = ref.partition(":")
+            env.append(run.EnvVar(name=name, value_source=run.EnvVarSource(
+                secret_key_ref=run.SecretKeySelector(secret=secret, version=version or "latest"))))
         container = run.Container(image=image, ports=[run.ContainerPort(name="http1", container_port=PORT)],
-                                  resources=run.ResourceRequirements(limits={"cpu": s.cpu, "memory": s.memory}))
+                                  resources=run.ResourceRequirements(limits={"cpu": s.cpu, "memory": s.memory}),
+                                  env=env)
         return run.RevisionTemplate(revision=revision, labels=self._labels(slot, image), containers=[container],
                                     scaling=run.RevisionScaling(min_instance_count=s.min_instances,
                                                                 max_instance_count=s.max_instances),
