@@ -40,7 +40,12 @@ def test_plan_then_job_then_no_op_then_update(mldeploy, project, vertex):
     r = mldeploy("monitor", "setup", "--plan", cwd=folder)
     assert r.code == 0, r.err
     assert "create vertex model deployment monitoring job classifier-monitoring" in r.out
+    for line in ("create cloud monitoring email channel ml@acme.example",
+                 "create cloud monitoring alert policy mldeploy classifier 5xx threshold = 0",
+                 "create cloud monitoring alert policy mldeploy classifier latency p99 threshold = 1000"):
+        assert line in r.out, r.out
     assert vertex.requests and vertex.mutating() == [] and vertex.monitoring_jobs == {}
+    assert vertex.monitoring.policies == {} and vertex.monitoring.channels == {}
 
     r = mldeploy("monitor", "setup", cwd=folder)
     assert r.code == 0, r.err
@@ -59,6 +64,21 @@ def test_plan_then_job_then_no_op_then_update(mldeploy, project, vertex):
     assert body["modelMonitoringAlertConfig"] == {"emailAlertConfig": {"userEmails": ["ml@acme.example"]},
                                                   "enableLogging": True}
     assert body["labels"]["mldeploy-endpoint"] == ENDPOINT
+    # Cloud Monitoring: an email channel, and alert policies on the endpoint's 5xx answers and latency
+    ((channel_name, channel),) = vertex.monitoring.channels.items()
+    assert channel["type"] == "email" and channel["labels"] == {"email_address": "ml@acme.example"}
+    policies = {p["displayName"]: p for p in vertex.monitoring.policies.values()}
+    assert set(policies) == {"mldeploy classifier 5xx", "mldeploy classifier latency p99"}
+    endpoint_id = vertex.endpoint(ENDPOINT)["name"].rsplit("/", 1)[-1]
+    errors = policies["mldeploy classifier 5xx"]["conditions"][0]["conditionThreshold"]
+    assert errors["filter"] == ('metric.type = "aiplatform.googleapis.com/prediction/online/response_count" AND '
+                                'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
+                                f'"europe-west4" AND resource.labels.endpoint_id = "{endpoint_id}" AND '
+                                'metric.labels.response_code = starts_with("5")')
+    assert errors["comparison"] == "COMPARISON_GT" and "thresholdValue" not in errors  # 0, left out as Google does
+    latency = policies["mldeploy classifier latency p99"]["conditions"][0]["conditionThreshold"]
+    assert latency["aggregations"][0]["perSeriesAligner"] == "ALIGN_PERCENTILE_99" and latency["thresholdValue"] == 1000
+    assert all(p["notificationChannels"] == [channel_name] for p in policies.values())
 
     vertex.requests.clear()
     r = mldeploy("monitor", "setup", cwd=folder)
@@ -69,6 +89,10 @@ def test_plan_then_job_then_no_op_then_update(mldeploy, project, vertex):
     r = mldeploy("monitor", "setup", cwd=folder)
     assert r.code == 0, r.err
     assert "update vertex model deployment monitoring job classifier-monitoring model_monitoring_alert_config" in r.out
+    assert "create cloud monitoring email channel oncall@acme.example" in r.out
+    assert "update cloud monitoring alert policy mldeploy classifier 5xx" in r.out
+    assert all(len(p["notificationChannels"]) == 2 for p in vertex.monitoring.policies.values())
+    assert len(vertex.monitoring.policies) == 2  # updated in place
     method, body = vertex.job_bodies[-1]
     assert method == "PATCH" and body["modelMonitoringAlertConfig"]["emailAlertConfig"]["userEmails"] == [
         "ml@acme.example", "oncall@acme.example"]
@@ -94,4 +118,13 @@ def test_cloud_run_gets_the_drift_schedule(mldeploy, project, vertex):
     assert r.code == 0, r.err
     assert "Cloud Run has no model monitoring" in r.out
     assert "0 */6 * * *" in r.out and "mldeploy monitor drift" in r.out
-    assert vertex.requests == []
+    policies = {p["displayName"]: p["conditions"][0]["conditionThreshold"] for p in vertex.monitoring.policies.values()}
+    assert set(policies) == {"mldeploy classifier 5xx", "mldeploy classifier latency p99"}
+    service = 'resource.type = "cloud_run_revision" AND resource.labels.location = "europe-west4" AND ' \
+              'resource.labels.service_name = "classifier"'
+    assert policies["mldeploy classifier 5xx"]["filter"] == (
+        f'metric.type = "run.googleapis.com/request_count" AND {service} AND '
+        'metric.labels.response_code_class = "5xx"')
+    assert policies["mldeploy classifier latency p99"]["filter"] == (
+        f'metric.type = "run.googleapis.com/request_latencies" AND {service}')
+    assert [m for m, _, _ in vertex.mutating()] == ["POST"] * 3  # a channel and two policies; no model monitoring

@@ -366,10 +366,7 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
     import datetime as dt
 
     from google.api_core import exceptions
-    from google.auth.transport.requests import AuthorizedSession
     from google.cloud.monitoring_v3 import ListTimeSeriesResponse
-
-    from mldeploy import __version__
 
     period = max(60, int(-(-seconds // 60)) * 60)
     end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -379,10 +376,7 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
         "interval.endTime": end.strftime(stamp), "aggregation.alignmentPeriod": f"{period}s",
         "aggregation.perSeriesAligner": "ALIGN_DELTA", "aggregation.crossSeriesReducer": "REDUCE_SUM",
         "aggregation.groupByFields": group_by}
-    base = override() or MONITORING_HOST
-    url = f"{base if base.startswith(('http://', 'https://')) else 'https://' + base}/v3/projects/{project_id}/timeSeries"
-    session = AuthorizedSession(credentials()[0])
-    session.headers["User-Agent"] = f"mldeploy/{__version__}"
+    url, session = _monitoring(project_id, "timeSeries")
 
     def page() -> Any:
         response = session.get(url, params=params, timeout=60)
@@ -400,6 +394,37 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
             if not answer.next_page_token:
                 return found
             params["pageToken"] = answer.next_page_token
+
+
+def _monitoring(project_id: str, path: str) -> tuple[str, Any]:
+    """The Cloud Monitoring REST v3 URL of projects/P/`path`, and a session with ADC."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    from mldeploy import __version__
+
+    base = override() or MONITORING_HOST
+    url = f"{base if base.startswith(('http://', 'https://')) else 'https://' + base}/v3/projects/{project_id}/{path}"
+    session = AuthorizedSession(credentials()[0])
+    session.headers["User-Agent"] = f"mldeploy/{__version__}"
+    return url, session
+
+
+def monitoring_call(method: str, project_id: str, path: str, doing: str, *, params: dict | None = None,
+                    body: dict | None = None) -> dict[str, Any]:
+    """One Cloud Monitoring REST v3 call on projects/P/`path` (alert policies, notification channels);
+    its JSON answer. Reads are retried like the other clients' reads; errors are translated."""
+    from google.api_core import exceptions
+
+    url, session = _monitoring(project_id, path)
+
+    def call() -> dict[str, Any]:
+        response = session.request(method, url, params=params, json=body, timeout=60)
+        if response.status_code != 200:
+            raise exceptions.from_http_response(response)
+        return response.json()
+
+    with translated(doing):
+        return read_retry()(call)() if method == "GET" else call()
 
 
 def _point_value(value: Any) -> int | float | list[tuple[float, int]]:

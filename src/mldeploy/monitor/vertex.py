@@ -1,4 +1,5 @@
-"""GCP monitoring of a deployed endpoint: a Vertex AI model deployment monitoring job.
+"""GCP monitoring of a deployed endpoint: a Vertex AI model deployment monitoring job, and Cloud
+Monitoring alert policies on 5xx answers and latency (gcp_alerts.py; Vertex AI and Cloud Run).
 
     model deployment monitoring job "<endpoint>-monitoring" on the endpoint
         per deployed model (production, canaries): prediction drift detection, a threshold per input
@@ -8,8 +9,8 @@
 
 Training-serving skew needs the training dataset in GCS or BigQuery, which mldeploy does not have:
 drift only. The job covers the deployed models that exist now: run setup again after a deploy that
-adds or replaces one (it then updates the job). Cloud Run has no model monitoring: setup prints the
-schedule for `mldeploy monitor drift` instead. Only this module (and deploy/gcp.py, vertex.py)
+adds or replaces one (it then updates the job). Cloud Run has no model monitoring: setup makes the
+alert policies and prints the schedule for `mldeploy monitor drift`. Only this module (and deploy/gcp.py, vertex.py)
 imports google.*, lazily.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import UsageError
+from mldeploy.monitor import gcp_alerts
 from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline, schedule_snippets
 
 # what setup decides (labels are set at creation and not compared: they carry the commit)
@@ -30,12 +32,15 @@ FIELDS = ("model_deployment_monitoring_objective_configs", "model_deployment_mon
 def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
     result = SetupPlan(f"gcp {cfg.deploy.target}", endpoint)
     if cfg.deploy.target == "cloudrun":
-        result.notes.append("Cloud Run has no model monitoring: run `mldeploy monitor drift` on a schedule "
-                            "(below); Cloud Monitoring alert policies are not set up by mldeploy yet")
+        from mldeploy.deploy.cloudrun import CloudRunTarget
+
+        service = CloudRunTarget(endpoint, cfg.deploy)
+        gcp_alerts.plan(cfg, service.service, service.project, "cloudrun",
+                        f'resource.type = "cloud_run_revision" AND resource.labels.location = "{service.location}" '
+                        f'AND resource.labels.service_name = "{service.service}"', result)
+        result.notes.append("Cloud Run has no model monitoring: run `mldeploy monitor drift` on a schedule (below)")
         result.notes += schedule_snippets(cfg, config_file)
         return result
-    from google.cloud import aiplatform_v1 as v1
-
     from mldeploy.deploy.vertex import VertexTarget
 
     target = VertexTarget(endpoint, cfg.deploy)
@@ -43,6 +48,18 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
     if current is None or not current["slots"]:
         raise UsageError(f"the Vertex AI endpoint {endpoint} does not exist or serves nothing",
                          hint="deploy it first (`mldeploy deploy`)")
+    _monitoring_job(cfg, endpoint, target, current, result)
+    gcp_alerts.plan(cfg, target.endpoint, target.project, "vertex",
+                    f'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
+                    f'"{target.region}" AND resource.labels.endpoint_id = "{current["name"].rsplit("/", 1)[-1]}"',
+                    result)
+    return result
+
+
+def _monitoring_job(cfg, endpoint: str, target, current: dict[str, Any], result: SetupPlan) -> None:
+    """Plan the model deployment monitoring job (drift of each deployed model, email alerts)."""
+    from google.cloud import aiplatform_v1 as v1
+
     desired = _job(v1, cfg, endpoint, current)
     jobs = gcp.client(v1.JobServiceClient, target.creds, target.region)
     display = desired.display_name
@@ -59,7 +76,7 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
             result.outputs["monitoring-job"] = made.name
         result.add("create", f"vertex model deployment monitoring job {display}", create, "deployed models",
                    new=sorted(current["slots"]))
-        return result
+        return
     old = v1.ModelDeploymentMonitoringJob.to_dict(found[0])
     new = v1.ModelDeploymentMonitoringJob.to_dict(desired)
     changed = [f for f in FIELDS if old.get(f) != new.get(f)]
@@ -74,7 +91,6 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
                     model_deployment_monitoring_job=desired, update_mask=field_mask_pb2.FieldMask(paths=changed))
             gcp.wait(operation, f"update the Vertex AI monitoring job {display}", cfg.deploy.gcp.wait_seconds)
         result.add("update", f"vertex model deployment monitoring job {display}", update, ", ".join(changed))
-    return result
 
 
 def _job(v1, cfg, endpoint: str, current: dict[str, Any]):

@@ -1,4 +1,5 @@
-"""Cloud Monitoring API v3 `GET /v3/projects/P/timeSeries` (REST), answered from seeded series.
+"""Cloud Monitoring API v3 (REST): `GET /v3/projects/P/timeSeries`, answered from seeded series, and
+alert policies and notification channels, kept in `policies` and `channels` (see `resource`).
 
 Every GCP client mldeploy makes reaches one MLDEPLOY_GCP_API_ENDPOINT, so this is not a server of its
 own: the Vertex AI and Cloud Run fakes route /v3/projects/P/timeSeries here (`monitoring` on each).
@@ -22,6 +23,7 @@ import re
 from typing import Any
 
 PATH = re.compile(r"/v3/projects/(?P<project>[^/]+)/timeSeries")
+RESOURCES = re.compile(r"/v3/projects/(?P<project>[^/]+)/(?P<kind>alertPolicies|notificationChannels)(?:/(?P<id>\d+))?")
 CLAUSE = re.compile(r'^(metric\.type|resource\.type|(?:metric|resource)\.labels\.\w+)\s*=\s*'
                     r'(?:"([^"]*)"|one_of\(((?:\s*"[^"]*"\s*,?)+)\))$')
 GROUP = re.compile(r"^(metric|resource)\.label\.(\w+)$")
@@ -46,6 +48,42 @@ class CloudMonitoring:
     def __init__(self) -> None:
         self.series: list[dict[str, Any]] = []
         self.queries: list[dict[str, list[str]]] = []
+        self.policies: dict[str, dict[str, Any]] = {}   # alertPolicies by name
+        self.channels: dict[str, dict[str, Any]] = {}   # notificationChannels by name
+        self._ids = iter(range(1001, 10**6))
+
+    def resource(self, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any]
+                 ) -> tuple[int, dict[str, Any]] | None:
+        """Alert policies and notification channels (list with an optional `type = "x"` filter, one
+        page; create; get; PATCH with an updateMask), or None when `path` is neither."""
+        m = RESOURCES.fullmatch(path)
+        if not m:
+            return None
+        kind, store = m["kind"], self.policies if m["kind"] == "alertPolicies" else self.channels
+        if m["id"] is None and method == "GET":
+            where = _filter_terms(query.get("filter", [""])[-1])
+            return 200, {kind: [r for r in store.values() if all(r.get(k) == v for k, v in where.items())]}
+        if m["id"] is None and method == "POST":
+            if "name" in body:
+                raise BadRequest(400, "INVALID_ARGUMENT", f"a new {kind[:-1]} must not have a name")
+            _check_policy(body, self.channels) if kind == "alertPolicies" else _check_channel(body)
+            name = f"projects/{m['project']}/{kind}/{next(self._ids)}"
+            store[name] = _as_answered({**body, "name": name})
+            return 200, store[name]
+        name = f"projects/{m['project']}/{kind}/{m['id']}"
+        if name not in store:
+            raise BadRequest(404, "NOT_FOUND", f"Requested entity was not found: {name}")
+        if method == "GET":
+            return 200, store[name]
+        if method == "PATCH":
+            mask = [f for f in query.get("updateMask", [""])[-1].split(",") if f]
+            if not mask:
+                raise BadRequest(400, "INVALID_ARGUMENT", "the fake needs an updateMask")
+            updated = {**store[name], **{f: body.get(f) for f in mask}}
+            _check_policy(updated, self.channels) if kind == "alertPolicies" else _check_channel(updated)
+            store[name] = updated = _as_answered(updated)
+            return 200, updated
+        raise BadRequest(501, "UNIMPLEMENTED", f"the fake does not {method} {kind}")
 
     def add(self, metric: str, labels: dict[str, str], resource: str, resource_labels: dict[str, str],
             value: int | dict[str, Any]) -> None:
@@ -83,6 +121,47 @@ class CloudMonitoring:
             into["value"] = _sum(into["value"], s["value"])
         when = {"startTime": one["interval.startTime"], "endTime": one["interval.endTime"]}
         return {"timeSeries": [_series(s, when) for s in merged.values()]}
+
+
+def _filter_terms(text: str) -> dict[str, str]:
+    """`type = "email"` (and more such clauses joined by AND) as {field: value}; fields in snake_case."""
+    terms = [re.fullmatch(r'\s*(\w+)\s*=\s*"([^"]*)"\s*', c) for c in text.split(" AND ")] if text else []
+    if not all(terms):
+        raise BadRequest(400, "INVALID_ARGUMENT", f"Could not parse the filter {text!r}")
+    return {re.sub(r"_(\w)", lambda x: x.group(1).upper(), t.group(1)): t.group(2) for t in terms}
+
+
+def _check_policy(policy: dict[str, Any], channels: dict[str, Any]) -> None:
+    """What the API refuses: no display name or combiner, no conditions, a condition without a metric
+    type in its filter or a comparison, a channel that does not exist."""
+    if not policy.get("displayName") or policy.get("combiner") not in ("AND", "OR", "AND_WITH_MATCHING_RESOURCE"):
+        raise BadRequest(400, "INVALID_ARGUMENT", "an alert policy needs a displayName and a combiner")
+    conditions = policy.get("conditions") or []
+    if not 1 <= len(conditions) <= 6:
+        raise BadRequest(400, "INVALID_ARGUMENT", "an alert policy needs 1 to 6 conditions")
+    for c in conditions:
+        threshold = c.get("conditionThreshold") or {}
+        if "metric.type" not in threshold.get("filter", "") or not threshold.get("comparison", "").startswith(
+                "COMPARISON_") or "thresholdValue" not in threshold:
+            raise BadRequest(400, "INVALID_ARGUMENT", f"condition {c.get('displayName')!r}: a filter naming "
+                                                      "metric.type, a comparison and a thresholdValue")
+    for channel in policy.get("notificationChannels") or []:
+        if channel not in channels:
+            raise BadRequest(404, "NOT_FOUND", f"notification channel {channel} was not found")
+
+
+def _as_answered(resource: dict[str, Any]) -> dict[str, Any]:
+    """As Google answers it: each condition named, a zero thresholdValue left out (proto3 JSON)."""
+    for i, c in enumerate(resource.get("conditions") or []):
+        c.setdefault("name", f"{resource['name']}/conditions/{i + 1}")
+        if not (c.get("conditionThreshold") or {}).get("thresholdValue", 1):
+            del c["conditionThreshold"]["thresholdValue"]
+    return resource
+
+
+def _check_channel(channel: dict[str, Any]) -> None:
+    if channel.get("type") != "email" or "@" not in (channel.get("labels") or {}).get("email_address", ""):
+        raise BadRequest(400, "INVALID_ARGUMENT", "the fake makes email channels with labels.email_address only")
 
 
 def _filter(text: str) -> dict[str, set[str]]:

@@ -10,6 +10,7 @@ It answers what `mldeploy.deploy.cloudrun` sends, as Cloud Run does, over plain 
     GET    /v2/projects/P/locations/L/operations/O             poll an operation
     GET    .../services/S:getIamPolicy, POST .../services/S:setIamPolicy
     GET    /v3/projects/P/timeSeries                            Cloud Monitoring, from `monitoring`
+    .../v3/projects/P/alertPolicies, notificationChannels       Cloud Monitoring, in `monitoring`
                                                                 (fakes/cloud_monitoring.py)
     POST   /run/S/predict, /run/S/tag/T/predict                the service URL and its tag URLs
 
@@ -167,6 +168,12 @@ class FakeCloudRun:
                     return 200, self.monitoring.list(m.group("project"), query)
                 except BadRequest as e:
                     raise ApiError(e.code, e.status, e.message) from None
+            try:
+                found = self.monitoring.resource(method, path, query, body)  # alert policies, channels
+            except BadRequest as e:
+                raise ApiError(e.code, e.status, e.message) from None
+            if found:
+                return found
             m = re.fullmatch(r"/run/([a-z0-9-]+)(?:/tag/([a-z0-9-]+))?/predict", path)
             if m and method == "POST":
                 return self._predict(m.group(1), m.group(2), body)

@@ -17,8 +17,8 @@ Tests drive failures explicitly:
 Model deployment monitoring jobs: create (answered at once, as Vertex does), get, list (display_name
 filter) and PATCH with an updateMask (a long-running operation); `monitoring_jobs` holds them and
 `job_bodies` the create/patch bodies as received.
-Cloud Monitoring's timeSeries.list (GET /v3/projects/P/timeSeries) is answered from `monitoring`
-(fakes/cloud_monitoring.py: tests seed series there).
+Cloud Monitoring's timeSeries.list (GET /v3/projects/P/timeSeries), alert policies and notification
+channels are answered from `monitoring` (fakes/cloud_monitoring.py: tests seed series there).
 Everything the server received is in `requests` as (method, path, query); `mutating()` filters out
 reads and predictions. Anything it does not know answers 501, as Google's front end does.
 """
@@ -141,6 +141,12 @@ class FakeVertex:
         return Handler
 
     def _route(self, method: str, path: str, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        try:  # Cloud Monitoring's alert policies and channels (fakes/cloud_monitoring.py), raw query as logged
+            found = self.monitoring.resource(method, path, urllib.parse.parse_qs(self.requests[-1][2]), body)
+        except BadRequest as e:
+            raise ApiError(e.code, e.message, e.status) from None
+        if found:
+            return found[1]
         routes: list[tuple[str, str, str, Callable[..., dict[str, Any]]]] = [
             ("GET", rf"/(?:ui|v1)/(?P<name>{LOC}/(?:.+/)?operations/[^/]+)", "", self._get_operation),
             ("POST", rf"/v1/{LOC}/models:upload", "aiplatform.models.upload", self._upload_model),
