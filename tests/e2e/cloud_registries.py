@@ -173,21 +173,18 @@ def body_pieces(request: BaseHTTPRequestHandler, size: int = 1 << 20):
                     yield trailer
                     if trailer in (b"\r\n", b"\n", b""):
                         return
-            left += 2  # the chunk's CRLF
-            while left:
-                piece = request.rfile.read(min(size, left))
-                if not piece:
-                    return
-                left -= len(piece)
-                yield piece
+            yield from _read(request.rfile, left + 2, size)  # the chunk and its CRLF
     else:
-        left = int(request.headers.get("Content-Length") or 0)
-        while left:
-            piece = request.rfile.read(min(size, left))
-            if not piece:
-                return
-            left -= len(piece)
-            yield piece
+        yield from _read(request.rfile, int(request.headers.get("Content-Length") or 0), size)
+
+
+def _read(stream, left: int, size: int):
+    while left:
+        piece = stream.read(min(size, left))
+        if not piece:
+            return
+        left -= len(piece)
+        yield piece
 
 
 def dechunk(data: bytes) -> bytes:

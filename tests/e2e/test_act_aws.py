@@ -16,7 +16,7 @@ from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  #
 from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
 from tests.e2e.cloud_registries import ECR_HOST, Registry
 from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
-from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: F401
+from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -99,7 +99,8 @@ image:
            "MLDEPLOY_POLL_SECONDS": "0.1", "GITHUB_API_URL": github.url,
            "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
 
-    r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"}, secrets={"GITHUB_TOKEN": TOKEN})
+    runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
+    r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     [release] = set(registry.pushes)  # one image, pushed under each of its tags
     assert serving() == {"production": (release, 100)}
@@ -109,16 +110,14 @@ image:
     assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
     assert "stand-in-secret-key" not in r.stdout
 
-    retrain(repo, seed=1)
-    r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
-            secrets={"GITHUB_TOKEN": TOKEN})
+    r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     canary = registry.pushes[-1]
     assert canary != release and serving() == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
     [comment] = [c for c in github.comments.values() if c["pr"] == PR]
     assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
 
-    r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+    r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert serving() == {"production": (release, 100)}
     assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout

@@ -18,7 +18,7 @@ from tests.contract.test_azure_ml import (AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS,
 from tests.contract.test_registry_login import ACR_REFRESH, TENANT  # noqa: E402
 from tests.e2e.cloud_registries import ACR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: E402,F401
+from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,8 +87,8 @@ image:
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ACR_HOST, "GITHUB_API_URL": github.url,
            "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
     try:
-        r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
-                secrets={"GITHUB_TOKEN": TOKEN})
+        runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         [release] = set(registry.pushes)
         assert release.startswith(f"{ACR_HOST}/models/classifier@sha256:")
@@ -96,9 +96,7 @@ image:
         assert exchanges and exchanges[0]["tenant"] == TENANT  # the push login was ACR's exchange
         assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
 
-        retrain(repo, seed=1)
-        r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
-                secrets={"GITHUB_TOKEN": TOKEN})
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         canary = registry.pushes[-1]
         assert canary != release
@@ -107,7 +105,7 @@ image:
         [comment] = [c for c in github.comments.values() if c["pr"] == PR]
         assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
 
-        r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
         assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout

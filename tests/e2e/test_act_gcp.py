@@ -18,7 +18,7 @@ from tests.contract.test_gcp_vertex import ENDPOINT, PROJECT, REGION, REPOSITORY
 from tests.contract.test_registry_login import STS_OK, Fake  # noqa: E402
 from tests.e2e.cloud_registries import AR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, TOKEN, github, pipeline_repo, pull_request, retrain  # noqa: E402,F401
+from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -83,8 +83,8 @@ image:
            "STANDIN_GOOGLE_API": f"http://{sts.host}", "MLDEPLOY_POLL_SECONDS": "0.05",
            "GITHUB_API_URL": github.url, "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
     try:
-        r = act(repo, kit, PIPELINE.name, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
-                secrets={"GITHUB_TOKEN": TOKEN})
+        runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         [release] = set(registry.pushes)
         assert release.startswith(f"{AR_HOST}/{PROJECT}/models/classifier@sha256:")
@@ -93,16 +93,14 @@ image:
         assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
         assert ("POST", "/v1/token") == sts.requests[0][:2]  # the push login went through STS
 
-        retrain(repo, seed=1)
-        r = act(repo, kit, PIPELINE.name, env, event="pull_request", payload=pull_request("opened"),
-                secrets={"GITHUB_TOKEN": TOKEN})
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         canary = registry.pushes[-1]
         assert canary != release and serving(vertex) == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
         [comment] = [c for c in github.comments.values() if c["pr"] == PR]
         assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
 
-        r = act(repo, kit, PIPELINE.name, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+        r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         assert serving(vertex) == {"production": (release, 100)}
         assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout

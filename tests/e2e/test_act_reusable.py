@@ -88,6 +88,17 @@ def pipeline_repo(tmp_path, workflow, deploy_config: str):
     return repo
 
 
+def release_canary_rollback(repo, kit, workflow: str, env: dict[str, str]):
+    """A cloud pipeline's act runs, in order, each yielded for the caller to check the cloud after it:
+    a release tag, a pull request with a retrained model, the rollback button."""
+    yield act(repo, kit, workflow, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
+              secrets={"GITHUB_TOKEN": TOKEN})
+    retrain(repo, seed=1)
+    yield act(repo, kit, workflow, env, event="pull_request", payload=pull_request("opened"),
+              secrets={"GITHUB_TOKEN": TOKEN})
+    yield act(repo, kit, workflow, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
+
+
 def run(repo, kit, endpoint, workflow: str, event: str, payload: dict):
     return act(repo, kit, workflow, endpoint[2], event=event, payload=payload, secrets={"GITHUB_TOKEN": TOKEN})
 

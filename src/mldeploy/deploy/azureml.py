@@ -487,9 +487,13 @@ class AzureMLTarget:
             try:
                 with translated(f"delete the deployment {name}"):
                     wait(poller, f"deleting {name}", self.azure.wait_seconds, POLL_SECONDS)
-                self._delete_autoscale(name)
             except MldeployError as e:
                 github.warning(f"{e.message} (the next deploy deletes it)")
+                continue
+            try:
+                self._delete_autoscale(name)
+            except MldeployError as e:
+                github.warning(f"{e.message} (it scales a deployment that is gone: delete it in the portal)")
 
     def _restore(self, previous: dict[str, Any] | None, s: dict[str, Any], done: dict[str, bool]) -> str:
         """Put back what served before and delete what this run added; say what happened, in the words
