@@ -50,23 +50,25 @@ def plan(cfg, endpoint: str, project_id: str, target: str, resource: str, result
     """Add the channel and policy changes to `result` (reads only; the changes run when applied)."""
     channels_now, channels = _channels(project_id, cfg.monitoring.alerts.emails, result)
     existing = {p.get("displayName"): p for p in _list(project_id, "alertPolicies")}
-    for policy in policies(cfg, endpoint, target, resource):
-        name = policy["displayName"]
-        found = existing.get(name)
+    wanted = policies(cfg, endpoint, target, resource)
+    for policy in wanted:
+        name, found = policy["displayName"], existing.get(policy["displayName"])
         if found is None:
             result.add("create", f"cloud monitoring alert policy {name}", lambda p=policy: gcp.monitoring_call(
                 "POST", project_id, "alertPolicies", f"create the alert policy {p['displayName']}",
-                body={**p, "notificationChannels": channels()}), "threshold",
-                new=policy["conditions"][0]["conditionThreshold"]["thresholdValue"])
+                body={**p, "notificationChannels": channels()}), "threshold", new=_threshold(policy))
         elif _essence(found) != _essence(policy) or sorted(found.get("notificationChannels", [])) != channels_now:
-            old = found["conditions"][0].get("conditionThreshold", {}).get("thresholdValue") \
-                if found.get("conditions") else None
             result.add("update", f"cloud monitoring alert policy {name}", lambda p=policy, f=found: gcp.monitoring_call(
                 "PATCH", project_id, f["name"].split("/", 2)[2], f"update the alert policy {p['displayName']}",
                 params={"updateMask": "conditions,notificationChannels,combiner,enabled,documentation,userLabels"},
-                body={**p, "notificationChannels": channels()}), "threshold or channels", old,
-                policy["conditions"][0]["conditionThreshold"]["thresholdValue"])
-    result.outputs["alert-policies"] = ", ".join(p["displayName"] for p in policies(cfg, endpoint, target, resource))
+                body={**p, "notificationChannels": channels()}), "threshold or channels",
+                _threshold(found), _threshold(policy))
+    result.outputs["alert-policies"] = ", ".join(p["displayName"] for p in wanted)
+
+
+def _threshold(policy: dict[str, Any]) -> float:
+    conditions = policy.get("conditions") or [{}]
+    return conditions[0].get("conditionThreshold", {}).get("thresholdValue", 0)  # proto3 JSON leaves 0 out
 
 
 def _channels(project_id: str, emails: list[str], result: SetupPlan):
