@@ -244,15 +244,14 @@ def _parser() -> argparse.ArgumentParser:
     dri.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     dri.add_argument("--region", metavar="NAME", help="AWS region of an s3:// source (default: deploy.region)")
     dri.set_defaults(func=cmd_monitor_drift)
-    # MONITOR-BASELINE-DRIFT
     # monitor setup (mldeploy.monitor.setup)
-    # MONITOR-SETUP
     mset = mon_sub.add_parser(
         "setup", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
         help="set up the cloud's own monitoring and alarms of the endpoint",
         description="Set up the cloud's monitoring of a deployed endpoint: SageMaker Model Monitor (data quality,\n"
-                    "from the baseline) and CloudWatch alarms with SNS; a Vertex AI model monitoring job;\n"
-                    "Azure Monitor metric alerts with an action group; locally, a capture check and a\n"
+                    "from the baseline) and CloudWatch alarms with SNS; a Vertex AI model monitoring job and\n"
+                    "Cloud Monitoring alert policies (Vertex AI, Cloud Run) with email channels; Azure Monitor\n"
+                    "metric alerts with an action group; locally, a capture check and a\n"
                     "schedule for `mldeploy monitor drift`. Re-runs change nothing when nothing changed.")
     mset.add_argument("--baseline", metavar="FILE", help="baseline statistics (default: monitoring.baseline)")
     mset.add_argument("--plan", action="store_true", help="print what would change, change nothing")
@@ -281,7 +280,6 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--missing-ok", action="store_true",
                      help="no canary to judge (the first deploy went to production) is success: decision none")
     ana.set_defaults(func=cmd_canary_analyze)
-    # CANARY-ANALYZE
     return parser
 
 
@@ -595,8 +593,6 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
     return 1 if analysis.decision == ROLLBACK and not args.no_fail else 0
 
 
-# CANARY-COMMANDS (above: cmd_canary_*)
-# MONITOR-SETUP-COMMAND
 def cmd_monitor_setup(args: argparse.Namespace) -> int:
     from mldeploy.monitor.setup import setup
 
