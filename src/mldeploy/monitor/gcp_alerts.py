@@ -8,16 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from mldeploy.deploy import gcp
+from mldeploy.monitor import metrics
 from mldeploy.monitor.setup import SetupPlan
 
 # per target: (metric type, what else selects errors) for 5xx; (metric type, filter) for latency (ms)
 METRICS = {
-    "vertex": {"5xx": ("aiplatform.googleapis.com/prediction/online/response_count",
-                       ' AND metric.labels.response_code = starts_with("5")'),
-               "latency p99": ("aiplatform.googleapis.com/prediction/online/prediction_latencies",
-                               ' AND metric.labels.latency_type = "total"')},
-    "cloudrun": {"5xx": ("run.googleapis.com/request_count", ' AND metric.labels.response_code_class = "5xx"'),
-                 "latency p99": ("run.googleapis.com/request_latencies", "")},
+    "vertex": {"5xx": (metrics.VERTEX_RESPONSES, ' AND metric.labels.response_code = starts_with("5")'),
+               "latency p99": (metrics.VERTEX_LATENCIES, metrics.VERTEX_TOTAL)},
+    "cloudrun": {"5xx": (metrics.CLOUDRUN_REQUESTS, ' AND metric.labels.response_code_class = "5xx"'),
+                 "latency p99": (metrics.CLOUDRUN_LATENCIES, "")},
 }
 PERIOD = "300s"
 

@@ -374,6 +374,24 @@ def _cloud_monitoring(project_id: str, resource: str, slot_label: str, slots: di
     return stats
 
 
+# Cloud Monitoring: the GCP targets' series, and how one endpoint's are selected (alerts use them too)
+VERTEX_RESPONSES = "aiplatform.googleapis.com/prediction/online/response_count"
+VERTEX_LATENCIES = "aiplatform.googleapis.com/prediction/online/prediction_latencies"
+VERTEX_TOTAL = ' AND metric.labels.latency_type = "total"'   # the whole request, not the model alone
+CLOUDRUN_REQUESTS = "run.googleapis.com/request_count"
+CLOUDRUN_LATENCIES = "run.googleapis.com/request_latencies"
+
+
+def vertex_resource(region: str, endpoint_id: str) -> str:
+    return (f'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
+            f'"{region}" AND resource.labels.endpoint_id = "{endpoint_id}"')
+
+
+def cloudrun_resource(location: str, service: str) -> str:
+    return (f'resource.type = "cloud_run_revision" AND resource.labels.location = "{location}" '
+            f'AND resource.labels.service_name = "{service}"')
+
+
 def vertex(deploy, endpoint: str, window: float, pr: int | None) -> Collected:
     from mldeploy.deploy.vertex import VertexTarget
 
@@ -382,14 +400,10 @@ def vertex(deploy, endpoint: str, window: float, pr: int | None) -> Collected:
     slots = current["slots"]
     canary = _compared(target.endpoint, slots, pr)
     endpoint_id = current["name"].rsplit("/", 1)[-1]
-    resource = (f'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
-                f'"{target.region}" AND resource.labels.endpoint_id = "{endpoint_id}"')
     stats = _cloud_monitoring(
-        target.project, resource, "metric.labels.deployed_model_id",
+        target.project, vertex_resource(target.region, endpoint_id), "metric.labels.deployed_model_id",
         {slot: slots[slot]["id"] for slot in ("production", canary)},
-        ("aiplatform.googleapis.com/prediction/online/response_count", "metric.labels.response_code"),
-        ("aiplatform.googleapis.com/prediction/online/prediction_latencies", ' AND metric.labels.latency_type = "total"'),
-        window)
+        (VERTEX_RESPONSES, "metric.labels.response_code"), (VERTEX_LATENCIES, VERTEX_TOTAL), window)
     return Collected(stats["production"], stats[canary], window,
                      f"Cloud Monitoring Vertex AI endpoint {target.endpoint} ({endpoint_id})",
                      notes=["prediction divergence not measured: Vertex AI request-response logging is not read yet"])
@@ -401,13 +415,10 @@ def cloudrun(deploy, endpoint: str, window: float, pr: int | None) -> Collected:
     target = CloudRunTarget(endpoint, deploy)
     slots = (target.read() or {"slots": {}})["slots"]
     canary = _compared(target.service, slots, pr)
-    resource = (f'resource.type = "cloud_run_revision" AND resource.labels.location = "{target.location}" '
-                f'AND resource.labels.service_name = "{target.service}"')
     stats = _cloud_monitoring(
-        target.project, resource, "resource.labels.revision_name",
+        target.project, cloudrun_resource(target.location, target.service), "resource.labels.revision_name",
         {slot: slots[slot]["revision"] for slot in ("production", canary)},
-        ("run.googleapis.com/request_count", "metric.labels.response_code_class"),
-        ("run.googleapis.com/request_latencies", ""), window)
+        (CLOUDRUN_REQUESTS, "metric.labels.response_code_class"), (CLOUDRUN_LATENCIES, ""), window)
     return Collected(stats["production"], stats[canary], window, f"Cloud Monitoring Cloud Run {target.service}",
                      notes=["Cloud Run counts every request to a revision, probes and smoke requests included",
                             "prediction divergence not measured: Cloud Run does not capture requests"])

@@ -21,7 +21,7 @@ from typing import Any
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import UsageError
-from mldeploy.monitor import gcp_alerts
+from mldeploy.monitor import gcp_alerts, metrics
 from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline, schedule_snippets
 
 # what setup decides (labels are set at creation and not compared: they carry the commit)
@@ -36,8 +36,7 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
 
         service = CloudRunTarget(endpoint, cfg.deploy)
         gcp_alerts.plan(cfg, service.service, service.project, "cloudrun",
-                        f'resource.type = "cloud_run_revision" AND resource.labels.location = "{service.location}" '
-                        f'AND resource.labels.service_name = "{service.service}"', result)
+                        metrics.cloudrun_resource(service.location, service.service), result)
         result.notes.append("Cloud Run has no model monitoring: run `mldeploy monitor drift` on a schedule (below)")
         result.notes += schedule_snippets(cfg, config_file)
         return result
@@ -50,9 +49,7 @@ def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
                          hint="deploy it first (`mldeploy deploy`)")
     _monitoring_job(cfg, endpoint, target, current, result)
     gcp_alerts.plan(cfg, target.endpoint, target.project, "vertex",
-                    f'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
-                    f'"{target.region}" AND resource.labels.endpoint_id = "{current["name"].rsplit("/", 1)[-1]}"',
-                    result)
+                    metrics.vertex_resource(target.region, current["name"].rsplit("/", 1)[-1]), result)
     return result
 
 
