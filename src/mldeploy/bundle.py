@@ -118,6 +118,11 @@ def git_info(where: str | os.PathLike) -> dict[str, Any] | None:
         return {"sha": sha, "dirty": None} if sha else None
 
 
+def last_step(steps: list[dict[str, Any]], name: str) -> int | None:
+    """Where the last report of step `name` is in a manifest's steps; None if it never ran."""
+    return next((i for i in range(len(steps) - 1, -1, -1) if steps[i].get("step") == name), None)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -195,7 +200,7 @@ class Bundle:
         same inputs has nothing to do. Later steps that only read the model (build, baseline) do not
         make it stale."""
         steps = self.manifest.get("steps") or []
-        at = next((i for i in range(len(steps) - 1, -1, -1) if steps[i].get("step") == step), None)
+        at = last_step(steps, step)
         if at is None or any(s.get("step") in MODEL_WRITERS for s in steps[at + 1:]):
             return None
         last = steps[at]

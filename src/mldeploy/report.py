@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mldeploy.bundle import last_step
 from mldeploy.errors import UsageError
 
 ICONS = {"deployed": "✅", "promoted": "✅", "rolled-back": "↩️", "torn-down": "🧹", "failed": "❌",
@@ -33,7 +34,9 @@ def _load_json(path: str | None, what: str) -> dict[str, Any] | None:
 
 
 def _last_step(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((s for s in reversed(manifest.get("steps", [])) if s.get("step") == name), None)
+    steps = manifest.get("steps") or []
+    at = last_step(steps, name)
+    return None if at is None else steps[at]
 
 
 def _code(value: Any) -> str:
