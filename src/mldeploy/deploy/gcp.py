@@ -360,12 +360,11 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
     `group_by` fields (REDUCE_SUM). Per series: its metric labels, resource labels, and point values:
     an int, or a distribution as [(bucket upper bound, count)].
 
-    google-cloud-monitoring speaks gRPC only, so this is the REST API v3 through google-auth's
-    AuthorizedSession (MLDEPLOY_GCP_API_ENDPOINT reaches another host, as for the other clients), and
-    the library's own message type reads the answer."""
+    google-cloud-monitoring speaks gRPC only, so this is the REST API v3 (monitoring_call), and the
+    library's own message type reads the answer."""
     import datetime as dt
+    import json
 
-    from google.api_core import exceptions
     from google.cloud.monitoring_v3 import ListTimeSeriesResponse
 
     period = max(60, int(-(-seconds // 60)) * 60)
@@ -376,28 +375,25 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
         "interval.endTime": end.strftime(stamp), "aggregation.alignmentPeriod": f"{period}s",
         "aggregation.perSeriesAligner": "ALIGN_DELTA", "aggregation.crossSeriesReducer": "REDUCE_SUM",
         "aggregation.groupByFields": group_by}
-    url, session = _monitoring(project_id, "timeSeries")
-
-    def page() -> Any:
-        response = session.get(url, params=params, timeout=60)
-        if response.status_code != 200:
-            raise exceptions.from_http_response(response)
-        return ListTimeSeriesResponse.from_json(response.text, ignore_unknown_fields=True)
-
     found = []
-    with translated(doing):
-        while True:
-            answer = read_retry()(page)()
-            for series in answer.time_series:
-                found.append({"metric": dict(series.metric.labels), "resource": dict(series.resource.labels),
-                              "values": [_point_value(p.value) for p in series.points]})
-            if not answer.next_page_token:
-                return found
-            params["pageToken"] = answer.next_page_token
+    while True:
+        answer = ListTimeSeriesResponse.from_json(
+            json.dumps(monitoring_call("GET", project_id, "timeSeries", doing, params=params)),
+            ignore_unknown_fields=True)
+        for series in answer.time_series:
+            found.append({"metric": dict(series.metric.labels), "resource": dict(series.resource.labels),
+                          "values": [_point_value(p.value) for p in series.points]})
+        if not answer.next_page_token:
+            return found
+        params["pageToken"] = answer.next_page_token
 
 
-def _monitoring(project_id: str, path: str) -> tuple[str, Any]:
-    """The Cloud Monitoring REST v3 URL of projects/P/`path`, and a session with ADC."""
+def monitoring_call(method: str, project_id: str, path: str, doing: str, *, params: dict | None = None,
+                    body: dict | None = None) -> dict[str, Any]:
+    """One call of the Cloud Monitoring REST API v3 on projects/P/`path`, with Application Default
+    Credentials (MLDEPLOY_GCP_API_ENDPOINT reaches another host, as for the other clients); its JSON
+    answer. Reads are retried like the other clients' reads; errors are translated."""
+    from google.api_core import exceptions
     from google.auth.transport.requests import AuthorizedSession
 
     from mldeploy import __version__
@@ -406,16 +402,6 @@ def _monitoring(project_id: str, path: str) -> tuple[str, Any]:
     url = f"{base if base.startswith(('http://', 'https://')) else 'https://' + base}/v3/projects/{project_id}/{path}"
     session = AuthorizedSession(credentials()[0])
     session.headers["User-Agent"] = f"mldeploy/{__version__}"
-    return url, session
-
-
-def monitoring_call(method: str, project_id: str, path: str, doing: str, *, params: dict | None = None,
-                    body: dict | None = None) -> dict[str, Any]:
-    """One Cloud Monitoring REST v3 call on projects/P/`path` (alert policies, notification channels);
-    its JSON answer. Reads are retried like the other clients' reads; errors are translated."""
-    from google.api_core import exceptions
-
-    url, session = _monitoring(project_id, path)
 
     def call() -> dict[str, Any]:
         response = session.request(method, url, params=params, json=body, timeout=60)
