@@ -23,16 +23,20 @@ from tests.serve.conftest import B, TABLE, W, _save, two_io_graph
 N = 4000
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A converted bundle and reference data: x ~ N(0, 1), k uniform over 0..4."""
-    folder = tmp_path_factory.mktemp("baseline")
+def reference(folder):
+    """A converted bundle in `folder` and reference data for it: x ~ N(0, 1) [batch, 4], k uniform
+    over 0..4 [batch, 1], in ref.npz. Returns (bundle, ref.npz, x, k)."""
     bundle = _save(two_io_graph(), folder)
     rng = np.random.default_rng(7)
     x = rng.normal(size=(N, 4)).astype(np.float32)
     k = rng.integers(0, 5, size=(N, 1))
     np.savez(folder / "ref.npz", x=x, k=k)
     return bundle, folder / "ref.npz", x, k
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return reference(tmp_path_factory.mktemp("baseline"))
 
 
 @pytest.fixture

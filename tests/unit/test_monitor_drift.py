@@ -20,19 +20,15 @@ from mldeploy.config import DriftSection
 from mldeploy.monitor import baseline as base
 from mldeploy.monitor import drift
 from mldeploy.serve.capture import Capture
-from tests.serve.conftest import B, TABLE, W, _save, linear_graph, two_io_graph
-
-N = 4000
+from tests.serve.conftest import B, TABLE, W, _save, linear_graph
+from tests.unit.test_monitor_baseline import reference
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A bundle with a baseline: x ~ N(0, 1) [batch, 4], k uniform over 0..4 [batch, 1]."""
-    folder = tmp_path_factory.mktemp("drift")
-    bundle = _save(two_io_graph(), folder)
-    rng = np.random.default_rng(7)
-    np.savez(folder / "ref.npz", x=rng.normal(size=(N, 4)).astype(np.float32), k=rng.integers(0, 5, size=(N, 1)))
-    base.create(bundle, folder / "ref.npz")
+    """A bundle with a baseline of the reference data test_monitor_baseline uses."""
+    bundle, data, _, _ = reference(tmp_path_factory.mktemp("drift"))
+    base.create(bundle, data)
     return bundle
 
 
