@@ -25,13 +25,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 WORKFLOW = Path(__file__).parent / "workflows" / "deploy-azure.yml"
 
 
+def trust(monkeypatch, folder: Path, *cas: Path) -> None:
+    """The job's Python clients trust the machine's CAs (pip installs mldeploy) and the fakes' `cas`."""
+    bundle = folder / "ca-bundle.pem"
+    bundle.write_text("".join(p.read_text() for p in (Path("/etc/ssl/certs/ca-certificates.crt"), *cas)))
+    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(var, str(bundle))
+
+
 def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_azure_ml(kit, tmp_path, bundle, azure, tls,
                                                                                    monkeypatch):
-    # the job installs mldeploy with pip too: trust the machine's CAs and the fake Entra ID's
-    cas = tmp_path / "ca-bundle.pem"
-    cas.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + tls[1].read_text())
-    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        monkeypatch.setenv(var, str(cas))
+    trust(monkeypatch, tmp_path, tls[1])
     repo = tmp_path / "model-repo"
     (repo / ".github" / "workflows").mkdir(parents=True)
     shutil.copy(WORKFLOW, repo / ".github" / "workflows" / WORKFLOW.name)
@@ -69,11 +73,7 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
         return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid Azure AD token"}]}
 
     registry = front.registries[ACR_HOST] = Registry(login=lambda: (ACR_USERNAME, ACR_REFRESH), exchange=exchange)
-    cas = tmp_path / "ca-bundle.pem"  # pip (the machine's CAs), the fake authority and the registry
-    cas.write_text("".join(p.read_text() for p in (Path("/etc/ssl/certs/ca-certificates.crt"), tls[1],
-                                                    registries_ca)))
-    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        monkeypatch.setenv(var, str(cas))
+    trust(monkeypatch, tmp_path, tls[1], registries_ca)
     repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
   cloud: azure
   target: azureml
