@@ -5,6 +5,8 @@
 #   scripts/test.sh tests/test_cli.py    any pytest arguments
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# a whole run needs about 6 GiB of free disk (README, Test tiers); a full disk fails tests far from its cause
+df -Ph . | awk 'NR == 2 { print "test.sh: " $4 " of disk free on " $6 }' >&2
 scripts/setup-venv.sh torch,tensorflow,serve,image,aws,gcp,azure,monitor,dev
 scripts/setup-system.sh
 exec .venv/bin/python -m pytest "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,19 @@ import pytest
 from mldeploy.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+THIS_VENV = Path(sys.prefix)
+_FREE_AT_START = pytest.StashKey[int]()
+
+
+def pytest_configure(config):
+    config.stash[_FREE_AT_START] = shutil.disk_usage(ROOT).free
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # A full disk fails tests far from its cause: the figures say whether that is what happened.
+    start, end = config.stash.get(_FREE_AT_START, 0), shutil.disk_usage(ROOT).free
+    terminalreporter.write_line(f"disk: {start / GIB:.1f} GiB free at the start, {end / GIB:.1f} GiB at the end")
 
 
 @dataclass
@@ -54,3 +68,14 @@ def git_tracked_copy(src: Path, dest: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, dest / rel)
     return dest
+
+
+def share_identical_files(*folders: Path) -> None:
+    """Hard-link the files these folders hold in common (this venv's packages, installed again in the
+    act runs' kit venv and the cloud SDKs' venvs): about 1.4 GiB less disk for a whole run.
+    Best effort: nothing happens without util-linux's hardlink. Installs replace files rather than
+    write into them, so a later install in one folder never changes another."""
+    tool = shutil.which("hardlink")
+    existing = [str(f) for f in folders if f.is_dir()]
+    if tool and len(existing) > 1:
+        subprocess.run([tool, "--quiet", "--ignore-time", "--minimum-size", "32K", *existing], check=False)

@@ -9,6 +9,7 @@ stand-ins in tests/e2e/standins.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git_tracked_copy
+from tests.conftest import ROOT, THIS_VENV, git_tracked_copy, share_identical_files
 from tests.integration.conftest import docker_env, free_port  # noqa: F401  (docker_env is a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
 STANDINS = Path(__file__).parent / "standins"
+# where act's host mode keeps RUNNER_TOOL_CACHE, in which the kit's actions make their venv
+ACT_TOOL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "act" / "tool_cache"
+_SHARED_VENVS: set[Path] = set()
 STANDIN_FOR = {"actions/setup-python": "setup-python",
                "aws-actions/configure-aws-credentials": "configure-aws-credentials",
                "google-github-actions/auth": "google-auth", "azure/login": "azure-login",
@@ -74,6 +78,10 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
     log = repo.parent / f"act-{wf.stem}-{len(list(repo.parent.glob('act-*.log')))}.log"
     log.write_text(result.stdout + result.stderr)  # the whole run, for when a test fails
     print(f"act log: {log}\n", result.stdout[-6000:], result.stderr[-3000:])
+    new_venvs = set(ACT_TOOL_CACHE.glob("mldeploy/venv-*")) - _SHARED_VENVS
+    if new_venvs:
+        share_identical_files(THIS_VENV, *new_venvs)
+        _SHARED_VENVS.update(new_venvs)
     return result
 
 

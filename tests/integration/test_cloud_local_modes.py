@@ -33,12 +33,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.conftest import ROOT, THIS_VENV, share_identical_files
 from tests.integration.conftest import free_port
 from tests.serve.conftest import _save, expected_probs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("MLDEPLOY_SDK_VENVS", ROOT / ".sdk-venvs"))
 # Exactly representable in float32, so JSON and CSV carry them unchanged.
 ROWS = [[0.5, -1.25, 2.0, 0.75], [1.5, 0.25, -0.5, 3.0]]
@@ -81,6 +81,7 @@ def sdk_venvs() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"scripts/setup-cloud-sdks.sh failed in CI:\n{tail}")
         pytest.skip(f"scripts/setup-cloud-sdks.sh failed (the cloud SDKs could not be installed):\n{tail}")
+    share_identical_files(THIS_VENV, VENVS)
     return VENVS
 
 
