@@ -347,7 +347,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         "bundle": args.bundle, "image.base": args.base, "image.dockerfile": args.dockerfile,
         "image.registry": args.registry, "image.repository": args.repository})
     report = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
-                            repository=cfg.image.repository, dockerfile=cfg.image.dockerfile, push_image=args.push)
+                            repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
+                            environment=cfg.image.environment, push_image=args.push)
     size_mb = f"{report['size'] / 1e6:.0f} MB"
     github.set_output("image", report["image"])
     github.set_output("digest", report.get("digest", ""))

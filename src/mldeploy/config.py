@@ -15,13 +15,14 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mldeploy.errors import UsageError
+from mldeploy.serve.settings import check_environment
 
 SCHEMA_VERSION = 1
 DEFAULT_CONFIG_FILE = "mldeploy.yaml"
@@ -143,11 +144,49 @@ class OptimizeSection(Section):
         return value.strip() if isinstance(value, str) else value
 
 
+def container_environment(env: dict[str, str], platform_names: str, platform: str,
+                          secret_names: Iterable[str] = ()) -> dict[str, str]:
+    """Variables for the serving container: names a shell accepts, none that `platform` sets itself
+    (`platform_names`, a regular expression), and MLDEPLOY_* settings the server reads, with values
+    it accepts, so a typo fails here and not at the container's start, after a deploy."""
+    for name in [*env, *secret_names]:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
+        if re.fullmatch(platform_names, name):
+            raise ValueError(f"{name} is set by {platform}")
+    try:
+        check_environment(env, secret_names)
+    except UsageError as e:
+        raise ValueError(e.describe()) from None
+    return env
+
+
 class ImageSection(Section):
     base: str = Field("python:3.11-slim", description="Base image of the serving image.")
     registry: str | None = Field(None, description="Registry host, e.g. 123.dkr.ecr.eu-west-1.amazonaws.com.")
     repository: str | None = Field(None, description="Repository name in the registry.")
     dockerfile: str | None = Field(None, description="Your own Dockerfile instead of ours.")
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="Serving settings built into the image (ENV), e.g. MLDEPLOY_WORKERS; "
+                                          "they reach every target. Never secrets: whoever pulls the image reads them.")
+
+    @field_validator("environment")
+    @classmethod
+    def _serving_settings(cls, value: dict[str, str]) -> dict[str, str]:
+        if "MLDEPLOY_API_KEYS" in value:
+            raise ValueError("MLDEPLOY_API_KEYS would be readable by whoever pulls the image: give API keys to "
+                             "the deploy (Lambda or Cloud Run environment, Cloud Run secrets)")
+        if any(c in v for v in value.values() for c in "\n\r\0"):
+            raise ValueError("a value spans lines: a Dockerfile ENV holds one line")
+        return container_environment(value, r"PATH|PYTHON\w*|PORT|K_\w*|AIP_\w*|SAGEMAKER_\w*|AZUREML_\w*|"
+                                             r"AWS_\w*|LAMBDA_\w*|_HANDLER", "the image or the cloud it runs on")
+
+    @model_validator(mode="after")
+    def _environment_needs_our_dockerfile(self) -> ImageSection:
+        if self.environment and self.dockerfile:
+            raise ValueError("environment is built into mldeploy's Dockerfile; with your own dockerfile, "
+                             "set ENV there")
+        return self
 
 
 class SageMakerSection(Section):
@@ -187,6 +226,14 @@ class LambdaSection(Section):
     provisioned_concurrency: int = Field(0, ge=0, description="Warm environments kept for the `live` alias.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment (MLDEPLOY_* settings).")
 
+    @field_validator("environment")
+    @classmethod
+    def _serving_settings(cls, value: dict[str, str]) -> dict[str, str]:
+        # Lambda's reserved keys (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html)
+        return container_environment(value, r"_HANDLER|_X_AMZN_TRACE_ID|AWS_REGION|AWS_DEFAULT_REGION|"
+                                            r"AWS_EXECUTION_ENV|AWS_LAMBDA_\w*|AWS_ACCESS_KEY(_ID)?|"
+                                            r"AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|LAMBDA_\w*", "Lambda itself")
+
 
 class AwsSection(Section):
     role: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
@@ -223,20 +270,14 @@ class CloudRunSection(Section):
     secrets: dict[str, str] = Field(default_factory=dict, description="Environment variables from Secret Manager: "
                                                                       "NAME: SECRET or SECRET:VERSION (default latest).")
 
-    @field_validator("environment", "secrets")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, _)")
-            if name == "PORT" or name.startswith("K_"):
-                raise ValueError(f"{name} is set by Cloud Run itself")
-        return value
-
     @model_validator(mode="after")
-    def _set_once(self) -> CloudRunSection:
+    def _serving_settings(self) -> CloudRunSection:
         if both := sorted(set(self.environment) & set(self.secrets)):
             raise ValueError(f"{', '.join(both)} set in both environment and secrets")
+        if "MLDEPLOY_API_KEYS" in self.environment:
+            raise ValueError("MLDEPLOY_API_KEYS in environment shows the keys to whoever can read the service: "
+                             "keep them in Secret Manager and name the secret under secrets")
+        container_environment(self.environment, r"PORT|K_\w*", "Cloud Run itself", secret_names=self.secrets)
         return self
 
 

@@ -55,7 +55,8 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
                               "starts one on 127.0.0.1:5000)")
     with step("build and push"):
         built = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
-                               repository=cfg.image.repository, dockerfile=cfg.image.dockerfile, push_image=True)
+                               repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
+                               environment=cfg.image.environment, push_image=True)
     done("build and push")
 
     bundle = Bundle.open(cfg.bundle)

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -178,3 +179,28 @@ def test_a_mounted_model_the_image_user_cannot_read_is_named(pushed, docker_clie
     errors = [json.loads(line) for line in lines if '"error"' in line]
     assert len(errors) == 1 and "model.onnx is not readable by uid 10001" in errors[0]["message"], lines
     assert all(line.startswith("{") for line in lines), lines
+
+
+def test_image_environment_is_built_in_exactly_and_the_server_reads_it(serving_image, docker_env, docker_client,
+                                                                        mldeploy_module, tmp_path):
+    _, bundle = serving_image
+    odd = 'a "quoted" $HOME \\ é'  # quotes, a backslash, no $ expansion, not ASCII
+    config = tmp_path / "mldeploy.yaml"
+    config.write_text(json.dumps({"image": {"environment": {"MLDEPLOY_WORKERS": "3", "ODD_VALUE": odd}}}))
+    code, out = mldeploy_module("build", "--config", config, "--bundle", bundle, "--repository", "mldeploy-test/env",
+                                "--base", docker_env["MLDEPLOY_IMAGE__BASE"])
+    assert code == 0, out
+    image = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    shown = docker_client.containers.run(image, entrypoint=["/opt/venv/bin/python", "-c",
+                                         "import os, json; print(json.dumps(os.environ.get('ODD_VALUE')))"],
+                                         remove=True)
+    assert json.loads(shown) == odd
+    c = docker_client.containers.run(image, ["serve"], detach=True)
+    try:
+        deadline = time.monotonic() + 60
+        while '"starting"' not in (logs := c.logs().decode()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        starting = next(json.loads(line) for line in logs.splitlines() if '"starting"' in line)
+        assert starting["workers"] == 3, logs
+    finally:
+        c.remove(force=True)

@@ -551,3 +551,40 @@ def test_monitoring_paths_are_relative_to_the_config_file_and_uris_stay(tmp_path
     cfg = load_config(str(folder / "mldeploy.yaml"))
     assert cfg.monitoring.baseline == str(folder / "stats" / "baseline.json")
     assert cfg.monitoring.drift.capture == "s3://bucket/capture/"
+
+
+# ---------------------------------------------------------------------------- container environment
+
+@pytest.mark.parametrize("section, settings, message", [
+    ("image", "{MLDEPLOY_WORKER: '2'}", "MLDEPLOY_WORKER is not a serving setting (did you mean MLDEPLOY_WORKERS?)"),
+    ("image", "{MLDEPLOY_WORKERS: two}", "MLDEPLOY_WORKERS='two' is not a whole number"),
+    ("image", "{MLDEPLOY_BATCHING: sometimes}", "MLDEPLOY_BATCHING='sometimes' must be auto, on or off"),
+    ("image", "{MLDEPLOY_BUNDLE: /m}", "MLDEPLOY_BUNDLE is set by the image"),
+    ("image", "{PORT: '9000'}", "PORT is set by the image or the cloud it runs on"),
+    ("image", "{AIP_HTTP_PORT: '9000'}", "AIP_HTTP_PORT is set by the image or the cloud it runs on"),
+    ("image", "{MLDEPLOY_API_KEYS: k0123456789abcdef}", "MLDEPLOY_API_KEYS would be readable by whoever pulls"),
+    ("image", "{TZ: \"a\\nb\"}", "a value spans lines"),
+    ("deploy.aws.lambda", "{AWS_REGION: eu-west-1}", "AWS_REGION is set by Lambda itself"),
+    ("deploy.aws.lambda", "{MLDEPLOY_MAX_BATCH: '0'}", "MLDEPLOY_MAX_BATCH=0 is out of range"),
+    ("deploy.gcp.cloudrun", "{MLDEPLOY_ACCESS_LOG: maybe}", "MLDEPLOY_ACCESS_LOG='maybe' must be true or false"),
+    ("deploy.gcp.cloudrun", "{MLDEPLOY_API_KEYS: k0123456789abcdef}", "keep them in Secret Manager"),
+])
+def test_container_environment_is_checked_when_the_config_loads(tmp_path, section, settings, message):
+    nested = "".join(f"{'  ' * i}{key}:\n" for i, key in enumerate(section.split(".")))
+    p = write(tmp_path, nested + "  " * section.count(".") + f"  environment: {settings}\n")
+    _, _, got = only_problem(p)
+    assert message in got, got
+
+
+def test_cloud_run_secret_names_are_checked_but_not_their_values(tmp_path):
+    p = write(tmp_path, "deploy:\n  gcp:\n    cloudrun:\n      secrets: {MLDEPLOY_API_KEYS: api-keys:3}\n")
+    assert load_config(p, environ={}).deploy.gcp.cloudrun.secrets == {"MLDEPLOY_API_KEYS": "api-keys:3"}
+    p = write(tmp_path, "deploy:\n  gcp:\n    cloudrun:\n      secrets: {MLDEPLOY_API_KEY: api-keys}\n")
+    assert "MLDEPLOY_API_KEY is not a serving setting (did you mean MLDEPLOY_API_KEYS?)" in only_problem(p)[2]
+
+
+def test_image_environment_is_kept_and_needs_our_dockerfile(tmp_path):
+    p = write(tmp_path, "image:\n  environment: {MLDEPLOY_WORKERS: '2', OMP_WAIT_POLICY: PASSIVE}\n")
+    assert load_config(p, environ={}).image.environment == {"MLDEPLOY_WORKERS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    p = write(tmp_path, "image:\n  dockerfile: Dockerfile\n  environment: {MLDEPLOY_WORKERS: '2'}\n")
+    assert "with your own dockerfile, set ENV there" in only_problem(p)[2]

@@ -77,14 +77,20 @@ def _source_url() -> str:
     return f"{server}/{repo}" if server and repo else ""
 
 
-def render(base: str, labels: dict[str, str], requirements: list[str]) -> str:
+def render(base: str, labels: dict[str, str], requirements: list[str], environment: dict[str, str]) -> str:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.policies["json.dumps_kwargs"] = {"ensure_ascii": True}
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     return template.render(base=base, labels=labels, requirements=" ".join(requirements),
+                           environment=[f"{k}={_env_quoted(v)}" for k, v in sorted(environment.items())],
                            mldeploy_version=__version__)
+
+
+def _env_quoted(value: str) -> str:
+    """A value for a Dockerfile ENV line, kept exactly: quoted, with no $ expansion."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def runtime_wheels(dest: Path) -> list[str]:
@@ -162,7 +168,8 @@ def _pip(*args: str) -> None:
                               f"{WHEEL_CACHE}")
 
 
-def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Path) -> dict[str, str]:
+def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Path,
+                 environment: dict[str, str] | None = None) -> dict[str, str]:
     """Fill folder with Dockerfile, .dockerignore, bundle/ and wheels/; returns the labels."""
     (folder / "bundle").mkdir()
     for name in (MODEL_FILE, SIGNATURE_FILE, MANIFEST_FILE):  # what serving reads; not fp32 copies or exports
@@ -175,7 +182,7 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
         shutil.copy2(dockerfile, folder / "Dockerfile")
     else:
         requirements = runtime_wheels(folder / "wheels")
-        (folder / "Dockerfile").write_text(render(base, labels, requirements), encoding="utf-8")
+        (folder / "Dockerfile").write_text(render(base, labels, requirements, environment or {}), encoding="utf-8")
         sbom = json.dumps(cyclonedx(sorted((folder / "wheels").glob("*.whl")), f"mldeploy/{_model_name(bundle)}"),
                           indent=2) + "\n"
         if not (bundle.path / SBOM_FILE).is_file() or (bundle.path / SBOM_FILE).read_text() != sbom:
@@ -184,12 +191,13 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
     return labels
 
 
-def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | None = None) -> Built:
+def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | None = None,
+          environment: dict[str, str] | None = None) -> Built:
     bundle = Bundle.open(bundle_dir)
     client = engine()
     _ensure_base(client, base, dockerfile)
     with tempfile.TemporaryDirectory(prefix="mldeploy-build-") as tmp:
-        labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp))
+        labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp), environment)
         image_id = _docker_build(client, Path(tmp), tag, labels if dockerfile else None)
     image = client.images.get(image_id)
     return Built(image_id, tag, int(image.attrs.get("Size", 0)), image.labels or {})
@@ -325,12 +333,13 @@ def _scrub(text: str, auth: dict | None) -> str:
 
 
 def build_and_push(bundle_dir: str | os.PathLike, *, base: str, registry: str | None, repository: str | None,
-                   dockerfile: str | None, push_image: bool) -> dict[str, object]:
+                   dockerfile: str | None, push_image: bool, environment: dict[str, str] | None = None
+                   ) -> dict[str, object]:
     """The build-push-image step: build, push by digest when asked, record it in the manifest."""
     bundle = Bundle.open(bundle_dir)
     name = repository or f"mldeploy/{_model_name(bundle)}"
     local_tag = f"{name}:model-{bundle.manifest.get('model', {}).get('sha256', 'unknown')[:12]}"
-    built = build(bundle_dir, base, local_tag, dockerfile)
+    built = build(bundle_dir, base, local_tag, dockerfile, environment)
     report: dict[str, object] = {"status": "passed", "image_id": built.image_id, "local_tag": local_tag,
                                  "size": built.size, "base": None if dockerfile else base,
                                  "dockerfile": dockerfile or "mldeploy template",

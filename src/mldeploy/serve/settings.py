@@ -7,9 +7,11 @@ typo fails the start with one line instead of a surprise under load.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +180,40 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
              host: str | None = None, workers: int | None = None) -> Settings:
     """Settings from flags (when given) and the environment; raises UsageError naming a bad value."""
     env = dict(os.environ if env is None else env)
+    return Settings(bundle=locate_bundle(bundle, env), **_values(env, port, host, workers))
+
+
+class _Lookups(dict):
+    """An environment that remembers which names were looked up: the names the server reads."""
+
+    def __init__(self, env: dict[str, str]):
+        super().__init__(env)
+        self.read: set[str] = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+
+def check_environment(env: dict[str, str], secret_names: Iterable[str] = ()) -> None:
+    """Check variables a deploy gives the container before it starts (and the names of those it
+    fills from a secret store): an MLDEPLOY_* name the server does not read (a typo would be
+    silently ignored) or a bad value raises UsageError naming it."""
+    names = set(env) | set(secret_names)
+    if "MLDEPLOY_BUNDLE" in names:
+        raise UsageError("MLDEPLOY_BUNDLE is set by the image (the bundle is in /opt/ml/model)")
+    # the keys file is a path inside the container: it is not read here
+    lookups = _Lookups({k: v for k, v in env.items() if k != "MLDEPLOY_API_KEYS_FILE"})
+    _values(lookups, None, None, None)
+    for name in sorted(names):
+        if name.startswith("MLDEPLOY_") and name not in lookups.read:
+            close = difflib.get_close_matches(name, sorted(v for v in lookups.read if v.startswith("MLDEPLOY_")), 1)
+            raise UsageError(f"{name} is not a serving setting" + (f" (did you mean {close[0]}?)" if close else ""),
+                             hint="the settings are listed in the README, under Settings (environment)")
+
+
+def _values(env: dict[str, str], port: int | None, host: str | None, workers: int | None) -> dict[str, object]:
+    """Every setting but the bundle, checked."""
     cpus = available_cpus()
     workers = workers or int(_number(env, "MLDEPLOY_WORKERS", cpus, int, 1, 64))
     if port is None:  # the platform's variable wins over our default: it is what the probe calls
@@ -201,8 +237,7 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
     rate = _rate(env)
     capture = env.get("MLDEPLOY_CAPTURE_DIR")
     metrics = env.get("MLDEPLOY_METRICS_DIR")
-    return Settings(
-        bundle=locate_bundle(bundle, env),
+    return dict(
         host=host or env.get("MLDEPLOY_HOST", "0.0.0.0"),
         port=port,
         workers=workers,
