@@ -584,7 +584,9 @@ def test_cloud_run_secret_names_are_checked_but_not_their_values(tmp_path):
 
 
 def test_image_environment_is_kept_and_needs_our_dockerfile(tmp_path):
-    p = write(tmp_path, "image:\n  environment: {MLDEPLOY_WORKERS: '2', OMP_WAIT_POLICY: PASSIVE}\n")
-    assert load_config(p, environ={}).image.environment == {"MLDEPLOY_WORKERS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    every = {"MLDEPLOY_WORKERS": "2", "MLDEPLOY_RATE_BURST": "5", "MLDEPLOY_API_KEYS_FILE": "/run/keys",
+             "OMP_WAIT_POLICY": "PASSIVE"}  # a burst without a rate is still a known name; the keys file is not read
+    p = write(tmp_path, f"image:\n  environment: {json.dumps(every)}\n")
+    assert load_config(p, environ={}).image.environment == every
     p = write(tmp_path, "image:\n  dockerfile: Dockerfile\n  environment: {MLDEPLOY_WORKERS: '2'}\n")
     assert "with your own dockerfile, set ENV there" in only_problem(p)[2]

@@ -235,6 +235,7 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
     if batching not in ("auto", "on", "off"):
         raise UsageError(f"MLDEPLOY_BATCHING={batching!r} must be auto, on or off")
     rate = _rate(env)
+    burst = _number(env, "MLDEPLOY_RATE_BURST", max(1.0, rate), float, 1)  # read even unused: a known name
     capture = env.get("MLDEPLOY_CAPTURE_DIR")
     metrics = env.get("MLDEPLOY_METRICS_DIR")
     return dict(
@@ -252,7 +253,7 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
         extra_routes=extra,
         api_keys=_api_keys(env),
         rate_per_second=rate,
-        rate_burst=_number(env, "MLDEPLOY_RATE_BURST", max(1.0, rate), float, 1) if rate else 0.0,
+        rate_burst=burst if rate else 0.0,
         capture_dir=Path(capture) if capture else None,
         capture_sample_rate=_number(env, "MLDEPLOY_CAPTURE_SAMPLE_RATE", 1.0 if capture else 0.0, float, 0, 1),
         capture_max_bytes=int(_number(env, "MLDEPLOY_CAPTURE_MAX_BYTES", 64 << 20, int, 4096)),
