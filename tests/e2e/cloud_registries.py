@@ -8,6 +8,8 @@ Like the real registries, each host
 - wants the login its cloud issued (Basic auth, checked against what the cloud's fake handed out),
 - refuses a push to a repository its cloud's API has not created (ECR and Artifact Registry; ACR
   creates repositories on push),
+- refuses a tag that exists when its cloud's API made the repository's tags immutable (ECR),
+  even on the same image, as ECR does,
 - tells its cloud's API about what was pushed, under the registry's own digest (ECR: moto's
   DescribeImages then finds it, as ECR's does),
 - and answers ACR's token exchange (/oauth2/exchange).
@@ -21,6 +23,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +47,7 @@ class Registry:
     has_repository: Callable[[str], bool] | None = None       # its API created this repository
     pushed: Callable[[str, str, str, bytes, str], None] | None = None  # name, ref, digest, manifest, type
     exchange: Callable[[dict[str, str]], tuple[int, dict]] | None = None  # ACR's /oauth2/exchange
+    tag_taken: Callable[[str, str], bool] | None = None       # an immutable repository has this tag
     pushes: list[str] = field(default_factory=list)           # repository@digest, in order
 
 
@@ -91,13 +95,20 @@ class CloudRegistries:
             return answer(request, 404, {"errors": [{"code": "NOT_FOUND", "message": request.path}]})
         if registry.login and request.headers.get("Authorization") != basic(*registry.login()):
             return answer(request, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-                          {"WWW-Authenticate": f'Basic realm="{host}"'})
+                          {"WWW-Authenticate": f'Basic realm="{host}"',  # the version: how a client knows a v2 registry
+                           "Docker-Distribution-Api-Version": "registry/2.0"})
         route = ROUTE.match(request.path)
         if route and registry.has_repository and not registry.has_repository(route["name"]):
             return answer(request, 404, {"errors": [{
                 "code": "NAME_UNKNOWN", "message": f"The repository with name '{route['name']}' does not exist "
                                                    f"in the registry {host}"}]})
         manifest_put = bool(route and route["kind"] == "manifests" and request.command == "PUT")
+        if (manifest_put and not route["ref"].startswith("sha256:") and registry.tag_taken
+                and registry.tag_taken(route["name"], route["ref"])):
+            read_body(request)
+            return answer(request, 400, {"errors": [{"code": "TAG_INVALID", "message": (
+                f"The image tag '{route['ref']}' already exists in the '{route['name']}' repository and cannot "
+                "be overwritten because the repository is immutable.")}]})
         status, headers, body, sent = self.forward(request, keep_body=manifest_put)
         if manifest_put and status == 201:
             digest = headers.get("Docker-Content-Digest", "")
@@ -209,6 +220,7 @@ def name_hosts(hosts: list[str], ca: Path) -> Callable[[], None]:
     for host in hosts:
         (CERTS_D / host).mkdir(parents=True, exist_ok=True)
         (CERTS_D / host / "ca.crt").write_bytes(ca.read_bytes())
+    time.sleep(5.1)  # the engine's Go resolver may hold /etc/hosts as it read it up to 5 s ago
 
     def undo() -> None:
         HOSTS_FILE.write_text(original)

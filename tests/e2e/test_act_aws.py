@@ -49,8 +49,8 @@ PIPELINE = Path(__file__).parent / "workflows" / "pipeline-aws.yml"
 
 def ecr(registries) -> Registry:
     """ECR's registry host as it behaves with ECR's API (moto): the login GetAuthorizationToken
-    issued, pushes only into repositories the API created, and DescribeImages then knows the image
-    by the registry's digest."""
+    issued, pushes only into repositories the API created, refuses a tag that an immutable repository
+    has, and DescribeImages then knows the image by the registry's digest."""
     import boto3
 
     api = boto3.client("ecr")
@@ -74,7 +74,15 @@ def ecr(registries) -> Registry:
         except api.exceptions.ImageAlreadyExistsException:
             pass
 
-    registries[ECR_HOST] = Registry(login, has_repository, pushed)
+    def tag_taken(name: str, tag: str) -> bool:
+        if api.describe_repositories(repositoryNames=[name])["repositories"][0]["imageTagMutability"] != "IMMUTABLE":
+            return False
+        try:
+            return bool(api.describe_images(repositoryName=name, imageIds=[{"imageTag": tag}])["imageDetails"])
+        except api.exceptions.ImageNotFoundException:
+            return False
+
+    registries[ECR_HOST] = Registry(login, has_repository, pushed, tag_taken=tag_taken)
     return registries[ECR_HOST]
 
 
@@ -145,3 +153,45 @@ def test_the_reusable_workflow_promotes_and_rolls_back_on_sagemaker(kit, tmp_pat
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert serving() == {"production": (second, 100)}
     assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
+
+
+def test_a_rebuild_pushes_into_immutable_ecr_and_leaves_the_tags_that_exist(
+        tmp_path, monkeypatch, mldeploy, aws, cloud_registries, docker_env, bundle):
+    """ECR refuses a tag that exists in an immutable repository (ours are), even on the same image:
+    a re-run, an unchanged model or a new kit version must still push, and deploy by digest."""
+    import boto3
+
+    front, _ = cloud_registries
+    registry = ecr(front.registries)
+    for name, value in docker_env.items():
+        monkeypatch.setenv(name, value)
+    build = ("--push", "--registry", ECR_HOST, "--repository", "models/immutable")
+
+    def push(*args: str):  # a copy of the bundle as it was converted: the push records a step in it
+        model = shutil.copytree(bundle, tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}")
+        return mldeploy("build", "--bundle", model, *build, *args)
+
+    def image_tags() -> dict[str, set[str]]:
+        images = boto3.client("ecr").describe_images(repositoryName="models/immutable")["imageDetails"]
+        return {i["imageDigest"]: set(i.get("imageTags", [])) for i in images}
+
+    first = push()
+    assert first.code == 0, first.out + first.err
+    digest = registry.pushes[-1].split("@")[1]
+    [tags] = image_tags().values()
+    assert {t.split("-")[0] for t in tags} == {"image", "model"}, tags
+
+    again = push()  # the very same image: every tag exists
+    assert again.code == 0, again.out + again.err
+    assert "exists and the repository's tags are immutable: it stays as it is" in again.out
+    assert "warning" not in again.err and f"@{digest}" in again.out and image_tags() == {digest: tags}
+
+    (tmp_path / "mldeploy.yaml").write_text('image: {environment: {MLDEPLOY_ACCESS_LOG: "true"}}\n')
+    other = push("--config", tmp_path / "mldeploy.yaml")  # another image of the same model
+    assert other.code == 0, other.out + other.err
+    new = registry.pushes[-1].split("@")[1]
+    assert new != digest and f"@{new}" in other.out
+    [model_tag] = [t for t in tags if t.startswith("model-")]
+    assert f"models/immutable:{model_tag} names another image ({digest})" in other.err, other.err
+    after = image_tags()
+    assert after[digest] == tags and [t.split("-")[0] for t in after[new]] == ["image"], after

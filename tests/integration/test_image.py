@@ -83,7 +83,8 @@ def test_push_records_the_digest_in_the_manifest(pushed):
     image, bundle = pushed
     step = Bundle.open(bundle).manifest["steps"][-1]
     assert step["step"] == "build" and step["image"] == image and image.endswith(step["digest"])
-    assert step["digest"].startswith("sha256:") and step["tags"][0].startswith("model-")
+    assert step["digest"].startswith("sha256:") and step["tags"][0] == f"image-{step['image_id'].split(':')[1][:12]}"
+    assert step["tags"][1] == f"model-{Bundle.open(bundle).manifest['model']['sha256'][:12]}"
 
 
 def test_every_protocol_against_the_container(container):

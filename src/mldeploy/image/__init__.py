@@ -302,27 +302,57 @@ def registry_auth(registry: str) -> dict[str, str] | None:
 
 
 def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
-    """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag)."""
+    """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag).
+
+    Immutable repositories (ECR's default, ours included) refuse a tag that exists, even on the
+    same image, so a re-run or an unchanged model would fail. The first tag is therefore this
+    build's own, `image-<image id>`: new, or already naming this very image. A refused tag is kept
+    where it is: fine when it names this image, a warning when it names another."""
     registry = repository.split("/", 1)[0]
     auth = registry_auth(registry)
     for pattern, cloud, _, ensure in REGISTRY_LOGINS:  # ECR and Artifact Registry make no repository on push
         if ensure and pattern.match(registry.lower()):
             getattr(importlib.import_module(f"mldeploy.deploy.{cloud}"), ensure)(repository)
     image = client.images.get(tag)
-    digest = None
-    for t in tags:
+    own = f"image-{image.id.split(':')[-1][:12]}"
+    digest, refused = None, []
+    for t in [own, *tags]:
         image.tag(repository, t)
         with github.group(f"docker push {repository}:{t}"):
             for chunk in client.api.push(repository, tag=t, stream=True, decode=True, auth_config=auth):
+                if "error" in chunk and IMMUTABLE_TAG.search(chunk["error"]):
+                    print(f"{t} exists and the repository's tags are immutable: it stays as it is")
+                    refused.append(t)
+                    break
                 if "error" in chunk:
                     raise UsageError(f"the registry {registry} refused the push: {_scrub(chunk['error'], auth)}",
                                      hint="check the registry address and its login (credentials are never printed)")
                 if "status" in chunk and "id" not in chunk:
                     print(chunk["status"])
                 digest = (chunk.get("aux") or {}).get("Digest") or digest
+    named = {t: _remote_digest(client, f"{repository}:{t}", auth) for t in refused}
+    digest = digest or named.get(own)
     if not digest:
         raise UsageError(f"the registry {registry} did not report a digest for {repository}")
-    return Pushed(repository, digest, tags)
+    for t, other in named.items():
+        if other != digest:
+            github.warning(f"{repository}:{t} names another image ({other}) and the repository's tags are immutable: "
+                           f"this build is {digest}, without that tag")
+    return Pushed(repository, digest, [t for t in [own, *tags] if named.get(t, digest) == digest])
+
+
+# ECR: "tag invalid: The image tag 'x' already exists in the 'y' repository and cannot be overwritten
+# because the repository is immutable."; Artifact Registry and ACR say "immutable" too.
+IMMUTABLE_TAG = re.compile(r"cannot be overwritten|immutable", re.IGNORECASE)
+
+
+def _remote_digest(client, reference: str, auth: dict | None) -> str | None:
+    import docker
+
+    try:
+        return client.images.get_registry_data(reference, auth_config=auth).id
+    except docker.errors.APIError:
+        return None
 
 
 def _scrub(text: str, auth: dict | None) -> str:
