@@ -165,11 +165,11 @@ def test_a_rebuild_pushes_into_immutable_ecr_and_leaves_the_tags_that_exist(
     registry = ecr(front.registries)
     for name, value in docker_env.items():
         monkeypatch.setenv(name, value)
-    build = ("--push", "--registry", ECR_HOST, "--repository", "models/immutable")
+    model = shutil.copytree(bundle, tmp_path / "bundle")
 
-    def push(*args: str):  # a copy of the bundle as it was converted: the push records a step in it
-        model = shutil.copytree(bundle, tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}")
-        return mldeploy("build", "--bundle", model, *build, *args)
+    def push(*args: str):
+        return mldeploy("build", "--bundle", model, "--push", "--registry", ECR_HOST,
+                        "--repository", "models/immutable", *args)
 
     def image_tags() -> dict[str, set[str]]:
         images = boto3.client("ecr").describe_images(repositoryName="models/immutable")["imageDetails"]

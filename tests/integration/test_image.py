@@ -79,6 +79,17 @@ def container(pushed, docker_client):
         c.remove(force=True)
 
 
+def test_a_rebuild_of_the_same_bundle_is_the_same_image(serving_image, docker_env, mldeploy_module, tmp_path):
+    """The bundle records each build; the image carries the lineage without builds, so an unchanged
+    bundle builds the very same image (what an immutable registry's tags need)."""
+    bundle = shutil.copytree(serving_image[1], tmp_path / "bundle")
+    for _ in range(2):
+        code, out = mldeploy_module("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"])
+        assert code == 0, out
+    first, second = [s for s in Bundle.open(bundle).manifest["steps"] if s["step"] == "build"]
+    assert first["image_id"] == second["image_id"]
+
+
 def test_push_records_the_digest_in_the_manifest(pushed):
     image, bundle = pushed
     step = Bundle.open(bundle).manifest["steps"][-1]

@@ -55,8 +55,14 @@ def engine():
                               "and set DOCKER_HOST") from None
 
 
+def image_manifest(bundle: Bundle) -> dict:
+    """The manifest an image carries: the model's lineage without earlier builds, which are not this
+    image's history (and would make a rebuild of the same bundle another image)."""
+    return {**bundle.manifest, "steps": [s for s in bundle.manifest.get("steps", []) if s.get("step") != "build"]}
+
+
 def labels_for(bundle: Bundle) -> dict[str, str]:
-    m = bundle.manifest
+    m = image_manifest(bundle)
     steps = [s.get("step") for s in m.get("steps", [])]
     labels = {
         "org.opencontainers.image.title": "mldeploy model server",
@@ -172,8 +178,10 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
                  environment: dict[str, str] | None = None) -> dict[str, str]:
     """Fill folder with Dockerfile, .dockerignore, bundle/ and wheels/; returns the labels."""
     (folder / "bundle").mkdir()
-    for name in (MODEL_FILE, SIGNATURE_FILE, MANIFEST_FILE):  # what serving reads; not fp32 copies or exports
+    for name in (MODEL_FILE, SIGNATURE_FILE):  # what serving reads; not fp32 copies or exports
         shutil.copy2(bundle.path / name, folder / "bundle" / name)
+    (folder / "bundle" / MANIFEST_FILE).write_text(json.dumps(image_manifest(bundle), indent=2) + "\n",
+                                                   encoding="utf-8")
     (folder / "wheels").mkdir()
     labels = labels_for(bundle)
     if dockerfile is not None:
