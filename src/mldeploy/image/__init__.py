@@ -344,7 +344,8 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
         raise UsageError(f"the registry {registry} did not report a digest for {repository}")
     for t, other in named.items():
         if other != digest:
-            github.warning(f"{repository}:{t} names another image ({other}) and the repository's tags are immutable: "
+            github.warning(f"{repository}:{t} names another image ({other or 'the registry did not say which'}) "
+                           "and the repository's tags are immutable: "
                            f"this build is {digest}, without that tag")
     return Pushed(repository, digest, [t for t in [own, *tags] if named.get(t, digest) == digest])
 
