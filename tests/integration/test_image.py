@@ -66,7 +66,7 @@ def container(pushed, docker_client):
     image, _ = pushed
     repository, digest = image.split("@")
     for tag in docker_client.images.get(image).tags:
-        docker_client.images.remove(tag)
+        docker_client.images.remove(tag, force=True)  # untags only, if an earlier test left a container of this image
     pulled = docker_client.images.pull(image)
     assert digest in pulled.attrs["RepoDigests"][0]
     port = free_port()

@@ -52,7 +52,7 @@ def images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple[
     def variant(tag: str, extra: str) -> str:
         folder = tmp_path_factory.mktemp(tag)
         (folder / "Dockerfile").write_text(f"FROM {good}\n{extra}\n")
-        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}")
+        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}", rm=True)
         digest = None
         for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
             digest = (chunk.get("aux") or {}).get("Digest") or digest
