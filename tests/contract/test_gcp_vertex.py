@@ -312,6 +312,7 @@ def test_artifact_registry_repository_is_created_once(vertex):
     from mldeploy.deploy.gcp import ensure_artifact_repository
 
     assert ensure_artifact_repository(f"{REPOSITORY}") is True
-    assert vertex.repositories[f"projects/{PROJECT}/locations/europe/repositories/models"]["format"] in ("DOCKER", 1)
+    created = vertex.repositories[f"projects/{PROJECT}/locations/europe/repositories/models"]
+    assert created["format"] in ("DOCKER", 1) and created["dockerConfig"] == {"immutableTags": True}
     assert ensure_artifact_repository(f"{REPOSITORY}") is False
     assert ensure_artifact_repository("gcr.io/acme-ml/classifier") is False  # gcr.io: left alone

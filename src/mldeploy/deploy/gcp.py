@@ -246,7 +246,8 @@ def artifact_repository(repository: str) -> tuple[str, str, str]:
 
 def ensure_artifact_repository(repository: str, timeout: float = 300) -> bool:
     """Create the Docker-format Artifact Registry repository of `repository` (a registry path or an
-    image repository below it) when missing; True if created. gcr.io hosts are left alone (their
+    image repository below it) when missing, with immutable tags as on ECR (a tag never moves to
+    another image; the push copes with tags that exist); True if created. gcr.io hosts are left alone (their
     repositories are made by Google, or by an admin with `gcloud artifacts repositories create`)."""
     if not AR_HOST.match(repository.split("/", 1)[0].lower()):
         return False
@@ -266,9 +267,11 @@ def ensure_artifact_repository(repository: str, timeout: float = 300) -> bool:
         operation = registry.create_repository(
             parent=f"projects/{project_id}/locations/{location}", repository_id=repo,
             repository=ar.Repository(format_=ar.Repository.Format.DOCKER, labels=labels(repo),
-                                     description="Serving images pushed by mldeploy"))
+                                     description="Serving images pushed by mldeploy",
+                                     docker_config=ar.Repository.DockerRepositoryConfig(immutable_tags=True)))
     wait(operation, f"create the Artifact Registry repository {repo}", timeout)
-    print(f"created Artifact Registry repository {location}-docker.pkg.dev/{project_id}/{repo} (Docker)")
+    print(f"created Artifact Registry repository {location}-docker.pkg.dev/{project_id}/{repo} "
+          "(Docker, immutable tags)")
     return True
 
 
