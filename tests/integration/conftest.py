@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -66,3 +68,15 @@ def wait_http(url: str, timeout: float = 60, method: str = "GET", body: bytes | 
 
 
 __all__ = ["free_port", "wait_http"]
+
+
+def printed_image(out: str) -> str:
+    """The image `mldeploy build` printed (repository@digest when pushed, else the local tag)."""
+    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+
+
+def starting_line(text: str) -> dict:
+    """The server's JSON 'starting' log line, wherever a cloud's tooling printed it."""
+    match = re.search(r'\{[^{}]*"message":\s*"starting"[^{}]*\}', text)
+    assert match, f"no 'starting' log line in:\n{text[-3000:]}"
+    return json.loads(match.group(0))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import ROOT, THIS_VENV, share_identical_files
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, starting_line
 from tests.serve.conftest import _save, expected_probs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,13 +61,6 @@ def assert_probs(answer, expected: np.ndarray, what: str) -> None:
     got = np.asarray(answer, dtype=np.float64)
     assert got.shape == expected.shape, f"{what}: shape {got.shape}, expected {expected.shape}: {answer!r}"
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=what)
-
-
-def starting_line(text: str) -> dict:
-    """The server's JSON 'starting' log line, wherever a cloud's tooling printed it."""
-    match = re.search(r'\{[^{}]*"message":\s*"starting"[^{}]*\}', text)
-    assert match, f"no 'starting' log line in:\n{text[-3000:]}"
-    return json.loads(match.group(0))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mldeploy.bundle import Bundle
-from tests.integration.conftest import free_port, wait_http
+from tests.integration.conftest import free_port, printed_image, starting_line, wait_http
 from tests.serve.conftest import expected_probs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,7 +41,7 @@ def pushed(serving_image, docker_env, mldeploy_module):
     code, out = mldeploy_module("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"],
                                 "--push", "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
     assert code == 0, out
-    image = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    image = printed_image(out)
     return image, bundle
 
 
@@ -202,7 +202,7 @@ def test_image_environment_is_built_in_exactly_and_the_server_reads_it(serving_i
     code, out = mldeploy_module("build", "--config", config, "--bundle", bundle, "--repository", "mldeploy-test/env",
                                 "--base", docker_env["MLDEPLOY_IMAGE__BASE"])
     assert code == 0, out
-    image = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    image = printed_image(out)
     shown = docker_client.containers.run(image, entrypoint=["/opt/venv/bin/python", "-c",
                                          "import os, json; print(json.dumps(os.environ.get('ODD_VALUE')))"],
                                          remove=True)
@@ -212,7 +212,6 @@ def test_image_environment_is_built_in_exactly_and_the_server_reads_it(serving_i
         deadline = time.monotonic() + 60
         while '"starting"' not in (logs := c.logs().decode()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        starting = next(json.loads(line) for line in logs.splitlines() if '"starting"' in line)
-        assert starting["workers"] == 3, logs
+        assert starting_line(logs)["workers"] == 3, logs
     finally:
         c.remove(force=True)

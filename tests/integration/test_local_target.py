@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mldeploy.cli import main
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, printed_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BODY = json.dumps({"inputs": [[0.1, 0.2, 0.3, 0.4]]}).encode()
@@ -46,7 +46,7 @@ def images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple[
     code, out = mldeploy("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"], "--push",
                          "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
     assert code == 0, out
-    good = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("image: "))
+    good = printed_image(out)
     repository = good.split("@")[0]
 
     def variant(tag: str, extra: str) -> str:
