@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -74,6 +74,13 @@ class InputSpec(Section):
         return shape
 
 
+class OutputSpec(Section):
+    """One model output, in the model's order: the name the signature and the served responses use."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$",
+                      description="Output name, e.g. logits.")
+
+
 class ModelSection(Section):
     path: str | None = Field(None, description="The trained model: a file or a SavedModel folder.")
     framework: Literal["auto", "torch", "tensorflow", "onnx"] = Field(
@@ -87,6 +94,9 @@ class ModelSection(Section):
     dim_sizes: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description="Example sizes for named non-batch dims during export (default 8 each).")
+    custom_objects: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(
+        default_factory=list,
+        description="Keras custom layers, losses and functions: `package.module:Name` each, imported like factory.")
     torchscript: bool = Field(False, description="Also write a TorchScript copy (PyTorch sources).")
     tflite: bool = Field(False, description="Also write a TF Lite model (TensorFlow sources).")
 
@@ -98,6 +108,10 @@ class ParitySection(Section):
     batch_size: int = Field(8, ge=3, le=4096,
                             description="The larger parity batch (export uses 2; 1 is always checked).")
     seed: int = Field(0, description="Seed for generated inputs.")
+    reference: Literal["auto", "ort", "onnx", "none"] = Field(
+        "auto", description="What an ONNX source is checked against: ort (ONNX Runtime with graph optimizations "
+                            "off against on), onnx (ONNX's reference evaluator; a failure falls back to ort), "
+                            "none (batch consistency only); auto is ort.")
 
 
 CANDIDATES = ("ort-basic", "ort-extended", "onnxslim", "dynamic-int8", "static-int8", "fp16",
@@ -413,6 +427,8 @@ class Config(Section):
         default_factory=list,
         description="Model inputs. Required for TorchScript, state_dict and pickled PyTorch models; "
                     "checked against the model for ONNX, TensorFlow and .pt2 sources.")
+    outputs: list[OutputSpec] = Field(
+        default_factory=list, description="Names for the model's outputs, in order (default: the model's own).")
     parity: ParitySection = Field(default_factory=ParitySection)
     optimize: OptimizeSection = Field(default_factory=OptimizeSection)
     image: ImageSection = Field(default_factory=ImageSection)
@@ -427,6 +443,14 @@ class Config(Section):
         if dupes:
             raise ValueError(f"input names must be unique; repeated: {', '.join(dupes)}")
         return inputs
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_output_names(cls, outputs: list[OutputSpec]) -> list[OutputSpec]:
+        names = [o.name for o in outputs]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"output names must be unique; repeated: {', '.join(dupes)}")
+        return outputs
 
 
 def json_schema() -> dict[str, Any]:
