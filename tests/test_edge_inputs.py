@@ -45,16 +45,6 @@ def test_detect_only_without_a_model_says_so(tmp_path, mldeploy):
     assert r.code == 2 and "no model given" in r.err
 
 
-def test_sequence_outputs_are_refused(tmp_path, mldeploy):
-    node = helper.make_node("SplitToSequence", ["x"], ["parts"], axis=1)
-    graph = helper.make_graph([node], "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9),
-              tmp_path / "seq.onnx")
-    r = mldeploy("convert", "seq.onnx", cwd=tmp_path)
-    assert r.code == 2 and "are sequences or maps" in r.err
-
-
 def test_damaged_bundle(repo, mldeploy):
     (repo / ".mldeploy" / "bundle" / "signature.json").write_text("{}")
     r = mldeploy("optimize", cwd=repo)

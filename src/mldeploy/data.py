@@ -19,13 +19,15 @@ Arrays = dict[str, np.ndarray]
 DEFAULT_DIM = 8  # size used for a symbolic non-batch dimension that has no example size
 
 
-def concrete_shape(spec: TensorSpec, batch: int, dim_sizes: Mapping[str, int] | None = None) -> tuple[int, ...]:
-    """The spec's shape with the batch (dim 0, if not fixed) and other symbolic dims made concrete."""
+def concrete_shape(spec: TensorSpec, batch: int, dim_sizes: Mapping[str, int] | None = None,
+                   batch_names: frozenset[str] = frozenset()) -> tuple[int, ...]:
+    """The spec's shape with the batch (dim 0, if not fixed, and any dim named like a dim 0 in
+    `batch_names`: an RNN state's [layers, batch, hidden]) and other symbolic dims made concrete."""
     dims = []
     for i, d in enumerate(spec.shape):
         if isinstance(d, int):
             dims.append(d)
-        elif i == 0:
+        elif i == 0 or d in batch_names:
             dims.append(batch)
         else:
             dims.append((dim_sizes or {}).get(d, DEFAULT_DIM) if d else DEFAULT_DIM)
@@ -38,8 +40,9 @@ def generate(specs: list[TensorSpec], batch: int, *, seed: int = 0,
     """Random inputs that fit the specs: normal floats, small non-negative ints, or values in a range."""
     rng = np.random.default_rng(seed)
     out: Arrays = {}
+    batch_names = frozenset(s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str))
     for spec in specs:
-        shape = concrete_shape(spec, batch, dim_sizes)
+        shape = concrete_shape(spec, batch, dim_sizes, batch_names)
         dtype = np.dtype(spec.dtype)
         low_high = (ranges or {}).get(spec.name)
         if dtype.kind == "b":

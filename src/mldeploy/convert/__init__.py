@@ -54,6 +54,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
         return Converted(current, report)
     with staged(out_dir) as bundle:
         source = _load(framework, fmt, path, cfg, bundle.path)
+        output_names = _output_names(source, cfg)
         batches, data_note = _parity_inputs(source, cfg)
         expected, reference_note = _reference(source, batches)
         report = {"status": "failed", "source": str(path), "framework": framework, "format": source.format,
@@ -68,15 +69,15 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
             if isinstance(attempt, ExportFailed):
                 record.update(status="export failed", error=attempt.message, operator=attempt.operator)
             else:
-                result = parity.check(attempt.path, source.inputs, source.output_names, batches, expected,
-                                      cfg.parity.atol, cfg.parity.rtol)
+                result = _check(attempt, source, batches, expected, cfg)
                 unsupported = operator_in(result.problem or "") if result.problem else None
                 if unsupported:  # the exporter left an op in the graph that ONNX Runtime does not know
                     record.update(status="export failed", error=result.problem, operator=unsupported)
                     report["attempts"].append(record)
                     continue
                 record.update(status="passed" if result.passed else "parity failed",
-                              seconds=round(attempt.seconds, 3), batch_dependent=result.batch_dependent)
+                              seconds=round(attempt.seconds, 3), batch_dependent=result.batch_dependent,
+                              notes=result.notes)
                 if result.passed:  # its figures become the report's own `parity`
                     chosen = (attempt, result)
                 else:
@@ -85,10 +86,12 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
             if chosen:
                 break
         report["duration_s"] = round(time.perf_counter() - started, 3)
+        report["warnings"] += source.warnings + [n for a in report["attempts"] for n in a.pop("notes", [])]
         if chosen is None:
             _reject(bundle, report, cfg)
         attempt, result = chosen
-        signature = _finalize(attempt.path, bundle.model_path, source.inputs, source.output_names, result)
+        signature = _finalize(attempt.path, bundle.model_path, source.inputs, source.output_names, output_names,
+                              result)
         for leftover in bundle.path.glob("model.*.onnx"):
             leftover.unlink()
         report.update(status="passed", exporter=attempt.exporter, export_s=round(attempt.seconds, 3),
@@ -98,6 +101,31 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
         bundle.add_step("convert", report)
     publish(report, signature)
     return Converted(Bundle(out_dir), report)
+
+
+def _check(attempt: Export, source: Source, batches, expected, cfg: Config) -> parity.Parity:
+    """Parity of one export; where the first reference disagrees, the source's fallback reference decides."""
+    args = (attempt.path, source.inputs, source.output_names, batches)
+    tol = (cfg.parity.atol, cfg.parity.rtol)
+    rows_alone = source.framework == "onnx"  # the source is the export: the batch is its own check
+    result = parity.check(*args, expected, *tol, rows_alone=rows_alone)
+    if not result.passed and (second := source.fallback(batches)):
+        result = parity.check(*args, second, *tol, rows_alone=rows_alone)
+    return result
+
+
+def _output_names(source: Source, cfg: Config) -> list[str]:
+    """The names outputs are served under: `outputs:` in the config, else the model's own."""
+    if not cfg.outputs:
+        return list(source.output_names)
+    names = [o.name for o in cfg.outputs]
+    if len(names) != len(source.output_names):
+        raise UsageError(f"outputs: names {len(names)} output(s), but the model has {len(source.output_names)} "
+                         f"({', '.join(source.output_names)})", hint="give one name per output, in order")
+    taken = sorted(set(names) & {s.name for s in source.inputs})
+    if taken:
+        raise UsageError(f"outputs: {', '.join(taken)} is already an input's name", hint="pick another name")
+    return names
 
 
 def _native(source: Source, dest: Path) -> dict[str, str]:
@@ -113,7 +141,8 @@ def _conversion_key(source_sha: str, cfg: Config) -> str:
     """What a conversion depends on: the source's bytes, the settings, and the tool versions."""
     sample = Path(cfg.parity.sample) if cfg.parity.sample else None
     basis = {"source": source_sha, "model": cfg.model.model_dump(exclude={"path"}),
-             "inputs": [i.model_dump() for i in cfg.inputs], "parity": cfg.parity.model_dump(exclude={"sample"}),
+             "inputs": [i.model_dump() for i in cfg.inputs],
+             "outputs": [o.name for o in cfg.outputs], "parity": cfg.parity.model_dump(exclude={"sample"}),
              "sample": sha256_file(sample) if sample and sample.is_file() else None, "tools": tool_versions()}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -131,7 +160,15 @@ def _fixed_batch_warnings(source: Source, cfg: Config) -> list[str]:
     declared = {i.name for i in cfg.inputs}
     return [f"input '{s.name}' has a fixed batch of {s.shape[0]}: the endpoint will accept exactly "
             f"{s.shape[0]} row(s) per request; export with a dynamic batch dimension to serve any batch"
-            for s in source.inputs if s.shape and isinstance(s.shape[0], int) and s.name not in declared]
+            for s in source.inputs if s.shape and s.shape[0] in _fixed_batches(source.inputs) and s.name not in declared]
+
+
+def _fixed_batches(inputs: list[TensorSpec]) -> set[int]:
+    """The batch sizes the inputs fix, when none has a free batch (else a fixed dim 0 is not a batch:
+    an RNN state's [layers, batch, hidden], a scalar)."""
+    if any(s.shape and not isinstance(s.shape[0], int) for s in inputs):
+        return set()
+    return {s.shape[0] for s in inputs if s.shape}
 
 
 def _show_log(attempt: Export | ExportFailed) -> None:
@@ -162,7 +199,7 @@ def _load(framework: str, fmt: str, path: Path, cfg: Config, workdir: Path) -> S
 
 def _parity_inputs(source: Source, cfg: Config) -> tuple[dict[int, dict[str, np.ndarray]], str]:
     """Inputs at batch 1 and at a batch larger than the export example (or the model's fixed batch)."""
-    fixed = {s.shape[0] for s in source.inputs if s.shape and isinstance(s.shape[0], int)}
+    fixed = _fixed_batches(source.inputs)
     sizes = sorted(fixed) if fixed else [1, cfg.parity.batch_size]
     if cfg.parity.sample:
         sample = data.load(cfg.parity.sample, source.inputs)
@@ -179,8 +216,9 @@ def _parity_inputs(source: Source, cfg: Config) -> tuple[dict[int, dict[str, np.
 def _reference(source: Source, batches) -> tuple[dict | None, str | None]:
     try:
         return {b: source.run(a) for b, a in batches.items()}, None
-    except NotImplementedError as e:  # only the ONNX reference evaluator can lack an operator
-        return None, f"{e}; parity only checked that ONNX Runtime runs at every batch"
+    except NotImplementedError as e:  # an ONNX source told to check against nothing
+        return None, (f"{e}: parity only checked that ONNX Runtime runs at every batch and that rows run alone "
+                      "get the answers they get in a batch")
 
 
 def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
@@ -206,21 +244,23 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
                       hint=BATCH_HINT if batch_dependent else "inspect the rejected bundle next to the output folder")
 
 
-def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: list[str],
+def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: list[str], served_names: list[str],
               result: parity.Parity) -> Signature:
-    """Name the batch dim the same in the model and the signature, then write model.onnx."""
+    """Name the batch dim the same in the model and the signature, name the outputs as they are
+    served, then write model.onnx."""
     import onnx
 
     from mldeploy.convert.from_onnx import value_specs
 
     model = onnx.load(str(src))
+    _rename_outputs(model.graph, dict(zip(output_names, served_names)))
+    followers = {dict(zip(output_names, served_names)).get(n, n) for n in _outputs_following_batch(result)}
     free = {s.name: s.shape[0] or "batch" for s in inputs if s.shape and not isinstance(s.shape[0], int)}
     batch = next(iter(set(free.values()))) if len(set(free.values())) == 1 else None
     for v in model.graph.input:
         if v.name in free:
             _name_dim0(v, free[v.name])
     if batch:
-        followers = _outputs_following_batch(result)
         for v in model.graph.output:
             if v.name in followers:
                 _name_dim0(v, batch)
@@ -228,9 +268,24 @@ def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: lis
     graph = model.graph
     outs = value_specs(graph.output)
     ins = value_specs(graph.input, {i.name for i in graph.initializer})
-    order = {n: i for i, n in enumerate(output_names)}
+    order = {n: i for i, n in enumerate(served_names)}
     outs.sort(key=lambda t: order.get(t.name, len(order)))
     return Signature(ins, outs, batch)
+
+
+def _rename_outputs(graph, names: dict[str, str]) -> None:
+    """Serve output `old` as `new`: an Identity from old to new keeps every other use of `old` intact."""
+    import onnx
+
+    tensors = {t for n in graph.node for t in [*n.input, *n.output]} | {i.name for i in graph.initializer}
+    for value in graph.output:
+        new = names.get(value.name, value.name)
+        if new == value.name:
+            continue
+        if new in tensors:
+            raise UsageError(f"outputs: the model already has a tensor named '{new}'", hint="pick another name")
+        graph.node.append(onnx.helper.make_node("Identity", [value.name], [new], name=f"mldeploy_output_{new}"))
+        value.name = new
 
 
 def _outputs_following_batch(result: parity.Parity) -> set[str]:

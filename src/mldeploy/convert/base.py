@@ -49,10 +49,15 @@ class Source:
     format: str
     inputs: list[TensorSpec]
     output_names: list[str]
+    warnings: list[str] = []  # what the source noticed while loading or running (never mutated here)
 
     def run(self, arrays: Arrays) -> list[np.ndarray]:
         """The source framework's outputs for these inputs, in `output_names` order."""
         raise NotImplementedError
+
+    def fallback(self, batches: dict[int, Arrays]) -> dict[int, list[np.ndarray]] | None:
+        """A second reference to judge by when the first disagrees with every export, if the source has one."""
+        return None
 
     def exports(self, dest: Path, opset: int) -> Iterator[Export | ExportFailed]:
         """Export attempts in order of preference; the converter keeps the first that passes parity."""
@@ -97,10 +102,20 @@ def first_line(exc: BaseException) -> str:
     if "## Exception summary" in text:
         text = text.split("## Exception summary", 1)[1]
         text = re.sub(r"^\s*<class '[\w.]+'>:\s*", "", text)
+    text = _ORT_BOILERPLATE.sub("", text)
+    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ",
+                  r"\1 node '\2': ", text)
+    text = re.sub(r"/onnxruntime_src/\S+ \S+ ", "", text)  # ORT's own source file and function
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) > 1 and lines[0].endswith(":"):  # "Graph execution error:" says nothing alone
-        return f"{lines[0]} {lines[1]}"
-    return lines[0] if lines else type(exc).__name__
+        line = f"{lines[0]} {lines[1]}"
+    else:
+        line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= FIRST_LINE_MAX else line[:FIRST_LINE_MAX - 3] + "..."
+
+
+FIRST_LINE_MAX = 160  # with our own words around it, an error stays one line of at most 300 characters
+_ORT_BOILERPLATE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
 def resolve_inputs(found: list[TensorSpec] | None, declared: list[InputSpec], *,

@@ -28,6 +28,7 @@ class Parity:
     comparisons: list[Comparison] = field(default_factory=list)
     problem: str | None = None     # the first reason it failed, in words
     batch_dependent: bool = False  # the export is right at some batch sizes only (or pins the batch)
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
 
     def to_json(self) -> dict:
         return {"passed": self.passed, "problem": self.problem,
@@ -39,11 +40,13 @@ class Parity:
         return max(values) if values else None
 
 
-def session(path: Path):
+def session(path: Path, *, optimized: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors come back as exceptions; keep ORT's own log quiet
+    options.log_severity_level = 4  # errors come back as exceptions; keep ORT's own log quiet
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -52,7 +55,7 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) 
     if expected.dtype.kind in "biuUS" or actual.dtype.kind in "biuUS":
         equal = bool(np.array_equal(actual, expected))
         return (0.0 if equal else float("inf")), (0.0 if equal else float("inf")), equal
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    a, e = np.atleast_1d(actual).astype(np.float64), np.atleast_1d(expected).astype(np.float64)
     diff = np.abs(a - e)
     both_nan = np.isnan(a) & np.isnan(e)
     diff[both_nan] = 0.0
@@ -64,8 +67,12 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) 
 
 
 def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], batches: dict[int, Arrays],
-          expected: dict[int, list[np.ndarray]] | None, atol: float, rtol: float) -> Parity:
-    """Run the export at each batch and compare every output with the source's (when there is one)."""
+          expected: dict[int, list[np.ndarray]] | None, atol: float, rtol: float, *,
+          rows_alone: bool = False) -> Parity:
+    """Run the export at each batch and compare every output with the source's (when there is one).
+
+    With `rows_alone`, the rows of the largest batch are also run one at a time: each must get the
+    answer it got inside the batch (a model that mixes rows cannot be batched by the server)."""
     try:
         sess = session(onnx_path)
     except Exception as e:
@@ -111,4 +118,40 @@ def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], ba
                     f"(tolerance atol={atol:g} + rtol={rtol:g}*|source|)")
     failed_at = {c.batch for c in result.comparisons if not c.passed}
     result.batch_dependent = bool(failed_at) and len(failed_at) < len(batches)
+    if rows_alone and result.passed and max(batches) > 1:
+        _check_rows_alone(sess, inputs, output_names, names, max(batches), batches[max(batches)], atol, rtol, result)
     return result
+
+
+ROWS_CHECKED = 16  # rows of the largest batch run alone: enough to catch mixing, cheap at any batch
+
+
+def _check_rows_alone(sess, inputs: list[TensorSpec], output_names: list[str], names: list[str], batch: int,
+                      arrays: Arrays, atol: float, rtol: float, result: Parity) -> None:
+    batched = {s.name for s in inputs if s.shape and not isinstance(s.shape[0], int)}
+    together = sess.run(None, arrays)
+    worst: dict[str, tuple[float, float, bool, list[int]]] = {}
+    for row in range(min(batch, ROWS_CHECKED)):
+        feed = {k: (a[row:row + 1] if k in batched else a) for k, a in arrays.items()}
+        try:
+            alone = sess.run(None, feed)
+        except Exception as e:  # e.g. a state input whose batch is not its first dim
+            result.notes.append(f"rows were not checked one at a time: ONNX Runtime fails on one row: {first_line(e)}")
+            return
+        for name in output_names:
+            i = names.index(name)
+            t, a = together[i], alone[i]
+            if t.ndim == 0 or t.shape[0] != batch or a.shape[:1] != (1,) or a.shape[1:] != t.shape[1:]:
+                continue  # an output that does not follow the batch
+            max_abs, max_rel, ok = compare(a[0], t[row], atol, rtol)
+            prev = worst.get(name, (0.0, 0.0, True))
+            worst[name] = (max(prev[0], max_abs), max(prev[1], max_rel), prev[2] and ok, list(t.shape))
+    for name, (max_abs, max_rel, ok, shape) in worst.items():
+        result.comparisons.append(Comparison(name, batch, max_abs, max_rel, ok, "rows run alone vs in the batch",
+                                             shape))
+        if not ok:
+            result.passed = False
+            result.batch_dependent = True
+            result.problem = result.problem or (
+                f"output '{name}': a row run alone differs by up to {max_abs:.3g} from the same row in a batch "
+                f"of {batch}: the model mixes rows of a batch")
