@@ -88,6 +88,16 @@ NETDEFS = textwrap.dedent('''
     def custom(): return CustomOp()
     def not_a_module(): return {"weights": 1}
     def broken(): raise RuntimeError("needs a GPU")
+    def exits(): raise SystemExit("no GPU, bye")
+    def interrupted(): raise KeyboardInterrupt()
+
+    class MeanOverTime(nn.Module):
+        """Needs at least 12 time steps: its .pt2 says so in its range constraints."""
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 4, 11)
+        def forward(self, x):
+            return self.conv(x).mean(-1)
 ''')
 
 X = "x:float32:batch,8"
@@ -115,6 +125,13 @@ def repo(tmp_path_factory):
     torch.export.save(torch.export.export(mlp, (example,)), root / "static.pt2")
     for name in ("two_heads", "specializes", "depends", "noisy", "custom"):
         torch.save(getattr(netdefs, name)().state_dict(), root / f"{name}.pt")
+    constrained = netdefs.MeanOverTime().eval()
+    dims = {0: torch.export.Dim("batch", min=2, max=64), 2: torch.export.Dim("time", min=12)}
+    torch.export.save(torch.export.export(constrained, (torch.randn(4, 3, 16),), dynamic_shapes=(dims,)),
+                      root / "constrained.pt2")
+    (root / "text.pt").write_text("these are not weights\n")
+    (root / "lfs.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    (root / "truncated.pt").write_bytes((root / "traced.pt").read_bytes()[:400])
     np.savez(root / "sample.npz", x=np.random.default_rng(1).standard_normal((16, 8)))
     np.savez(root / "bad_sample.npz", x=np.zeros((4, 9), np.float32))
     yield root
@@ -186,6 +203,25 @@ def test_exported_program_needs_no_declared_inputs(repo, tmp_path, mldeploy):
     manifest, signature = bundle_of(out)
     assert manifest["source"]["format"] == "exported-program"
     assert signature["inputs"][0]["shape"][1] == 8 and isinstance(signature["inputs"][0]["shape"][0], str)
+
+
+def test_program_is_probed_inside_its_range_constraints(repo, tmp_path, mldeploy):
+    out = tmp_path / "b"
+    r = mldeploy("convert", "constrained.pt2", "--out", out, cwd=repo)
+    assert r.code == 0, r.err
+    step = bundle_of(out)[0]["steps"][-1]
+    assert step["parity"]["batches"] == [2, 8]  # batch >= 2, time >= 12
+    assert_serves_like(out, torch.export.load(repo / "constrained.pt2").module(),
+                       {"x": np.ones((3, 3, 22), np.float32)})
+
+
+def test_torchscript_takes_its_input_shapes_from_the_sample(repo, tmp_path, mldeploy):
+    out = tmp_path / "b"
+    r = mldeploy("convert", "traced.pt", "--sample", "sample.npz", "--out", out, cwd=repo)
+    assert r.code == 0, r.err
+    assert bundle_of(out)[1]["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}]
+    r = mldeploy("convert", "traced.pt", "--out", tmp_path / "c", cwd=repo)
+    assert r.code == 2 and "does not record its input shapes" in r.err
 
 
 def test_static_program_keeps_its_fixed_batch_and_warns(repo, tmp_path, mldeploy):
@@ -291,6 +327,11 @@ def test_numeric_mismatch_fails_with_exit_1(repo, tmp_path, mldeploy):
     (["traced.pt", "--input", "x:float32"], "is not NAME:DTYPE:DIMS"),
     (["custom.pt", "--input", X, "--factory", "netdefs:custom"], "operator mylib.twice cannot be exported"),
     (["mlp.pt", "--framework", "tensorflow"], "is a torch model"),
+    (["mlp.pt", "--input", X, "--factory", "netdefs:exits"], "factory netdefs:exits failed: SystemExit: no GPU, bye"),
+    (["mlp.pt", "--input", X, "--factory", "netdefs:interrupted"], "factory netdefs:interrupted failed: KeyboardInterrupt"),
+    (["text.pt", "--input", X], "text.pt is not a PyTorch file: neither a zip archive"),
+    (["lfs.pt"], "lfs.pt is a Git LFS pointer, not the model itself"),
+    (["truncated.pt", "--input", X], "truncated.pt is a damaged zip archive"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(repo, tmp_path, mldeploy, args, message):
     r = mldeploy("convert", *args, "--out", tmp_path / "b", cwd=repo)

@@ -59,7 +59,27 @@ def generate(specs: list[TensorSpec], batch: int, *, seed: int = 0,
 
 def load(path: str | Path, specs: list[TensorSpec]) -> Arrays:
     """Read sample inputs from a file and check them against the specs."""
-    p = Path(path)
+    return check(_read(Path(path), specs), specs, source=str(path))
+
+
+def specs_from(path: str | Path, names: list[str]) -> list[TensorSpec]:
+    """Input specs read off a sample file, for a model that does not record its own: dim 0 is the batch,
+    the other dims are the sample's sizes; floats are float32 (what JSON's numbers and float64 arrays mean)."""
+    arrays = _read(Path(path), [TensorSpec(n, "float32", ()) for n in names])
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UsageError(f"{path} has no array for input '{missing[0]}' (found: {', '.join(sorted(arrays)) or 'nothing'})")
+    specs = []
+    for name in names:
+        a = np.asarray(arrays[name])
+        if a.ndim == 0 or a.size == 0:
+            raise UsageError(f"{path}: input '{name}' is empty or a scalar", hint="give rows of examples")
+        dtype = "float32" if a.dtype.kind == "f" and a.dtype != np.float16 else a.dtype.name
+        specs.append(TensorSpec(name, dtype, ("batch", *a.shape[1:])))
+    return specs
+
+
+def _read(p: Path, specs: list[TensorSpec]) -> Arrays:
     if not p.is_file():
         raise UsageError(f"sample file {p} not found", hint="fix parity.sample / --sample")
     suffix = p.suffix.lower()
@@ -83,7 +103,7 @@ def load(path: str | Path, specs: list[TensorSpec]) -> Arrays:
                              hint="use .npz (one array per input), .npy (one input) or .jsonl")
     except (OSError, ValueError) as e:
         raise UsageError(f"{p}: cannot read sample inputs: {e}") from None
-    return check(arrays, specs, source=str(p))
+    return arrays
 
 
 def _load_jsonl(p: Path, specs: list[TensorSpec]) -> Arrays:

@@ -200,15 +200,17 @@ def _load(framework: str, fmt: str, path: Path, cfg: Config, workdir: Path) -> S
 def _parity_inputs(source: Source, cfg: Config) -> tuple[dict[int, dict[str, np.ndarray]], str]:
     """Inputs at batch 1 and at a batch larger than the export example (or the model's fixed batch)."""
     fixed = _fixed_batches(source.inputs)
-    sizes = sorted(fixed) if fixed else [1, cfg.parity.batch_size]
+    low, high = source.batch_range
+    sizes = sorted(fixed) if fixed else sorted({max(low, 1), min(cfg.parity.batch_size, high or cfg.parity.batch_size)})
     if cfg.parity.sample:
         sample = data.load(cfg.parity.sample, source.inputs)
         rows = min(len(a) for a in sample.values())
         if not fixed and rows > sizes[-1]:
-            sizes[-1] = min(rows, 256)
+            sizes[-1] = min(rows, 256, high or rows)
         return {b: data.rows(sample, b) for b in sizes}, f"sample file {cfg.parity.sample}"
     ranges = {i.name: i.range for i in cfg.inputs if i.range}
-    generated = {b: data.generate(source.inputs, b, seed=cfg.parity.seed + b, dim_sizes=cfg.model.dim_sizes,
+    dim_sizes = {**cfg.model.dim_sizes, **source.dim_sizes}
+    generated = {b: data.generate(source.inputs, b, seed=cfg.parity.seed + b, dim_sizes=dim_sizes,
                                   ranges=ranges) for b in sizes}
     return generated, f"generated from the signature (seed {cfg.parity.seed})"
 

@@ -50,6 +50,8 @@ class Source:
     inputs: list[TensorSpec]
     output_names: list[str]
     warnings: list[str] = []  # what the source noticed while loading or running (never mutated here)
+    dim_sizes: dict[str, int] = {}  # example sizes of named dims the model needs (within its constraints)
+    batch_range: tuple[int, int | None] = (1, None)  # the batch sizes the model accepts
 
     def run(self, arrays: Arrays) -> list[np.ndarray]:
         """The source framework's outputs for these inputs, in `output_names` order."""

@@ -9,6 +9,9 @@ from mldeploy.errors import UsageError
 
 FRAMEWORKS = ("torch", "tensorflow", "onnx")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"  # the PROTO opcode that starts every pickle of protocol 2 and later
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def model_path(given: str | None) -> Path:
@@ -28,21 +31,32 @@ def detect(path: Path, framework: str = "auto") -> tuple[str, str]:
                          hint="pass a model file, or the SavedModel folder itself")
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(64)
     except OSError as e:
         raise UsageError(f"cannot read model {path}: {e.strerror}") from None
     if not head:
         raise UsageError(f"model {path} is empty (0 bytes)")
+    if head.startswith(LFS_POINTER):
+        raise UsageError(f"{path} is a Git LFS pointer, not the model itself",
+                         hint="fetch it: git lfs pull, or actions/checkout with lfs: true")
     suffix = path.suffix.lower()
+    is_zip = zipfile.is_zipfile(path)
+    if head.startswith(ZIP_MAGIC) and not is_zip:
+        raise UsageError(f"{path} is a damaged zip archive (truncated?)",
+                         hint="save or download the model again, and check its size")
     if suffix == ".onnx":
         return _agree(path, framework, "onnx", "onnx")
     if suffix == ".keras":
         return _agree(path, framework, "tensorflow", "keras")
     if suffix in (".h5", ".hdf5") or head == HDF5_MAGIC:
         return _agree(path, framework, "tensorflow", "h5")
-    if zipfile.is_zipfile(path):
+    if is_zip:
         return _agree(path, framework, "torch", _torch_zip_format(path))
-    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+    if suffix in (".pt", ".pth", ".bin", ".ckpt", ".pt2"):
+        if head[:1] != PICKLE_MAGIC or suffix == ".pt2":
+            raise UsageError(f"{path.name} is not a PyTorch file: neither a zip archive (torch.save, TorchScript, "
+                             f".pt2) nor a pickle; it starts with {head[:16]!r}",
+                             hint="save the model again with torch.save, torch.jit.save or torch.export.save")
         return _agree(path, framework, "torch", "pickle")  # torch.save's pre-1.6 (non-zip) format
     if framework != "auto":
         return framework, framework

@@ -21,6 +21,7 @@ from mldeploy.bundle import TensorSpec
 from mldeploy.config import Config
 from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line, operator_in,
                                    resolve_inputs)
+from mldeploy import data
 from mldeploy.data import generate
 from mldeploy.errors import UsageError
 
@@ -40,12 +41,15 @@ class TorchSource(Source):
             self.module = self._load()
         except UsageError:
             raise
-        except Exception as e:
-            raise UsageError(f"cannot load PyTorch model {path}: {first_line(e)}") from None
-        found = self._program_inputs() if self.program is not None else None
+        except BaseException as e:  # model code runs here: SystemExit and KeyboardInterrupt are its errors too
+            raise UsageError(f"cannot load PyTorch model {path}: {type(e).__name__}: {first_line(e)}") from None
+        found = self._program_inputs() if self.program is not None else self._sample_inputs()
         self.inputs = resolve_inputs(found, cfg.inputs, where=f"{path.name} ({self.format})")
+        self.dim_sizes, self.batch_range = self._dim_constraints()
         # One run at the export example batch validates the declared inputs and names the outputs.
-        self.example = generate(self.inputs, EXAMPLE_BATCH, seed=cfg.parity.seed, dim_sizes=cfg.model.dim_sizes,
+        example_batch = _clamp(EXAMPLE_BATCH, *self.batch_range)
+        self.example = generate(self.inputs, example_batch, seed=cfg.parity.seed,
+                                dim_sizes={**cfg.model.dim_sizes, **self.dim_sizes},
                                 ranges={i.name: i.range for i in cfg.inputs if i.range})
         outputs = self._call(self.example)
         self.output_names = (list(outputs) if isinstance(outputs, Mapping)
@@ -93,16 +97,53 @@ class TorchSource(Source):
         _importable_cwd()
         try:
             func = getattr(importlib.import_module(module_name), func_name)
-        except Exception as e:
+        except BaseException as e:  # the model repo's code: SystemExit and KeyboardInterrupt are its errors too
             raise UsageError(f"cannot import factory {spec}: {type(e).__name__}: {first_line(e)}",
                              hint="the factory is imported from the working directory; check the module path") from None
         try:
             module = func()
-        except Exception as e:
+        except BaseException as e:
             raise UsageError(f"factory {spec} failed: {type(e).__name__}: {first_line(e)}") from None
         if not isinstance(module, torch.nn.Module):
             raise UsageError(f"factory {spec} returned {type(module).__name__}, not a torch.nn.Module")
         return module
+
+    def _sample_inputs(self) -> list[TensorSpec] | None:
+        """TorchScript records its inputs' names but not their shapes: a sample file gives both."""
+        sample = self.cfg.parity.sample or self.cfg.optimize.data
+        if self.format != "torchscript" or not sample or self.cfg.inputs:
+            return None
+        try:
+            names = [a.name for a in self.module.forward.schema.arguments[1:]]
+        except (AttributeError, RuntimeError):
+            return None
+        return data.specs_from(sample, names)
+
+    def _dim_constraints(self) -> tuple[dict[str, int], tuple[int, int | None]]:
+        """Example sizes for named dims inside the program's range constraints (`x.size()[2] >= 11`),
+        and the batch range; without a program, the config's sizes."""
+        sizes = dict(self.cfg.model.dim_sizes)
+        if self.program is None:
+            return sizes, (1, None)
+        ranges = {}
+        for symbol, bounds in self.program.range_constraints.items():
+            try:
+                high = int(bounds.upper)
+            except Exception:  # int_oo (no upper bound) converts to nothing
+                high = None
+            ranges[str(symbol)] = (int(bounds.lower), high)
+        batch_low, batch_high = 1, None
+        for spec in self.inputs:
+            for i, d in enumerate(spec.shape):
+                if not isinstance(d, str) or d not in ranges:
+                    continue
+                low, high = ranges[d]
+                if i == 0:
+                    batch_low = max(batch_low, low)
+                    batch_high = high if batch_high is None else min(batch_high, high or batch_high)
+                else:
+                    sizes[d] = _clamp(sizes.get(d, data.DEFAULT_DIM), low, high)
+        return sizes, (batch_low, batch_high)
 
     def _program_inputs(self) -> list[TensorSpec]:
         names = list(self.program.graph_signature.user_inputs)
@@ -120,7 +161,7 @@ class TorchSource(Source):
         try:
             with torch.inference_mode():
                 return self.module(*args)
-        except Exception as e:
+        except BaseException as e:
             shapes = ", ".join(f"{s.name} {list(arrays[s.name].shape)}" for s in self.inputs)
             raise UsageError(f"the model rejects the declared inputs ({shapes}): {type(e).__name__}: {first_line(e)}",
                              hint="fix `inputs:` in mldeploy.yaml (names, dtypes, shapes)") from None
@@ -176,6 +217,10 @@ class TorchSource(Source):
                         else torch.jit.trace(self.module, self._args(), check_trace=False))
         torch.jit.save(scripted, str(dest / name))
         return {"torchscript": name}
+
+
+def _clamp(value: int, low: int, high: int | None) -> int:
+    return max(low, value if high is None else min(value, high))
 
 
 def _importable_cwd() -> None:
