@@ -39,7 +39,87 @@ def repo(tmp_path_factory):
     expm = Expm()
     tf.saved_model.save(expm, str(root / "expm"), signatures={"serving_default": expm.__call__})
     (root / "not_a_savedmodel").mkdir()
+
+    weights, bias = np.random.default_rng(3).random((4, 3), np.float32), np.zeros(3, np.float32)
+
+    # eager tensors captured by the signature: a loaded SavedModel's functions capture their weights so
+    captures, weights_t, bias_t = tf.Module(), tf.constant(weights), tf.constant(bias)
+    captures.serve = tf.function(lambda x: {"y": tf.matmul(x, weights_t) + bias_t},
+                                 input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    tf.saved_model.save(captures, str(root / "captures"), signatures={"serving_default": captures.serve})
+
+    class Table(tf.Module):  # a lookup table: a resource ONNX cannot hold
+        def __init__(self):
+            self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant([0, 1, 2], tf.int64), tf.constant([1.0, 2.0, 3.0])), -1.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
+        def __call__(self, ids):
+            return {"y": self.table.lookup(ids)}
+
+    table = Table()
+    tf.saved_model.save(table, str(root / "table"), signatures={"serving_default": table.__call__})
+
+    (root / "customlayers.py").write_text(CUSTOM_LAYER)
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(root))
+    custom = importlib.import_module("customlayers")
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3), custom.Scale(2.5)])
+    model.save(root / "custom.keras")
+    sys.path.remove(str(root))
+    del sys.modules["customlayers"]
     return root
+
+
+CUSTOM_LAYER = """
+import keras
+
+class Scale(keras.layers.Layer):  # not registered: loading needs model.custom_objects
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+    def call(self, x):
+        return x * self.factor
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+def test_savedmodel_capturing_its_weights_converts_with_only_its_inputs(repo, tmp_path, mldeploy):
+    out = tmp_path / "b"
+    r = mldeploy("convert", "captures", "--out", out, cwd=repo)
+    assert r.code == 0, r.err
+    manifest, signature = load_bundle(out)
+    assert [i["name"] for i in signature["inputs"]] == ["x"]
+    x = np.random.default_rng(4).random((5, 4), np.float32)
+    got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": x})[0]
+    want = tf.saved_model.load(str(repo / "captures")).signatures["serving_default"](x=tf.constant(x))["y"]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_savedmodel_with_a_lookup_table_is_refused_naming_it(repo, tmp_path, mldeploy):
+    r = mldeploy("convert", "table", "--out", tmp_path / "b", cwd=repo)
+    assert r.code == 2, r.err
+    assert "operator LookupTableFindV2 cannot be exported" in r.err
+
+
+def test_keras_custom_layer_loads_with_custom_objects(repo, tmp_path, mldeploy):
+    (tmp_path / "mldeploy.yaml").write_text(f"version: 1\nmodel:\n  path: {repo / 'custom.keras'}\n")
+    r = mldeploy("convert", "--config", tmp_path / "mldeploy.yaml", "--out", tmp_path / "b", cwd=repo)
+    assert r.code == 2
+    line = r.err.strip()
+    assert "custom.keras uses the custom Keras class Scale" in line and "custom_objects" in line
+    assert len(line) <= 200 + len("error: ") and "\n" not in line
+    (tmp_path / "mldeploy.yaml").write_text(f"version: 1\nmodel:\n  path: {repo / 'custom.keras'}\n"
+                                            "  custom_objects: ['customlayers:Scale']\n")
+    r = mldeploy("convert", "--config", tmp_path / "mldeploy.yaml", "--out", tmp_path / "b", cwd=repo)
+    assert r.code == 0, r.err
+    x = np.ones((3, 4), np.float32)
+    got = ort.InferenceSession(str(tmp_path / "b" / "model.onnx")).run(None, {"x": x})[0]
+    model = keras.saving.load_model(repo / "custom.keras", custom_objects={"Scale": __import__("customlayers").Scale})
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=1e-5)
 
 
 def load_bundle(out):
@@ -112,4 +192,4 @@ def test_corrupt_keras_file(repo, tmp_path, mldeploy):
     (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
     r = mldeploy("convert", tmp_path / "broken.keras", "--out", tmp_path / "b", cwd=repo)
     assert r.code == 2
-    assert "cannot load TensorFlow model" in r.err
+    assert "broken.keras is a damaged zip archive" in r.err

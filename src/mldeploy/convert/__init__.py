@@ -70,7 +70,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
                 record.update(status="export failed", error=attempt.message, operator=attempt.operator)
             else:
                 result = _check(attempt, source, batches, expected, cfg)
-                unsupported = operator_in(result.problem or "") if result.problem else None
+                unsupported = result.operator or (operator_in(result.problem) if result.problem else None)
                 if unsupported:  # the exporter left an op in the graph that ONNX Runtime does not know
                     record.update(status="export failed", error=result.problem, operator=unsupported)
                     report["attempts"].append(record)

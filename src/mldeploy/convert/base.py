@@ -120,6 +120,26 @@ FIRST_LINE_MAX = 160  # with our own words around it, an error stays one line of
 _ORT_BOILERPLATE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
+def importable_cwd() -> None:
+    """Model code (factories, custom objects, pickled classes) is imported from the model repo: the working directory."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def import_object(spec: str, kind: str):
+    """`package.module:name` from the model repo; whatever its import raises is the user's error."""
+    import importlib
+
+    module_name, name = spec.split(":")
+    importable_cwd()
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except BaseException as e:  # the model repo's code: SystemExit and KeyboardInterrupt are its errors too
+        raise UsageError(f"cannot import {kind} {spec}: {type(e).__name__}: {first_line(e)}",
+                         hint=f"the {kind} is imported from the working directory; check the module path") from None
+
+
 def resolve_inputs(found: list[TensorSpec] | None, declared: list[InputSpec], *,
                    where: str) -> list[TensorSpec]:
     """Input specs: the model's own, checked against (and named by) those declared in config."""
@@ -158,4 +178,13 @@ def operator_in(text: str) -> str | None:
         m = re.search(pattern, text)
         if m:
             return m.group(1)
+    return None
+
+
+def unknown_operator(message: str) -> tuple[str, str] | None:
+    """(operator, domain) that ONNX Runtime or the checker says it does not know, if that is the error."""
+    if m := re.search(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", message):
+        return m.group(2), m.group(1) or "ai.onnx"
+    if m := re.search(r"Could not find an implementation for (\w+)\(\d+\)|No Op registered for (\w+) with", message):
+        return m.group(1) or m.group(2), "ai.onnx"
     return None

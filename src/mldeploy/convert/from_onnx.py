@@ -9,7 +9,6 @@ many real models; where it fails, its failure is a warning and the check falls b
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from mldeploy import data
 from mldeploy.bundle import TensorSpec
 from mldeploy.config import Config
 from mldeploy.convert import parity
-from mldeploy.convert.base import Arrays, Export, ExportFailed, Source, first_line, resolve_inputs
+from mldeploy.convert.base import Arrays, Export, ExportFailed, Source, first_line, resolve_inputs, unknown_operator
 from mldeploy.errors import UsageError
 
 NOT_A_TENSOR = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional",
@@ -43,15 +42,6 @@ def value_specs(values, skip: set[str] = frozenset()) -> list[TensorSpec]:
                      for d in t.shape.dim)
         specs.append(TensorSpec(v.name, dtype, dims))
     return specs
-
-
-def unknown_operator(message: str) -> tuple[str, str] | None:
-    """(operator, domain) that ONNX Runtime or the checker says it does not know, if that is the error."""
-    if m := re.search(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", message):
-        return m.group(2), m.group(1) or "ai.onnx"
-    if m := re.search(r"Could not find an implementation for (\w+)\(\d+\)|No Op registered for (\w+) with", message):
-        return m.group(1) or m.group(2), "ai.onnx"
-    return None
 
 
 def refuse_unknown_operator(path: Path, message: str) -> None:

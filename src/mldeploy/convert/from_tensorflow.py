@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from mldeploy.bundle import TensorSpec  # noqa: E402
 from mldeploy.config import Config  # noqa: E402
 from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line,  # noqa: E402
-                                   operator_in, resolve_inputs)
+                                   import_object, operator_in, resolve_inputs)
 from mldeploy.errors import UsageError  # noqa: E402
 
 with captured():
@@ -33,6 +33,15 @@ SIGNATURE = "serving_default"
 
 def _natural(key: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _custom_objects(specs: list[str]) -> dict:
+    """`package.module:Name` each, imported from the model repo like a PyTorch factory, under both names."""
+    found = {}
+    for spec in specs:
+        obj = import_object(spec, "custom object")
+        found[spec.split(":")[1]] = found[getattr(obj, "__name__", spec.split(":")[1])] = obj
+    return found
 
 
 class TensorFlowSource(Source):
@@ -47,15 +56,22 @@ class TensorFlowSource(Source):
                 if fmt in ("keras", "h5"):
                     import keras
 
-                    self.keras_model = keras.saving.load_model(str(path), compile=False)
+                    custom = _custom_objects(cfg.model.custom_objects)
+                    self.keras_model = keras.saving.load_model(str(path), compile=False, custom_objects=custom)
                     self.keras_model.export(str(self.saved_model), format="tf_saved_model", verbose=False)
                 else:
                     shutil.copytree(path, self.saved_model)
                 loaded = tf.saved_model.load(str(self.saved_model))
+            except UsageError:
+                raise
             except Exception as e:
+                if unknown := re.search(r"[Cc]ould not (?:locate|deserialize) (?:class|function|object) '([\w.>]+)'",
+                                        str(e)):
+                    name = unknown.group(1).split(">")[-1]
+                    raise UsageError(f"{path.name} uses the custom Keras class {name}, which is not known here"[:120],
+                                     hint=f"list it in model.custom_objects, e.g. ['your_module:{name}']"[:78]) from None
                 raise UsageError(f"cannot load TensorFlow model {path}: {type(e).__name__}: {first_line(e)}",
-                                 hint="custom layers must be registered with keras.saving.register_keras_serializable"
-                                 ) from None
+                                 hint="custom layers: list them in model.custom_objects") from None
         signatures = dict(loaded.signatures)
         if SIGNATURE not in signatures and len(signatures) != 1:
             raise UsageError(f"{path} has no '{SIGNATURE}' signature (found: {', '.join(signatures) or 'none'})",
@@ -92,6 +108,7 @@ class TensorFlowSource(Source):
         return [np.asarray(values[k]) for k in self.output_names]
 
     def exports(self, dest: Path, opset: int) -> Iterator[Export | ExportFailed]:
+        """The signature frozen (variables and captured constants made constants), then the function as is."""
         import tf2onnx
 
         opset = min(opset, max(tf2onnx.constants.OPSET_TO_IR_VERSION))
@@ -104,19 +121,53 @@ class TensorFlowSource(Source):
         def serving(*args):
             return function(**dict(zip(names, args)))
 
-        path = dest / "model.tf2onnx.onnx"
-        start = time.perf_counter()
-        with captured() as log:
-            try:
-                tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset, output_path=str(path))
-                error = None
-            except Exception as e:
-                error = e
-        if error is None:
-            yield Export("tf2onnx", path, time.perf_counter() - start, log.getvalue())
-        else:
-            yield ExportFailed("tf2onnx", first_line(error), operator_in(str(error) + log.getvalue()),
-                               log.getvalue())
+        def frozen(path: Path) -> None:
+            graph_def, inputs, outputs = self._frozen(serving.get_concrete_function())
+            tf2onnx.convert.from_graph_def(graph_def, input_names=list(inputs), output_names=list(outputs),
+                                           opset=opset, tensors_to_rename={**inputs, **outputs},
+                                           output_path=str(path))
+
+        def traced(path: Path) -> None:
+            tf2onnx.convert.from_function(serving, input_signature=spec, opset=opset, output_path=str(path))
+
+        for name, export in (("tf2onnx", frozen), ("tf2onnx-function", traced)):
+            path = dest / f"model.{name}.onnx"
+            start = time.perf_counter()
+            with captured() as log:
+                try:
+                    export(path)
+                    error = None
+                except Exception as e:
+                    error = e
+            if error is None:
+                yield Export(name, path, time.perf_counter() - start, log.getvalue())
+            else:
+                yield ExportFailed(name, first_line(error), getattr(error, "operator", None) or
+                                   operator_in(str(error) + log.getvalue()), log.getvalue())
+
+    def _frozen(self, concrete) -> tuple:
+        """The graph with every captured variable and constant folded in: the signature's inputs are its only
+        placeholders (a SavedModel's loaded functions capture their weights, which tf2onnx would make inputs).
+        Returns (graph_def, {tensor: input name}, {tensor: output name})."""
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        frozen = convert_variables_to_constants_v2(concrete)
+        graph_def = frozen.graph.as_graph_def()
+        inputs = [t.name for t in frozen.inputs]
+        if len(inputs) != len(self.inputs):  # a resource that cannot be a constant: a lookup table, a queue
+            handles, users = {t.split(":")[0] for t in inputs[len(self.inputs):]}, set()
+            for node in graph_def.node:  # in graph order: a handle passes through Identity ops to its user
+                if any(i.split(":")[0].lstrip("^") in handles for i in node.input):
+                    (handles if node.op == "Identity" else users).add(node.name if node.op == "Identity" else node.op)
+            users = sorted(users)
+            error = UsageError(f"the signature uses a resource ONNX cannot hold ({', '.join(users) or 'unknown'})")
+            error.operator = users[0] if users else None
+            raise error
+        structured = frozen.structured_outputs
+        keys = sorted(structured) if isinstance(structured, Mapping) else self.output_names
+        by_key = dict(zip(keys, tf.nest.flatten(structured)))
+        outputs = {by_key[k].name: k for k in self.output_names}
+        return graph_def, dict(zip(inputs, (s.name for s in self.inputs))), outputs
 
     def native(self, dest: Path) -> dict[str, str]:
         written = {"savedmodel": self.saved_model.name}

@@ -7,9 +7,7 @@ than the export example, which is how a silently fixed batch is caught.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mldeploy import data
 from mldeploy.bundle import TensorSpec
 from mldeploy.config import Config
-from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line, operator_in,
-                                   resolve_inputs)
-from mldeploy import data
+from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line, import_object,
+                                   importable_cwd, operator_in, resolve_inputs)
 from mldeploy.data import generate
 from mldeploy.errors import UsageError
 
@@ -70,7 +68,7 @@ class TorchSource(Source):
                     raise UsageError(f"{self.path.name} is a pickled Python object, not a state_dict",
                                      hint=PICKLE_HINT) from None
                 raise
-            _importable_cwd()  # a pickle names its classes by module path, in the model repo
+            importable_cwd()  # a pickle names its classes by module path, in the model repo
             obj = torch.load(str(self.path), map_location="cpu", weights_only=False)  # noqa: S614 (opt-in)
         if isinstance(obj, torch.nn.Module):
             self.format = "pickled-module"
@@ -93,13 +91,7 @@ class TorchSource(Source):
         if not spec:
             raise UsageError(f"{self.path.name} is a state_dict: weights without the code that builds the model",
                              hint="give --factory package.module:function (model.factory in mldeploy.yaml)")
-        module_name, func_name = spec.split(":")
-        _importable_cwd()
-        try:
-            func = getattr(importlib.import_module(module_name), func_name)
-        except BaseException as e:  # the model repo's code: SystemExit and KeyboardInterrupt are its errors too
-            raise UsageError(f"cannot import factory {spec}: {type(e).__name__}: {first_line(e)}",
-                             hint="the factory is imported from the working directory; check the module path") from None
+        func = import_object(spec, "factory")
         try:
             module = func()
         except BaseException as e:
@@ -221,13 +213,6 @@ class TorchSource(Source):
 
 def _clamp(value: int, low: int, high: int | None) -> int:
     return max(low, value if high is None else min(value, high))
-
-
-def _importable_cwd() -> None:
-    """Model code (factories, pickled classes) is imported from the model repo: the working directory."""
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
 
 
 def _state_dict_in(obj) -> Mapping | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mldeploy.bundle import TensorSpec
-from mldeploy.convert.base import Arrays, first_line
+from mldeploy.convert.base import Arrays, first_line, unknown_operator
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Parity:
     problem: str | None = None     # the first reason it failed, in words
     batch_dependent: bool = False  # the export is right at some batch sizes only (or pins the batch)
     notes: list[str] = field(default_factory=list)  # what could not be checked, and why
+    operator: str | None = None  # an operator in the export that ONNX Runtime does not know
 
     def to_json(self) -> dict:
         return {"passed": self.passed, "problem": self.problem,
@@ -76,6 +77,9 @@ def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], ba
     try:
         sess = session(onnx_path)
     except Exception as e:
+        if unknown := unknown_operator(str(e)):
+            return Parity(False, operator=unknown[0],
+                          problem=f"the export uses operator {unknown[0]} (domain {unknown[1]}), unknown to ONNX Runtime")
         return Parity(False, problem=f"ONNX Runtime cannot load the export: {first_line(e)}")
     found = {i.name: i.shape for i in sess.get_inputs()}
     if sorted(found) != sorted(s.name for s in inputs):
