@@ -214,6 +214,9 @@ def test_constructs_real_files_use_convert_with_parity(tmp_path, mldeploy, name)
     checked = [c for c in step["parity"]["outputs"] if c["max_abs"] is not None]
     assert checked and all(c["passed"] for c in checked)
     assert all(d is None or isinstance(d, str) or d > 0 for t in signature["inputs"] for d in t["shape"])
+    # outputs with a free dim 0 follow the batch at every batch size (a state sized apart from it would not)
+    free = [o for o in signature["outputs"] if o["shape"] and not isinstance(o["shape"][0], int)]
+    assert all(o["shape"][0] == signature["batch_dim"] for o in free), signature
 
 
 def test_rows_are_checked_one_at_a_time(tmp_path, mldeploy):

@@ -255,6 +255,10 @@ def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: lis
     from mldeploy.convert.from_onnx import value_specs
 
     model = onnx.load(str(src))
+    for v in [*model.graph.input, *model.graph.output]:  # -1 means "any size" to exporters, nothing to ONNX
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.ClearField("dim_value")
     _rename_outputs(model.graph, dict(zip(output_names, served_names)))
     followers = {dict(zip(output_names, served_names)).get(n, n) for n in _outputs_following_batch(result)}
     free = {s.name: s.shape[0] or "batch" for s in inputs if s.shape and not isinstance(s.shape[0], int)}
