@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import io
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +86,16 @@ class Run:
         return "mldeploy " + " ".join(self.argv)
 
 
-def mldeploy(argv: list[str]) -> Run:
-    """The CLI's main() as `mldeploy ARGV` runs it, from the repo root (factories import from there)."""
+def mldeploy(argv: list[str], cwd: Path) -> Run:
+    """The CLI's main() as `mldeploy ARGV` runs it, in `cwd` (tools drop temporary files there); the
+    factories (tests.zoo.factories) import from the repo root, which is kept on sys.path."""
     from mldeploy import cli
 
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     out = io.StringIO()
-    cwd = os.getcwd()
-    os.chdir(ROOT)
+    here = os.getcwd()
+    os.chdir(cwd)
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -100,7 +104,7 @@ def mldeploy(argv: list[str]) -> Run:
             except SystemExit as e:  # argparse
                 rc = e.code if isinstance(e.code, int) else 2
     finally:
-        os.chdir(cwd)
+        os.chdir(here)
     text = out.getvalue()
     errors = [line for line in text.splitlines() if line.startswith(("error:", "::error"))]
     return Run(argv, rc, time.perf_counter() - start, text, errors=errors)
@@ -111,7 +115,7 @@ def convert(m: dict, workdir: Path) -> tuple[Run, Path, Path]:
     source = source_path(m, workdir)
     bundle = workdir / "bundle"
     config = write_config(m, source, bundle, workdir)
-    run = mldeploy(["convert", "--config", str(config), "--out", str(bundle)])
+    run = mldeploy(["convert", "--config", str(config), "--out", str(bundle)], workdir)
     run.config = config.read_text()
     return run, source, bundle
 
