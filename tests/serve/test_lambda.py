@@ -307,3 +307,42 @@ def test_model_loads_once_per_environment(linear):
     assert first is not None
     lambda_handler({"instances": X.tolist()}, CONTEXT)
     assert lambda_module._loaded is first
+
+
+# -- API keys and rate limits: the same as the HTTP server's ---------------------------------------
+KEY = "lambda-key-0123456789abcdef"
+
+
+def test_api_keys_hold_for_http_events(monkeypatch, linear):
+    """A function URL with auth NONE (or an open API Gateway route) must not serve without a key."""
+    monkeypatch.setenv("MLDEPLOY_API_KEYS", KEY)
+    body = json.dumps({"instances": X.tolist()}).encode()
+    json_type = {"content-type": "application/json"}
+    for event in (http_event("POST", "/predict", body, json_type), rest_event("POST", "/invocations", body.decode()),
+                  http_event("POST", "/predict", body, {**json_type, "authorization": "Bearer " + KEY[:-1]})):
+        response = lambda_handler(event, CONTEXT)
+        assert response["statusCode"] == 401, response
+        assert response["headers"]["www-authenticate"] == "Bearer"
+        assert "API key" in body_json(response)["error"]
+    for event in (http_event("POST", "/predict", body, {**json_type, "authorization": f"Bearer {KEY}"}),
+                  rest_event("POST", "/invocations", body.decode(), {"X-API-Key": KEY})):
+        response = lambda_handler(event, CONTEXT)
+        assert response["statusCode"] == 200, response
+        np.testing.assert_allclose(body_json(response)["predictions"], expected_probs(X), rtol=1e-5, atol=1e-6)
+    assert lambda_handler(http_event("GET", "/ping"), CONTEXT)["statusCode"] == 200  # probes carry no key
+    # a direct invoke has no headers: IAM (lambda:InvokeFunction) authorized it
+    assert "predictions" in lambda_handler({"instances": X.tolist()}, CONTEXT)
+
+
+def test_rate_limit_holds_for_http_events_and_direct_invokes(monkeypatch, linear):
+    monkeypatch.setenv("MLDEPLOY_RATE_LIMIT", "1/min")
+    monkeypatch.setenv("MLDEPLOY_RATE_BURST", "2")
+    body = json.dumps({"instances": X.tolist()}).encode()
+    responses = [lambda_handler(http_event("POST", "/predict", body), CONTEXT) for _ in range(3)]
+    assert [r["statusCode"] for r in responses] == [200, 200, 429], responses
+    assert responses[2]["headers"]["retry-after"].isdigit() and "rate limit" in body_json(responses[2])["error"]
+    other = http_event("POST", "/predict", body)
+    other["requestContext"]["http"]["sourceIp"] = "198.51.100.9"  # another caller has its own bucket
+    assert lambda_handler(other, CONTEXT)["statusCode"] == 200
+    results = [lambda_handler({"instances": X.tolist()}, CONTEXT) for _ in range(3)]
+    assert "predictions" in results[1] and results[2]["status"] == 429, results

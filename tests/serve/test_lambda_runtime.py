@@ -108,11 +108,13 @@ def start_fake(fake: FakeRuntimeApi) -> ThreadingHTTPServer:
     return server
 
 
-def run_serve(fake: FakeRuntimeApi, bundle: Path, tmp: Path, posts: int) -> tuple[list[Post], subprocess.Popen, str]:
+def run_serve(fake: FakeRuntimeApi, bundle: Path, tmp: Path, posts: int,
+              extra_env: dict | None = None) -> tuple[list[Post], subprocess.Popen, str]:
     """`mldeploy serve`, the image's entrypoint, with Lambda's variable; returns once `posts` came back."""
     server = start_fake(fake)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLDEPLOY_", "AWS_", "_X_AMZN"))}
-    env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}", MLDEPLOY_BUNDLE=str(bundle))
+    env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}", MLDEPLOY_BUNDLE=str(bundle),
+               **(extra_env or {}))
     log = tmp / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "mldeploy", "serve"], stdout=out,
@@ -136,11 +138,11 @@ def direct(payload: object) -> bytes:
     return json.dumps(payload).encode()
 
 
-def function_url_event(body: object) -> bytes:
+def function_url_event(body: object, headers: dict | None = None) -> bytes:
     """An HTTP API / function URL event (payload 2.0), the body in plain text."""
     return direct({
         "version": "2.0", "routeKey": "$default", "rawPath": "/invocations", "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "abc.lambda-url.eu-west-1.on.aws"},
+        "headers": {"content-type": "application/json", "host": "abc.lambda-url.eu-west-1.on.aws", **(headers or {})},
         "requestContext": {"accountId": "anonymous", "apiId": "abc", "domainName": "abc.lambda-url.eu-west-1.on.aws",
                            "http": {"method": "POST", "path": "/invocations", "protocol": "HTTP/1.1",
                                     "sourceIp": "203.0.113.7", "userAgent": "curl/8.5"},
@@ -224,3 +226,22 @@ def test_serve_switches_on_lambdas_variable_only(monkeypatch, linear_bundle):
         server.serve(str(linear_bundle), port=1, host="127.0.0.1", workers=1)
     monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
     assert server.serve(str(linear_bundle)) == 0 and called == ["127.0.0.1:9"]
+
+
+def test_api_keys_and_rate_limit_hold_on_the_runtime_api(linear_bundle, tmp_path):
+    """The image on Lambda (a function URL with auth NONE is public) refuses what the HTTP server refuses."""
+    key = "runtime-key-0123456789abcdef"
+    fake = FakeRuntimeApi(events=[
+        ("id-no-key", function_url_event({"instances": X.tolist()})),
+        ("id-key", function_url_event({"instances": X.tolist()}, {"x-api-key": key})),
+        ("id-key-2", function_url_event({"instances": X.tolist()}, {"authorization": f"Bearer {key}"})),
+        ("id-over", function_url_event({"instances": X.tolist()}, {"x-api-key": key})),
+    ])
+    posts, process, log = run_serve(fake, linear_bundle, tmp_path, posts=4, extra_env={
+        "MLDEPLOY_API_KEYS": key, "MLDEPLOY_RATE_LIMIT": "1/min", "MLDEPLOY_RATE_BURST": "2"})
+    results = {p.path.split("/")[-2]: p.json() for p in posts}
+    assert [results[i]["statusCode"] for i in ("id-no-key", "id-key", "id-key-2", "id-over")] == [401, 200, 200, 429], log
+    assert results["id-no-key"]["headers"]["www-authenticate"] == "Bearer"
+    assert "API key" in json.loads(results["id-no-key"]["body"])["error"]
+    assert results["id-over"]["headers"]["retry-after"].isdigit()
+    np.testing.assert_allclose(json.loads(results["id-key"]["body"])["predictions"], expected_probs(X), rtol=1e-5, atol=1e-6)

@@ -34,7 +34,7 @@ from mldeploy.serve.codec import BadRequest, Call
 from mldeploy.serve.logs import log
 from mldeploy.serve.metrics import Metrics
 from mldeploy.serve.model import Model, ModelError
-from mldeploy.serve.security import Auth, RateLimiter
+from mldeploy.serve.security import Gate
 from mldeploy.serve.settings import Settings, from_env
 
 LIVE, READY, PREDICT, V2_INFER, V2_MODEL, V2_SERVER, METRICS, OPENAPI = (
@@ -59,10 +59,7 @@ class App:
         for path, kind in settings.extra_routes.items():
             (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
         self.metrics = Metrics(settings.model_name, settings.metrics_dir)
-        self.auth = Auth(settings.api_keys) if settings.api_keys else None
-        # each worker keeps its own buckets: its share of the rate and of the burst
-        self.limiter = RateLimiter(settings.rate_per_second / settings.workers,
-                                   max(1.0, settings.rate_burst / settings.workers)) if settings.rate_per_second else None
+        self.gate = Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst, settings.workers)
         self.model: Model | None = None   # set in __rsgi_init__, before the worker serves
         self.batcher: Batcher | None = None
         self.capture: Capture | None = None
@@ -138,8 +135,9 @@ class App:
                 route, label, version = self._v2_route(method, path)
             if route is None:
                 raise self._not_found(method, path)
-            if route not in OPEN and (self.auth is not None or self.limiter is not None):
-                self._admit(scope)
+            if route not in OPEN and self.gate.active and (refused := self.gate.refuse(
+                    headers.get("authorization"), headers.get("x-api-key"), scope.client.rsplit(":", 1)[0])):
+                raise Answer(*refused)
             if route == PREDICT or route == V2_INFER:
                 if version is not None and version != self.model.version:
                     raise Answer(404, f"model version {version!r} is not served here")
@@ -168,18 +166,6 @@ class App:
         if self.s.access_log:
             log("info", "request", request_id=rid, method=method, path=path, status=status,
                 ms=round(elapsed * 1000, 3))
-
-    def _admit(self, scope) -> None:
-        """API key, then the rate limit of that key (or of the client address: wrong keys are limited too)."""
-        headers = scope.headers
-        key = self.auth.identify(headers.get("authorization"), headers.get("x-api-key")) if self.auth else None
-        if self.limiter is not None:
-            wait = self.limiter.retry_after(key if key is not None else scope.client.rsplit(":", 1)[0])
-            if wait:
-                raise Answer(429, f"rate limit exceeded; retry in {wait} s", [("retry-after", str(wait))])
-        if self.auth is not None and key is None:
-            raise Answer(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
-                         [("www-authenticate", "Bearer")])
 
     def _v2_route(self, method: str, path: str) -> tuple[str | None, str, str | None]:
         m = V2_MODEL_PATH.fullmatch(path)

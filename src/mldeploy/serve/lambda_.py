@@ -2,6 +2,9 @@
 
 HTTP events get the server's routes and status codes in a proxy response; a direct invoke's event
 is the JSON request body itself and the result is the JSON response (errors as {"error", "status"}).
+MLDEPLOY_API_KEYS and MLDEPLOY_RATE_LIMIT hold here as on the HTTP server (the same Gate): HTTP events
+need a key; a direct invoke carries no headers and is authorized by IAM (lambda:InvokeFunction), so it
+is only rate limited. The rate is per execution environment, as it is per server on the other targets.
 The model loads once per execution environment, on the first event (or at init, when imported by
 the handler module), and stays for the environment's life.
 
@@ -27,26 +30,31 @@ from mldeploy.serve.app import GET_ROUTES, LIVE, POST_ROUTES, PREDICT, READY, V2
 from mldeploy.serve.codec import BadRequest
 from mldeploy.serve.logs import log
 from mldeploy.serve.model import Model, ModelError
+from mldeploy.serve.security import Gate
 from mldeploy.serve.settings import Settings, from_env
 
-_loaded: tuple[Settings, Model] | None = None
+_loaded: tuple[Settings, Model, Gate] | None = None
+DIRECT = "direct invoke"  # the rate-limit bucket of direct invokes (they have no key and no address)
 
 
-def _model() -> tuple[Settings, Model]:
+def _model() -> tuple[Settings, Model, Gate]:
     global _loaded
     if _loaded is None:
         settings = from_env(workers=1)  # one process: every vCPU Lambda gives goes to ONNX Runtime
-        _loaded = settings, Model.load(settings.bundle, settings.threads, settings.model_name)
+        _loaded = (settings, Model.load(settings.bundle, settings.threads, settings.model_name),
+                   Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst))
     return _loaded
 
 
 def handle(event: object, context: object) -> dict:
-    settings, model = _model()
+    settings, model, gate = _model()
     if not isinstance(event, dict):
         return {"status": 400, "error": "the event must be a JSON object"}
     http = event.get("requestContext", {}).get("http") if isinstance(event.get("requestContext"), dict) else None
     if "httpMethod" in event or isinstance(http, dict):
-        return _http(event, http, settings, model)
+        return _http(event, http, settings, model, gate)
+    if gate.active and (refused := gate.refuse(None, None, DIRECT, authorized=True)):
+        return {"status": refused[0], "error": refused[1]}
     try:  # direct invoke: the event is the request body
         status, _, body = _predict(orjson.dumps(event), "application/json", "application/json",
                                    settings, model, v2=False)
@@ -55,7 +63,7 @@ def handle(event: object, context: object) -> dict:
     return orjson.loads(body)
 
 
-def _http(event: dict, http: dict | None, settings: Settings, model: Model) -> dict:
+def _http(event: dict, http: dict | None, settings: Settings, model: Model, gate: Gate) -> dict:
     method = (http or {}).get("method") or event.get("httpMethod", "GET")
     path = event.get("rawPath") or event.get("path") or "/"
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
@@ -71,6 +79,10 @@ def _http(event: dict, http: dict | None, settings: Settings, model: Model) -> d
         return _response(200, "application/json", b'{"ready":true}')
     if route != PREDICT:
         return _response(404, "application/json", codec.error_body(f"no route {method} {path}"))
+    if gate.active and (refused := gate.refuse(headers.get("authorization"), headers.get("x-api-key"),
+                                                _source_ip(event, http))):
+        status, message, extra = refused
+        return _response(status, "application/json", codec.error_body(message), dict(extra))
     try:
         status, ctype, out = _predict(raw, headers.get("content-type", ""), headers.get("accept", ""),
                                       settings, model, v2)
@@ -92,9 +104,17 @@ def _predict(body: bytes, ctype: str, accept: str, settings: Settings, model: Mo
     return 200, out_type, out
 
 
-def _response(status: int, ctype: str, body: bytes) -> dict:
+def _source_ip(event: dict, http: dict | None) -> str:
+    """The caller's address as API Gateway or the function URL saw it (v2: http.sourceIp, v1: identity)."""
+    context = event.get("requestContext")
+    identity = context.get("identity") if isinstance(context, dict) else None
+    ip = (http or {}).get("sourceIp") or (identity.get("sourceIp") if isinstance(identity, dict) else None)
+    return str(ip or "unknown")
+
+
+def _response(status: int, ctype: str, body: bytes, headers: dict[str, str] | None = None) -> dict:
     binary = ctype == codec.NPY
-    return {"statusCode": status, "headers": {"content-type": ctype}, "isBase64Encoded": binary,
+    return {"statusCode": status, "headers": {"content-type": ctype, **(headers or {})}, "isBase64Encoded": binary,
             "body": base64.b64encode(body).decode() if binary else body.decode()}
 
 
@@ -153,7 +173,7 @@ def run_runtime(api: str) -> int:
     """Serve Lambda invocations until the environment ends; 2 when the model cannot load."""
     client = _Api(api)
     try:
-        settings, model = _model()
+        settings, model, _ = _model()
     except Exception as e:  # noqa: BLE001  any reason the model cannot load fails the init
         message = e.describe() if isinstance(e, MldeployError) else f"{type(e).__name__}: {e}"
         log("error", message, fd=2)

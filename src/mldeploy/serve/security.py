@@ -3,7 +3,8 @@
 Both are off unless configured. Keys come from MLDEPLOY_API_KEYS or MLDEPLOY_API_KEYS_FILE and are
 compared in constant time against every key, so timing tells nothing about which one nearly
 matched. The rate limit is a token bucket per key (per client address without auth), kept in each
-worker: the serve command divides the configured rate by the number of workers.
+worker: the serve command divides the configured rate by the number of workers. `Gate` puts the two
+together; the HTTP server and the Lambda handler both ask it, so they refuse the same requests.
 """
 
 from __future__ import annotations
@@ -60,3 +61,27 @@ class RateLimiter:
         full = [c for c, (t, last) in self.buckets.items() if t + (now - last) * self.rate >= self.burst]
         for client in full or list(self.buckets)[: len(self.buckets) // 2]:
             del self.buckets[client]
+
+
+class Gate:
+    """API key, then the rate limit of that key (or of the client address: wrong keys are limited too).
+    `refuse` answers None to let a request in, else (status, message, headers) to refuse it with."""
+
+    def __init__(self, keys: tuple[str, ...], per_second: float, burst: float, workers: int = 1):
+        self.auth = Auth(keys) if keys else None
+        # each worker keeps its own buckets: its share of the rate and of the burst
+        self.limiter = RateLimiter(per_second / workers, max(1.0, burst / workers)) if per_second else None
+        self.active = self.auth is not None or self.limiter is not None
+
+    def refuse(self, authorization: str | None, api_key: str | None, client: str,
+               authorized: bool = False) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """authorized: the platform itself authenticated the caller (a Lambda direct invoke needs IAM)."""
+        key = self.auth.identify(authorization, api_key) if self.auth else None
+        if self.limiter is not None:
+            wait = self.limiter.retry_after(key if key is not None else client)
+            if wait:
+                return 429, f"rate limit exceeded; retry in {wait} s", [("retry-after", str(wait))]
+        if self.auth is not None and key is None and not authorized:
+            return (401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
+                    [("www-authenticate", "Bearer")])
+        return None
