@@ -117,6 +117,10 @@ def group(title: str) -> Iterator[None]:
 def upsert_comment(pr: int, body: str, marker: str) -> str:
     """Create the pull request's comment that starts with `marker`, or update it in place.
 
+    Only a comment the token's own identity wrote is updated: anyone can post a comment that starts
+    with the marker, and such a comment is left alone. The identity is `GET /user`'s login; a GitHub
+    App's installation token (the job's GITHUB_TOKEN among them) cannot read /user, and its comments
+    are by the app's bot: $MLDEPLOY_COMMENT_AUTHOR (e.g. `my-app[bot]`), else `github-actions[bot]`.
     Uses the REST API at $GITHUB_API_URL for $GITHUB_REPOSITORY with $GITHUB_TOKEN (the job needs
     `pull-requests: write`). Returns the comment's URL.
     """
@@ -134,7 +138,7 @@ def upsert_comment(pr: int, body: str, marker: str) -> str:
                          hint="pass `GITHUB_TOKEN: ${{ github.token }}` in the step's env")
     mask(token)
 
-    def call(method: str, path: str, data: dict | None = None):
+    def call(method: str, path: str, data: dict | None = None, app_refuses: bool = False):
         request = urllib.request.Request(
             api + path, None if data is None else json.dumps(data).encode(), method=method,
             headers={"authorization": f"Bearer {token}", "accept": "application/vnd.github+json",
@@ -143,6 +147,8 @@ def upsert_comment(pr: int, body: str, marker: str) -> str:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as e:
+            if app_refuses and e.code == 403:
+                return None
             hint = ("the job needs `permissions: pull-requests: write`" if e.code in (401, 403)
                     else "check GITHUB_REPOSITORY and the pull request number")
             raise UsageError(f"GitHub refused {method} {path}: HTTP {e.code}", hint=hint) from None
@@ -150,10 +156,12 @@ def upsert_comment(pr: int, body: str, marker: str) -> str:
             raise UsageError(f"cannot reach GitHub at {api}: {getattr(e, 'reason', e)}") from None
 
     body = marker + "\n" + body if not body.startswith(marker) else body
+    me = (call("GET", "/user", app_refuses=True) or {}).get("login") or \
+        os.environ.get("MLDEPLOY_COMMENT_AUTHOR") or "github-actions[bot]"
     page = 1
     while comments := call("GET", f"/repos/{repo}/issues/{pr}/comments?per_page=100&page={page}"):
         for comment in comments:
-            if comment.get("body", "").startswith(marker):
+            if (comment.get("user") or {}).get("login") == me and comment.get("body", "").startswith(marker):
                 return call("PATCH", f"/repos/{repo}/issues/comments/{comment['id']}", {"body": body})["html_url"]
         page += 1
     return call("POST", f"/repos/{repo}/issues/{pr}/comments", {"body": body})["html_url"]

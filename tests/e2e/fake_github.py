@@ -1,5 +1,8 @@
 """A fake of the GitHub REST API's pull request comments, as `mldeploy report --comment` uses it:
-list (paginated), create, update. It keeps the comments and every request it saw."""
+who the token is (`GET /user`), list (paginated), create, update. It keeps the comments, each with
+its author, and every request it saw. A GitHub App's installation token (`ghs_...`, as the job's
+GITHUB_TOKEN is) gets 403 from /user, as on GitHub, and writes as `github-actions[bot]`; any other
+token is the user `login`."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeGitHub:
-    def __init__(self, token: str):
+    def __init__(self, token: str, login: str = "octocat"):
         self.token = token
-        self.comments: dict[int, dict] = {}   # id -> {"id", "pr", "body", "html_url"}
+        self.author = "github-actions[bot]" if token.startswith("ghs_") else login
+        self.comments: dict[int, dict] = {}   # id -> {"id", "pr", "body", "html_url", "user": {"login"}}
         self.requests: list[tuple[str, str]] = []
         fake = self
 
@@ -36,6 +40,10 @@ class FakeGitHub:
                     return self._answer(401, {"message": "Bad credentials"})
                 length = int(self.headers.get("content-length") or 0)
                 payload = json.loads(self.rfile.read(length)) if length else {}
+                if self.path == "/user" and method == "GET":
+                    if fake.author.endswith("[bot]"):
+                        return self._answer(403, {"message": "Resource not accessible by integration"})
+                    return self._answer(200, {"login": fake.author, "type": "User"})
                 if m := re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments(?:\?per_page=(\d+)&page=(\d+))?",
                                      self.path):
                     pr = int(m[2])
@@ -43,10 +51,7 @@ class FakeGitHub:
                         mine = [c for c in fake.comments.values() if c["pr"] == pr]
                         size, page = int(m[3] or 30), int(m[4] or 1)
                         return self._answer(200, mine[(page - 1) * size:page * size])
-                    new = len(fake.comments) + 1
-                    fake.comments[new] = {"id": new, "pr": pr, "body": payload["body"],
-                                          "html_url": f"https://github.com/{m[1]}/pull/{pr}#issuecomment-{new}"}
-                    return self._answer(201, fake.comments[new])
+                    return self._answer(201, fake.comment(pr, payload["body"], fake.author, m[1]))
                 if (m := re.fullmatch(r"/repos/[^/]+/[^/]+/issues/comments/(\d+)", self.path)) and method == "PATCH":
                     comment = fake.comments[int(m[1])]
                     comment["body"] = payload["body"]
@@ -65,6 +70,13 @@ class FakeGitHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def comment(self, pr: int, body: str, author: str, repo: str = "acme/models") -> dict:
+        """A new comment on the pull request, written by `author` (the API, or a test planting one)."""
+        new = len(self.comments) + 1
+        self.comments[new] = {"id": new, "pr": pr, "body": body, "user": {"login": author},
+                              "html_url": f"https://github.com/{repo}/pull/{pr}#issuecomment-{new}"}
+        return self.comments[new]
 
     def close(self) -> None:
         self.server.shutdown()
