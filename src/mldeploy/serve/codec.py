@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from mldeploy.bundle import TensorSpec
-from mldeploy.serve.model import Model
+from mldeploy.serve.model import Model, plain
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 V2_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -33,6 +33,7 @@ _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400):
+        message = plain(message, 1000)  # parsers' messages may carry addresses; ours stay as they are
         super().__init__(message)
         self.status = status
         self.message = message
@@ -55,7 +56,7 @@ def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonf
     if not body:
         raise BadRequest("the request body is empty (send JSON, CSV or .npy; see /openapi.json)")
     if ctype == CSV and not v2_only:
-        return _one_input(_csv(body), "csv", model, allow_nonfinite, _accept(accept, CSV))
+        return _one_input(_csv(body, model.dtypes[0]), "csv", model, allow_nonfinite, _accept(accept, CSV))
     if ctype == NPY and not v2_only:
         value = _npy(body)
         return _one_input(value, "npy", model, allow_nonfinite, _accept(accept, NPY))
@@ -314,14 +315,18 @@ def _npy(body: bytes) -> np.ndarray:
         raise BadRequest(f"the body is not a valid .npy array ({_short(e)})") from None
 
 
-def _csv(body: bytes) -> np.ndarray:
+def _csv(body: bytes, dtype: np.dtype) -> np.ndarray:
+    """CSV rows, parsed as the input's kind of number: integers stay exact (float64 would round
+    int64 above 2**53 and could not tell 1 from 1.0); bool and strings go on to array()'s checks."""
+    parse = {"i": np.int64, "u": np.uint64}.get(dtype.kind, np.float64)
     try:
         text = body.decode("utf-8")
-        return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2)
+        return np.loadtxt(io.StringIO(text), delimiter=",", dtype=parse, ndmin=2)
     except UnicodeDecodeError:
         raise BadRequest("the CSV body is not UTF-8 text") from None
-    except ValueError as e:
-        raise BadRequest(f"the CSV body is not rows of numbers ({_short(e)})") from None
+    except (ValueError, OverflowError) as e:
+        kind = "integers" if parse is not np.float64 else "numbers"
+        raise BadRequest(f"the CSV body is not rows of {kind} ({_short(e)})") from None
 
 
 def _names(model: Model) -> str:
@@ -336,8 +341,8 @@ def encode(call: Call, outputs: list[np.ndarray], model: Model) -> tuple[str, by
         buf = io.BytesIO()
         if call.accept == NPY:
             np.save(buf, out, allow_pickle=False)
-        else:
-            np.savetxt(buf, out.reshape(len(out), -1) if out.ndim != 1 else out[:, None], delimiter=",", fmt="%.9g")
+        else:  # one line per row; a 0-d output is one line of one value
+            np.savetxt(buf, out.reshape(len(out), -1) if out.ndim > 1 else out.reshape(-1, 1), delimiter=",", fmt="%.9g")
         return call.accept, buf.getvalue()
     if call.form == "v2":
         names = call.v2_outputs or [t.name for t in specs]
@@ -353,7 +358,8 @@ def encode(call: Call, outputs: list[np.ndarray], model: Model) -> tuple[str, by
     # instances, and CSV or .npy asked to answer in JSON: one prediction per row
     if len(outputs) == 1:
         return JSON, _dumps({"predictions": _jsonable(outputs[0])})
-    rows = [{t.name: _jsonable(o[i]) for t, o in zip(specs, outputs)} for i in range(call.rows)]
+    # a 0-d output (one value for the whole request, e.g. a sum) is given in every row
+    rows = [{t.name: _jsonable(o[i] if o.ndim else o) for t, o in zip(specs, outputs)} for i in range(call.rows)]
     return JSON, _dumps({"predictions": rows})
 
 
@@ -364,7 +370,7 @@ def _v2_tensor(name: str, arr: np.ndarray) -> dict:
 
 
 def _jsonable(arr: np.ndarray) -> object:
-    if arr.dtype.kind in "OU":
+    if arr.dtype.kind in "OU" or arr.ndim == 0:  # orjson writes no 0-d arrays: a 0-d is its value
         return arr.tolist()
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,25 @@ class ModelError(Exception):
     """The model could not run on an input that passed validation (the caller's data, not a bug)."""
 
 
+# What a client has no use for (and should not learn about the server from): ONNX Runtime's status
+# prefix and node wording, its C++ source paths and function signatures, and memory addresses.
+_INTERNALS = [(re.compile(p), r) for p, r in (
+    (r"\[ONNXRuntimeError\] : \d+ : \w+ : ", ""),
+    (r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ", r"\1: "),
+    (r"\S*/\S+\.(?:cc|cpp|h|hpp):\d+ (?:[\w:<>,~*& ]+\([^()]*\)(?: const)? )?", ""),
+    (r" (?:object )?at 0x[0-9a-fA-F]+", ""),
+    (r"0x[0-9a-fA-F]{6,}", "..."),
+)]
+
+
+def plain(message: str, limit: int = 300) -> str:
+    """One line of an error message fit for a client: runtime internals removed, then shortened."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    for pattern, replacement in _INTERNALS:
+        line = pattern.sub(replacement, line)
+    return line[:limit]
+
+
 @dataclass
 class Model:
     signature: Signature
@@ -38,7 +58,7 @@ class Model:
         try:
             return self._session.run(self._output_names, feeds)
         except Exception as e:  # ORT raises its own types (Fail, InvalidArgument, ...) for bad values
-            raise ModelError(str(e).splitlines()[0][:300]) from None
+            raise ModelError(plain(str(e)) or type(e).__name__) from None
 
     @classmethod
     def load(cls, bundle: Path, threads: int = 1, name: str = "model") -> "Model":
