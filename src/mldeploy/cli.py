@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="check the cloud credentials, identity and deploy permissions",
                          description="Check who the cloud credentials belong to and whether they may deploy;\n"
                                      "explain the usual OIDC role-assumption failures. Prints no secret.")
+    doc.add_argument("--trust", metavar="FILE", help="check this trust setup (README: Trust) against the job's OIDC "
+                     "token claims instead: which identity this job may assume; exit 1 on a hole")
+    doc.add_argument("--claims", metavar="FILE", help="with --trust: the token's claims (JSON or a JWT; default the "
+                     "running job's token)")
+    doc.add_argument("--identity", choices=("push", "canary", "production"), help="with --trust: the identity this "
+                     "job is about to use (exit 1 if it may not)")
     doc.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser(
@@ -446,6 +452,10 @@ def cmd_slots(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.trust:
+        from mldeploy.doctor import run as trust_doctor
+
+        return trust_doctor(args.trust, args.claims, args.identity)
     from mldeploy.config import load_config
     from mldeploy.deploy import doctor
 
