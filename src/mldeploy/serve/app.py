@@ -31,6 +31,7 @@ from mldeploy.serve import codec, openapi
 from mldeploy.serve.batching import Batcher
 from mldeploy.serve.capture import Capture
 from mldeploy.serve.codec import BadRequest, Call
+from mldeploy.serve.deadlines import Deadlines
 from mldeploy.serve.logs import log
 from mldeploy.serve.metrics import Metrics
 from mldeploy.serve.model import Model, ModelError
@@ -47,6 +48,7 @@ V2_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/in
 REQUEST_ID = re.compile(r"[\w.:/=+-]{1,128}")
 JSON_HEADERS = [("content-type", "application/json")]
 PUBLISH_SECONDS = 1.0
+SWEEP_SECONDS = 1.0  # how often overdue bodies and silent connections are looked for
 FAILED_FILE = "failed"  # a worker that cannot load the model leaves its reason here for the serve command
 DRAIN_BYTES = 16 << 20  # an oversized body is read and dropped up to this, then the connection closes
 
@@ -60,6 +62,7 @@ class App:
             (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
         self.metrics = Metrics(settings.model_name, settings.metrics_dir)
         self.gate = Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst, settings.workers)
+        self.deadlines = Deadlines(settings.header_timeout, settings.body_timeout)
         self.model: Model | None = None   # set in __rsgi_init__, before the worker serves
         self.batcher: Batcher | None = None
         self.capture: Capture | None = None
@@ -73,6 +76,7 @@ class App:
         self.loop = loop
         self._load()
         loop.call_later(PUBLISH_SECONDS, self._publish)
+        loop.call_later(SWEEP_SECONDS, self._sweep)
         if _early_sigterm:  # it arrived before granian's handlers existed: deliver it to them now
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -112,6 +116,14 @@ class App:
         except OSError as e:
             log("warning", f"cannot write metrics for other workers: {e}")
         self.loop.call_later(PUBLISH_SECONDS, self._publish)
+
+    def _sweep(self) -> None:
+        try:
+            if shut := self.deadlines.sweep():
+                self.metrics.count("mldeploy_request_failures_total", ("header_timeout",), shut)
+        except Exception as e:  # noqa: BLE001  never let the sweep stop: it is what frees the slots
+            log("error", f"the deadline sweep failed: {type(e).__name__}: {e}")
+        self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
     # -- requests ----------------------------------------------------------------------------------
     async def __rsgi__(self, scope, proto) -> None:
@@ -206,13 +218,16 @@ class App:
         try:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) <= self.s.max_body_bytes:
-                body = await proto()  # the usual case, without the streaming reader's detour
+                body = await self.deadlines.body(proto)  # the usual case, without the streaming reader's detour
             else:
-                body = await self._body(scope, proto)
+                body = await self.deadlines.body(lambda: self._body(scope, proto))
             call: Call = codec.decode(body, headers.get("content-type", ""), headers.get("accept", ""),
                                       model, self.s.allow_nonfinite, v2)
         except BadRequest as e:
             raise Answer(e.status, e.message, reason="invalid") from None
+        except TimeoutError:
+            raise Answer(408, f"the request body did not arrive within {self.s.body_timeout:g} s "
+                              "(MLDEPLOY_BODY_TIMEOUT)", [("connection", "close")], reason="timeout") from None
         finally:
             batcher.arriving -= 1
         decoded = time.perf_counter()

@@ -48,6 +48,11 @@ class Settings:
     access_log: bool = False
     metrics_dir: Path | None = None    # where workers share their counters for /metrics
     drain_seconds: int = 30            # how long SIGTERM waits for in-flight requests
+    # A connection has header_timeout seconds to send a request's head, from when it opens or from
+    # its previous answer (so it is also the keep-alive idle limit), then body_timeout for the body.
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_connections: int = 1024        # per worker; more wait in the kernel's accept queue
 
 
 def available_cpus() -> int:
@@ -261,6 +266,9 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
         access_log=_flag(env, "MLDEPLOY_ACCESS_LOG"),
         metrics_dir=Path(metrics) if metrics else None,
         drain_seconds=int(_number(env, "MLDEPLOY_DRAIN_SECONDS", 30, int, 1, 3600)),
+        header_timeout=_number(env, "MLDEPLOY_HEADER_TIMEOUT", 30.0, float, 1, 3600),
+        body_timeout=_number(env, "MLDEPLOY_BODY_TIMEOUT", 60.0, float, 1, 3600),
+        max_connections=int(_number(env, "MLDEPLOY_MAX_CONNECTIONS", 1024, int, 1, 1 << 20)),
     )
 
 
