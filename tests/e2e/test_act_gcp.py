@@ -50,7 +50,7 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_vertex(ki
 
 
 PIPELINE = Path(__file__).parent / "workflows" / "pipeline-gcp.yml"
-ACCOUNT = "mldeploy-deploy@acme-ml.iam.gserviceaccount.com"
+ACCOUNTS = [f"mldeploy-{who}@acme-ml.iam.gserviceaccount.com" for who in ("push", "canary", "production")]
 PUSH_TOKEN = "ya29.impersonated-push-token"
 
 
@@ -61,9 +61,9 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
     the repository through the Artifact Registry API and pushes there (a TLS registry by its name);
     the deploy job deploys that digest to Vertex AI (the fake); the PR gets its comment."""
     expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    sts = Fake({"/v1/token": STS_OK,
-                f"/v1/projects/-/serviceAccounts/{ACCOUNT}:generateAccessToken":
-                    (200, {"accessToken": PUSH_TOKEN, "expireTime": expires})})
+    sts = Fake({"/v1/token": STS_OK, **{f"/v1/projects/-/serviceAccounts/{account}:generateAccessToken":
+                                        (200, {"accessToken": PUSH_TOKEN, "expireTime": expires})
+                                        for account in ACCOUNTS}})
     vertex = FakeVertex().start()
     front, _ = cloud_registries
     location = AR_HOST.split("-docker.")[0]

@@ -88,6 +88,33 @@ def pipeline_repo(tmp_path, workflow, deploy_config: str):
     return repo
 
 
+SPIED = ("AWS_", "GOOGLE_", "CLOUDSDK_", "AZURE_", "STANDIN_", "ACTIONS_ID_TOKEN_")
+
+
+def spy_in_the_model_code(repo, spy) -> None:
+    """The model repo's factory (code a pull request controls, run by convert) writes down every
+    cloud-credential variable it can see to `spy`, as a hostile pull request would."""
+    code = repo / "classifier.py"
+    code.write_text(code.read_text().replace('    return Classifier()', f"""    import json, os
+    with open({str(spy)!r}, "a") as f:
+        f.write(json.dumps({{k: v for k, v in os.environ.items() if k.startswith({SPIED!r})}}) + "\\n")
+    return Classifier()"""))
+
+
+def seen_by_the_model_code(spy) -> list[dict[str, str]]:
+    """What the factory saw, one dict per time it ran; the file is emptied for the next run."""
+    seen = [json.loads(line) for line in spy.read_text().splitlines()] if spy.exists() else []
+    spy.write_text("")
+    return seen
+
+
+def logins(record) -> list[tuple[str, str, str]]:
+    """(job, cloud, identity) per cloud login the stand-ins made; the file is emptied for the next run."""
+    made = [tuple(line.split(" ", 2)) for line in record.read_text().splitlines()] if record.exists() else []
+    record.write_text("")
+    return made
+
+
 def release_canary_rollback(repo, kit, workflow: str, env: dict[str, str]):
     """A cloud pipeline's act runs, in order, each yielded for the caller to check the cloud after it:
     a release tag, a pull request with a retrained model, the rollback button."""
@@ -247,6 +274,24 @@ def test_a_fork_pull_request_deploys_nothing(kit, repo, endpoint, github):
     r = run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("opened", head_repo="stranger/models"))
     ok(r)
     assert "mldeploy deploy" not in r.stdout  # the reusable workflow was never called
+    assert routes(name, port) == before and len(github.requests) == requests
+
+
+def test_a_fork_workflow_run_deploys_nothing(kit, repo, endpoint, github):
+    """workflow_run runs in this repository's context with its secrets and OIDC, for a fork's head
+    too; the caller here checks nothing, so the kit's own guard is all there is."""
+    name, port, _ = endpoint
+    shutil.copy(ROOT / "tests" / "e2e" / "unsafe-callers" / "after-ci.yml", repo / ".github" / "workflows")
+    before, requests = routes(name, port), len(github.requests)
+    fork = {"action": "completed", "repository": {"full_name": "acme/models"},
+            "workflow_run": {"name": "ci", "event": "pull_request", "conclusion": "success", "head_branch": "main",
+                             "head_sha": "0" * 40, "head_repository": {"full_name": "stranger/models"}}}
+    try:
+        r = run(repo, kit, endpoint, "after-ci.yml", "workflow_run", fork)
+    finally:
+        (repo / ".github" / "workflows" / "after-ci.yml").unlink()
+    ok(r)
+    assert "Convert and optimize" not in r.stdout and "Deploy (canary)" not in r.stdout  # no job ran
     assert routes(name, port) == before and len(github.requests) == requests
 
 
