@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -123,8 +124,9 @@ class Server:
 
 
 def start_server(bundle: Path | None, tmp: Path, env: dict | None = None, workers: int = 1,
-                 args: tuple = (), ready: bool = True) -> Server:
-    """`mldeploy serve` in its own process on a free loopback port; waits for readiness."""
+                 args: tuple = (), ready: bool = True, open_files: int | None = None) -> Server:
+    """`mldeploy serve` in its own process on a free loopback port; waits for readiness.
+    open_files: the server's open-file limit, soft and hard (as `ulimit -n` sets it)."""
     port = free_port()
     log = tmp / f"server-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLDEPLOY_", "AIP_", "AZUREML_",
@@ -139,7 +141,9 @@ def start_server(bundle: Path | None, tmp: Path, env: dict | None = None, worker
     if bundle is not None:
         command += ["--bundle", str(bundle)]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))) if open_files else None
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+                                   preexec_fn=limit)
     server = Server(process, port, log)
     if ready:
         wait_ready(server)

@@ -14,6 +14,14 @@ held under a minute of wrk load.
                                wrk, 64 connections, 2 threads, MLDEPLOY_LOAD_SECONDS (default 60)
                                of POST /predict on a 2-worker server: no non-2xx, no socket errors,
                                and the server's process tree grows by at most RSS_GROWTH_LIMIT_MB.
+  test_slow_clients_do_not_starve_others
+                               SLOW_CLIENTS (1,000) silent, trickling and half-closed connections
+                               held open on a 2-worker server with its default settings: every
+                               request of a normal client is still answered within 1 s.
+  test_silent_clients_under_a_low_open_file_limit
+                               300 silent connections against a server whose open-file limit is
+                               256: no "too many open files", and the header deadline lets a
+                               normal client in.
 
 Each test starts its own server, so its traffic disturbs no other test.
 """
@@ -471,3 +479,121 @@ def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property)
 
 def _log_tail(server: Server, lines: int = 30) -> str:
     return "\n".join(server.log.read_text().splitlines()[-lines:])
+
+
+# -- slow clients --------------------------------------------------------------------------------
+SLOW_CLIENTS = 1000  # fewer only where this process may not open that many files (said in the output)
+
+
+def _room_for(connections: int) -> int:
+    """Raise this process's open-file limit as far as allowed; the connections it can then hold."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < min(hard, connections + 200):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections + 200), hard))
+        soft = min(hard, connections + 200)
+    return min(connections, soft - 200)
+
+
+def _slow_clients(port: int, count: int) -> tuple[list[socket.socket], list[socket.socket]]:
+    """count connections: 40% silent, 30% sending a head one line at a time, 30% half-closed (write side
+    shut, after nothing or after half a head). Returns (all, the trickling ones)."""
+    every, trickling = [], []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kind = i % 10
+        if kind in (4, 5, 6):
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: slow\r\n")
+            trickling.append(sock)
+        elif kind in (7, 8, 9):
+            if kind == 8:
+                sock.sendall(b"POST /predict HTTP/1.1\r\nContent-Le")
+            sock.shutdown(socket.SHUT_WR)
+        every.append(sock)
+    return every, trickling
+
+
+def _open(socks: list[socket.socket]) -> int:
+    """How many of socks the server has not closed (nothing to read and no EOF)."""
+    alive = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            alive += sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+def _timed_predictions(server: Server, count: int) -> list[float]:
+    row = [0.5, -1.25, 2.0, 0.125]
+    times = []
+    for _ in range(count):
+        start = time.monotonic()
+        reply = server.call("POST", "/predict", {"instances": [row]}, timeout=30)
+        times.append(time.monotonic() - start)
+        assert reply.status == 200, reply
+        np.testing.assert_allclose(reply.json()["predictions"], expected_probs(np.array([row])), rtol=1e-5, atol=1e-6)
+    return times
+
+
+def test_slow_clients_do_not_starve_others(linear_bundle, tmp_path, record_property):
+    count = _room_for(SLOW_CLIENTS)
+    server = start_server(linear_bundle, tmp_path, workers=2)
+    socks: list[socket.socket] = []
+    halt = threading.Event()
+    try:
+        socks, trickling = _slow_clients(server.port, count)
+
+        def trickle() -> None:  # one more header line every half second: never a whole head
+            while not halt.wait(0.5):
+                for sock in trickling:
+                    try:
+                        sock.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.0)  # let the server see them all (and close the half-closed ones)
+        held = _open(socks)
+        times = _timed_predictions(server, 30)
+        still = _open(socks)
+        figures = {"slow_clients": count, "held_open_before": held, "held_open_after": still,
+                   "max_answer_s": round(max(times), 3), "median_answer_s": round(sorted(times)[len(times) // 2], 4)}
+        print(f"\nslow clients: {figures}")
+        for key, value in figures.items():
+            record_property(key, value)
+        assert still >= count * 0.6, f"only {still} of the {count} silent and trickling connections stayed open: {figures}"
+        assert max(times) < 1.0, f"a normal client waited {max(times):.2f} s beside {still} slow connections: {times}"
+        assert server.process.poll() is None
+        log = server.log.read_text()
+        assert "Too many open files" not in log and '"level":"error"' not in log, log[-3000:]
+    finally:
+        halt.set()
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
+def test_silent_clients_under_a_low_open_file_limit(linear_bundle, tmp_path):
+    """The issue's case: 300 silent sockets against a server limited to 256 open files (granian alone
+    accepted until "too many open files" and held them forever). Now each worker holds fewer than its
+    limit, the rest wait in the accept queue, and the header deadline frees the slots."""
+    if _room_for(300) < 300:
+        pytest.skip("this process may not open 300 connections (open-file limit)")
+    server = start_server(linear_bundle, tmp_path, workers=1, env={"MLDEPLOY_HEADER_TIMEOUT": "2"}, open_files=256)
+    socks: list[socket.socket] = []
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+        assert _timed_predictions(server, 1)  # waits for a slot, freed by the header deadline
+        assert server.process.poll() is None
+        log = server.log.read_text()
+        assert "Too many open files" not in log and '"level":"error"' not in log, log[-3000:]
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
