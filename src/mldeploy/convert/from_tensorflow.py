@@ -70,8 +70,12 @@ class TensorFlowSource(Source):
                     name = unknown.group(1).split(">")[-1]
                     raise UsageError(f"{path.name} uses the custom Keras class {name}, which is not known here"[:120],
                                      hint=f"list it in model.custom_objects, e.g. ['your_module:{name}']"[:78]) from None
-                raise UsageError(f"cannot load TensorFlow model {path}: {type(e).__name__}: {first_line(e)}",
-                                 hint="custom layers: list them in model.custom_objects") from None
+                weights_only = "No model config found" in str(e)
+                raise UsageError(f"cannot load TensorFlow model {path.name}: "
+                                 + ("the file holds weights only, no model config" if weights_only else
+                                    f"{type(e).__name__}: {first_line(e).replace(str(path), path.name)}"),
+                                 hint="save the whole model (model.save)" if weights_only else
+                                 "custom layers: list them in model.custom_objects") from None
         signatures = dict(loaded.signatures)
         if SIGNATURE not in signatures and len(signatures) != 1:
             raise UsageError(f"{path} has no '{SIGNATURE}' signature (found: {', '.join(signatures) or 'none'})",

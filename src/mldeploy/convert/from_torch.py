@@ -220,7 +220,7 @@ def _state_dict_in(obj) -> Mapping | None:
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-        for key in ("state_dict", "model_state_dict", "model"):
+        for key in ("state_dict", "model_state_dict", "model_state", "model"):
             inner = obj.get(key)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return inner
