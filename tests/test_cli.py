@@ -66,7 +66,7 @@ def test_schema_is_checked_in_and_current(mldeploy):
 
 def test_config_validate(tmp_path, mldeploy):
     good = tmp_path / "good.yaml"
-    good.write_text("version: 1\ndeploy:\n  cloud: aws\n")
+    good.write_text("version: 1\ndeploy:\n  cloud: aws\n  aws:\n    role: arn:aws:iam::123456789012:role/m\n")
     r = mldeploy("config", "validate", good)
     assert r.code == 0
     assert json.loads(r.out)["deploy"]["target"] == "sagemaker"
@@ -75,6 +75,23 @@ def test_config_validate(tmp_path, mldeploy):
     r = mldeploy("config", "validate", bad)
     assert r.code == 2
     assert f"{bad}:4: deploy.canary_traffic: expected less than or equal to 100; found 150" in r.err
+
+
+def test_config_validate_checks_the_files_it_names(tmp_path, mldeploy):
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    config = tmp_path / "mldeploy.yaml"
+    config.write_text("model:\n  path: model.onnx\noptimize:\n  data: data/calib.npz\n"
+                      "monitoring:\n  baseline: gone.json\n")
+    r = mldeploy("config", "validate", config)
+    assert r.code == 2, r.err
+    assert f"{config}:4: optimize.data: {tmp_path / 'data/calib.npz'} does not exist" in r.err
+    assert f"{config}:6: monitoring.baseline: {tmp_path / 'gone.json'} does not exist" in r.err
+    assert "model.path" not in r.err  # it exists
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "calib.npz").write_bytes(b"x")
+    (tmp_path / "gone.json").write_text("{}")
+    r = mldeploy("config", "validate", config)
+    assert r.code == 0 and f"found model.path: {tmp_path / 'model.onnx'}" in r.err, r.err
 
 
 def test_example_repo_config_is_valid(mldeploy):

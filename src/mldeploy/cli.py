@@ -496,12 +496,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    from mldeploy.config import find_config_file, load_config
+    from mldeploy.config import check_files, find_config_file, load_config
 
     cfg = load_config(args.file or args.config)
+    files = check_files(cfg, args.file or args.config)
     if not args.quiet:
         where = find_config_file(args.file or args.config) or "defaults (no config file)"
-        print(f"valid: {where}", file=sys.stderr)
+        print(f"valid: {where}" + "".join(f"\n  found {f}" for f in files), file=sys.stderr)
         print(cfg.model_dump_json(indent=2))
     return 0
 

@@ -145,7 +145,8 @@ class OptimizeSection(Section):
     per_channel: bool = Field(True, description="Per-channel weight scales for static int8.")
     batch_size: int = Field(32, ge=1, le=4096, description="The batch latency is judged at (batch 1 is reported too).")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads for every candidate (default: CPUs available).")
-    min_speedup: float = Field(1.05, ge=1, description="A candidate must beat fp32 by this factor to replace it.")
+    min_speedup: float = Field(1.05, ge=1, description="A candidate must beat the current choice (fp32 first) "
+                                                        "by this factor, side by side, to replace it.")
     latency_seconds: float = Field(1.0, gt=0, le=60, description="Time spent measuring each latency figure.")
     prune_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of weights the prune candidate zeroes.")
     budget: BudgetSection = Field(default_factory=BudgetSection)
@@ -175,8 +176,23 @@ def container_environment(env: dict[str, str], platform_names: str, platform: st
     return env
 
 
+# A Docker image reference: [host[:port]/]path[:tag][@sha256:digest] (the distribution reference grammar)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::\d+)?/)"
+IMAGE_REFERENCE = re.compile(rf"{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?")
+
+
 class ImageSection(Section):
     base: str = Field("python:3.11-slim", description="Base image of the serving image.")
+
+    @field_validator("base")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not IMAGE_REFERENCE.fullmatch(value):
+            raise ValueError("expected an image reference like python:3.11-slim or registry:5000/team/base@sha256:<64 hex> "
+                             "(lowercase path, no spaces or newlines)")
+        return value
+
     registry: str | None = Field(None, description="Registry host, e.g. 123.dkr.ecr.eu-west-1.amazonaws.com.")
     repository: str | None = Field(None, description="Repository name in the registry.")
     dockerfile: str | None = Field(None, description="Your own Dockerfile instead of ours.")
@@ -192,8 +208,13 @@ class ImageSection(Section):
                              "the deploy (Lambda or Cloud Run environment, Cloud Run secrets)")
         if any(c in v for v in value.values() for c in "\n\r\0"):
             raise ValueError("a value spans lines: a Dockerfile ENV holds one line")
-        return container_environment(value, r"PATH|PYTHON\w*|PORT|K_\w*|AIP_\w*|SAGEMAKER_\w*|AZUREML_\w*|"
-                                             r"AWS_\w*|LAMBDA_\w*|_HANDLER", "the image or the cloud it runs on")
+        container_environment(value, r"PATH|PYTHON\w*|PORT|K_\w*|AIP_\w*|SAGEMAKER_\w*|AZUREML_\w*|"
+                                     r"AWS_\w*|LAMBDA_\w*|_HANDLER", "the image or the cloud it runs on")
+        if others := sorted(n for n in value if not n.startswith(ENV_PREFIX)):
+            raise ValueError(f"{others[0]} is not a serving setting: the image's environment holds MLDEPLOY_* settings "
+                             "only, since it reaches every target and the base image; set other variables in your "
+                             "own dockerfile")
+        return value
 
     @model_validator(mode="after")
     def _environment_needs_our_dockerfile(self) -> ImageSection:
@@ -226,9 +247,12 @@ class SageMakerSection(Section):
     data_capture_s3: str | None = Field(None, pattern=r"^s3://", description="Where captured requests go.")
 
     @model_validator(mode="after")
-    def _guardrails_need_instances(self) -> SageMakerSection:
+    def _consistent(self) -> SageMakerSection:
         if self.strategy == "guardrails" and self.serverless_memory_mb:
             raise ValueError("strategy guardrails needs instances: SageMaker has no blue/green for serverless variants")
+        if self.data_capture_percent and not self.data_capture_s3:
+            raise ValueError("data_capture_percent is set but data_capture_s3 is not: name the S3 prefix "
+                             "captured requests go to")
         return self
 
 
@@ -268,6 +292,14 @@ class VertexSection(Section):
     accelerator_type: str | None = Field(None, description="e.g. NVIDIA_TESLA_T4 (the image must be able to use it).")
     accelerator_count: int = Field(0, ge=0, le=8)
     service_account: str | None = Field(None, description="Service account the model runs as.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VertexSection:
+        if self.accelerator_count and not self.accelerator_type:
+            raise ValueError("accelerator_count is set but accelerator_type is not (e.g. NVIDIA_TESLA_T4)")
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
 
 
 class CloudRunSection(Section):
@@ -484,6 +516,18 @@ def find_config_file(path: str | os.PathLike | None, environ: Mapping[str, str] 
     return default if default.is_file() else None
 
 
+def _refuse_aliases(text: str, path: Path) -> None:
+    """Anchors and aliases let a few hundred bytes expand to gigabytes (a "billion laughs"): a config
+    a model repo hands us never needs them."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import AliasEvent
+
+    for event in YAML(typ="rt", pure=True).parse(text):
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+            raise UsageError("YAML anchors and aliases are not accepted in mldeploy.yaml", file=str(path),
+                             line=event.start_mark.line + 1, hint="write the values out")
+
+
 def _read_yaml(path: Path):
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -493,6 +537,7 @@ def _read_yaml(path: Path):
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config: {e}", file=str(path)) from None
     try:
+        _refuse_aliases(text, path)
         data = YAML(typ="rt", pure=True).load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -598,9 +643,40 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str
             origin[key] = f"--{dotted.split('.')[-1].replace('_', '-')}"
 
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError([_describe(err, raw, file, origin) for err in e.errors()]) from None
+    if cfg.deploy.cloud == "aws" and cfg.deploy.target in ("sagemaker", "lambda") and not cfg.deploy.aws.role:
+        # checked here, not at apply: a plan that can never be applied is never printed
+        raise UsageError(f"deploy.aws.role is not set: {cfg.deploy.target} needs the ARN of the execution role "
+                         "it runs as (arn:aws:iam::<account>:role/<name>)", file=str(file) if file else None,
+                         line=_line_of(raw, ("deploy", "target")) if file else None)
+    return cfg
+
+
+# The files a config names that must exist before the step that reads them (the bundle and a capture are made later).
+INPUT_FILES = (("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
+               ("monitoring", "baseline"))
+
+
+def check_files(cfg: Config, path: str | os.PathLike | None = None) -> list[str]:
+    """`config validate`: raise ConfigError naming each file the config names that is missing (each step would
+    find out only when it runs); returns the files that were checked."""
+    file = find_config_file(path)
+    raw = _read_yaml(file) if file else None
+    values = cfg.model_dump()
+    problems, checked = [], []
+    for key in INPUT_FILES:
+        value = _get_dotted(values, key)
+        if not value:
+            continue
+        checked.append(f"{'.'.join(key)}: {value}")
+        if not Path(value).exists():
+            problems.append((str(file) if file else None, _line_of(raw, key) if raw is not None else None,
+                             f"{'.'.join(key)}: {value} does not exist"))
+    if problems:
+        raise ConfigError(problems)
+    return checked
 
 
 def _describe(err: dict, raw: Any, file: Path | None, origin: dict) -> tuple[str | None, int | None, str]:

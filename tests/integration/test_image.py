@@ -198,13 +198,13 @@ def test_image_environment_is_built_in_exactly_and_the_server_reads_it(serving_i
     _, bundle = serving_image
     odd = 'a "quoted" $HOME \\ é'  # quotes, a backslash, no $ expansion, not ASCII
     config = tmp_path / "mldeploy.yaml"
-    config.write_text(json.dumps({"image": {"environment": {"MLDEPLOY_WORKERS": "3", "ODD_VALUE": odd}}}))
+    config.write_text(json.dumps({"image": {"environment": {"MLDEPLOY_WORKERS": "3", "MLDEPLOY_MODEL_NAME": odd}}}))
     code, out = mldeploy_module("build", "--config", config, "--bundle", bundle, "--repository", "mldeploy-test/env",
                                 "--base", docker_env["MLDEPLOY_IMAGE__BASE"])
     assert code == 0, out
     image = printed_image(out)
     shown = docker_client.containers.run(image, entrypoint=["/opt/venv/bin/python", "-c",
-                                         "import os, json; print(json.dumps(os.environ.get('ODD_VALUE')))"],
+                                         "import os, json; print(json.dumps(os.environ.get('MLDEPLOY_MODEL_NAME')))"],
                                          remove=True)
     assert json.loads(shown) == odd
     c = docker_client.containers.run(image, ["serve"], detach=True)

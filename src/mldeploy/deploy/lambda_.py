@@ -123,9 +123,6 @@ class LambdaTarget:
 
     # -- the interface ----------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
-        if not self.aws.role:
-            raise UsageError("deploy.aws.role is not set", hint="the ARN of the execution role the function runs as "
-                                                                "(it needs ECR pull and CloudWatch Logs)")
         registry = desired.image.split("/", 1)[0]
         if ecr_region_of(registry) not in (None, self.region):
             raise UsageError(f"the image {desired.image} is in ECR in {ecr_region_of(registry)}, the function in "

@@ -47,9 +47,6 @@ class SageMakerTarget:
         self.sm = client("sagemaker", self.region)
         self.region = self.sm.meta.region_name
         self.runtime = client("sagemaker-runtime", self.region)
-        if self.aws.sagemaker.data_capture_percent and not self.aws.sagemaker.data_capture_s3:
-            raise UsageError("deploy.aws.sagemaker.data_capture_percent is set but data_capture_s3 is not",
-                             hint="name the S3 prefix captured requests go to")
 
     # -- what serves now --------------------------------------------------------------------------
     def read(self) -> dict[str, Any] | None:
@@ -255,9 +252,6 @@ class SageMakerTarget:
         name = self._model_name(image)
         if self._exists("describe_model", ModelName=name):
             return
-        if not self.aws.role:
-            raise UsageError("deploy.aws.role is not set", hint="the ARN of the execution role SageMaker runs the "
-                                                                "model as (it needs ECR pull and CloudWatch Logs)")
         with translated(f"create the SageMaker model {name}"):
             self.sm.create_model(ModelName=name, ExecutionRoleArn=self.aws.role,
                                  PrimaryContainer={"Image": image, "Mode": "SingleModel"},

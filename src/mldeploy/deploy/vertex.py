@@ -79,12 +79,6 @@ class VertexTarget:
         self.creds, found = gcp.credentials()
         self.project = gcp.project(cfg, found)
         self.parent = f"projects/{self.project}/locations/{self.region}"
-        if self.vertex.accelerator_count and not self.vertex.accelerator_type:
-            raise UsageError("deploy.gcp.vertex.accelerator_count is set but accelerator_type is not",
-                             hint="e.g. accelerator_type: NVIDIA_TESLA_T4")
-        if (self.vertex.max_replicas or self.vertex.min_replicas) < self.vertex.min_replicas:
-            raise UsageError(f"deploy.gcp.vertex.max_replicas ({self.vertex.max_replicas}) is below "
-                             f"min_replicas ({self.vertex.min_replicas})")
         self._clients: dict[str, Any] = {}
         self._images: dict[str, str] = {}
 

@@ -168,9 +168,6 @@ def _model_monitor(cfg, endpoint: str, region: str, result: SetupPlan) -> None:
         result.notes.append("no baseline (monitoring.baseline, or baseline.json in the bundle): run `mldeploy monitor "
                             "baseline` and setup again; Model Monitor left out")
         return
-    if not cfg.deploy.aws.role:
-        raise UsageError("deploy.aws.role is not set", hint="the role Model Monitor's jobs run as (S3 read/write of "
-                                                           "the capture and monitoring prefixes, CloudWatch)")
     prefix = (cfg.monitoring.s3 or "s3://{}/mldeploy-monitoring/{}".format(
         _s3(capture["DestinationS3Uri"])[0], endpoint)).rstrip("/")
     files = {"statistics.json": json.dumps(statistics(baseline), indent=1).encode(),
