@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,27 @@ def threads(setting: int | None) -> int:
         return os.cpu_count() or 1
 
 
+# The instruction sets that change which ONNX Runtime kernels run (and so which candidate is fastest).
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve")
+
+
+@functools.cache
+def cpu() -> dict:
+    """The CPU model and its ISA features, recorded beside every figure (and part of optimize's key)."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and not model:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:  # not Linux: the model name alone
+        pass
+    return {"model": model or platform.processor() or platform.machine(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def session(path: Path, n_threads: int):
     """Identical options for every candidate, so that only the model differs."""
     import onnxruntime as ort
@@ -32,6 +55,9 @@ def session(path: Path, n_threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # Idle intra-op threads spin for a while after a run; in a side-by-side measurement they steal the
+    # CPU from the other session's run, and the same model measured 0.77x to 1.3x against itself here.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

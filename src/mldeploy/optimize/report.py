@@ -35,7 +35,14 @@ def _verdict(row: dict, report: dict) -> str:
         sparsity = row.get("facts", {}).get("sparsity")
         return f"report only (sparsity {sparsity}, gzip {row['facts']['gzip_bytes'] / 1e6:.2f} MB)" if sparsity \
             else "report only"
+    if "side_by_side" in row:
+        return f"{row['side_by_side']['speedup']:.2f}x vs {row['side_by_side']['against']} side by side"
     return ""
+
+
+def _cpu(report: dict) -> str:
+    cpu = report.get("cpu") or {}
+    return f"{cpu.get('model', '?')} ({', '.join(cpu.get('isa', [])) or 'no x86/arm vector extensions found'})"
 
 
 def markdown(report: dict) -> str:
@@ -43,7 +50,7 @@ def markdown(report: dict) -> str:
     b = report["batch_size"]
     lines = [f"### ✅ optimize-model: {report['chosen']}", "",
              f"{report['reason']}. Objective {report['objective']} at batch {b}, {report['threads']} thread(s), "
-             f"device {report['device']}; data: {report['data']}.", "",
+             f"device {report['device']}; CPU {_cpu(report)}; data: {report['data']}.", "",
              f"| Candidate | Size MB | p50 @1 ms | p50 @{b} ms | p95 @{b} ms | Speedup @{b} | Accuracy vs fp32 | |",
              "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in _rows(report):
@@ -75,7 +82,7 @@ def text(report: dict) -> str:
         out.append(f"  {row['name']:<20} {row['size_bytes'] / 1e6:>8.3g} {row['p50_1_ms']:>9.3g} "
                    f"{row['p50_batch_ms']:>10.3g} {base['p50_batch_ms'] / row['p50_batch_ms']:>7.2f}x  "
                    f"{_acc(row)}{'  ' + note if note else ''}")
-    out.append(f"  data: {report['data']}; took {report['duration_s']} s")
+    out.append(f"  data: {report['data']}; CPU {_cpu(report)}; took {report['duration_s']} s")
     return "\n".join(out)
 
 

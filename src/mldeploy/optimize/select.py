@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mldeploy.config import BudgetSection
 
 
@@ -28,8 +30,14 @@ def metric_drop(baseline: dict, candidate: dict) -> float:
     return candidate["value"] - baseline["value"]
 
 
-def choose(rows: list[dict], baseline: dict, objective: str, device: str, min_speedup: float) -> tuple[dict | None, str]:
-    """The chosen row (None keeps fp32) and the reason, in words."""
+def choose(rows: list[dict], baseline: dict, objective: str, device: str, min_speedup: float,
+           compare: Callable[[dict, dict], float] | None = None) -> tuple[dict | None, str]:
+    """The chosen row (None keeps fp32) and the reason, in words.
+
+    Latency is chosen with hysteresis, so that noise cannot flip the choice between runs: the candidates
+    are taken in the kit's fixed order and one replaces the current choice (fp32 first) only when it beats
+    it by min_speedup, measured by `compare(current, candidate)` (side by side in optimize; from the rows'
+    own p50s by default)."""
     eligible = [r for r in rows if r["status"] == "ok" and not r["budget_failures"] and not r["report_only"]
                 and not (r["gpu_only"] and device == "cpu")]
     if objective == "size":
@@ -38,10 +46,18 @@ def choose(rows: list[dict], baseline: dict, objective: str, device: str, min_sp
             return None, "no candidate within the accuracy budget is smaller than fp32"
         best = min(better, key=lambda r: r["size_bytes"])
         return best, f"smallest within budget: {baseline['size_bytes'] / best['size_bytes']:.2f}x smaller than fp32"
-    better = [r for r in eligible if baseline["p50_batch_ms"] / r["p50_batch_ms"] >= min_speedup]
-    if not better:
-        fastest = max((baseline["p50_batch_ms"] / r["p50_batch_ms"] for r in eligible), default=None)
-        seen = f" (best within budget: {fastest:.2f}x)" if fastest else ""
+    compare = compare or (lambda current, row: current["p50_batch_ms"] / row["p50_batch_ms"])
+    current, against_fp32 = baseline, []
+    for row in eligible:
+        speedup = compare(current, row)
+        row["side_by_side"] = {"against": current["name"], "speedup": round(speedup, 3)}
+        if current is baseline:
+            against_fp32.append(speedup)
+        if speedup >= min_speedup:
+            current = row
+    if current is baseline:
+        seen = f" (best within budget: {max(against_fp32):.2f}x)" if against_fp32 else ""
         return None, f"no candidate within the accuracy budget is {min_speedup:g}x faster than fp32{seen}"
-    best = min(better, key=lambda r: r["p50_batch_ms"])
-    return best, f"fastest within budget: {baseline['p50_batch_ms'] / best['p50_batch_ms']:.2f}x faster than fp32"
+    step = current["side_by_side"]
+    return current, (f"fastest within budget: {step['speedup']:.2f}x faster than {step['against']} side by side "
+                     f"(each choice must beat the one before by {min_speedup:g}x)")
