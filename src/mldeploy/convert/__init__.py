@@ -20,10 +20,8 @@ from mldeploy.convert.detect import detect, model_path
 from mldeploy.convert.report import publish
 from mldeploy.errors import CheckFailed, UsageError
 
-BATCH_HINT = ("the export is right at some batch sizes only: the model depends on its batch size "
-              "(a branch on x.shape[0], a constant in view/reshape, int(x.shape[0])), which exporters "
-              "capture for the example batch alone; make it batch-independent or declare a fixed batch "
-              "in `inputs:`")
+BATCH_HINT = ("the model depends on its batch size (a branch on x.shape[0], a reshape constant, rows mixed): "
+              "make it batch-independent or declare a fixed batch in `inputs:`")
 
 
 @dataclass
@@ -229,6 +227,7 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
     publish(report, None)
     attempts = report["attempts"]
     reasons = "; ".join(f"{a['exporter']}: {a.get('error') or a['parity']['problem']}" for a in attempts)
+    reasons = reasons if len(reasons) <= 170 else reasons[:167] + "..."  # the report holds them whole
     if all(a["status"] == "export failed" for a in attempts):
         op = next((a["operator"] for a in attempts if a.get("operator")), None)
         if op:
