@@ -172,6 +172,8 @@ def test_state_dict_and_factory(repo, tmp_path, mldeploy):
     assert manifest["source"]["format"] == "state_dict"
     assert manifest["tools"]["torch"].startswith("2.")
     assert manifest["model"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    # the exporter's stack traces named the checkout and the venv: another folder was another model
+    assert str(repo).encode() not in (out / "model.onnx").read_bytes()
     import netdefs
     module = netdefs.MLP()
     module.load_state_dict(torch.load(repo / "mlp.pt"))

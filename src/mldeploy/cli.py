@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     bld.add_argument("--push", action="store_true", help="push to the registry and print the digest")
     bld.add_argument("--registry", metavar="HOST[/PATH]", help="registry, e.g. 127.0.0.1:5000 or ghcr.io/acme")
     bld.add_argument("--repository", metavar="NAME", help="repository (default mldeploy/<model name>)")
+    bld.add_argument("--no-cache", action="store_true", help="build every step again, as a fresh CI runner does "
+                                                            "(the image is the same either way)")
     bld.set_defaults(func=cmd_build)
 
     where = argparse.ArgumentParser(add_help=False)
@@ -354,7 +356,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         "image.registry": args.registry, "image.repository": args.repository})
     report = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
                             repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
-                            environment=cfg.image.environment, push_image=args.push)
+                            environment=cfg.image.environment, push_image=args.push, cache=not args.no_cache)
     size_mb = f"{report['size'] / 1e6:.0f} MB"
     github.set_output("image", report["image"])
     github.set_output("digest", report.get("digest", ""))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mldeploy.bundle import Bundle
+from tests.conftest import ROOT, git_tracked_copy
 from tests.integration.conftest import free_port, printed_image, starting_line, wait_http
 from tests.serve.conftest import expected_probs
 
@@ -88,6 +89,22 @@ def test_a_rebuild_of_the_same_bundle_is_the_same_image(serving_image, docker_en
         assert code == 0, out
     *_, first, second = [s for s in Bundle.open(bundle).manifest["steps"] if s["step"] == "build"]
     assert first["image_id"] == second["image_id"]
+
+
+def test_two_fresh_runs_over_an_unchanged_model_push_the_same_digest(docker_env, mldeploy, tmp_path):
+    """What a fresh CI job does for a commit that leaves the model alone: convert, optimize and build
+    from a clean checkout with no build cache. The image (and so the canary) must not change."""
+    digests = []
+    for run in ("first", "second"):
+        repo = git_tracked_copy(ROOT / "examples" / "model-repo", tmp_path / run)
+        for args in (["convert"], ["optimize"], ["build", "--no-cache", "--push", "--repository", "mldeploy-test/repro",
+                                                     "--base", docker_env["MLDEPLOY_IMAGE__BASE"],
+                                                     "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"]]):
+            r = mldeploy(*args, cwd=repo)
+            assert r.code == 0, (args, r.out, r.err)
+        build = Bundle.open(repo / ".mldeploy" / "bundle").manifest["steps"][-1]
+        digests.append(build["digest"])
+    assert digests[0] == digests[1]
 
 
 def test_push_records_the_digest_in_the_manifest(pushed):

@@ -245,6 +245,29 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
                       hint=BATCH_HINT if batch_dependent else "inspect the rejected bundle next to the output folder")
 
 
+def _drop_stack_traces(model) -> None:
+    """PyTorch's exporter records each node's Python stack, with the checkout's and the venv's absolute
+    paths: the build machine's layout would leak into the model and make every checkout a new model."""
+    import onnx
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        yield from graphs(g)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        kept = [p for p in node.metadata_props if not p.key.endswith("stack_trace")]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
 def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: list[str], served_names: list[str],
               result: parity.Parity) -> Signature:
     """Name the batch dim the same in the model and the signature, name the outputs as they are
@@ -258,6 +281,7 @@ def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: lis
         for d in v.type.tensor_type.shape.dim:
             if d.HasField("dim_value") and d.dim_value <= 0:
                 d.ClearField("dim_value")
+    _drop_stack_traces(model)
     _rename_outputs(model.graph, dict(zip(output_names, served_names)))
     followers = {dict(zip(output_names, served_names)).get(n, n) for n in _outputs_following_batch(result)}
     free = {s.name: s.shape[0] or "batch" for s in inputs if s.shape and not isinstance(s.shape[0], int)}

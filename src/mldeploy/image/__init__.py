@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from mldeploy import __version__, github
 from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundle
 from mldeploy.errors import UsageError
+from mldeploy.image.reproducible import normalize
 from mldeploy.image.sbom import SBOM_FILE, cyclonedx
 
 RUNTIME = ("onnxruntime", "numpy", "orjson", "granian")
@@ -55,10 +56,22 @@ def engine():
                               "and set DOCKER_HOST") from None
 
 
+# What differs between two runs over the same model: the clock, timings and what was measured with them,
+# the machine's CPU name and the commit (a README change is not a new model). The bundle keeps them.
+UNREPRODUCIBLE = frozenset({"created", "at", "git", "cpu", "duration_s", "export_s", "seconds", "load_s", "reason",
+                            "speedup", "side_by_side", "p50_1_ms", "p95_1_ms", "p50_batch_ms", "p95_batch_ms"})
+
+
 def image_manifest(bundle: Bundle) -> dict:
     """The manifest an image carries: the model's lineage without earlier builds, which are not this
-    image's history (and would make a rebuild of the same bundle another image)."""
-    return {**bundle.manifest, "steps": [s for s in bundle.manifest.get("steps", []) if s.get("step") != "build"]}
+    image's history, and without what differs between runs, so an unchanged model builds the same image."""
+
+    def lineage(value):
+        if isinstance(value, dict):
+            return {k: lineage(v) for k, v in value.items() if k not in UNREPRODUCIBLE}
+        return [lineage(v) for v in value] if isinstance(value, list) else value
+
+    return lineage({**bundle.manifest, "steps": [s for s in bundle.manifest.get("steps", []) if s.get("step") != "build"]})
 
 
 def labels_for(bundle: Bundle) -> dict[str, str]:
@@ -68,7 +81,6 @@ def labels_for(bundle: Bundle) -> dict[str, str]:
         "org.opencontainers.image.title": "mldeploy model server",
         "org.opencontainers.image.description": "ONNX Runtime behind mldeploy serve",
         "org.opencontainers.image.source": _source_url(),
-        "org.opencontainers.image.revision": (m.get("git") or {}).get("sha") or os.environ.get("GITHUB_SHA", ""),
         "dev.mldeploy.model.sha256": m.get("model", {}).get("sha256", ""),
         "dev.mldeploy.manifest": json.dumps({"source": m.get("source", {}).get("path"),
                                              "framework": m.get("source", {}).get("framework"),
@@ -200,13 +212,15 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
 
 
 def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | None = None,
-          environment: dict[str, str] | None = None) -> Built:
+          environment: dict[str, str] | None = None, cache: bool = True) -> Built:
     bundle = Bundle.open(bundle_dir)
     client = engine()
     _ensure_base(client, base, dockerfile)
     with tempfile.TemporaryDirectory(prefix="mldeploy-build-") as tmp:
         labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp), environment)
-        image_id = _docker_build(client, Path(tmp), tag, labels if dockerfile else None)
+        image_id = _docker_build(client, Path(tmp), tag, labels if dockerfile else None, cache)
+    if not dockerfile:  # with your own Dockerfile, its base layers are unknown to us: built as the engine does
+        image_id = normalize(client, image_id, client.images.get(base).attrs["RootFS"]["Layers"], tag)
     image = client.images.get(image_id)
     return Built(image_id, tag, int(image.attrs.get("Size", 0)), image.labels or {})
 
@@ -230,13 +244,13 @@ def _ensure_base(client, base: str, dockerfile: str | None) -> None:
                               "scripts/docker-up.sh builds one offline") from None
 
 
-def _docker_build(client, context: Path, tag: str, extra_labels: dict[str, str] | None) -> str:
+def _docker_build(client, context: Path, tag: str, extra_labels: dict[str, str] | None, cache: bool = True) -> str:
     """Build with the engine's own builder, output folded; a failing step is shown and exits 2."""
     step = "a build step"
     image_id = None
     with github.group(f"docker build {tag}"), github.verbatim():
         for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                      labels=extra_labels):
+                                      labels=extra_labels, nocache=not cache):
             if "stream" in chunk:
                 text = chunk["stream"]
                 sys.stdout.write(text)
@@ -372,13 +386,13 @@ def _scrub(text: str, auth: dict | None) -> str:
 
 
 def build_and_push(bundle_dir: str | os.PathLike, *, base: str, registry: str | None, repository: str | None,
-                   dockerfile: str | None, push_image: bool, environment: dict[str, str] | None = None
-                   ) -> dict[str, object]:
+                   dockerfile: str | None, push_image: bool, environment: dict[str, str] | None = None,
+                   cache: bool = True) -> dict[str, object]:
     """The build-push-image step: build, push by digest when asked, record it in the manifest."""
     bundle = Bundle.open(bundle_dir)
     name = repository or f"mldeploy/{_model_name(bundle)}"
     local_tag = f"{name}:model-{bundle.manifest.get('model', {}).get('sha256', 'unknown')[:12]}"
-    built = build(bundle_dir, base, local_tag, dockerfile, environment)
+    built = build(bundle_dir, base, local_tag, dockerfile, environment, cache)
     report: dict[str, object] = {"status": "passed", "image_id": built.image_id, "local_tag": local_tag,
                                  "size": built.size, "base": None if dockerfile else base,
                                  "dockerfile": dockerfile or "mldeploy template",
