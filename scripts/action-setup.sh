@@ -13,11 +13,20 @@ kit=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${MLDEPLOY_PYTHON:-python3}
 command -v "$python" >/dev/null || { echo "::error::python interpreter '$python' not found; add actions/setup-python before this step" >&2; exit 2; }
 
+# Python runs isolated (-I): the working directory is the model repo's checkout, and `python -m pip`
+# would otherwise import a `pip/` (or `venv/`) that a pull request put there, in a job that holds
+# a cloud credential.
 # The venv is keyed by the kit's content and the interpreter, so a new kit version gets a new venv
 # and copies of the same kit in other folders share one.
-key=$( { "$python" -c 'import sys; print(sys.version)'; cat "$kit/pyproject.toml" "$kit/constraints.txt";
+key=$( { "$python" -I -c 'import sys; print(sys.version)'; cat "$kit/pyproject.toml" "$kit/constraints.txt";
          find "$kit/src" -type f -name '*.py' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
 root=${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/mldeploy
+if [ "${RUNNER_ENVIRONMENT:-}" = self-hosted ]; then
+  # A self-hosted runner keeps its tool cache across jobs, and any job (a pull request's build job
+  # runs the model repo's code) could plant a venv there that a later production job would run:
+  # each job makes its own, under RUNNER_TEMP, which the runner empties for every job.
+  root="${RUNNER_TEMP:?RUNNER_TEMP is not set on this self-hosted runner}/mldeploy"
+fi
 venv="$root/venv-$key"
 log="$root/install-$key.log"
 mkdir -p "$root"
@@ -27,10 +36,10 @@ install() {  # install the kit (with extras "$1") into the venv; output goes to 
   [ -n "$1" ] && spec="$kit[$1]"
   if [ "$1" = torch ] && [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ]; then
     # Only torch comes from that index (no other package can be swapped in through it).
-    "$venv/bin/python" -m pip install --disable-pip-version-check --no-deps -c "$kit/constraints.txt" \
+    "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-deps -c "$kit/constraints.txt" \
       --index-url "$MLDEPLOY_TORCH_INDEX_URL" torch >>"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 2; }
   fi
-  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -c "$kit/constraints.txt" \
+  if ! "$venv/bin/python" -I -m pip install --disable-pip-version-check -c "$kit/constraints.txt" \
         "$spec" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "::error::installing mldeploy${1:+[$1]} failed (log above)" >&2
@@ -39,7 +48,7 @@ install() {  # install the kit (with extras "$1") into the venv; output goes to 
 }
 
 if [ ! -x "$venv/bin/mldeploy" ]; then
-  "$python" -m venv "$venv"
+  "$python" -I -m venv "$venv"
   install ""
 fi
 for extra in "$@"; do
