@@ -179,12 +179,11 @@ def _gcp_allows(pool: dict, identity: dict, claims: dict) -> bool:
     attributes = {key.removeprefix("attribute."): str(cel(expr, claims))
                   for key, expr in (pool.get("attribute_mapping") or {}).items() if key.startswith("attribute.")}
     subject_ = str(cel((pool.get("attribute_mapping") or {}).get("google.subject", "assertion.sub"), claims))
+    pool_path = r"://iam\.googleapis\.com/.+/workloadIdentityPools/[^/]+/"
     for member in identity.get("members", []):
-        if (m := re.fullmatch(r"principalSet://iam\.googleapis\.com/.+/workloadIdentityPools/[^/]+/attribute\.(\w+)/(.+)",
-                              member)) and attributes.get(m[1]) == m[2]:
+        if (m := re.fullmatch(rf"principalSet{pool_path}attribute\.(\w+)/(.+)", member)) and attributes.get(m[1]) == m[2]:
             return True
-        if (m := re.fullmatch(r"principal://iam\.googleapis\.com/.+/workloadIdentityPools/[^/]+/subject/(.+)", member)) \
-                and subject_ == m[1]:
+        if (m := re.fullmatch(rf"principal{pool_path}subject/(.+)", member)) and subject_ == m[1]:
             return True
     return False
 
