@@ -33,6 +33,7 @@ class Deadlines:
         self.header_seconds = header_seconds
         self.body_seconds = body_seconds
         self.silent_since: dict[int, float] = {}     # socket inode -> when first seen with no byte
+        self.talked: set[int] = set()                # inodes that have sent a byte: not looked at again
         self.reading: dict[asyncio.Task, float] = {}  # request reading its body -> when it started
         self.expired: set[asyncio.Task] = set()
         self.enabled = os.path.isdir(_FD_DIR) and hasattr(socket, "TCP_INFO")
@@ -70,11 +71,15 @@ class Deadlines:
         except OSError:
             return 0
         silent: dict[int, float] = {}
+        talked: set[int] = set()
         shut = 0
         for name in names:
             try:
                 target = os.readlink(f"{_FD_DIR}/{name}")
                 if not target.startswith("socket:["):
+                    continue
+                if (known := int(target[8:-1])) in self.talked:
+                    talked.add(known)
                     continue
                 fd = os.dup(int(name))  # our own handle: the fd number may be reused meanwhile
             except (OSError, ValueError):
@@ -92,7 +97,8 @@ class Deadlines:
                 if info[0] not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT) or len(info) < _BYTES_RECEIVED + 8:
                     continue  # the listener, or a connection already closing
                 if struct.unpack_from("Q", info, _BYTES_RECEIVED)[0]:
-                    continue  # it has sent something: granian's own timers hold it now
+                    talked.add(inode)  # it has sent something: granian's own timers hold it now
+                    continue
                 since = silent[inode] = self.silent_since.get(inode, now)
                 if now - since >= self.header_seconds:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -101,5 +107,5 @@ class Deadlines:
                 continue
             finally:
                 sock.close()  # closes our duplicate only
-        self.silent_since = silent
+        self.silent_since, self.talked = silent, talked
         return shut
