@@ -12,8 +12,10 @@ mldeploy=$PWD/.venv/bin/mldeploy
 cd examples/model-repo
 "$mldeploy" run --promote
 # A fresh machine has no earlier model, so the first run went straight to production. Show the
-# canary path with the same image: in a model repo the canary is the new model a pull request built.
-echo "--- canary: the same image as a canary taking $("$mldeploy" config get deploy.canary_traffic)% of traffic, then promoted"
+# canary path with a second image of the same model (access logs on: a setting a pull request might
+# change), since a canary of production's own image compares nothing and changes nothing.
+echo "--- canary: a second image (MLDEPLOY_ACCESS_LOG on) taking $("$mldeploy" config get deploy.canary_traffic)% of traffic, then promoted"
+MLDEPLOY_IMAGE__ENVIRONMENT='{"MLDEPLOY_ACCESS_LOG": "true"}' "$mldeploy" build --push >/dev/null
 "$mldeploy" deploy --stage canary
 url=$("$mldeploy" status | sed -n 's/^endpoint: .*url: //p')
 python3 - "$url" <<'PY'

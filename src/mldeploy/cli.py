@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from mldeploy import __version__, github
-from mldeploy.errors import EXIT_BUG, MldeployError, UsageError
+from mldeploy.errors import EXIT_BUG, CheckFailed, MldeployError, UsageError
 
 EPILOG = """exit codes: 0 done, 1 a check failed, 2 bad usage/config/input, 3 a bug in mldeploy
 config precedence: flag > MLDEPLOY_<SECTION>__<KEY> environment > mldeploy.yaml > default
@@ -136,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "rollback":
             p.add_argument("--missing-ok", action="store_true",
                            help="no canary to roll back is success (tearing down a closed PR's canary)")
+    des = sub.add_parser("destroy", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+                         help="remove a local endpoint: its router, slot containers and network",
+                         description="Remove a local endpoint (cloud: local): its router, its slot containers and\n"
+                                     "its network, and nothing else. Clouds' endpoints are removed in the cloud.")
+    des.set_defaults(func=cmd_destroy)
     doc = sub.add_parser("doctor", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
                          help="check the cloud credentials, identity and deploy permissions",
                          description="Check who the cloud credentials belong to and whether they may deploy;\n"
@@ -375,12 +380,14 @@ def _target(args: argparse.Namespace):
 def _where(args: argparse.Namespace, more: dict | None = None):
     """The config with the `where` flags (and `more` overrides) applied, the bundle when it was
     needed, and the endpoint name."""
-    from mldeploy.config import load_config
+    from mldeploy.config import load_config, require_deploy_keys
 
     cfg = load_config(args.config, overrides={"bundle": args.bundle, "deploy.cloud": args.cloud,
                                               "deploy.target": args.target, "deploy.region": args.region,
                                               "deploy.endpoint": args.endpoint, "deploy.port": args.port,
                                               **(more or {})})
+    if args.command in ("deploy", "monitor"):  # what creates resources; reading needs no more keys
+        require_deploy_keys(cfg, args.config)
     from mldeploy.bundle import Bundle
 
     endpoint = cfg.deploy.endpoint
@@ -426,30 +433,89 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     github.add_summary(plan.markdown())
     if args.plan_out:
         Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
-    if args.plan or plan.empty:
-        if plan.empty:
-            _print_status(target.status())
+    if args.plan:
         return 0
-    report = target.apply(plan)
-    _print_status(report)
+    before = target.status()
+    production = (before["slots"].get("production") or {}).get("image")
+    expect: dict[str, str | None] = {"production": image if args.stage == "production" or not production
+                                     else production}
+    if plan.traffic_after.get(plan.desired.slot) and production and args.stage != "production":
+        expect[plan.desired.slot] = image
+    _truth(target, lambda: None if plan.empty else target.apply(plan),
+           expect, {"production": production} if production else {})
     github.set_output("image", image)
     return 0
 
 
 def cmd_slots(args: argparse.Namespace) -> int:
-    from mldeploy.deploy import NoCanary
+    from mldeploy.deploy import NoCanary, pick_canary
 
     _, _, target = _target(args)
+    before = target.status()
+    if args.verb == "status":
+        _print_status(before)
+        return 0
+    slots = before["slots"]
+    production = (slots.get("production") or {}).get("image")
     try:
-        report = target.status() if args.verb == "status" else getattr(target, args.verb)(args.pr)
+        canary = slots[pick_canary(target.endpoint, slots, args.pr, args.verb)]["image"]
+    except UsageError:  # none, or several: the command itself says so, in its target's words
+        canary = None
+    was = {"production": production} if production else {}
+    try:
+        _truth(target, lambda: getattr(target, args.verb)(args.pr),
+               {"production": canary if args.verb == "promote" else production} if production else {}, was, args.verb)
     except NoCanary as e:
         if not getattr(args, "missing_ok", False):
             raise
         print(f"rollback: nothing to roll back ({e.message})")
-        return 0
-    if args.verb != "status":
-        print(f"{args.verb}: {'done' if report.get('changed') else 'nothing to do'}")
-    _print_status(report)
+        _truth(target, lambda: None, was, was)
+    return 0
+
+
+def _truth(target, command, expect: dict[str, str | None], expect_on_failure: dict[str, str | None],
+           verb: str | None = None) -> dict:
+    """Run the command (deploy, promote, rollback, teardown), then read back every slot whatever it did:
+    exit 1 naming the slot when it does not serve what it should, or is unhealthy. What is printed and
+    put in the step summary is that read-back, never the intent."""
+    from mldeploy.deploy import read_back_problems
+
+    try:
+        report, error = command(), None
+    except Exception as e:  # (Ctrl-C: the target restored what it changed; no more cloud calls then)
+        report, error = None, e
+    try:
+        status = target.status()
+    except Exception:
+        if error is not None:  # the cloud is failing: its first error says more than the read-back's
+            raise error from None
+        raise
+    if verb and error is None:
+        print(f"{verb}: {'done' if (report or {}).get('changed') else 'nothing to do'}")
+    _print_status(status)
+    github.add_summary(_read_back_markdown(status))
+    if problems := read_back_problems(status, expect if error is None else expect_on_failure):
+        failed = f"{error.message if isinstance(error, MldeployError) else error}; and now " if error else ""
+        raise CheckFailed(failed + "; ".join(problems), hint="`mldeploy status` shows every slot") from None
+    if error is not None:
+        raise error
+    return status
+
+
+def _read_back_markdown(status: dict) -> str:
+    rows = "\n".join(f"| {slot} | {s['traffic']}% | {'healthy' if s['healthy'] else '**unhealthy**'} | `{s['image']}` |"
+                     for slot, s in status.get("slots", {}).items())
+    return (f"### What serves now: `{status['endpoint']}`\n\nRead back after the command.\n\n"
+            f"| slot | traffic | health | image |\n|---|---|---|---|\n{rows}\n")
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    cfg, _, target = _target(args)
+    if cfg.deploy.cloud != "local":
+        raise UsageError(f"destroy removes local endpoints only; {target.endpoint} is on {cfg.deploy.cloud}",
+                         hint="remove a cloud endpoint in the cloud, where its owners can see it go")
+    removed = target.destroy()["removed"]
+    print(f"destroy: removed {', '.join(removed)}" if removed else f"destroy: {target.endpoint} had nothing to remove")
     return 0
 
 
@@ -498,9 +564,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    from mldeploy.config import check_files, find_config_file, load_config
+    from mldeploy.config import check_files, find_config_file, load_config, require_deploy_keys
 
     cfg = load_config(args.file or args.config)
+    require_deploy_keys(cfg, args.file or args.config)
     files = check_files(cfg, args.file or args.config)
     if not args.quiet:
         where = find_config_file(args.file or args.config) or "defaults (no config file)"

@@ -646,12 +646,18 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError([_describe(err, raw, file, origin) for err in e.errors()]) from None
+    return cfg
+
+
+def require_deploy_keys(cfg: Config, path: str | os.PathLike | None = None) -> None:
+    """The keys a deploy to the configured target needs and can find nowhere else (the environment and the
+    credentials supply the rest), checked before the plan: a plan that can never be applied is never
+    printed. Commands that only read (status, doctor, drift) do not need them."""
     if cfg.deploy.cloud == "aws" and cfg.deploy.target in ("sagemaker", "lambda") and not cfg.deploy.aws.role:
-        # checked here, not at apply: a plan that can never be applied is never printed
+        file = find_config_file(path)
         raise UsageError(f"deploy.aws.role is not set: {cfg.deploy.target} needs the ARN of the execution role "
                          "it runs as (arn:aws:iam::<account>:role/<name>)", file=str(file) if file else None,
-                         line=_line_of(raw, ("deploy", "target")) if file else None)
-    return cfg
+                         line=_line_of(_read_yaml(file), ("deploy", "target")) if file else None)
 
 
 # The files a config names that must exist before the step that reads them (the bundle and a capture are made later).

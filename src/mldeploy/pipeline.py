@@ -15,7 +15,7 @@ import urllib.request
 from collections import Counter
 
 from mldeploy import github
-from mldeploy.config import Config
+from mldeploy.config import Config, require_deploy_keys
 from mldeploy.errors import CheckFailed, UsageError
 
 SMOKE_REQUESTS = 200
@@ -28,6 +28,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     from mldeploy.image import _model_name, build_and_push
     from mldeploy.optimize import optimize
 
+    require_deploy_keys(cfg)
     steps = ["convert", *(["optimize"] if cfg.optimize.enabled else []), "build and push", "deploy", "smoke",
              *(["promote"] if promote else [])]
     started = time.monotonic()
@@ -66,6 +67,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
         plan = target.plan(Desired(target.endpoint, str(built["image"]), "canary", cfg.deploy.canary_traffic, body))
         print(plan.text())
         report = target.apply(plan)
+        _production_serves(report)
     done("deploy")
 
     with step("smoke"):
@@ -77,6 +79,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     if promote and "canary" in report["slots"]:
         with step("promote"):
             report = target.promote()
+            _production_serves(report)
         done("promote")
     elif promote:
         timings["promote"] = 0.0
@@ -85,6 +88,14 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     print(f"pipeline done in {total:.1f} s; endpoint {report['url']}")
     return {**report, "image": built["image"], "seconds": round(total, 1),
             "timings": {k: round(v, 1) for k, v in timings.items()}}
+
+
+def _production_serves(status: dict) -> None:
+    """The read-back the step ends with: production serving and healthy, whatever the step did."""
+    from mldeploy.deploy import read_back_problems
+
+    if problems := read_back_problems(status, {"production": None}):
+        raise CheckFailed("; ".join(problems), hint="`mldeploy status` shows every slot")
 
 
 def smoke(url: str, body: dict) -> Counter:

@@ -47,20 +47,20 @@ def images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple[
                          "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
     assert code == 0, out
     good = printed_image(out)
-    repository = good.split("@")[0]
-
-    def variant(tag: str, extra: str) -> str:
-        folder = tmp_path_factory.mktemp(tag)
-        (folder / "Dockerfile").write_text(f"FROM {good}\n{extra}\n")
-        docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}", rm=True)
-        digest = None
-        for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
-            digest = (chunk.get("aux") or {}).get("Digest") or digest
-        return f"{repository}@{digest}"
-
-    second = variant("second", 'LABEL variant="second"')
-    crashing = variant("crashing", 'ENTRYPOINT ["/bin/false"]')
+    second = variant(docker_client, good, "second", 'LABEL variant="second"', tmp_path_factory.mktemp("second"))
+    crashing = variant(docker_client, good, "crashing", 'ENTRYPOINT ["/bin/false"]', tmp_path_factory.mktemp("crash"))
     return bundle, good, second, crashing
+
+
+def variant(docker_client, image: str, tag: str, extra: str, folder: Path) -> str:
+    """Another digest of `image` (a Dockerfile line more), pushed beside it: its repository@digest."""
+    repository = image.split("@")[0]
+    (folder / "Dockerfile").write_text(f"FROM {image}\n{extra}\n")
+    docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}", rm=True)
+    digest = None
+    for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
+        digest = (chunk.get("aux") or {}).get("Digest") or digest
+    return f"{repository}@{digest}"
 
 
 @pytest.fixture
@@ -161,3 +161,125 @@ def test_monitoring_makes_the_slots_capture_for_drift_checks(images, endpoint, t
     assert len(records) >= 25, list(folder.rglob("*"))  # the smoke request is captured too
     assert records[-1]["inputs"] == {"x": [[0.1, 0.2, 0.3, 0.4]]} or list(records[-1]["inputs"].values()) == [
         [[0.1, 0.2, 0.3, 0.4]]]
+
+
+class Client:
+    """Requests to the endpoint from a thread while commands run: every answer's status, by slot."""
+
+    def __init__(self, port: int):
+        self.port, self.results, self.stop = port, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.results.append(predict(self.port))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def failures(self) -> list[tuple[int, str]]:
+        return [r for r in self.results if r[0] != 200]
+
+
+def routed(name: str, port: int) -> dict[str, str]:
+    from mldeploy.deploy.local import LocalTarget
+
+    return {slot: s["container"] for slot, s in LocalTarget(name, port).routes().items()}
+
+
+def slot_containers(docker_client, name: str) -> set[str]:
+    return {c.name for c in docker_client.containers.list(all=True, filters={"label": [
+        f"dev.mldeploy.endpoint={name}", "dev.mldeploy.slot"]})}
+
+
+def test_the_journey_never_harms_production_and_never_misreports(images, endpoint, docker_client):
+    """Issue 18's journey: deploy A, canary B, promote, deploy B again (a canary of production's own
+    image), redeploy production: production stays up with no failed request, every command says what
+    serves; then a dead production makes every command exit 1 naming it, and a redeploy heals it."""
+    bundle, a, b, _ = images
+    name, port = endpoint
+    where = ("--bundle", bundle, "--endpoint", name, "--port", port)
+    assert mldeploy("deploy", *where, "--image", a, "--stage", "production")[0] == 0
+    with Client(port) as client:
+        code, out = mldeploy("deploy", *where, "--image", b, "--traffic", "20")
+        assert code == 0 and "canary      20%  healthy" in out, out
+        code, out = mldeploy("promote", *where)
+        assert code == 0 and f"production 100%  healthy  {b}" in out, out
+        serving = routed(name, port)["production"]
+        code, out = mldeploy("deploy", *where, "--image", b)  # what the issue's second deploy did
+        assert code == 0 and "the canary is production's own image" in out and "nothing to change" in out, out
+        code, out = mldeploy("deploy", *where, "--image", b, "--stage", "production")
+        assert code == 0 and "nothing to change" in out, out
+        assert routed(name, port) == {"production": serving}  # the very container that served, untouched
+        code, out = mldeploy("deploy", *where, "--image", a, "--traffic", "30")
+        assert code == 0 and "canary      30%  healthy" in out, out
+        code, out = mldeploy("deploy", *where, "--image", b, "--stage", "production")  # drops the canary
+        assert code == 0 and routed(name, port) == {"production": serving}, out
+        code, out = mldeploy("rollback", *where)
+        assert code == 2 and "has no canary to roll back" in out, out
+    assert len(client.results) > 50 and client.failures() == [], client.failures()[:5]
+    assert {slot for _, slot in client.results} == {"production", "canary"}
+    assert slot_containers(docker_client, name) == {serving}  # nothing left behind
+
+    # production dies: no command may say "done"
+    assert mldeploy("deploy", *where, "--image", a, "--traffic", "10")[0] == 0
+    docker_client.containers.get(serving).kill()
+    code, out = mldeploy("rollback", *where)
+    assert code == 1 and "production" in out and "is not healthy" in out and "canary keeps its share" in out, out
+    code, out = mldeploy("deploy", *where, "--image", a, "--traffic", "20")
+    assert code == 1 and f"production ({b}) is unhealthy" in out, out
+    code, out = mldeploy("deploy", *where, "--image", b, "--stage", "production")  # heals it
+    assert code == 0 and f"production 100%  healthy  {b}" in out, out
+    assert all(predict(port)[0] == 200 for _ in range(20))
+
+
+def test_two_deploys_at_once_take_turns(images, endpoint, docker_client, tmp_path):
+    """Two pull requests deploy to one endpoint at the same moment: the lock makes them take turns, so
+    the endpoint ends as one of them asked, with no container left that the routes do not name."""
+    import subprocess
+    import sys
+
+    bundle, a, b, _ = images
+    c = variant(docker_client, a, "third", 'LABEL variant="third"', tmp_path)
+    name, port = endpoint
+    where = ["--bundle", str(bundle), "--endpoint", name, "--port", str(port)]
+    assert mldeploy("deploy", *where, "--image", a, "--stage", "production")[0] == 0
+    runs = [subprocess.Popen([sys.executable, "-m", "mldeploy", "deploy", *where, "--image", image, "--traffic",
+                              traffic], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for image, traffic in ((b, "20"), (c, "30"))]
+    outputs = [r.communicate(timeout=300)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    assert any("waiting for another mldeploy command" in out for out in outputs), outputs
+    from mldeploy.deploy.local import LocalTarget
+
+    slots = LocalTarget(name, port).routes()  # one canary slot here: the one that went second holds it
+    assert slots["production"] == {**slots["production"], "image": a} and slots["canary"]["image"] in (b, c)
+    assert slots["canary"]["weight"] == {b: 20, c: 30}[slots["canary"]["image"]]
+    assert slot_containers(docker_client, name) == {s["container"] for s in slots.values()}
+    assert all(predict(port)[0] == 200 for _ in range(20))
+
+
+def test_destroy_removes_one_endpoint_and_only_it(images, endpoint, docker_client):
+    bundle, a, _, _ = images
+    name, port = endpoint
+    other, other_port = f"{name}x", free_port()
+    for ep, p in ((name, port), (other, other_port)):
+        assert mldeploy("deploy", "--bundle", bundle, "--endpoint", ep, "--port", p, "--image", a)[0] == 0
+    try:
+        code, out = mldeploy("destroy", "--bundle", bundle, "--endpoint", name, "--port", port)
+        assert code == 0 and f"mldeploy-{name}-router" in out and f"network mldeploy-{name}" in out, out
+        assert not docker_client.containers.list(all=True, filters={"label": f"dev.mldeploy.endpoint={name}"})
+        assert f"mldeploy-{name}" not in {n.name for n in docker_client.networks.list()}
+        assert f"mldeploy-{other}" in {n.name for n in docker_client.networks.list()}
+        assert predict(other_port)[0] == 200  # the other endpoint, whose name starts the same, serves on
+        code, out = mldeploy("destroy", "--bundle", bundle, "--endpoint", name, "--port", port)
+        assert code == 0 and "had nothing to remove" in out, out
+    finally:
+        from mldeploy.deploy.local import LocalTarget
+
+        LocalTarget(other, other_port).destroy()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.config import ConfigError, json_schema, load_config
+from mldeploy.config import ConfigError, json_schema, load_config, require_deploy_keys
 from mldeploy.errors import UsageError
 
 ROLE = "arn:aws:iam::123456789012:role/mldeploy"
@@ -618,11 +618,14 @@ def test_image_base_accepts_references(tmp_path, base):
 
 
 @pytest.mark.parametrize("target", ["sagemaker", "lambda"])
-def test_an_aws_target_without_a_role_fails_when_the_config_loads(tmp_path, target):
+def test_an_aws_target_without_a_role_fails_before_a_deploy_plans(tmp_path, target):
     p = write(tmp_path, f"deploy:\n  cloud: aws\n  target: {target}\n")
+    cfg = load_config(p, environ={})  # reading commands (status, doctor, drift) need no role
     with pytest.raises(UsageError) as e:
-        load_config(p, environ={})
+        require_deploy_keys(cfg, p)
     assert f"deploy.aws.role is not set: {target} needs" in e.value.one_line() and e.value.line == 3
+    require_deploy_keys(load_config(write(tmp_path, f"deploy:\n  cloud: aws\n  aws: {{role: '{ROLE}'}}\n"),
+                                    environ={}), p)
 
 
 @pytest.mark.parametrize("section, text, message", [

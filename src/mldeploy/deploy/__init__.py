@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mldeploy.errors import UsageError
+from mldeploy.errors import MldeployError, UsageError
 
 if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
     from mldeploy.config import DeploySection
@@ -64,6 +66,7 @@ class Plan:
     traffic_before: dict[str, int] = field(default_factory=dict)   # slot -> percent
     traffic_after: dict[str, int] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)            # what the target read; apply reuses it
+    note: str = ""                                                 # why the plan is what it is, when not plain
 
     @property
     def empty(self) -> bool:
@@ -76,9 +79,10 @@ class Plan:
         return ", ".join(f"{slot} {pct}%" for slot, pct in split.items()) or "none"
 
     def text(self) -> str:
+        note = f" ({self.note})" if self.note else ""
         if self.empty:
-            return f"{self.target} {self.desired.endpoint}: up to date, nothing to change"
-        lines = [f"{self.target} {self.desired.endpoint}: plan"] + [f"  - {c.text()}" for c in self.changes]
+            return f"{self.target} {self.desired.endpoint}: up to date, nothing to change{note}"
+        lines = [f"{self.target} {self.desired.endpoint}: plan{note}"] + [f"  - {c.text()}" for c in self.changes]
         if self.traffic_before or self.traffic_after:
             lines.append(f"  traffic: {self._traffic(self.traffic_before)} -> {self._traffic(self.traffic_after)}")
         return "\n".join(lines)
@@ -93,7 +97,7 @@ class Plan:
     def markdown(self) -> str:
         head = f"### Deploy plan: {self.target} `{self.desired.endpoint}`\n\n"
         if self.empty:
-            return head + "Up to date: nothing to change.\n"
+            return head + f"Up to date: nothing to change{f' ({self.note})' if self.note else ''}.\n"
         rows = "\n".join(f"| {c.action} | `{c.resource}` | {c.field} | {'' if c.old is None else f'`{c.old}`'} | "
                          f"{'' if c.new is None else f'`{c.new}`'} |" for c in self.changes)
         return (head + "| action | resource | field | old | new |\n|---|---|---|---|---|\n" + rows +
@@ -108,6 +112,59 @@ class Target(Protocol):
     def status(self) -> dict[str, Any]: ...
     def promote(self, pr: int | None = None) -> dict[str, Any]: ...
     def rollback(self, pr: int | None = None) -> dict[str, Any]: ...
+
+
+# Errors raised by the clouds' SDKs and HTTP stacks (by the package that raised them: only a target imports
+# its SDK), which a deploy half-way through meets when a cloud fails: the user's problem, never exit 3.
+CLOUD_ERROR_PACKAGES = frozenset({"botocore", "boto3", "google", "grpc", "azure", "msrest", "requests", "urllib3",
+                                  "docker", "http"})
+
+
+@contextmanager
+def restoring(restore: Callable[[], str]) -> Iterator[None]:
+    """The one restore path of every target. Once apply has changed something, any exception (a failed
+    check, a refusal, the SDK's error, a dropped connection, a timeout, Ctrl-C) puts back what served
+    before, and the error goes on saying what was restored. `restore` returns those words."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            restored = restore()
+        except Exception as again:  # said, never hidden: the caller's read-back shows what serves
+            restored = (f"the restore failed too ({_one_line(again)}): `mldeploy status` shows what serves")
+        if isinstance(e, MldeployError):
+            raise type(e)(f"{e.message}; {restored}", hint=e.hint) from None
+        if isinstance(e, KeyboardInterrupt):
+            print(f"interrupted; {restored}", file=sys.stderr, flush=True)
+            raise
+        if isinstance(e, (OSError, TimeoutError)) or type(e).__module__.split(".")[0] in CLOUD_ERROR_PACKAGES:
+            raise UsageError(f"the cloud failed half-way: {_one_line(e)}; {restored}",
+                             hint="run the same command again when the cloud answers") from None
+        raise  # a bug of ours: exit 3 with its traceback under --debug, after the restore
+
+
+def _one_line(e: BaseException) -> str:
+    text = (e.message if isinstance(e, MldeployError) else str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def read_back_problems(status: dict[str, Any], expect: dict[str, str | None]) -> list[str]:
+    """What is wrong with what serves (a target's status()), slot by slot: expect maps a slot to the
+    image it must serve (None: any image, but serving and healthy)."""
+    slots = status.get("slots", {})
+    problems = []
+    for slot, image in expect.items():
+        got = slots.get(slot)
+        if got is None:
+            problems.append(f"no {slot} slot is serving")
+        elif image and got["image"] != image:
+            problems.append(f"{slot} serves {got['image']}, not {image}")
+        elif not got["healthy"]:
+            problems.append(f"{slot} ({got['image']}) is unhealthy")
+    total = sum(s["traffic"] for s in slots.values())
+    if slots and total != 100:
+        problems.append(f"the slots take {total}% of the traffic, not 100%")
+    return problems
 
 
 def smoke_body(signature) -> dict[str, Any]:

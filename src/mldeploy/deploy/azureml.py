@@ -32,7 +32,7 @@ from typing import Any
 
 from mldeploy import github
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, NoCanary, Plan, pick_canary
+from mldeploy.deploy import Desired, NoCanary, Plan, pick_canary, restoring
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -171,7 +171,7 @@ class AzureMLTarget:
         s, d = plan.state, plan.desired
         current = s["current"]
         done = {"deployment": False, "traffic": False}   # what _restore must undo
-        try:
+        with restoring(lambda: self._restore(current, s, done)):
             if current is None:
                 self._put_endpoint(None, {}, {})
             elif s["auth_changed"]:
@@ -191,8 +191,6 @@ class AzureMLTarget:
             self._verify(s)
             if s["slot"] != "production" and self.azure.bake_seconds and s["new"] and d.smoke:
                 self._bake(s["new"], d.smoke)
-        except MldeployError as e:
-            raise type(e)(f"{e.message}; {self._restore(current, s, done)}", hint=e.hint) from None
         self._delete(s["delete"])
         return {"changed": True, **self.status()}
 
@@ -498,26 +496,23 @@ class AzureMLTarget:
     def _restore(self, previous: dict[str, Any] | None, s: dict[str, Any], done: dict[str, bool]) -> str:
         """Put back what served before and delete what this run added; say what happened, in the words
         the failure message ends with."""
-        try:
-            if previous is None:
-                if self.read() is None:
-                    return "rolled back: no endpoint was left behind"
-                with translated(f"delete the endpoint {self.endpoint}"):
-                    wait(self.ml.online_endpoints.begin_delete(self.endpoint), f"deleting {self.endpoint}",
-                         self.azure.wait_seconds, POLL_SECONDS)
-                if s["autoscale"]:
-                    self._delete_autoscale(s["new"])
-                return "rolled back: the new endpoint was deleted"
-            if done["traffic"]:
-                self._put_endpoint(self.read(), previous["traffic"], previous["mirror"])
-            if done["deployment"]:
-                with translated(f"delete the deployment {s['new']}"):
-                    wait(self.ml.online_deployments.begin_delete(s["new"], self.endpoint), f"deleting {s['new']}",
-                         self.azure.wait_seconds, POLL_SECONDS)
-                if s["autoscale"]:
-                    self._delete_autoscale(s["new"])
-        except MldeployError as e:
-            return f"and the rollback failed too: {e.message}"
+        if previous is None:
+            if self.read() is None:
+                return "rolled back: no endpoint was left behind"
+            with translated(f"delete the endpoint {self.endpoint}"):
+                wait(self.ml.online_endpoints.begin_delete(self.endpoint), f"deleting {self.endpoint}",
+                     self.azure.wait_seconds, POLL_SECONDS)
+            if s["autoscale"]:
+                self._delete_autoscale(s["new"])
+            return "rolled back: the new endpoint was deleted"
+        if done["traffic"]:
+            self._put_endpoint(self.read(), previous["traffic"], previous["mirror"])
+        if done["deployment"]:
+            with translated(f"delete the deployment {s['new']}"):
+                wait(self.ml.online_deployments.begin_delete(s["new"], self.endpoint), f"deleting {s['new']}",
+                     self.azure.wait_seconds, POLL_SECONDS)
+            if s["autoscale"]:
+                self._delete_autoscale(s["new"])
         before = ", ".join(f"{slot} {e['traffic']}%" for slot, e in previous["slots"].items() if e["traffic"])
         removed = f"; {s['new']} was deleted" if done["deployment"] else ""
         return f"rolled back: the endpoint serves as before ({before or 'no traffic'}){removed}"

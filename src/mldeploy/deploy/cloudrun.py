@@ -43,8 +43,8 @@ from typing import Any
 
 from mldeploy import __version__
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, gcp, pick_canary
-from mldeploy.errors import CheckFailed, MldeployError, UsageError
+from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
+from mldeploy.errors import CheckFailed, UsageError
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "5"))  # bake checks, smoke retries (LROs: gcp's)
 INVOKER = "roles/run.invoker"
@@ -69,12 +69,6 @@ def _refused(doing: str, conflict: str, forbidden: str | None = None) -> Iterato
                 raise
             raise UsageError(f"Google Cloud refused to {doing} ({gcp.status_of(e)}): {gcp.message_of(e)}",
                              hint=forbidden) from None
-
-
-def _same_kind(error: MldeployError, restored: str) -> MldeployError:
-    """The error again, ending with what the restore did: a failed check stays exit 1, a refusal exit 2."""
-    kind = CheckFailed if isinstance(error, CheckFailed) else UsageError
-    return kind(f"{error.message}; {restored}", hint=error.hint)
 
 
 def _not_found():
@@ -204,20 +198,17 @@ class CloudRunTarget:
         if d.smoke and self._needs_token():  # before anything changes: can we call a private service at all?
             self._identity_token(current["url"] if current and current["url"] else "https://run.googleapis.com")
         spec = self._service_spec(current, after, plan.state["new"])
-        if plan.state["iam"] and current is not None:  # before traffic moves: a refusal changes nothing else
-            self._set_public(self.public)
-        try:
+        changed = {"service": False}   # what _restore must put back: a refused update changed only IAM
+        with restoring(lambda: self._restore(plan.state, service=changed["service"])):
+            if plan.state["iam"] and current is not None:  # before traffic moves
+                self._set_public(self.public)
             with _refused(f"{'create' if current is None else 'update'} the Cloud Run service {self.service}",
                           "another deploy changed the service at the same time: run this one again"):
                 if current is None:
                     op = self.services.create_service(parent=self.parent, service=spec, service_id=self.service)
                 else:
                     op = self.services.update_service(service=spec)
-        except MldeployError as e:  # refused: the service is as it was; the IAM policy may not be
-            if plan.state["iam"] and current is not None:
-                raise _same_kind(e, self._restore(plan.state, service=False)) from None
-            raise
-        try:
+            changed["service"] = True
             gcp.wait(op, f"{'create' if current is None else 'update'} {self.service}", self.options.wait_seconds)
             if plan.state["iam"] and current is None:
                 self._set_public(self.public)
@@ -227,8 +218,6 @@ class CloudRunTarget:
                 self._smoke(slot, d.smoke)
             if slot != "production" and self.options.bake_seconds:
                 self._bake(slot, d.smoke)
-        except MldeployError as e:  # a failed check, or a refusal half-way: put back what served before
-            raise _same_kind(e, self._restore(plan.state)) from None
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
@@ -505,21 +494,20 @@ class CloudRunTarget:
     def _restore(self, state: dict[str, Any], service: bool = True) -> str:
         """Put back what served before; say what happened, in the words the failure message ends with."""
         previous = state["current"]
-        try:
-            with gcp.translated(f"restore {self.service}"):
-                if previous is None:
-                    gcp.wait(self.services.delete_service(name=self.resource), f"delete {self.service}",
-                             self.options.wait_seconds)
-                    return "rolled back: the new service was deleted"
-                if service:
-                    live = self.services.get_service(name=self.resource)
-                    spec = type(previous["service"]).deserialize(type(previous["service"]).serialize(previous["service"]))
-                    spec.etag = live.etag
-                    gcp.wait(self.services.update_service(service=spec), f"restore {self.service}",
-                             self.options.wait_seconds)
-                if state["iam"]:
-                    self._set_public(not self.public, list(state["policy"].bindings))
-        except MldeployError as e:
-            return f"the rollback failed too: {e.message} (check `mldeploy status`)"
+        with gcp.translated(f"restore {self.service}"):
+            if previous is None:
+                if not service:
+                    return "nothing was created"
+                gcp.wait(self.services.delete_service(name=self.resource), f"delete {self.service}",
+                         self.options.wait_seconds)
+                return "rolled back: the new service was deleted"
+            if service:
+                live = self.services.get_service(name=self.resource)
+                spec = type(previous["service"]).deserialize(type(previous["service"]).serialize(previous["service"]))
+                spec.etag = live.etag
+                gcp.wait(self.services.update_service(service=spec), f"restore {self.service}",
+                         self.options.wait_seconds)
+            if state["iam"]:
+                self._set_public(not self.public, list(state["policy"].bindings))
         before = ", ".join(f"{s} {e['traffic']}%" for s, e in previous["slots"].items())
         return f"rolled back: the service serves as before ({before})"

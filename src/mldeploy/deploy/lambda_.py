@@ -31,7 +31,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mldeploy.deploy import Desired, NoCanary, Plan
+from mldeploy.deploy import Desired, NoCanary, Plan, restoring
 from mldeploy.deploy.aws import (ECR_HOST, alarm_spec, bake, client, digest_of, ecr_has_image, resource_name, tags,
                                  translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -165,16 +165,14 @@ class LambdaTarget:
                 raise CheckFailed(f"{e.message}; rolled back: it never took traffic, "
                                   f"{self._serving_text(current)}") from None
         self._ensure_alarms(after)
-        self._set_alias(after, share, create=before is None)
-        try:
+        with restoring(lambda: self._restore(before, current)):  # e.g. a permission missing for the URL
+            self._set_alias(after, share, create=before is None)
             self._ensure_url()
             self._ensure_provisioned_concurrency()
             self._verify(after, share, plan.state["images"])
             canary = next((s for s in after if s != "production"), None)
             if canary and canary == d.slot and self.aws.bake_seconds:
                 bake(self.region, self._alarm_names(canary), self.aws.bake_seconds, canary, POLL_SECONDS)
-        except (CheckFailed, UsageError) as e:  # e.g. a permission missing for the URL: the alias goes back too
-            raise type(e)(f"{e.message}; {self._restore(before, current)}", hint=e.hint) from None
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
@@ -472,7 +470,10 @@ class LambdaTarget:
                     self.lam.delete_function_url_config(FunctionName=self.function, Qualifier=ALIAS)
                 except self.lam.exceptions.ResourceNotFoundException:
                     pass
-                self.lam.delete_alias(FunctionName=self.function, Name=ALIAS)
+                try:
+                    self.lam.delete_alias(FunctionName=self.function, Name=ALIAS)
+                except self.lam.exceptions.ResourceNotFoundException:
+                    return "nothing serves, as before"
                 return f"rolled back: the alias {ALIAS} was removed, nothing serves"
             self.lam.update_alias(FunctionName=self.function, Name=ALIAS, FunctionVersion=before["version"],
                                   Description=before["description"],

@@ -1,34 +1,43 @@
 """The local target: production and canary as containers on the local engine, behind a router.
 
     client -> :PORT  mldeploy-<endpoint>-router   (weights, re-read live)
-                       |-> mldeploy-<endpoint>-production-<digest>
-                       '-> mldeploy-<endpoint>-canary-<digest>
+                       |-> mldeploy-<endpoint>-<digest12>-<nonce>   production
+                       '-> mldeploy-<endpoint>-<digest12>-<nonce>   canary
 
 All containers sit on a private network `mldeploy-<endpoint>`; only the router publishes a port.
 The routes file inside the router is the state (slot -> container, image, address, weight), read
-back on every command. A new slot container must come up, report ready, serve the digest asked
-for and answer a smoke request before any traffic moves to it; if not, it is removed and the
-routes are left as they were, so production keeps answering throughout.
+back on every command. A slot container's name is new for every container, never its slot's or
+its digest's alone: a promote only rewrites the routes, so no later deploy can take the name of
+the container that serves production. A new slot container must come up, report ready, serve the
+digest asked for and answer a smoke request before any traffic moves to it; if not, it is removed
+and the routes are left as they were, so production keeps answering throughout. A container is
+retired only once the routes no longer name it, with SIGTERM first so it finishes what it holds.
+One command at a time changes an endpoint (a lock per endpoint on this machine).
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import secrets
 import tarfile
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mldeploy.deploy import Desired, NoCanary, Plan
+from mldeploy.deploy import Desired, NoCanary, Plan, restoring
 from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
 
 ROUTES_PATH = "/tmp/routes.json"
 READY_SECONDS = 120
+LOCK_SECONDS = 900     # the longest another command may hold an endpoint before we give up waiting
+STOP_SECONDS = 10      # a retired container's time to finish the requests it holds
 
 
 def capture_folder(endpoint: str) -> Path:
@@ -37,6 +46,32 @@ def capture_folder(endpoint: str) -> Path:
     ~/.local/state/mldeploy/capture)."""
     root = os.environ.get("MLDEPLOY_CAPTURE_ROOT") or Path.home() / ".local" / "state" / "mldeploy" / "capture"
     return Path(root, endpoint).resolve()
+
+
+@contextmanager
+def endpoint_lock(endpoint: str):
+    """One command at a time changes an endpoint: two pull requests deploying at once take turns, and
+    the second works from the routes the first left ($MLDEPLOY_LOCK_ROOT, else ~/.local/state/mldeploy/locks)."""
+    root = Path(os.environ.get("MLDEPLOY_LOCK_ROOT") or Path.home() / ".local" / "state" / "mldeploy" / "locks")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{endpoint}.lock", "a+") as f:
+        deadline, said = time.monotonic() + LOCK_SECONDS, False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UsageError(f"another mldeploy command has been changing {endpoint} for "
+                                     f"{LOCK_SECONDS} s", hint="wait for it, or stop it; nothing was changed") from None
+                if not said:
+                    print(f"waiting for another mldeploy command changing {endpoint} ...", flush=True)
+                    said = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class LocalTarget:
@@ -73,8 +108,8 @@ class LocalTarget:
     def _write_routes(self, slots: dict[str, dict[str, Any]]) -> None:
         data = json.dumps({"slots": slots}, indent=2).encode()
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo("routes.json")
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:  # pax: sub-second mtime,
+            info = tarfile.TarInfo("routes.json")  # so the router sees two writes within one second
             info.size, info.mtime, info.mode = len(data), time.time(), 0o644
             tar.addfile(info, io.BytesIO(data))
         self._router().put_archive("/tmp", buf.getvalue())
@@ -90,21 +125,29 @@ class LocalTarget:
             plan.add("create", f"router {self.prefix}-router", "address", new=f"127.0.0.1:{self.port}")
             plan.traffic_after = {"production": 100}
             return plan
+        production, canary = slots["production"], slots.get("canary")
+        if desired.stage != "production" and production["image"] == desired.image:
+            plan.note = "the canary is production's own image: there is nothing to compare"
+            if canary is not None:
+                plan.add("delete", container.format("canary"))
+                plan.traffic_after = {"production": 100}
+            return plan
         if desired.stage == "production":
-            if slots["production"]["image"] != desired.image:
-                plan.add("update", container.format("production"), "image", slots["production"]["image"], desired.image)
-            if "canary" in slots:
+            if production["image"] != desired.image:
+                plan.add("update", container.format("production"), "image", production["image"], desired.image)
+            elif not self._healthy("production"):
+                plan.add("replace", container.format("production"), "container", "unhealthy", "a new one")
+            if canary is not None:
                 plan.add("delete", container.format("canary"))
             plan.traffic_after = {"production": 100}
             return plan
-        canary = slots.get("canary")
         if canary is None:
             plan.add("create", container.format("canary"), "image", new=desired.image)
         elif canary["image"] != desired.image:
             plan.add("update", container.format("canary"), "image", canary["image"], desired.image)
-        if canary is None or canary["weight"] != desired.traffic or canary["image"] != desired.image:
+        if canary is None or canary["weight"] != desired.traffic:
             plan.add("update", f"router {self.prefix}-router", "canary weight",
-                     canary["weight"] if canary else None, desired.traffic)
+                     canary["weight"] if canary else 0, desired.traffic)
         plan.traffic_after = {"production": 100 - desired.traffic, "canary": desired.traffic}
         return plan
 
@@ -112,54 +155,80 @@ class LocalTarget:
         if plan.empty:
             return {"changed": False, **self.status()}
         d = plan.desired
-        self._ensure_network()
-        slots = self.routes()
-        first = "production" not in slots
-        slot = "production" if first or d.stage == "production" else "canary"
-        if self._router() is None or self._router().status != "running":
-            self._start_router(d.image)
-        old = slots.get(slot)
-        if old is None or old["image"] != d.image:
-            entry = self._start_slot(slot, d, slots)
-        else:
-            entry = old
-        if slot == "production":
-            slots = {"production": {**entry, "weight": 100}}
-        else:
-            slots["production"]["weight"] = 100 - d.traffic
-            slots["canary"] = {**entry, "weight": d.traffic}
-        self._write_routes(slots)
-        for gone in {old and old.get("container"), *self._replaced(slots)} - {None}:
-            self._remove(gone)
+        with endpoint_lock(self.endpoint):
+            self._ensure_network()
+            slots = self.routes()  # again, under the lock: another command may have changed them
+            before = json.loads(json.dumps(slots))
+            if self._router() is None or self._router().status != "running":
+                self._start_router(d.image)
+            with restoring(lambda: self._restore(before)):
+                self._deploy(d, slots)
         return {"changed": True, **self.status()}
+
+    def _deploy(self, d: Desired, slots: dict[str, dict[str, Any]]) -> None:
+        if "production" in slots and d.stage != "production" and slots["production"]["image"] == d.image:
+            slots.pop("canary", None)  # a canary of production's own image compares nothing
+            slots["production"]["weight"] = 100
+        else:
+            slot = "production" if "production" not in slots or d.stage == "production" else "canary"
+            # a container that already serves this digest healthily is reused (a canary becoming production)
+            entry = next((s for name, s in slots.items() if s["image"] == d.image and self._healthy(name)),
+                         None) or self._start_slot(slot, d, slots)
+            if slot == "production":
+                slots = {"production": {**entry, "weight": 100}}
+            else:
+                slots["production"]["weight"] = 100 - d.traffic
+                slots["canary"] = {**entry, "weight": d.traffic}
+        self._switch(slots)
+
+    def _restore(self, slots: dict[str, dict[str, Any]]) -> str:
+        """The routes as they were, and no container they do not name."""
+        self._switch(slots)
+        before = ", ".join(f"{s} {e['weight']}%" for s, e in slots.items() if not s.endswith("-next"))
+        return f"rolled back: the routes are as before ({before or 'nothing serves'})"
 
     def status(self) -> dict[str, Any]:
         slots = self.routes()
         out = {}
         for name, s in slots.items():
-            code = self._get("/v2/health/ready", name)[0]
             out[name] = {"image": s["image"], "traffic": s["weight"], "container": s["container"],
-                         "healthy": code == 200}
+                         "healthy": self._healthy(name)}
         return {"endpoint": self.endpoint, "url": f"http://127.0.0.1:{self.port}" if slots else None, "slots": out}
 
     def promote(self, pr: int | None = None) -> dict[str, Any]:  # one canary here: pr names nothing else
-        slots = self.routes()
-        if "canary" not in slots:
-            raise NoCanary(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
-        old = slots["production"]["container"]
-        self._write_routes({"production": {**slots["canary"], "weight": 100}})
-        self._remove(old)
+        with endpoint_lock(self.endpoint):
+            slots = self.routes()
+            if "canary" not in slots:
+                raise NoCanary(f"{self.endpoint} has no canary to promote", hint="deploy one with --stage canary")
+            if not self._healthy("canary"):
+                raise CheckFailed(f"the canary ({slots['canary']['image']}) is not healthy: promoting it would "
+                                  "take production down; nothing changed", hint="roll it back, or deploy another")
+            self._switch({"production": {**slots["canary"], "weight": 100}})
         return {"changed": True, **self.status()}
 
     def rollback(self, pr: int | None = None) -> dict[str, Any]:
-        slots = self.routes()
-        if "canary" not in slots:
-            raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production already takes all traffic")
-        canary = slots.pop("canary")["container"]
-        slots["production"]["weight"] = 100
-        self._write_routes(slots)
-        self._remove(canary)
+        with endpoint_lock(self.endpoint):
+            slots = self.routes()
+            if "canary" not in slots:
+                raise NoCanary(f"{self.endpoint} has no canary to roll back",
+                               hint="production already takes all traffic")
+            if not self._healthy("production"):
+                raise CheckFailed(f"production ({slots['production']['image']}) is not healthy: rolling back would "
+                                  "send every request to it; the canary keeps its share",
+                                  hint="deploy a known-good image with --stage production")
+            slots.pop("canary")
+            slots["production"]["weight"] = 100
+            self._switch(slots)
         return {"changed": True, **self.status()}
+
+    def _healthy(self, slot: str) -> bool:
+        return self._get("/v2/health/ready", slot)[0] == 200
+
+    def _switch(self, slots: dict[str, dict[str, Any]]) -> None:
+        """Route to `slots`, then retire the slot containers the routes no longer name."""
+        self._write_routes(slots)
+        for name in self._unrouted(slots):
+            self._retire(name)
 
     # -- containers ----------------------------------------------------------------------------
     def _ensure_network(self) -> None:
@@ -191,11 +260,8 @@ class LocalTarget:
         import docker
 
         digest = d.image.rsplit("@", 1)[-1]
-        name = f"{self.prefix}-{slot}-{digest.removeprefix('sha256:')[:12]}"
-        try:
-            self.client.containers.get(name).remove(force=True)  # a leftover of a failed attempt
-        except docker.errors.NotFound:
-            pass
+        # new for every container: never the name of one that serves (a promoted canary keeps its name)
+        name = f"{self.prefix}-{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(3)}"
         try:
             container = self.client.containers.run(
                 d.image, ["serve"], name=name, detach=True, network=self.network,
@@ -207,13 +273,7 @@ class LocalTarget:
                              hint="run `mldeploy build --push` first") from None
         except docker.errors.APIError as e:
             raise UsageError(f"cannot start the {slot} container: {str(e.explanation or e)[:200]}") from None
-        try:
-            entry = self._check(container, slot, d, slots)
-        except CheckFailed:
-            container.remove(force=True)
-            self._write_routes(slots)  # as it was: the new container never took traffic
-            raise
-        return entry
+        return self._check(container, slot, d, slots)  # on failure the caller restores the routes
 
     def _capture(self, container: str) -> dict[str, Any]:
         """Capture into capture_folder(endpoint)/<container>/ (one folder per container: each
@@ -257,27 +317,36 @@ class LocalTarget:
             raise CheckFailed(f"the {slot} smoke request got {code}: {body[:200]!r}; traffic was not moved")
         return entry
 
-    def _replaced(self, slots: dict[str, dict[str, Any]]) -> set[str]:
-        """Our slot containers that the routes no longer name."""
+    def _unrouted(self, slots: dict[str, dict[str, Any]]) -> set[str]:
+        """Our slot containers that the routes do not name (under the lock, no other command's)."""
         keep = {s["container"] for s in slots.values()}
         mine = self.client.containers.list(all=True, filters={"label": [f"dev.mldeploy.endpoint={self.endpoint}",
                                                                          "dev.mldeploy.slot"]})
         return {c.name for c in mine if c.name not in keep}
 
-    def _remove(self, name: str) -> None:
+    def _retire(self, name: str) -> None:
+        """Stop (SIGTERM: the server finishes what it holds), then remove."""
         import docker
 
         try:
-            self.client.containers.get(name).remove(force=True)
+            container = self.client.containers.get(name)
+            container.stop(timeout=STOP_SECONDS)
+            container.remove(force=True)
         except docker.errors.NotFound:
             pass
 
-    def destroy(self) -> None:
-        """Remove every container and the network of this endpoint."""
-        for c in self.client.containers.list(all=True, filters={"label": f"dev.mldeploy.endpoint={self.endpoint}"}):
-            c.remove(force=True)
-        for n in self.client.networks.list(names=[self.network]):
-            n.remove()
+    def destroy(self) -> dict[str, Any]:
+        """Remove this endpoint's router, slot containers and network, and nothing else."""
+        with endpoint_lock(self.endpoint):
+            gone = [c.name for c in self.client.containers.list(
+                all=True, filters={"label": f"dev.mldeploy.endpoint={self.endpoint}"})
+                if c.labels.get("dev.mldeploy.endpoint") == self.endpoint]
+            for name in gone:
+                self.client.containers.get(name).remove(force=True)
+            networks = [n for n in self.client.networks.list(names=[self.network]) if n.name == self.network]
+            for n in networks:
+                n.remove()
+        return {"endpoint": self.endpoint, "removed": gone + [f"network {n.name}" for n in networks]}
 
     # -- HTTP through the router ---------------------------------------------------------------
     def _post(self, path: str, body: dict, slot: str) -> tuple[int, bytes]:

@@ -39,9 +39,10 @@ class Routes:
 
     def current(self) -> dict[str, dict]:
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
         except OSError:
             return self.slots
+        mtime = (st.st_mtime_ns, st.st_size, st.st_ino)  # each write is a new file: two in one second differ
         if mtime != self.mtime:
             try:
                 with open(self.path, encoding="utf-8") as f:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, rollback_layout
+from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, restoring, rollback_layout
 from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
                                  tag_list, tags, translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -96,19 +96,19 @@ class SageMakerTarget:
             self._ensure_model(slot, image)
         served = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
         self._ensure_alarms(images, fresh={s for s, image in images.items() if served.get(s) != image})
-        if plan.state["weights_only"]:
-            self._set_weights(share)
-        else:
-            config = self._ensure_config(images, share)
-            with translated(f"update the SageMaker endpoint {self.endpoint}"):
-                if current is None:
-                    self.sm.create_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
-                                            Tags=tag_list(tags(self.endpoint)))
-                else:
-                    self._deregister_scaling(set(current["slots"]) - set(images))
-                    self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
-                                            **self._deployment_config(d, current))
-        try:
+        with restoring(lambda: self._restore(current)):
+            if plan.state["weights_only"]:
+                self._set_weights(share)
+            else:
+                config = self._ensure_config(images, share)
+                with translated(f"update the SageMaker endpoint {self.endpoint}"):
+                    if current is None:
+                        self.sm.create_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
+                                                Tags=tag_list(tags(self.endpoint)))
+                    else:
+                        self._deregister_scaling(set(current["slots"]) - set(images))
+                        self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
+                                                **self._deployment_config(d, current))
             self._wait(plan.state.get("config"))
             self._verify(images, share)
             if d.smoke:
@@ -116,8 +116,6 @@ class SageMakerTarget:
             self._ensure_scaling(images)
             if d.slot.startswith("canary") and self.aws.bake_seconds:
                 self._bake(d.slot)
-        except CheckFailed as e:
-            raise CheckFailed(f"{e.message}; {self._restore(current)}") from None
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
@@ -316,6 +314,8 @@ class SageMakerTarget:
         """Put back what served before; say what happened, in the words the failure message ends with."""
         with translated(f"restore {self.endpoint}"):
             if previous is None:
+                if self.read() is None:
+                    return "nothing was created"
                 self.sm.delete_endpoint(EndpointName=self.endpoint)
                 return "the new endpoint was deleted"
             ep = self.sm.describe_endpoint(EndpointName=self.endpoint)

@@ -36,10 +36,10 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, rollback_layout
+from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, restoring, rollback_layout
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
-from mldeploy.errors import CheckFailed, MldeployError, UsageError
+from mldeploy.errors import CheckFailed, UsageError
 
 SLOT = re.compile(r"^(production|canary|canary-pr\d+)$")
 IMAGE = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)/[^@\s]+@sha256:[0-9a-f]{64}$")
@@ -160,7 +160,7 @@ class VertexTarget:
         endpoint = current["name"] if current else self._create_endpoint()
         added: dict[str, str] = {}   # slot -> deployed model id deployed now
         kept = self._kept(current, images)
-        try:
+        with restoring(lambda: self._restore(current, endpoint)):
             ep = self._get(endpoint)
             split = {dm.id: 0 for dm in ep.deployed_models}      # replaced, removed and stale ones: 0%
             split |= {kept[s]: share[s] for s in kept}
@@ -176,8 +176,6 @@ class VertexTarget:
                 self._smoke(endpoint, slot, ids[slot], share[slot], d.smoke)
             if d.slot.startswith("canary") and d.slot in added and self.gcp.bake_seconds:
                 self._bake(endpoint, d.slot, ids[d.slot], share[d.slot], d.smoke)
-        except MldeployError as e:
-            raise type(e)(f"{e.message}; {self._restore(current, endpoint, added)}", hint=e.hint) from None
         for entry in plan.state["remove"]:
             self._undeploy(endpoint, entry)
         self._verify(endpoint, images, share)
@@ -414,29 +412,26 @@ class VertexTarget:
             rounds += 1
         print(f"  {slot} baked: {rounds} checks passed", flush=True)
 
-    def _restore(self, previous: dict[str, Any] | None, endpoint: str, added: dict[str, str]) -> str:
-        """Put back what served before; say what happened, in the words the failure message ends with."""
-        try:
-            ep = self._get(endpoint)
-            present = {dm.id for dm in ep.deployed_models}
-            if previous is None:
-                for dm in ep.deployed_models:
-                    self._undeploy(endpoint, {"slot": dm.display_name, "id": dm.id})
-                with translated(f"delete the new endpoint {self.endpoint}"):
-                    operation = self._client("endpoints").delete_endpoint(name=endpoint)
-                gcp.wait(operation, f"delete the new endpoint {self.endpoint}", self.gcp.wait_seconds)
-                return "rolled back: the new endpoint was deleted"
-            before = {e["id"]: e["traffic"] for e in [*previous["slots"].values(), *previous["stale"]]
-                      if e["id"] in present}
-            new = [{"slot": slot, "id": dm_id} for slot, dm_id in added.items() if dm_id in present]
-            if {k: int(v) for k, v in ep.traffic_split.items() if k in before} != before or new:
-                if new:  # one call moves the traffic back and takes the first new one away
-                    self._undeploy(endpoint, new[0], split=before)
-                    for entry in new[1:]:
-                        self._undeploy(endpoint, entry)
-                else:
-                    self._set_traffic(endpoint, before)
-        except MldeployError as e:
-            return f"the restore failed too: {e.message} (check `mldeploy status`)"
+    def _restore(self, previous: dict[str, Any] | None, endpoint: str) -> str:
+        """Put back what served before: its traffic split, and no deployed model it did not have (one a
+        failed deploy left half-made included); say so in the words the failure message ends with."""
+        ep = self._get(endpoint)
+        if previous is None:
+            for dm in ep.deployed_models:
+                self._undeploy(endpoint, {"slot": dm.display_name, "id": dm.id})
+            with translated(f"delete the new endpoint {self.endpoint}"):
+                operation = self._client("endpoints").delete_endpoint(name=endpoint)
+            gcp.wait(operation, f"delete the new endpoint {self.endpoint}", self.gcp.wait_seconds)
+            return "rolled back: the new endpoint was deleted"
+        known = {e["id"]: e["traffic"] for e in [*previous["slots"].values(), *previous["stale"]]}
+        before = {i: t for i, t in known.items() if i in {dm.id for dm in ep.deployed_models}}
+        new = [{"slot": dm.display_name, "id": dm.id} for dm in ep.deployed_models if dm.id not in known]
+        if {k: int(v) for k, v in ep.traffic_split.items() if k in before} != before or new:
+            if new:  # one call moves the traffic back and takes the first new one away
+                self._undeploy(endpoint, new[0], split=before)
+                for entry in new[1:]:
+                    self._undeploy(endpoint, entry)
+            else:
+                self._set_traffic(endpoint, before)
         shares = ", ".join(f"{s} {e['traffic']}%" for s, e in previous["slots"].items())
         return f"rolled back: the endpoint serves as before ({shares})"
