@@ -18,7 +18,7 @@ from tests.contract.test_azure_ml import (AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS,
 from tests.contract.test_registry_login import ACR_REFRESH, TENANT  # noqa: E402
 from tests.e2e.cloud_registries import ACR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: E402,F401
+from tests.e2e.test_act_reusable import PR, github, logins, pipeline_repo, release_canary_rollback  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -84,12 +84,15 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
 image:
   repository: models/classifier
 """)
+    record = tmp_path / "logins.txt"
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ACR_HOST, "GITHUB_API_URL": github.url,
-           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"), "MLDEPLOY_ACT_LOGINS": str(record)}
+    push, canary_app, production = (f"{d * 8}-2222-3333-4444-555555555555" for d in "123")  # pipeline-azure.yml
     try:
         runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(record) == [("push", "azure", push), ("deploy", "azure", production)]
         [release] = set(registry.pushes)
         assert release.startswith(f"{ACR_HOST}/models/classifier@sha256:")
         assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
@@ -98,6 +101,7 @@ image:
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(record) == [("push", "azure", push), ("deploy", "azure", canary_app)]
         canary = registry.pushes[-1]
         assert canary != release
         assert azure.serving(ENDPOINT) == {name("production", release): (release, 90),
@@ -107,6 +111,7 @@ image:
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(record) == [("deploy", "azure", production)]
         assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
         assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
         assert ACR_REFRESH not in r.stdout and "standin-github-oidc-token" not in r.stdout

@@ -18,7 +18,7 @@ from tests.contract.test_gcp_vertex import ENDPOINT, PROJECT, REGION, REPOSITORY
 from tests.contract.test_registry_login import STS_OK, Fake  # noqa: E402
 from tests.e2e.cloud_registries import AR_HOST, Registry  # noqa: E402
 from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, github, pipeline_repo, release_canary_rollback  # noqa: E402,F401
+from tests.e2e.test_act_reusable import PR, github, logins, pipeline_repo, release_canary_rollback  # noqa: E402,F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,11 +81,14 @@ image:
 """)
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": AR_HOST, "MLDEPLOY_GCP_API_ENDPOINT": vertex.url,
            "STANDIN_GOOGLE_API": f"http://{sts.host}", "MLDEPLOY_POLL_SECONDS": "0.05",
-           "GITHUB_API_URL": github.url, "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts")}
+           "GITHUB_API_URL": github.url, "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"),
+           "MLDEPLOY_ACT_LOGINS": str(tmp_path / "logins.txt")}
+    push, canary_account, production = ACCOUNTS
     try:
         runs = release_canary_rollback(repo, kit, PIPELINE.name, env)
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(tmp_path / "logins.txt") == [("push", "gcp", push), ("deploy", "gcp", production)]
         [release] = set(registry.pushes)
         assert release.startswith(f"{AR_HOST}/{PROJECT}/models/classifier@sha256:")
         assert serving(vertex) == {"production": (release, 100)}
@@ -95,6 +98,7 @@ image:
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(tmp_path / "logins.txt") == [("push", "gcp", push), ("deploy", "gcp", canary_account)]
         canary = registry.pushes[-1]
         assert canary != release and serving(vertex) == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
         [comment] = [c for c in github.comments.values() if c["pr"] == PR]
@@ -102,6 +106,7 @@ image:
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        assert logins(tmp_path / "logins.txt") == [("deploy", "gcp", production)]
         assert serving(vertex) == {"production": (release, 100)}
         assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
         assert PUSH_TOKEN not in r.stdout and "standin-github-oidc-token" not in r.stdout
