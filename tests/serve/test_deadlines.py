@@ -73,6 +73,13 @@ def test_an_idle_kept_alive_connection_is_closed(server):
         assert closed_by_server(sock), "an idle keep-alive connection was kept open"
 
 
+def test_an_idle_http2_connection_is_closed(server):
+    """An HTTP/2 (h2c prior knowledge) connection had none of the HTTP/1 deadlines: it is not served."""
+    with connect(server) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # + SETTINGS
+        assert closed_by_server(sock), "an idle HTTP/2 connection was kept open"
+
+
 def test_a_slow_body_is_408(server):
     with connect(server) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"

@@ -48,7 +48,7 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
     connections = min(settings.max_connections, _open_file_room())
 
     import onnxruntime  # noqa: F401  imported once here, inherited by every forked worker
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
@@ -62,6 +62,7 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
     server = Server(
         "mldeploy.serve.app:create", factory=True, address=settings.host, port=settings.port,
         interface=Interfaces.RSGI, workers=settings.workers, loop=Loops.asyncio, websockets=False,
+        http=HTTPModes.http1,  # every platform's contract is HTTP/1.1; an h2c connection escaped every deadline
         runtime_threads=1, backlog=2048, workers_kill_timeout=settings.drain_seconds, log_level="warning",
         backpressure=connections,  # granian holds a slot per connection: this caps connections per worker
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
