@@ -520,7 +520,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    if args.trust:
+    if args.trust or args.claims or args.identity:
         from mldeploy.doctor import run as trust_doctor
 
         return trust_doctor(args.trust, args.claims, args.identity)

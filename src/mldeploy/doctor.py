@@ -313,7 +313,9 @@ def _job_token() -> str:
     return token
 
 
-def run(trust_path: str, claims_path: str | None, identity: str | None) -> int:
+def run(trust_path: str | None, claims_path: str | None, identity: str | None) -> int:
+    if not trust_path:
+        raise UsageError("--claims and --identity check a trust setup: give it with --trust FILE")
     trust, claims = load_trust(trust_path), load_claims(claims_path)
     may = check(trust, claims, identity)
     print(f"doctor: {claims.get('sub')} may assume: {', '.join(may) or 'no identity'} "

@@ -151,6 +151,8 @@ def test_bad_input_is_exit_2_in_one_line(doctor, mldeploy, tmp_path):
     (tmp_path / "t.yaml").write_text(readme_trust("aws"))
     r = mldeploy("doctor", "--trust", tmp_path / "t.yaml", "--claims", tmp_path / "missing.json")
     assert r.code == 2 and "cannot read the claims" in r.err
+    r = mldeploy("doctor", "--identity", "canary")
+    assert r.code == 2 and "give it with --trust FILE" in r.err
 
 
 def test_a_jwt_is_read_for_its_claims(doctor, mldeploy, tmp_path, monkeypatch):
