@@ -295,6 +295,20 @@ def test_a_fork_workflow_run_deploys_nothing(kit, repo, endpoint, github):
     assert routes(name, port) == before and len(github.requests) == requests
 
 
+def test_a_pull_request_that_asks_for_production_is_refused(kit, repo, endpoint, github):
+    name, port, _ = endpoint
+    shutil.copy(ROOT / "tests" / "e2e" / "unsafe-callers" / "pr-production.yml", repo / ".github" / "workflows")
+    before = routes(name, port)
+    try:
+        r = run(repo, kit, endpoint, "pr-production.yml", "pull_request", pull_request("synchronize"))
+    finally:
+        (repo / ".github" / "workflows" / "pr-production.yml").unlink()
+    assert r.returncode != 0
+    assert ("::error title=mldeploy deploy::stage production needs the production identity, which a pull_request "
+            "run never gets") in r.stdout, r.stdout[-4000:]
+    assert routes(name, port) == before
+
+
 def test_the_rollback_workflow_removes_the_canary(kit, repo, endpoint):
     name, port, _ = endpoint
     r = run(repo, kit, endpoint, "rollback.yml", "workflow_dispatch", {})
