@@ -26,6 +26,7 @@ if [ "${RUNNER_ENVIRONMENT:-}" = self-hosted ]; then
   # runs the model repo's code) could plant a venv there that a later production job would run:
   # each job makes its own, under RUNNER_TEMP, which the runner empties for every job.
   root="${RUNNER_TEMP:?RUNNER_TEMP is not set on this self-hosted runner}/mldeploy"
+  export PIP_CACHE_DIR="$root/pip-cache"  # pip's cache too: a planted wheel would be installed as is
 fi
 venv="$root/venv-$key"
 log="$root/install-$key.log"
