@@ -283,3 +283,51 @@ def test_destroy_removes_one_endpoint_and_only_it(images, endpoint, docker_clien
         from mldeploy.deploy.local import LocalTarget
 
         LocalTarget(other, other_port).destroy()
+
+
+def test_faults_never_harm_production_and_a_rerun_converges(images, endpoint, docker_client, tmp_path):
+    """The local target's fault table, on the real engine, with a client sending requests throughout: a new
+    slot that never becomes healthy, a smoke request that fails, and the deploy SIGKILLed once its new
+    container runs. Each time production answers every request, keeps its container and share, the
+    command exits non-zero in one line, and a rerun with a good image converges."""
+    import subprocess
+    import sys
+
+    bundle, a, b, crashing = images
+    keyed = variant(docker_client, a, "keyed", "ENV MLDEPLOY_API_KEYS=k3y-the-smoke-request-lacks", tmp_path)
+    name, port = endpoint
+    where = ["--bundle", str(bundle), "--endpoint", name, "--port", str(port)]
+    assert mldeploy("deploy", *where, "--image", a, "--stage", "production")[0] == 0
+    serving = routed(name, port)
+
+    def killed_once_its_container_runs() -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "mldeploy", "deploy", *where, "--image", b, "--traffic", "20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while len(slot_containers(docker_client, name)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+        return proc.wait(), proc.stdout.read()
+
+    faults = {
+        "never healthy": lambda: mldeploy("deploy", *where, "--image", crashing, "--traffic", "20"),
+        "smoke fails": lambda: mldeploy("deploy", *where, "--image", keyed, "--traffic", "20"),
+        "SIGKILL": killed_once_its_container_runs,
+    }
+    rows = []
+    for fault, command in faults.items():
+        with Client(port) as client:
+            code, out = command()
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        harmed = [] if routed(name, port) == serving else [f"routes {routed(name, port)}"]
+        harmed += [f"{len(client.failures())} failed requests {client.failures()[:3]}"] if client.failures() else []
+        rerun_code, rerun_out = mldeploy("deploy", *where, "--image", b, "--traffic", "20")
+        converged = rerun_code == 0 and "canary      20%  healthy" in rerun_out and \
+            slot_containers(docker_client, name) == set(routed(name, port).values())
+        rows.append(f"local  deploy canary  {fault:<14} exit {code:>3}  "
+                    f"{'one line' if fault == 'SIGKILL' or len(errors) == 1 else 'NOT ONE LINE'}  "
+                    f"harmed: {'; '.join(harmed) or 'no'}  rerun: {'ok' if converged else rerun_out[-300:]}  "
+                    f"({len(client.results)} requests during the fault)")
+        assert mldeploy("rollback", *where)[0] == 0  # production alone again, for the next fault
+    print("\n" + "\n".join(rows))
+    assert all("harmed: no  rerun: ok" in row and "exit   0" not in row and "NOT ONE LINE" not in row for row in rows), rows
