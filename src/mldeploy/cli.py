@@ -441,8 +441,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                                      else production}
     if plan.traffic_after.get(plan.desired.slot) and production and args.stage != "production":
         expect[plan.desired.slot] = image
+    def record(status: dict) -> None:  # the report shows what serves, read back, not what was planned
+        if args.plan_out:
+            served = {slot: {k: s[k] for k in ("image", "traffic", "healthy")} for slot, s in status["slots"].items()}
+            Path(args.plan_out).write_text(json.dumps({**json.loads(plan.to_json()), "served": served}, indent=2)
+                                           + "\n", encoding="utf-8")
+
     _truth(target, lambda: None if plan.empty else target.apply(plan),
-           expect, {"production": production} if production else {})
+           expect, {"production": production} if production else {}, record=record)
     github.set_output("image", image)
     return 0
 
@@ -474,7 +480,7 @@ def cmd_slots(args: argparse.Namespace) -> int:
 
 
 def _truth(target, command, expect: dict[str, str | None], expect_on_failure: dict[str, str | None],
-           verb: str | None = None) -> dict:
+           verb: str | None = None, record=None) -> dict:
     """Run the command (deploy, promote, rollback, teardown), then read back every slot whatever it did:
     exit 1 naming the slot when it does not serve what it should, or is unhealthy. What is printed and
     put in the step summary is that read-back, never the intent."""
@@ -490,6 +496,8 @@ def _truth(target, command, expect: dict[str, str | None], expect_on_failure: di
         if error is not None:  # the cloud is failing: its first error says more than the read-back's
             raise error from None
         raise
+    if record:
+        record(status)
     if verb and error is None:
         print(f"{verb}: {'done' if (report or {}).get('changed') else 'nothing to do'}")
     _print_status(status)

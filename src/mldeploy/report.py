@@ -83,6 +83,10 @@ def render(*, stage: str, decision: str, manifest: dict[str, Any] | None, plan: 
         lines.append(f"| Image | `{plan.get('image')}` |")
         lines.append(f"| Traffic | {_traffic(plan.get('traffic_before', {}))} -> "
                      f"{_traffic(plan.get('traffic_after', {}))} |")
+        if "served" in plan:  # read back after the deploy, whatever it meant to do
+            lines.append("| Serving now (read back) | " + (", ".join(
+                f"{slot} {s['traffic']}% {'healthy' if s['healthy'] else '**UNHEALTHY**'} `{s['image'][-19:]}`"
+                for slot, s in plan["served"].items()) or "nothing") + " |")
     for name, text in _figures(manifest or {}):
         lines.append(f"| {name} | {text} |")
     if analysis:

@@ -197,7 +197,7 @@ def slot_containers(docker_client, name: str) -> set[str]:
         f"dev.mldeploy.endpoint={name}", "dev.mldeploy.slot"]})}
 
 
-def test_the_journey_never_harms_production_and_never_misreports(images, endpoint, docker_client):
+def test_the_journey_never_harms_production_and_never_misreports(images, endpoint, docker_client, tmp_path):
     """Issue 18's journey: deploy A, canary B, promote, deploy B again (a canary of production's own
     image), redeploy production: production stays up with no failed request, every command says what
     serves; then a dead production makes every command exit 1 naming it, and a redeploy heals it."""
@@ -206,8 +206,12 @@ def test_the_journey_never_harms_production_and_never_misreports(images, endpoin
     where = ("--bundle", bundle, "--endpoint", name, "--port", port)
     assert mldeploy("deploy", *where, "--image", a, "--stage", "production")[0] == 0
     with Client(port) as client:
-        code, out = mldeploy("deploy", *where, "--image", b, "--traffic", "20")
+        code, out = mldeploy("deploy", *where, "--image", b, "--traffic", "20", "--plan-out", tmp_path / "plan.json")
         assert code == 0 and "canary      20%  healthy" in out, out
+        code, report = mldeploy("report", "--stage", "canary", "--decision", "deployed", "--plan", tmp_path / "plan.json",
+                                "--endpoint", name, "--bundle", bundle)
+        assert code == 0 and (f"| Serving now (read back) | production 80% healthy `{a[-19:]}`, canary 20% healthy "
+                              f"`{b[-19:]}` |") in report, report
         code, out = mldeploy("promote", *where)
         assert code == 0 and f"production 100%  healthy  {b}" in out, out
         serving = routed(name, port)["production"]
