@@ -447,6 +447,12 @@ class MonitoringSection(Section):
         return self.capture_sample_rate if self.enabled else 0.0
 
 
+# Serving settings of the HTTP server that the Lambda runtime (one event at a time, no server) never reads.
+LAMBDA_IGNORES = re.compile(r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|"
+                            r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|"
+                            r"(LIVENESS|READINESS|SCORING)_ROUTE)")
+
+
 class Config(Section):
     """mldeploy.yaml, schema version 1."""
 
@@ -483,6 +489,21 @@ class Config(Section):
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"output names must be unique; repeated: {', '.join(dupes)}")
         return outputs
+
+    @model_validator(mode="after")
+    def _settings_the_target_reads(self) -> Config:
+        """A serving setting the target's runtime would ignore, or one that would lock its platform out,
+        is refused rather than deployed to do nothing (or to answer 401 to every call)."""
+        target = self.deploy.target
+        if target == "lambda":
+            given = {**self.image.environment, **self.deploy.aws.lambda_.environment}
+            if ignored := sorted(n for n in given if LAMBDA_IGNORES.fullmatch(n)):
+                raise ValueError(f"{ignored[0]} does nothing on Lambda (one request at a time per execution "
+                                 "environment, no HTTP server of ours): remove it")
+        if target in ("sagemaker", "vertex", "azureml") and "MLDEPLOY_API_KEYS_FILE" in self.image.environment:
+            raise ValueError(f"image.environment MLDEPLOY_API_KEYS_FILE would answer 401 to {target}'s own calls, "
+                             "which carry no key: the platform authenticates callers itself")
+        return self
 
 
 def json_schema() -> dict[str, Any]:

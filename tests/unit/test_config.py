@@ -638,3 +638,21 @@ def test_settings_a_target_needs_together_fail_when_the_config_loads(tmp_path, s
     # checked before any cloud call, so `deploy --plan` never prints a plan that apply would refuse
     file, line, problem = only_problem(write(tmp_path, f"deploy:\n  cloud: {section}\n  {text}\n"))
     assert message in problem and line == 3, (line, problem)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("deploy: {cloud: aws, target: lambda, aws: {lambda: {environment: {MLDEPLOY_WORKERS: '2'}}}}",
+     "MLDEPLOY_WORKERS does nothing on Lambda"),
+    ("image: {environment: {MLDEPLOY_BODY_TIMEOUT: '5'}}\ndeploy: {cloud: aws, target: lambda}",
+     "MLDEPLOY_BODY_TIMEOUT does nothing on Lambda"),
+    ("image: {environment: {MLDEPLOY_API_KEYS_FILE: /run/keys}}\ndeploy: {cloud: gcp, target: vertex}",
+     "would answer 401 to vertex's own calls"),
+])
+def test_settings_a_target_would_ignore_or_be_locked_out_by_are_refused(tmp_path, text, message):
+    assert message in only_problem(write(tmp_path, text + "\n"))[2]
+
+
+def test_settings_a_target_reads_are_kept(tmp_path):
+    p = write(tmp_path, "deploy: {cloud: aws, target: lambda, aws: {lambda: {environment: "
+                        "{MLDEPLOY_RATE_LIMIT: 5/s, MLDEPLOY_NONFINITE: reject}}}}\n")
+    assert load_config(p, environ={}).deploy.aws.lambda_.environment["MLDEPLOY_RATE_LIMIT"] == "5/s"
