@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
 from urllib.parse import parse_qs
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 from werkzeug.serving import make_server
 
 from tests.contract import moto_patches  # noqa: F401  (patches moto's classes on import)
+from tests.contract.fakes.faults import Faults, drop
 
 MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Untag", "Set",
             "Subscribe", "Unsubscribe")
@@ -25,10 +27,7 @@ class RecordingMotoServer(ThreadedMotoServer):
     def __init__(self) -> None:
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.requests: list[tuple[str, str, str]] = []
-        # fault injection: call -> [kind, skip, times]: after `skip` requests of the call (its operation, or
-        # "METHOD path"), the next `times` fail as kind says; "kill" SIGKILLs the process `victim` names first
-        self.faults: dict[str, list] = {}
-        self.victim: int | None = None
+        self.faults = Faults()  # calls named by their operation, else "METHOD path"
 
     def _server_entry(self) -> None:
         app = DomainDispatcherApplication(create_backend_app)
@@ -44,12 +43,8 @@ class RecordingMotoServer(ThreadedMotoServer):
                 operation = parse_qs(body.decode()).get("Action", [""])[0]
             self.requests.append((operation, environ["REQUEST_METHOD"], path))
             label = operation or f"{environ['REQUEST_METHOD']} {path}"
-            fault = self.faults.get(label)
-            if fault and fault[1]:
-                fault[1] -= 1
-            elif fault and fault[2]:
-                fault[2] -= 1
-                return self._fail(fault[0], environ, start_response)
+            if kind := self.faults.take(label):
+                return self._fail(kind, environ, start_response)
             return app(environ, start_response)
 
         self._server = make_server(self._ip_address, self._port, recording, True, request_handler=MotoRequestHandler)
@@ -58,10 +53,8 @@ class RecordingMotoServer(ThreadedMotoServer):
 
     def _fail(self, kind: str, environ, start_response):
         """AWS's own shapes: 500 InternalFailure, 400 ThrottlingException, a dropped connection."""
-        if kind == "kill" and self.victim:
-            os.kill(self.victim, signal.SIGKILL)
         if kind == "drop":
-            environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            drop(environ)
             start_response("500 Internal Server Error", [])
             return [b""]
         status, code = ("400 Bad Request", "ThrottlingException") if kind == "throttle" else \

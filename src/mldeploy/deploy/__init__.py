@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -116,6 +117,7 @@ class Target(Protocol):
 
 # Errors raised by the clouds' SDKs and HTTP stacks (by the package that raised them: only a target imports
 # its SDK), which a deploy half-way through meets when a cloud fails: the user's problem, never exit 3.
+RESTORE_BACKOFF = (1.0, 2.0, 4.0)  # seconds between a failed restore and the next try
 CLOUD_ERROR_PACKAGES = frozenset({"botocore", "boto3", "google", "grpc", "azure", "msrest", "requests", "urllib3",
                                   "docker", "http"})
 
@@ -128,10 +130,14 @@ def restoring(restore: Callable[[], str]) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        try:
-            restored = restore()
-        except Exception as again:  # said, never hidden: the caller's read-back shows what serves
-            restored = (f"the restore failed too ({_one_line(again)}): `mldeploy status` shows what serves")
+        for wait in (*RESTORE_BACKOFF, None):  # the API that just failed may fail the restore's first call too
+            try:
+                restored = restore()
+                break
+            except Exception as again:  # said, never hidden: the caller's read-back shows what serves
+                restored = f"the restore failed too ({_one_line(again)}): `mldeploy status` shows what serves"
+                if wait is not None:
+                    time.sleep(wait)
         if isinstance(e, MldeployError):
             raise type(e)(f"{e.message}; {restored}", hint=e.hint) from None
         if isinstance(e, KeyboardInterrupt):

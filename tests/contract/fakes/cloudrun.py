@@ -37,7 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.contract.fakes.cloud_monitoring import PATH as MONITORING_PATH, BadRequest, CloudMonitoring
+from tests.contract.fakes.cloud_monitoring import PATH as MONITORING_PATH
+from tests.contract.fakes.cloud_monitoring import BadRequest, CloudMonitoring
+from tests.contract.fakes.faults import Faults, fail
 
 REVISION_TYPE = 2  # TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 LATEST_TYPE = 1
@@ -47,6 +49,9 @@ NOT_READY = ("Revision '{}' is not ready and cannot serve traffic. The user-prov
 READ_ONLY = ("uid", "generation", "createTime", "updateTime", "creator", "lastModifier", "observedGeneration",
              "terminalCondition", "conditions", "latestReadyRevision", "latestCreatedRevision", "trafficStatuses",
              "uri", "urls", "reconciling", "etag")
+
+# what a Google API answers when it fails inside (fakes/faults.py injects it)
+FAULT_BODY = b'{"error": {"code": 500, "message": "injected fault", "status": "INTERNAL"}}'
 
 
 class ApiError(Exception):
@@ -62,6 +67,7 @@ def _ready(state: str, message: str = "") -> dict[str, Any]:
 class FakeCloudRun:
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.faults = Faults()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -128,6 +134,8 @@ class FakeCloudRun:
                 raw = self.rfile.read(length) if length else b""
                 with fake.lock:
                     fake.requests.append((method, path))
+                if kind := fake.faults.take(f"{method} {path}"):
+                    return fail(self, kind, FAULT_BODY)
                 try:
                     body = json.loads(raw) if raw else {}
                     status, answer = fake.route(method, path, query, body, dict(self.headers))

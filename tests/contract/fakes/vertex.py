@@ -35,12 +35,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from tests.contract.fakes.cloud_monitoring import BadRequest, CloudMonitoring
+from tests.contract.fakes.faults import Faults, fail
 
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
 AR = "type.googleapis.com/google.devtools.artifactregistry.v1."
 STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ALREADY_EXISTS",
           500: "INTERNAL", 501: "UNIMPLEMENTED"}
 LOC = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+
+# what a Google API answers when it fails inside (fakes/faults.py injects it)
+FAULT_BODY = b'{"error": {"code": 500, "message": "injected fault", "status": "INTERNAL"}}'
 
 
 class ApiError(Exception):
@@ -54,6 +58,7 @@ class FakeVertex:
         self.polls = polls
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, str]] = []
+        self.faults = Faults()
         self.reset()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -121,6 +126,8 @@ class FakeVertex:
                 raw = self.rfile.read(length) if length else b""
                 with fake.lock:
                     fake.requests.append((self.command, path, parsed.query))
+                    if kind := fake.faults.take(f"{self.command} {path}"):
+                        return fail(self, kind, FAULT_BODY)
                     try:
                         body = json.loads(raw) if raw else {}
                         code, answer = 200, fake._route(self.command, path, query, body)
