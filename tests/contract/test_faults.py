@@ -251,8 +251,9 @@ def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_pat
     rows: list[Row] = []
     for command, (args, canary, after, share) in COMMANDS.items():
         for call, skip, mutating in runner.calls(command):
-            # a SIGKILL and throttling matter at the calls that change things; every call can fail or drop
-            for kind in ("500", "throttle", "drop", "kill") if mutating else ("500", "drop"):
+            # every fault at the calls that change things; a read that fails (for whatever reason: the
+            # client sees an exception either way) is the 500 alone, which keeps the table minutes long
+            for kind in ("500", "throttle", "drop", "kill") if mutating else ("500",):
                 a, b = runner.fresh(canary)
                 before, asked = (a, 90 if canary else 100), ({"a": a, "b": b}[after], share)
                 image_args = args + (["--image", b] if args[0] == "deploy" else [])

@@ -20,8 +20,8 @@ from mldeploy.convert.detect import detect, model_path
 from mldeploy.convert.report import publish
 from mldeploy.errors import CheckFailed, UsageError
 
-BATCH_HINT = ("the model depends on its batch size: make it batch-independent (no branch on x.shape[0] or batch "
-              "in a reshape), or fix the batch in `inputs:`")
+BATCH_HINT = ("the model depends on its batch size: make it batch-independent (no branch on x.shape[0], "
+              "no batch in a reshape)")
 
 
 @dataclass
@@ -227,7 +227,7 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
     publish(report, None)
     attempts = report["attempts"]
     reasons = "; ".join(f"{a['exporter']}: {a.get('error') or a['parity']['problem']}" for a in attempts)
-    reasons = reasons if len(reasons) <= 120 else reasons[:117] + "..."  # the one line stays within 300 characters
+    reasons = reasons if len(reasons) <= 135 else reasons[:132] + "..."  # the one line stays within 300 characters
     if all(a["status"] == "export failed" for a in attempts):
         op = next((a["operator"] for a in attempts if a.get("operator")), None)
         if op:

@@ -157,5 +157,5 @@ def _check_rows_alone(sess, inputs: list[TensorSpec], output_names: list[str], n
             result.passed = False
             result.batch_dependent = True
             result.problem = result.problem or (
-                f"output '{name}': a row run alone differs by up to {max_abs:.3g} from the same row in a batch "
-                f"of {batch}: the model mixes rows of a batch")
+                f"output '{name}': a row alone differs by up to {max_abs:.3g} from itself in a batch of {batch}: "
+                "the model mixes rows of a batch")
