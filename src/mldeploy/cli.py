@@ -484,7 +484,7 @@ def _truth(target, command, expect: dict[str, str | None], expect_on_failure: di
     """Run the command (deploy, promote, rollback, teardown), then read back every slot whatever it did:
     exit 1 naming the slot when it does not serve what it should, or is unhealthy. What is printed and
     put in the step summary is that read-back, never the intent."""
-    from mldeploy.deploy import read_back_problems
+    from mldeploy.deploy import one_line, read_back_problems
 
     try:
         report, error = command(), None
@@ -503,7 +503,7 @@ def _truth(target, command, expect: dict[str, str | None], expect_on_failure: di
     _print_status(status)
     github.add_summary(_read_back_markdown(status))
     if problems := read_back_problems(status, expect if error is None else expect_on_failure):
-        failed = f"{error.message if isinstance(error, MldeployError) else error}; and now " if error else ""
+        failed = f"{one_line(error)}; and now " if error else ""
         raise CheckFailed(failed + "; ".join(problems), hint="`mldeploy status` shows every slot") from None
     if error is not None:
         raise error

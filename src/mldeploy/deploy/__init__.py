@@ -135,7 +135,7 @@ def restoring(restore: Callable[[], str]) -> Iterator[None]:
                 restored = restore()
                 break
             except Exception as again:  # said, never hidden: the caller's read-back shows what serves
-                restored = f"the restore failed too ({_one_line(again)}): `mldeploy status` shows what serves"
+                restored = f"the restore failed too ({one_line(again)}): `mldeploy status` shows what serves"
                 if wait is not None:
                     time.sleep(wait)
         if isinstance(e, MldeployError):
@@ -144,13 +144,17 @@ def restoring(restore: Callable[[], str]) -> Iterator[None]:
             print(f"interrupted; {restored}", file=sys.stderr, flush=True)
             raise
         if isinstance(e, (OSError, TimeoutError)) or type(e).__module__.split(".")[0] in CLOUD_ERROR_PACKAGES:
-            raise UsageError(f"the cloud failed half-way: {_one_line(e)}; {restored}",
+            raise UsageError(f"the cloud failed half-way: {one_line(e)}; {restored}",
                              hint="run the same command again when the cloud answers") from None
         raise  # a bug of ours: exit 3 with its traceback under --debug, after the restore
 
 
-def _one_line(e: BaseException) -> str:
-    text = (e.message if isinstance(e, MldeployError) else str(e)).strip().splitlines()
+def one_line(e: BaseException) -> str:
+    """An error in one line, as a restore or a read-back goes on from it: ours as it reads, another
+    (an SDK's, the network's) named by its type."""
+    if isinstance(e, MldeployError):
+        return e.message
+    text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 

@@ -17,6 +17,7 @@ One command at a time changes an endpoint (a lock per endpoint on this machine).
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import io
 import json
@@ -158,7 +159,7 @@ class LocalTarget:
         with endpoint_lock(self.endpoint):
             self._ensure_network()
             slots = self.routes()  # again, under the lock: another command may have changed them
-            before = json.loads(json.dumps(slots))
+            before = copy.deepcopy(slots)
             if self._router() is None or self._router().status != "running":
                 self._start_router(d.image)
             with restoring(lambda: self._restore(before)):
@@ -338,15 +339,16 @@ class LocalTarget:
     def destroy(self) -> dict[str, Any]:
         """Remove this endpoint's router, slot containers and network, and nothing else."""
         with endpoint_lock(self.endpoint):
-            gone = [c.name for c in self.client.containers.list(
+            containers = self.client.containers.list(  # a label filter matches the value exactly
                 all=True, filters={"label": f"dev.mldeploy.endpoint={self.endpoint}"})
-                if c.labels.get("dev.mldeploy.endpoint") == self.endpoint]
-            for name in gone:
-                self.client.containers.get(name).remove(force=True)
+            for c in containers:
+                c.remove(force=True)
+            # a name filter matches any network whose name contains ours: keep ours alone
             networks = [n for n in self.client.networks.list(names=[self.network]) if n.name == self.network]
             for n in networks:
                 n.remove()
-        return {"endpoint": self.endpoint, "removed": gone + [f"network {n.name}" for n in networks]}
+        return {"endpoint": self.endpoint,
+                "removed": [c.name for c in containers] + [f"network {n.name}" for n in networks]}
 
     # -- HTTP through the router ---------------------------------------------------------------
     def _post(self, path: str, body: dict, slot: str) -> tuple[int, bytes]:
