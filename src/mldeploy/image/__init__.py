@@ -71,7 +71,8 @@ def image_manifest(bundle: Bundle) -> dict:
             return {k: lineage(v) for k, v in value.items() if k not in UNREPRODUCIBLE}
         return [lineage(v) for v in value] if isinstance(value, list) else value
 
-    return lineage({**bundle.manifest, "steps": [s for s in bundle.manifest.get("steps", []) if s.get("step") != "build"]})
+    steps = [s for s in bundle.manifest.get("steps", []) if s.get("step") != "build"]
+    return lineage({**bundle.manifest, "steps": steps})
 
 
 def labels_for(bundle: Bundle) -> dict[str, str]:

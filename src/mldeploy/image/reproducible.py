@@ -44,15 +44,16 @@ def normalize(client, image_id: str, base_layers: list[str], tag: str) -> str:
             diff_ids, paths = [], []
             for i, (path, diff_id) in enumerate(zip(manifest["Layers"], config["rootfs"]["diff_ids"])):
                 if i < len(base_layers) and diff_id == base_layers[i]:
-                    layer, size = src.extractfile(path), src.getmember(path).size
+                    paths.append(f"{diff_id.split(':')[1]}/layer.tar")
+                    _add(dst, paths[-1], src.extractfile(path), src.getmember(path).size)
                 else:
                     rewritten = work / f"layer-{i}.tar"
                     _rewrite_layer(src.extractfile(path), rewritten, epoch)
                     diff_id = "sha256:" + sha256_file(rewritten)
-                    layer, size = rewritten.open("rb"), rewritten.stat().st_size
-                paths.append(f"{diff_id.split(':')[1]}/layer.tar")
+                    paths.append(f"{diff_id.split(':')[1]}/layer.tar")
+                    with rewritten.open("rb") as layer:
+                        _add(dst, paths[-1], layer, rewritten.stat().st_size)
                 diff_ids.append(diff_id)
-                _add(dst, paths[-1], layer, size)
             _normalize_config(config, diff_ids, epoch)
             body = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
             config_file = hashlib.sha256(body).hexdigest() + ".json"

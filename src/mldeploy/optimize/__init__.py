@@ -208,7 +208,8 @@ def _report(baseline: dict, rows: list[dict], chosen: dict | None, reason: str, 
         delta = best["accuracy"]["max_abs_diff"]
     return {"status": "passed", "chosen": chosen["name"] if chosen else "fp32", "reason": reason,
             "objective": settings.objective, "device": settings.device, "batch_size": settings.batch_size,
-            "threads": n_threads, "cpu": evaluate.cpu(), "data": data_note, "budget": settings.budget.model_dump(exclude_none=True),
+            "threads": n_threads, "cpu": evaluate.cpu(), "data": data_note,
+            "budget": settings.budget.model_dump(exclude_none=True),
             "speedup": round(baseline["p50_batch_ms"] / best["p50_batch_ms"], 3),
             "size_ratio": round(baseline["size_bytes"] / best["size_bytes"], 3),
             "accuracy_delta": delta, "baseline": baseline, "candidates": rows, "key": key, "duration_s": duration}
