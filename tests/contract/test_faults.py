@@ -135,24 +135,29 @@ def cloudrun_backend(fake) -> Backend:
                    requests, fake.requests.clear, fake.faults)
 
 
-@pytest.fixture(scope="module")
-def fake_vertex():
-    pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-cloud-aiplatform) is not installed")
-    from tests.contract.fakes.vertex import FakeVertex
-
-    fake = FakeVertex().start()
-    yield fake
-    fake.stop()
+GCP_FAKES = {  # target -> (the client its fake needs, the fake's module and class)
+    "vertex": ("google.cloud.aiplatform_v1", "tests.contract.fakes.vertex", "FakeVertex"),
+    "cloudrun": ("google.cloud.run_v2", "tests.contract.fakes.cloudrun", "FakeCloudRun"),
+}
 
 
 @pytest.fixture(scope="module")
-def fake_cloudrun():
-    pytest.importorskip("google.cloud.run_v2", reason="the gcp extra (google-cloud-run) is not installed")
-    from tests.contract.fakes.cloudrun import FakeCloudRun
+def gcp_fakes():
+    """A GCP target's fake, started the first time a test asks for it, stopped with the module."""
+    import importlib
 
-    fake = FakeCloudRun().start()
+    started: dict[str, Any] = {}
+
+    def fake(target: str):
+        if target not in started:
+            client, module, cls = GCP_FAKES[target]
+            pytest.importorskip(client, reason=f"the gcp extra ({client}) is not installed")
+            started[target] = getattr(importlib.import_module(module), cls)().start()
+        return started[target]
+
     yield fake
-    fake.stop()
+    for server in started.values():
+        server.stop()
 
 
 @pytest.fixture
@@ -175,7 +180,7 @@ def backend(request, monkeypatch, bundle) -> Backend:
         return aws_backend(target, aws, request.getfixturevalue("moto_server")[1], bundle)
     from mldeploy.deploy import cloudrun, gcp
 
-    fake = request.getfixturevalue(f"fake_{target}")
+    fake = request.getfixturevalue("gcp_fakes")(target)
     monkeypatch.setenv("MLDEPLOY_GCP_API_ENDPOINT", fake.url)
     for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT"):
         monkeypatch.delenv(name, raising=False)
