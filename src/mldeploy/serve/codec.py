@@ -48,6 +48,7 @@ class Call:
     accept: str                    # the response's content type
     v2_id: str | None = None
     v2_outputs: list[str] | None = None
+    binary_outputs: frozenset[str] = frozenset()  # v2 outputs to send as raw bytes (binary tensor extension)
 
 
 def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonfinite: bool,
@@ -73,7 +74,7 @@ def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonf
         raise BadRequest(f"expected a JSON object, got {type(doc).__name__}")
     inputs = doc.get("inputs")
     if v2_only or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) and "datatype" in inputs[0]):
-        return _v2(doc, model, allow_nonfinite)
+        return v2_call(doc, model, allow_nonfinite)
     json_accept = _accept(accept, JSON)
     if "instances" in doc:
         return _instances(doc["instances"], doc.get("parameters"), model, allow_nonfinite, json_accept)
@@ -82,7 +83,7 @@ def decode(body: bytes, content_type: str, accept: str, model: Model, allow_nonf
             value = doc[key]
             if isinstance(value, dict):
                 feeds = _named(value, model, allow_nonfinite, key)
-                return Call(feeds, _rows(feeds, model), "columnar", json_accept)
+                return Call(feeds, rows(feeds, model), "columnar", json_accept)
             return _one_input(value, "columnar", model, allow_nonfinite, json_accept, key)
     raise BadRequest('expected a JSON object with "instances", "inputs" or "input" (see /openapi.json)')
 
@@ -157,20 +158,46 @@ def _instances(instances: object, parameters: object, model: Model, allow_nonfin
     if by_name:
         extra = set().union(*instances) - {t.name for t in model.signature.inputs}
         if extra:
-            raise BadRequest(f"unknown input {sorted(extra)[0]!r} in instances (the model takes: {_names(model)})")
+            raise BadRequest(f"unknown input {min(extra)!r} in instances (the model takes: {_names(model)})")
     return Call(feeds, len(instances), "instances", accept)
 
 
-def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
+def v2_call(doc: dict, model: Model, allow_nonfinite: bool, binary: list[np.ndarray] | None = None) -> Call:
+    """A v2 request's JSON. binary: the tensors of the binary extension's body, in order, for inputs that give binary_data_size."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise BadRequest('"inputs" must be a non-empty list of {"name", "shape", "datatype", "data"}')
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
-    values = {}
+    tensors = []
+    pending = iter(binary or ())
     for n, tensor in enumerate(inputs):
-        name = tensor.get("name")
+        if binary is not None and "binary_data_size" in (tensor.get("parameters") or {}):
+            data = next(pending)
+        else:
+            data = tensor.get("data", _MISSING)
+        tensors.append((tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), data))
+    feeds = v2_feeds(tensors, model, allow_nonfinite)
+    wanted = doc.get("outputs")
+    names = None
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+            raise BadRequest('"outputs" must be a list of {"name": ...}')
+        names = v2_output_names([o["name"] for o in wanted], model)
+    call = Call(feeds, rows(feeds, model), "v2", JSON, request_id, names)
+    call.binary_outputs = _binary_outputs(doc, wanted or [], names or [t.name for t in model.signature.outputs])
+    return call
+
+
+_MISSING = object()
+
+
+def v2_feeds(tensors: list[tuple[object, object, object, object]], model: Model, allow_nonfinite: bool) -> dict[str, np.ndarray]:
+    """Validated feeds from v2 input tensors (name, datatype, shape, data), whatever carried them: data
+    is a JSON value, or an array read from raw bytes (the binary extension, gRPC's raw contents)."""
+    values = {}
+    for n, (name, datatype, shape, data) in enumerate(tensors):
         if not isinstance(name, str):
             raise BadRequest(f"inputs[{n}] has no \"name\"")
         spec = next((t for t in model.signature.inputs if t.name == name), None)
@@ -178,17 +205,16 @@ def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
             raise BadRequest(f"unknown input {name!r} (the model takes: {_names(model)})")
         if name in values:
             raise BadRequest(f"input {name!r} is given twice")
-        datatype, shape = tensor.get("datatype"), tensor.get("shape")
         if not isinstance(datatype, str) or datatype not in V2_DTYPES:
             raise BadRequest(f"inputs[{n}] ({name}): datatype {datatype!r} is not one of {', '.join(V2_DTYPES)}")
         if _family(V2_DTYPES[datatype]) != _family(spec.dtype):
             raise BadRequest(f"input {name!r} is {V2_NAMES[spec.dtype]}, not {datatype}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise BadRequest(f"inputs[{n}] ({name}): \"shape\" must be a list of non-negative integers")
-        if "data" not in tensor:
+        if data is _MISSING:
             raise BadRequest(f"inputs[{n}] ({name}) has no \"data\"")
         dtype = model.dtypes[model.signature.inputs.index(spec)]
-        arr = array(tensor["data"], spec, dtype, allow_nonfinite, name)
+        arr = array(data, spec, dtype, allow_nonfinite, name)
         if list(arr.shape) != shape:
             if arr.size != math.prod(shape):  # exact integers: a huge shape cannot wrap around
                 raise BadRequest(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, "
@@ -204,16 +230,39 @@ def _v2(doc: dict, model: Model, allow_nonfinite: bool) -> Call:
             raise BadRequest(f"missing input {spec.name!r} (the model takes: {_names(model)})")
         check_shape(values[spec.name], spec, model.signature.batch_dim, spec.name)
         feeds[spec.name] = values[spec.name]
-    wanted = doc.get("outputs")
-    names = None
-    if wanted is not None:
-        known = [t.name for t in model.signature.outputs]
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
-            raise BadRequest('"outputs" must be a list of {"name": ...}')
-        names = [o["name"] for o in wanted]
-        if unknown := [o for o in names if o not in known]:
-            raise BadRequest(f"unknown output {unknown[0]!r} (the model has: {', '.join(known)})")
-    return Call(feeds, _rows(feeds, model), "v2", JSON, request_id, names)
+    return feeds
+
+
+def v2_output_names(names: list[str], model: Model) -> list[str]:
+    """The requested outputs, each one the model has."""
+    known = [t.name for t in model.signature.outputs]
+    if unknown := [o for o in names if o not in known]:
+        raise BadRequest(f"unknown output {unknown[0]!r} (the model has: {', '.join(known)})")
+    return names
+
+
+def _binary_outputs(doc: dict, wanted: list[dict], names: list[str]) -> frozenset[str]:
+    """The outputs the binary tensor extension is asked to send as raw bytes: all of them with
+    parameters.binary_data_output, or each output whose parameters say binary_data (which wins)."""
+    everything = _flag_param(doc, "binary_data_output", "parameters")
+    chosen = set(names) if everything else set()
+    for o in wanted:
+        flag = _flag_param(o, "binary_data", f"outputs ({o['name']}) parameters")
+        if flag is not None:
+            (chosen.add if flag else chosen.discard)(o["name"])
+    return frozenset(chosen)
+
+
+def _flag_param(doc: dict, key: str, where: str) -> bool | None:
+    parameters = doc.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise BadRequest(f'"{where}" must be a JSON object')
+    value = parameters.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f'"{where}" {key} must be true or false')
+    return value
 
 
 def _family(dtype: str) -> str:
@@ -281,7 +330,7 @@ def check_shape(arr: np.ndarray, spec: TensorSpec, batch: str | None, where: str
         raise BadRequest(f"input {where!r}: no rows")
 
 
-def _rows(feeds: dict[str, np.ndarray], model: Model) -> int:
+def rows(feeds: dict[str, np.ndarray], model: Model) -> int:
     batch = model.signature.batch_dim
     counts = {arr.shape[0] for spec, arr in zip(model.signature.inputs, feeds.values())
               if batch and spec.shape[:1] == (batch,)}
@@ -345,25 +394,32 @@ def encode(call: Call, outputs: list[np.ndarray], model: Model) -> tuple[str, by
             np.savetxt(buf, out.reshape(len(out), -1) if out.ndim > 1 else out.reshape(-1, 1), delimiter=",", fmt="%.9g")
         return call.accept, buf.getvalue()
     if call.form == "v2":
-        names = call.v2_outputs or [t.name for t in specs]
-        index = {t.name: i for i, t in enumerate(specs)}
-        doc = {"model_name": model.name, "model_version": model.version,
-               "outputs": [_v2_tensor(name, outputs[index[name]]) for name in names]}
-        if call.v2_id is not None:
-            doc["id"] = call.v2_id
-        return JSON, _dumps(doc)
+        return JSON, dumps(v2_response(call, [v2_tensor(n, o) for n, o in v2_outputs(call, outputs, model)], model))
     if call.form == "columnar":
         value = _jsonable(outputs[0]) if len(outputs) == 1 else {t.name: _jsonable(o) for t, o in zip(specs, outputs)}
-        return JSON, _dumps({"outputs": value})
+        return JSON, dumps({"outputs": value})
     # instances, and CSV or .npy asked to answer in JSON: one prediction per row
     if len(outputs) == 1:
-        return JSON, _dumps({"predictions": _jsonable(outputs[0])})
+        return JSON, dumps({"predictions": _jsonable(outputs[0])})
     # a 0-d output (one value for the whole request, e.g. a sum) is given in every row
     rows = [{t.name: _jsonable(o[i] if o.ndim else o) for t, o in zip(specs, outputs)} for i in range(call.rows)]
-    return JSON, _dumps({"predictions": rows})
+    return JSON, dumps({"predictions": rows})
 
 
-def _v2_tensor(name: str, arr: np.ndarray) -> dict:
+def v2_outputs(call: Call, outputs: list[np.ndarray], model: Model) -> list[tuple[str, np.ndarray]]:
+    """(name, array) of each output a v2 call asked for, in its order (every output when it named none)."""
+    index = {t.name: i for i, t in enumerate(model.signature.outputs)}
+    return [(name, outputs[index[name]]) for name in call.v2_outputs or index]
+
+
+def v2_response(call: Call, tensors: list[dict], model: Model) -> dict:
+    doc = {"model_name": model.name, "model_version": model.version, "outputs": tensors}
+    if call.v2_id is not None:
+        doc["id"] = call.v2_id
+    return doc
+
+
+def v2_tensor(name: str, arr: np.ndarray) -> dict:
     dtype = "string" if arr.dtype.kind in "OU" else arr.dtype.name
     return {"name": name, "shape": list(arr.shape), "datatype": V2_NAMES.get(dtype, dtype.upper()),
             "data": _jsonable(arr.reshape(-1))}
@@ -375,7 +431,7 @@ def _jsonable(arr: np.ndarray) -> object:
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
-def _dumps(doc: object) -> bytes:
+def dumps(doc: object) -> bytes:
     return orjson.dumps(doc, option=_OPTS)
 
 

@@ -53,6 +53,7 @@ class Settings:
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     max_connections: int = 1024        # per worker; more wait in the kernel's accept queue
+    grpc_port: int = 0                 # the Open Inference Protocol over gRPC; 0 = off
 
 
 def available_cpus() -> int:
@@ -241,6 +242,9 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
         raise UsageError(f"MLDEPLOY_BATCHING={batching!r} must be auto, on or off")
     rate = _rate(env)
     burst = _number(env, "MLDEPLOY_RATE_BURST", max(1.0, rate), float, 1)  # read even unused: a known name
+    grpc_port = int(_number(env, "MLDEPLOY_GRPC_PORT", 0, int, 0, 65535))
+    if grpc_port and grpc_port == port:
+        raise UsageError(f"MLDEPLOY_GRPC_PORT={grpc_port} is the HTTP port too: gRPC needs a port of its own")
     capture = env.get("MLDEPLOY_CAPTURE_DIR")
     metrics = env.get("MLDEPLOY_METRICS_DIR")
     return dict(
@@ -269,6 +273,7 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
         header_timeout=_number(env, "MLDEPLOY_HEADER_TIMEOUT", 30.0, float, 1, 3600),
         body_timeout=_number(env, "MLDEPLOY_BODY_TIMEOUT", 60.0, float, 1, 3600),
         max_connections=int(_number(env, "MLDEPLOY_MAX_CONNECTIONS", 1024, int, 1, 1 << 20)),
+        grpc_port=grpc_port,
     )
 
 
