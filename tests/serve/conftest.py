@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import resource
@@ -176,5 +177,35 @@ def server(linear_bundle, tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_io_server(two_io_bundle, tmp_path_factory):
     s = start_server(two_io_bundle, tmp_path_factory.mktemp("server2"), workers=1)
+    yield s
+    s.stop()
+
+
+# -- the Open Inference Protocol over gRPC, and binary tensors ------------------------------------------
+IN_CI = bool(os.environ.get("CI"))  # read at import: the autouse clean_env fixture removes it during tests
+API_KEY = "test-key-0123456789abcdef"
+OIP_MAX_BODY = 64 << 10
+
+
+def need(module: str):
+    """The module, or a skip outside CI and a failure in CI (which installs everything: nothing may skip)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        reason = f"{module} is not installed (pip install -e '.[dev]' installs tritonclient): {e}"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def oip_server(two_io_bundle, tmp_path_factory):
+    """The two-input model under 2 workers with gRPC on (server.grpc_port), an API key and a 64 KiB
+    message cap: what test_grpc.py and test_binary_tensors.py talk to."""
+    grpc_port = free_port()
+    s = start_server(two_io_bundle, tmp_path_factory.mktemp("oip"), workers=2,
+                     env={"MLDEPLOY_GRPC_PORT": str(grpc_port), "MLDEPLOY_API_KEYS": API_KEY,
+                          "MLDEPLOY_MAX_BODY_BYTES": str(OIP_MAX_BODY)})
+    s.grpc_port = grpc_port
     yield s
     s.stop()
