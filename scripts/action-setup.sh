@@ -17,9 +17,10 @@ command -v "$python" >/dev/null || { echo "::error::python interpreter '$python'
 # would otherwise import a `pip/` (or `venv/`) that a pull request put there, in a job that holds
 # a cloud credential.
 # The venv is keyed by the kit's content and the interpreter, so a new kit version gets a new venv
-# and copies of the same kit in other folders share one.
+# and copies of the same kit in other folders share one (every file of the package counts: its code,
+# templates and runtime.lock; not src/*.egg-info, which the install itself rewrites).
 key=$( { "$python" -I -c 'import sys; print(sys.version)'; cat "$kit/pyproject.toml" "$kit/constraints.txt";
-         find "$kit/src" -type f -name '*.py' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
+         find "$kit/src/mldeploy" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -c1-16)
 root=${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/mldeploy
 if [ "${RUNNER_ENVIRONMENT:-}" = self-hosted ]; then
   # A self-hosted runner keeps its tool cache across jobs, and any job (a pull request's build job

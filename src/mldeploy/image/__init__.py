@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -112,40 +112,119 @@ def _env_quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
+LOCK = Path(__file__).with_name("runtime.lock")
+PLATFORM = ("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+            "--python-version", "3.11", "--implementation", "cp")
+
+
+def locked() -> dict[str, tuple[str, frozenset[str]]]:
+    """runtime.lock: name -> (version, the sha256 hashes its wheel may have)."""
+    pins = {}
+    for line in LOCK.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            pin, *hashes = line.split()
+            name, version = pin.split("==")
+            pins[name] = (version, frozenset(h.removeprefix("--hash=sha256:") for h in hashes))
+    return pins
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _cached(name: str, version: str, hashes: frozenset[str]) -> Path | None:
+    """The cached wheel of name==version whose hash runtime.lock lists; any other file by that name (planted,
+    or damaged) is removed with a warning, and fetched again."""
+    found = None
+    for wheel in sorted(WHEEL_CACHE.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+        if (digest := _sha256(wheel)) not in hashes:
+            github.warning(f"wheel cache: {wheel.name} is not the wheel runtime.lock pins (sha256 "
+                           f"{digest[:16]}...): removed, fetching it again")
+            wheel.unlink()
+        elif found is None:
+            found = wheel
+    return found
+
+
 def runtime_wheels(dest: Path) -> list[str]:
-    """The runtime's wheels in dest, pinned to the versions installed here (the tested set)."""
-    pins = []
-    for name in RUNTIME:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            raise UsageError(f"{name} is not installed here, so its version for the image is unknown",
-                             hint="install mldeploy with the serve extra: pip install 'mldeploy[serve,image]'") from None
+    """The runtime's wheels in dest: the versions runtime.lock pins (the tested set), each checked against the
+    hashes it lists, whether it comes from the cache (which any earlier job could write) or the index."""
+    pins = locked()
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in pins if not any(WHEEL_CACHE.glob(f"{p.split('==')[0].replace('-', '_')}-{p.split('==')[1]}-*.whl"))]
-    if missing:
-        _pip("download", "--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
-             "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp",
-             "--dest", str(WHEEL_CACHE), *missing)
-    wheels = [w for p in pins for w in WHEEL_CACHE.glob(f"{p.split('==')[0].replace('-', '_')}-{p.split('==')[1]}-*.whl")]
-    wheels.append(_mldeploy_wheel())
-    for wheel in wheels:
+    wheels = {name: _cached(name, version, hashes) for name, (version, hashes) in pins.items()}
+    if missing := [name for name, wheel in wheels.items() if wheel is None]:
+        with tempfile.TemporaryDirectory(prefix="mldeploy-wheels-") as tmp:
+            requirements = Path(tmp, "requirements.txt")
+            requirements.write_text("".join(f"{n}=={pins[n][0]} " + " ".join(f"--hash=sha256:{h}" for h in pins[n][1])
+                                            + "\n" for n in missing), encoding="utf-8")
+            _pip("download", "--no-deps", "--require-hashes", *PLATFORM, "--dest", str(Path(tmp, "got")),
+                 "-r", str(requirements))
+            for wheel in Path(tmp, "got").glob("*.whl"):
+                shutil.move(wheel, WHEEL_CACHE / wheel.name)
+        wheels = {name: _cached(name, version, hashes) for name, (version, hashes) in pins.items()}
+    for name, wheel in wheels.items():
+        if wheel is None:  # pip verified what it fetched: this is a bug, or a cache changed under us
+            raise UsageError(f"wheel cache: no wheel of {name}=={pins[name][0]} with a hash runtime.lock lists")
+    for wheel in [*wheels.values(), _mldeploy_wheel()]:
         shutil.copy2(wheel, dest / wheel.name)
-    return [p for p in pins] + [f"mldeploy=={__version__}"]
+    return [f"{name}=={version}" for name, (version, _) in pins.items()] + [f"mldeploy=={__version__}"]
 
 
 def _mldeploy_wheel() -> Path:
-    """A wheel of this very mldeploy: built from its source tree when there is one, else downloaded."""
+    """A wheel of this very mldeploy: built from its source tree when there is one (a cached build is used
+    only when it holds exactly that source), else downloaded afresh."""
     source = _source_tree()
     if source is None:
-        _pip("download", "--no-deps", "--dest", str(WHEEL_CACHE), f"mldeploy=={__version__}")
-        return next(WHEEL_CACHE.glob(f"mldeploy-{__version__}-*.whl"))
+        out = Path(tempfile.mkdtemp(prefix="mldeploy-wheel-"))  # never the cache: no hash to check it by
+        _pip("download", "--no-deps", "--no-cache-dir", "--dest", str(out), f"mldeploy=={__version__}")
+        return next(out.glob(f"mldeploy-{__version__}-*.whl"))
     out = WHEEL_CACHE / f"mldeploy-src-{_tree_hash(source / 'src' / 'mldeploy')}"
-    if not any(out.glob("*.whl")):
+    wheel = next(out.glob("*.whl"), None)
+    if wheel is not None and not _holds_exactly(wheel, source / "src" / "mldeploy"):
+        github.warning(f"wheel cache: {wheel.name} in {out.name} is not a build of this source: removed, building "
+                       "it again")
+        shutil.rmtree(out)
+        wheel = None
+    if wheel is None:
         # isolated: the build backend pyproject.toml asks for, not whatever setuptools the venv has
         # (a fresh venv's is too old for its metadata)
         _pip("wheel", "--no-deps", "--wheel-dir", str(out), str(source))
-    return next(out.glob("*.whl"))
+        wheel = next(out.glob("*.whl"))
+    return wheel
+
+
+# what a build of the kit holds besides its package: pip installs these into the dist-info folder only
+DIST_INFO = {"METADATA", "WHEEL", "RECORD", "top_level.txt", "entry_points.txt"}
+
+
+def _holds_exactly(wheel: Path, package: Path) -> bool:
+    """Whether a wheel of the kit holds its package's files byte for byte (every .py file, nothing else but
+    files of the source), a dist-info of known files, and the one console script `mldeploy`: nothing a
+    planted wheel could run that the source does not."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            members = {i.filename: i for i in z.infolist() if not i.is_dir()}
+            seen = set()
+            for name in members:
+                top, _, rest = name.partition("/")
+                if top == "mldeploy":
+                    source = package / rest
+                    if not source.is_file() or "__pycache__" in name or source.read_bytes() != z.read(name):
+                        return False
+                    seen.add(rest)
+                elif not (top == f"mldeploy-{__version__}.dist-info" and
+                          (rest in DIST_INFO or rest.startswith("licenses/"))):
+                    return False
+            scripts = z.read(f"mldeploy-{__version__}.dist-info/entry_points.txt").decode().split()
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    python = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    return python <= seen and scripts == ["[console_scripts]", "mldeploy", "=", "mldeploy.cli:main"]
 
 
 def _source_tree() -> Path | None:
