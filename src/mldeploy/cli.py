@@ -417,7 +417,9 @@ def _print_status(report: dict) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from mldeploy import provenance
     from mldeploy.deploy import Desired, smoke_body
+    from mldeploy.trust import check_pull_request
 
     cfg, bundle, target = _target(args)
     image = args.image or next((s.get("image") for s in reversed(bundle.manifest["steps"])
@@ -435,8 +437,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
     if args.plan:
         return 0
+    provenance.check(cfg.deploy.require_provenance, image)  # before anything changes: one line, exit 1
     before = target.status()
     production = (before["slots"].get("production") or {}).get("image")
+    check_pull_request(args.stage, traffic, cfg.deploy.canary_max_traffic, production is not None)
     expect: dict[str, str | None] = {"production": image if args.stage == "production" or not production
                                      else production}
     if plan.traffic_after.get(plan.desired.slot) and production and args.stage != "production":
@@ -455,12 +459,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_slots(args: argparse.Namespace) -> int:
     from mldeploy.deploy import NoCanary, pick_canary
+    from mldeploy.trust import check_pull_request
 
     _, _, target = _target(args)
     before = target.status()
     if args.verb == "status":
         _print_status(before)
         return 0
+    check_pull_request(args.verb)  # a pull request's run never promotes
     slots = before["slots"]
     production = (slots.get("production") or {}).get("image")
     try:

@@ -361,6 +361,13 @@ class DeploySection(Section):
     endpoint: str | None = Field(None, description="Endpoint/service name (default: the model's name).")
     region: str | None = None
     canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
+    canary_max_traffic: int = Field(20, ge=0, le=50, description="A pull request's run (pull_request*, "
+                                    "workflow_run) deploys no canary above this share, and never production. "
+                                    "At most 50: the pull request can edit this file.")
+    require_provenance: bool | None = Field(None, description="Deploy only an image digest with a build provenance "
+                                            "attestation from the kit's workflow in this repository. Default: on "
+                                            "in GitHub Actions (not under act), off elsewhere; a pull request's run "
+                                            "on GitHub checks it whatever this says.")
     port: int = Field(8080, ge=1, le=65535, description="cloud local: the port the endpoint answers on.")
     aws: AwsSection = Field(default_factory=AwsSection)
     gcp: GcpSection = Field(default_factory=GcpSection)

@@ -274,15 +274,15 @@ def load_trust(path: str) -> dict:
     return trust
 
 
-def load_claims(path: str | None) -> dict:
-    """The claims from a file (JSON claims, or a JWT), or the running job's own OIDC token."""
+def load_claims(path: str | None, audience: str = "mldeploy-doctor") -> dict:
+    """The claims from a file (JSON claims, or a JWT), or the running job's own OIDC token (for audience)."""
     if path:
         try:
             text = Path(path).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise UsageError(f"cannot read the claims {path}: {e.strerror}") from None
     else:
-        text = _job_token()
+        text = _job_token(audience)
     if text.count(".") == 2 and not text.startswith("{"):
         payload = text.split(".")[1]
         text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
@@ -295,7 +295,7 @@ def load_claims(path: str | None) -> dict:
     return claims
 
 
-def _job_token() -> str:
+def _job_token(audience: str) -> str:
     import urllib.request
 
     from mldeploy import github
@@ -303,7 +303,7 @@ def _job_token() -> str:
     url, bearer = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"), os.environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
     if not (url and bearer):
         raise UsageError("no OIDC token here: pass --claims FILE, or run in a job with `permissions: id-token: write`")
-    request = urllib.request.Request(url + "&audience=mldeploy-doctor", headers={"authorization": f"Bearer {bearer}"})
+    request = urllib.request.Request(f"{url}&audience={audience}", headers={"authorization": f"Bearer {bearer}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             token = json.loads(answer.read())["value"]

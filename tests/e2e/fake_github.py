@@ -1,11 +1,16 @@
 """A fake of the GitHub REST API's pull request comments, as `mldeploy report --comment` uses it:
 who the token is (`GET /user`), list (paginated), create, update. It keeps the comments, each with
-its author, and every request it saw. A GitHub App's installation token (`ghs_...`, as the job's
+its author, and every request it saw. It also keeps artifact attestations per repository, as
+actions/attest-build-provenance stores them (`POST /repos/{owner}/{repo}/attestations` with a
+Sigstore bundle: 201 with its id) and the deploy reads them (`GET /repos/{owner}/{repo}/attestations/
+{subject_digest}`: 200 with `attestations: [{bundle, repository_id, bundle_url}]`, 404 when there are
+none); the subject digests are read from the bundle's in-toto statement. A GitHub App's installation token (`ghs_...`, as the job's
 GITHUB_TOKEN is) gets 403 from /user, as on GitHub, and writes as `github-actions[bot]`; any other
 token is the user `login`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -18,6 +23,7 @@ class FakeGitHub:
         self.author = "github-actions[bot]" if token.startswith("ghs_") else login
         self.comments: dict[int, dict] = {}   # id -> {"id", "pr", "body", "html_url", "user": {"login"}}
         self.requests: list[tuple[str, str]] = []
+        self.attestations: dict[str, list[dict]] = {}  # "owner/repo" -> stored bundles
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +58,14 @@ class FakeGitHub:
                         size, page = int(m[3] or 30), int(m[4] or 1)
                         return self._answer(200, mine[(page - 1) * size:page * size])
                     return self._answer(201, fake.comment(pr, payload["body"], fake.author, m[1]))
+                if (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/attestations", self.path)) and method == "POST":
+                    return self._answer(201, {"id": fake.attest(m[1], payload["bundle"])})
+                if (m := re.fullmatch(r"/repos/([^/]+/[^/]+)/attestations/(sha256:[0-9a-f]{64})(?:\?.*)?", self.path)) \
+                        and method == "GET":
+                    found = [{"bundle": b, "repository_id": 1000, "bundle_url": None}
+                             for b in fake.attestations.get(m[1], []) if m[2] in _subject_digests(b)]
+                    return self._answer(200, {"attestations": found}) if found else \
+                        self._answer(404, {"message": "Not Found"})
                 if (m := re.fullmatch(r"/repos/[^/]+/[^/]+/issues/comments/(\d+)", self.path)) and method == "PATCH":
                     comment = fake.comments[int(m[1])]
                     comment["body"] = payload["body"]
@@ -78,5 +92,18 @@ class FakeGitHub:
                               "html_url": f"https://github.com/{repo}/pull/{pr}#issuecomment-{new}"}
         return self.comments[new]
 
+    def attest(self, repo: str, bundle: dict) -> int:
+        """Store a Sigstore bundle as repo's attestation (the API, or a test planting one); its id."""
+        self.attestations.setdefault(repo, []).append(bundle)
+        return sum(len(v) for v in self.attestations.values())
+
     def close(self) -> None:
         self.server.shutdown()
+
+
+def _subject_digests(bundle: dict) -> set[str]:
+    try:
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        return {f"sha256:{s['digest']['sha256']}" for s in statement["subject"]}
+    except (KeyError, TypeError, ValueError):
+        return set()

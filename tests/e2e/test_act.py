@@ -1,6 +1,6 @@
 """The convert-model action run by act from a model repo, exactly as a team's workflow calls it.
 
-The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v1`; act maps that to a
+The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v2`; act maps that to a
 clean copy of this checkout (`--local-repository`), and runs the job on this host. Remote actions
 cannot be cloned here, so actions/setup-python (and configure-aws-credentials) are replaced by the
 stand-ins in tests/e2e/standins.
@@ -31,7 +31,8 @@ _SHARED_VENVS: set[Path] = set()
 STANDIN_FOR = {"actions/setup-python": "setup-python",
                "aws-actions/configure-aws-credentials": "configure-aws-credentials",
                "google-github-actions/auth": "google-auth", "azure/login": "azure-login",
-               "actions/upload-artifact": "upload-artifact", "actions/download-artifact": "download-artifact"}
+               "actions/upload-artifact": "upload-artifact", "actions/download-artifact": "download-artifact",
+               "actions/attest-build-provenance": "attest-build-provenance"}
 
 
 def uses_refs(text: str, action: str) -> list[str]:
@@ -40,10 +41,10 @@ def uses_refs(text: str, action: str) -> list[str]:
 
 def act_self_refs(kit: Path) -> None:
     """act rejects GitHub's `uses: $/path` (the workflow's own repository at the commit that runs).
-    In the kit's copy it becomes `acme/ml-deploy/path@v1`, which --local-repository maps to this very
+    In the kit's copy it becomes `acme/ml-deploy/path@v2`, which --local-repository maps to this very
     copy: the same files, as `$/` means on GitHub."""
     for wf in (kit / ".github" / "workflows").glob("*.yml"):
-        wf.write_text(re.sub(r"(uses:\s*)\$/([\w./-]+)", r"\1acme/ml-deploy/\2@v1", wf.read_text()))
+        wf.write_text(re.sub(r"(uses:\s*)\$/([\w./-]+)", r"\1acme/ml-deploy/\2@v2", wf.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
     # the actions the workflow uses, and those of the kit's reusable workflows it may call
     used = "\n".join(p.read_text() for p in [wf, *(kit / ".github" / "workflows").glob("*.yml")])
     args = [ACT, event, "-W", str(wf), "-e", str(repo.parent / "event.json"),
-            "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v1={kit}"]
+            "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v2={kit}"]
     for name, value in (env or {}).items():
         args += ["--env", f"{name}={value}"]
     for name, value in (secrets or {}).items():
@@ -108,7 +109,7 @@ def test_convert_and_optimize_actions_run_green_from_a_model_repo(kit, model_rep
     assert "failed:" not in optimize_log and "onnxslim" in optimize_log  # every candidate built and ran
     assert "### ✅ optimize-model:" in log and "xychart-beta" in log  # table and latency chart
     assert re.search(r"optimized: chosen=[\w-]+ speedup=[0-9.]+", log)
-    assert "warning" not in log.split("Run Main acme/ml-deploy/actions/optimize-model@v1", 1)[1].split(
+    assert "warning" not in log.split("Run Main acme/ml-deploy/actions/optimize-model@v2", 1)[1].split(
         "optimize: chose")[0].lower()  # the repo gives real data: no generated-data warning
     assert "Job succeeded" in log
 

@@ -16,7 +16,7 @@ from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  #
 from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
 from tests.e2e.cloud_registries import ECR_HOST, Registry
 from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
-from tests.e2e.test_act_reusable import (PR, github, logins, pipeline_repo, release_canary_rollback,  # noqa: F401
+from tests.e2e.test_act_reusable import (KIT_WORKFLOW, PR, github, logins, pipeline_repo, release_canary_rollback,  # noqa: F401
                                          seen_by_the_model_code, spy_in_the_model_code)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -110,7 +110,10 @@ image:
     spy_in_the_model_code(repo, spy)
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ECR_HOST, "AWS_ENDPOINT_URL": moto_server[1],
            "MLDEPLOY_POLL_SECONDS": "0.1", "GITHUB_API_URL": github.url,
-           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"), "MLDEPLOY_ACT_LOGINS": str(record)}
+           "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"), "MLDEPLOY_ACT_LOGINS": str(record),
+           # the push job attests each image (the stand-in stores it at the fake GitHub), and the deploy
+           # job deploys only what the kit's workflow attested in acme/models
+           "MLDEPLOY_DEPLOY__REQUIRE_PROVENANCE": "true", "MLDEPLOY_SIGNER_WORKFLOW": KIT_WORKFLOW}
     role = "arn:aws:iam::123456789012:role/mldeploy-{}".format
 
     def no_credential_in_the_model_code():
@@ -129,6 +132,7 @@ image:
         repositoryName="models/classifier", imageIds=[{"imageDigest": release.split("@")[1]}])["imageDetails"]
     assert "v1.0.0" in described["imageTags"]  # the release's tag, next to the model and git ones
     assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
+    assert f"provenance: {release.split('@')[1]} was built by {KIT_WORKFLOW}@refs/tags/v2 from acme/models" in r.stdout
     assert "stand-in-secret-key" not in r.stdout
 
     r = next(runs)

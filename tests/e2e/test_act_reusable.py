@@ -1,5 +1,5 @@
 """The reusable deploy workflow and the starter workflows, run by act from the example model repo
-exactly as a team's repo calls them (`uses: acme/ml-deploy/.github/workflows/deploy.yml@v1`),
+exactly as a team's repo calls them (`uses: acme/ml-deploy/.github/workflows/deploy.yml@v2`),
 against a real Docker engine and registry (cloud local) and a fake of GitHub's comments API.
 
 One endpoint lives through what a model repo does to it, in order: a release tag deploys
@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PR = 7
 TOKEN = "ghs_fake0123456789abcdef"
+KIT_WORKFLOW = "acme/ml-deploy/.github/workflows/deploy.yml"  # the attest stand-in signs as this (@refs/tags/v2)
 
 
 def pull_request(action: str, head_repo: str = "acme/models") -> dict:
@@ -61,7 +62,9 @@ def endpoint(docker_env, github, tmp_path_factory):
            "MLDEPLOY_MONITORING__ENABLED": "true", "MLDEPLOY_MONITORING__CAPTURE_SAMPLE_RATE": "1",
            "MLDEPLOY_CAPTURE_ROOT": str(tmp_path_factory.mktemp("capture")),
            # judge on the few seconds of traffic between the deploy and the analysis
-           "MLDEPLOY_MONITORING__CANARY__MIN_REQUESTS": "5"}
+           "MLDEPLOY_MONITORING__CANARY__MIN_REQUESTS": "5",
+           # every deploy checks the image's attestation, as on GitHub (act turns it off by default)
+           "MLDEPLOY_DEPLOY__REQUIRE_PROVENANCE": "true", "MLDEPLOY_SIGNER_WORKFLOW": KIT_WORKFLOW}
     yield name, port, env
     from mldeploy.deploy.local import LocalTarget
 
@@ -126,8 +129,9 @@ def release_canary_rollback(repo, kit, workflow: str, env: dict[str, str]):
     yield act(repo, kit, workflow, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
 
 
-def run(repo, kit, endpoint, workflow: str, event: str, payload: dict):
-    return act(repo, kit, workflow, endpoint[2], event=event, payload=payload, secrets={"GITHUB_TOKEN": TOKEN})
+def run(repo, kit, endpoint, workflow: str, event: str, payload: dict, **env: str):
+    return act(repo, kit, workflow, {**endpoint[2], **env}, event=event, payload=payload,
+               secrets={"GITHUB_TOKEN": TOKEN})
 
 
 def retrain(repo, seed: int, flip: bool = False) -> None:
@@ -199,6 +203,8 @@ def test_a_release_tag_deploys_production(kit, repo, endpoint):
     ok(r)
     assert re.search(r"### ✅ mldeploy: production deployed - `" + name, r.stdout)
     assert served(port) == {"production": 200}
+    digest = routes(name, port)["production"]["image"].split("@")[1]
+    assert f"provenance: {digest} was built by {KIT_WORKFLOW}@refs/tags/v2 from acme/models" in r.stdout
 
 
 def test_canary_analysis_rolls_back_a_pull_requests_canary_that_answers_differently(kit, repo, endpoint, github):
@@ -264,6 +270,23 @@ def test_a_push_whose_canary_fails_its_smoke_test_fails_the_run_and_keeps_servin
     assert "the canary smoke request got 401" in r.stdout and "traffic was not moved" in r.stdout
     assert routes(name, port) == before  # production and the earlier canary, as they were
     assert set(served(port)) <= {"production", "canary"}
+    [comment] = [c for c in github.comments.values() if c["pr"] == PR]
+    assert f"### ❌ mldeploy: canary failed - `{name}`" in comment["body"]
+
+
+def test_an_image_without_the_kits_attestation_is_refused_and_nothing_moves(kit, repo, endpoint, github):
+    """The push job pushes the image but no attestation is stored for it (the stand-in makes none): the
+    deploy job refuses the digest in one line before it changes anything, and the run fails."""
+    name, port, _ = endpoint
+    before = routes(name, port)
+    retrain(repo, seed=5)
+    r = run(repo, kit, endpoint, "pr-canary.yml", "pull_request", pull_request("synchronize"),
+            MLDEPLOY_ACT_JOB_WORKFLOW_REF="none")
+    assert r.returncode != 0
+    refused = re.findall(r"::error[^\n]*::refusing (\S+@sha256:[0-9a-f]{64}): it has no build provenance attestation "
+                         r"in acme/models \(", r.stdout)
+    assert len(refused) == 1 and refused[0] not in str(before), r.stdout[-6000:]
+    assert routes(name, port) == before  # nothing deployed
     [comment] = [c for c in github.comments.values() if c["pr"] == PR]
     assert f"### ❌ mldeploy: canary failed - `{name}`" in comment["body"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-KIT = "acme/ml-deploy/.github/workflows/deploy.yml@refs/tags/v1"
+KIT = "acme/ml-deploy/.github/workflows/deploy.yml@refs/tags/v2"
 REPO = "acme/models"
 
 

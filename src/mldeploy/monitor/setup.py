@@ -149,7 +149,7 @@ def schedule_snippets(cfg, cfg_file: str | None, capture: str | None = None) -> 
     args = "".join(f"\n            {a}" for a in drift_args(cfg_file, capture))
     actions = (f"on:\n  schedule:\n    - cron: \"{schedule}\"\njobs:\n  drift:\n    runs-on: ubuntu-latest\n"
                "    steps:\n      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2\n"
-               "      - uses: acme/ml-deploy@v1\n        with:\n"
+               "      - uses: acme/ml-deploy@v2\n        with:\n"
                "          command: monitor\n          extras: monitor\n          args: |\n            drift" + args)
     return [f"cron: {cron}", f"GitHub Actions:\n{actions}"]
 
