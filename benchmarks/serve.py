@@ -73,6 +73,7 @@ TARGET_RSS_MB = 200
 _ORT = ["onnxruntime==1.32.0", "numpy==2.4.6"]
 VENVS = {
     "bare": ["granian==2.8.7", "orjson==3.13.0", *_ORT],
+    "uvicorn": ["uvicorn==0.54.0", "httptools==0.9.0", "uvloop==0.23.0", "orjson==3.13.0", *_ORT],
     "flask": ["flask==3.1.3", "gunicorn==27.0.1", *_ORT],
     "bentoml": ["bentoml==1.4.40", *_ORT],
     "kserve": ["kserve==0.21.0", *_ORT],
@@ -265,6 +266,12 @@ def _granian(interface: str) -> Callable[[Path, Model, int, Path], Launch]:
     return launch
 
 
+def _uvicorn(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
+    return Launch([str(bin_ / "uvicorn"), "--workers", "2", "--http", "httptools", "--loop", "uvloop",
+                   "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", str(port),
+                   "bare_asgi:app"], "/predict", _ours_body(m), lambda r: r["outputs"])
+
+
 def _ours(bin_: Path, m: Model, port: int, tmp: Path) -> Launch:
     return Launch([str(bin_ / "mldeploy"), "serve", "--bundle", str(m.onnx.parent), "--host", "127.0.0.1",
                    "--port", str(port)], "/predict", _ours_body(m), lambda r: r["outputs"],
@@ -321,6 +328,7 @@ class Server:
 
 
 SERVERS = [
+    Server("bare-uvicorn", "bare uvicorn+httptools", "uvicorn", _uvicorn),
     Server("bare-asgi", "bare granian ASGI", "bare", _granian("asgi")),
     Server("bare-rsgi", "bare granian RSGI", "bare", _granian("rsgi")),
     Server("ours", "ours (mldeploy serve)", None, _ours),
@@ -330,7 +338,7 @@ SERVERS = [
     Server("kserve", "kserve 0.21.0", "kserve", _kserve),
     Server("mlserver", "mlserver 1.7.1", "mlserver", _mlserver),
 ]
-ALIASES = {"bare": ["bare-asgi", "bare-rsgi"], "flask": ["flask-dev", "flask-gunicorn"], "raw": ["ort"]}
+ALIASES = {"bare": ["bare-uvicorn", "bare-asgi", "bare-rsgi"], "flask": ["flask-dev", "flask-gunicorn"], "raw": ["ort"]}
 
 
 class Unavailable(Exception):

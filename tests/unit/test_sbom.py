@@ -9,7 +9,7 @@ from importlib.metadata import version
 import pytest
 
 pytest.importorskip("jinja2", reason="the image extra is not installed")
-pytest.importorskip("granian", reason="the serve extra is not installed")
+pytest.importorskip("uvloop", reason="the serve extra is not installed")
 
 from mldeploy.bundle import Bundle  # noqa: E402
 from mldeploy.image import RUNTIME, make_context  # noqa: E402

@@ -3,7 +3,7 @@
 The build context is made here, on the host: the rendered Dockerfile (or the model repo's own),
 the bundle's serving files, and the runtime's wheels fetched once into a cache. The build itself
 then needs no network and sees no credential. The runtime is exactly onnxruntime, numpy, orjson,
-granian and mldeploy, installed without their optional dependencies (never torch or TensorFlow).
+uvloop, httptools and mldeploy, installed without their optional dependencies (never torch or TensorFlow).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mldeploy.errors import UsageError
 from mldeploy.image.reproducible import normalize
 from mldeploy.image.sbom import SBOM_FILE, cyclonedx
 
-RUNTIME = ("onnxruntime", "numpy", "orjson", "granian")
+RUNTIME = ("onnxruntime", "numpy", "orjson", "uvloop", "httptools")
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
 WHEEL_CACHE = Path(os.environ.get("MLDEPLOY_WHEEL_CACHE", Path.home() / ".cache" / "mldeploy" / "wheels"))
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n.git\n.env\n*.pem\n*.key\n"

@@ -1,8 +1,9 @@
-"""The HTTP application every cloud's container contract talks to (RSGI, under granian).
+"""The HTTP application every cloud's container contract talks to (served by mldeploy.serve.http).
 
-One worker process = one App: it loads the model in a background thread (liveness answers at
-once, readiness and predictions only once the model is loaded and warmed up), routes each request
-by a dict lookup, and keeps everything a request does not need (logs, capture, metrics files) off
+One worker process = one App: it loads and warms up the model before its worker accepts anything
+(a worker that answers is ready), routes each request by a dict lookup, answers most requests
+right in the callback that read them (a coroutine only where the model runs on its thread or in a
+merged batch), and keeps everything a request does not need (logs, capture, metrics files) off
 its path. Routes, by who calls them:
 
   SageMaker   GET /ping                     POST /invocations
@@ -19,19 +20,18 @@ import asyncio
 import itertools
 import os
 import re
-import signal
 import time
+from collections.abc import Coroutine
 
 import orjson
-from granian.rsgi import ProtocolClosed as RSGIProtocolClosed
 
 from mldeploy import __version__
 from mldeploy.errors import MldeployError
-from mldeploy.serve import codec, openapi
+from mldeploy.serve import binary, codec, openapi
 from mldeploy.serve.batching import Batcher
 from mldeploy.serve.capture import Capture
 from mldeploy.serve.codec import BadRequest, Call
-from mldeploy.serve.deadlines import Deadlines
+from mldeploy.serve.http import Request, Response
 from mldeploy.serve.logs import log
 from mldeploy.serve.metrics import Metrics
 from mldeploy.serve.model import Model, ModelError
@@ -46,11 +46,7 @@ POST_ROUTES = {"/invocations": PREDICT, "/predict": PREDICT, "/score": PREDICT}
 OPEN = {LIVE, READY, OPENAPI}  # probes carry no API key
 V2_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 REQUEST_ID = re.compile(r"[\w.:/=+-]{1,128}")
-JSON_HEADERS = [("content-type", "application/json")]
 PUBLISH_SECONDS = 1.0
-SWEEP_SECONDS = 1.0  # how often overdue bodies and silent connections are looked for
-FAILED_FILE = "failed"  # a worker that cannot load the model leaves its reason here for the serve command
-DRAIN_BYTES = 16 << 20  # an oversized body is read and dropped up to this, then the connection closes
 
 
 class App:
@@ -62,40 +58,23 @@ class App:
             (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
         self.metrics = Metrics(settings.model_name, settings.metrics_dir)
         self.gate = Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst, settings.workers)
-        self.deadlines = Deadlines(settings.header_timeout, settings.body_timeout)
-        self.model: Model | None = None   # set in __rsgi_init__, before the worker serves
+        self.model: Model | None = None   # set by load(), before the worker serves
         self.batcher: Batcher | None = None
         self.capture: Capture | None = None
         self.ids = itertools.count(1)
         self.id_prefix = f"{os.getpid():x}-"
         self.openapi: bytes = b""
+        self.logged: set[str] = set()
+        self.grpc = None  # gRPC: this worker's server on MLDEPLOY_GRPC_PORT, when set
 
-    # -- lifecycle (granian calls these in each worker) ------------------------------------------
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Load and warm up before this worker accepts anything: a worker that answers is ready."""
-        self.loop = loop
-        self._load()
-        loop.call_later(PUBLISH_SECONDS, self._publish)
-        loop.call_later(SWEEP_SECONDS, self._sweep)
-        if _early_sigterm:  # it arrived before granian's handlers existed: deliver it to them now
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.batcher:
-            self.batcher.close()
-        if self.capture:
-            self.capture.close()
-        self.metrics.publish()
-        log("info", "worker stopped", pid=os.getpid())
-
-    def _load(self) -> None:
+    # -- lifecycle (the worker calls these) ------------------------------------------------------
+    def load(self) -> None:
+        """Load and warm up the model; a broken bundle says so once and exits 2 (the serve command's code)."""
         start = time.perf_counter()
         try:
             model = Model.load(self.s.bundle, self.s.threads, self.s.model_name)
-        except MldeployError as e:  # a broken bundle: say so once, and take the server down with exit 2
+        except MldeployError as e:
             log("error", e.describe(), bundle=str(self.s.bundle))
-            if self.s.metrics_dir:
-                (self.s.metrics_dir / FAILED_FILE).write_text(e.describe(), encoding="utf-8")
             os._exit(2)
         self.openapi = orjson.dumps(openapi.document(model.signature, model.name), option=orjson.OPT_INDENT_2)
         self.batcher = Batcher(model, self.s.max_batch, self.s.batch_wait_ms, self.s.infer_thread, self.metrics,
@@ -110,74 +89,174 @@ class App:
             batching=self.batcher.max_batch, inline=self.batcher.executor is None,
             single_row_ms=round(model.single_row_seconds * 1000, 3))
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        loop.call_later(PUBLISH_SECONDS, self._publish)
+        if self.s.grpc_port:  # gRPC on this loop, with this model, batcher, gate and metrics
+            from mldeploy.serve import grpc_service  # grpc only ever after the fork: it is not fork-safe
+
+            self.grpc = loop.run_until_complete(grpc_service.start(self))
+
+    def stop(self) -> None:
+        if self.grpc:  # gRPC: no new calls; those in flight finish within the drain time
+            self.loop.run_until_complete(self.grpc.stop(self.s.drain_seconds))
+        if self.batcher:
+            self.batcher.close()
+        if self.capture:
+            self.capture.close()
+        self.metrics.publish()
+        log("info", "worker stopped", pid=os.getpid())
+
     def _publish(self) -> None:
         try:
             self.metrics.publish()
         except OSError as e:
-            log("warning", f"cannot write metrics for other workers: {e}")
+            self.log_once("warning", f"cannot write metrics for other workers: {e}")
         self.loop.call_later(PUBLISH_SECONDS, self._publish)
 
-    def _sweep(self) -> None:
-        try:
-            if shut := self.deadlines.sweep():
-                self.metrics.count("mldeploy_request_failures_total", ("header_timeout",), shut)
-        except Exception as e:  # noqa: BLE001  never let the sweep stop: it is what frees the slots
-            log("error", f"the deadline sweep failed: {type(e).__name__}: {e}")
-        self.loop.call_later(SWEEP_SECONDS, self._sweep)
+    def log_once(self, level: str, message: str) -> None:
+        if message not in self.logged:
+            self.logged.add(message)
+            log(level, message, pid=os.getpid())
 
     # -- requests ----------------------------------------------------------------------------------
-    async def __rsgi__(self, scope, proto) -> None:
-        if scope.proto != "http":
-            return
+    def handle(self, req: Request) -> Response | Coroutine[None, None, Response]:
+        """The answer, or a coroutine giving it where the model runs off this call."""
         start = time.perf_counter()
-        headers = scope.headers
+        headers = req.headers
         rid = headers.get("x-request-id")
         if rid is None or not REQUEST_ID.fullmatch(rid):
             rid = self.id_prefix + str(next(self.ids))
-        path, method = scope.path, scope.method
-        route = label = None
+        path, method = req.path, req.method
+        route = None
+        label = path
         try:
             if method == "POST":
                 route = self.post_routes.get(path)
             elif method in ("GET", "HEAD"):
                 route = self.get_routes.get(path)
-            label = path
             version = None
             if route is None and path.startswith("/v2/models/"):
                 route, label, version = self._v2_route(method, path)
             if route is None:
                 raise self._not_found(method, path)
             if route not in OPEN and self.gate.active and (refused := self.gate.refuse(
-                    headers.get("authorization"), headers.get("x-api-key"), scope.client.rsplit(":", 1)[0])):
+                    headers.get("authorization"), headers.get("x-api-key"), req.client)):
                 raise Answer(*refused)
             if route == PREDICT or route == V2_INFER:
                 if version is not None and version != self.model.version:
                     raise Answer(404, f"model version {version!r} is not served here")
-                status, ctype, body = await self._predict(scope, proto, route == V2_INFER, rid, start)
+                call = self._decode(req, route == V2_INFER, start)
+                batcher = self.batcher
+                if batcher.max_batch > 1:
+                    # Merging: the requests read in this turn of the loop are company on its way;
+                    # each runs as a task once the turn is over, and finds the others counted here.
+                    batcher.arriving += 1
+                    return self._later(call, rid, method, path, label, start, arrived=True)
+                try:
+                    outputs = batcher.run_now(call.feeds, call.rows)
+                except ModelError as e:
+                    raise Answer(422, f"the model could not run on this input: {e}", reason="model") from None
+                if outputs is None:  # on the model's thread
+                    return self._later(call, rid, method, path, label, start)
+                status, ctype, body = self._encode(call, outputs, rid, start)
             else:
                 status, ctype, body = self._info(route)
         except Answer as a:
-            status, ctype, body = a.status, "application/json", codec.error_body(a.message, rid)
-            self.metrics.count("mldeploy_request_failures_total", (a.reason,))
-            if a.status >= 500 or self.s.access_log or a.status != 404:
-                log("warning" if a.status < 500 else "error", a.message, request_id=rid, method=method,
-                    path=path, status=a.status)
-            proto.response_bytes(status, [("content-type", ctype), ("x-request-id", rid), *a.headers], body)
-            self.metrics.request(label if route else "unknown", status, time.perf_counter() - start)
-            return
-        except RSGIProtocolClosed:  # the client hung up before it finished sending: nobody to answer
-            self.metrics.count("mldeploy_request_failures_total", ("client_gone",))
-            return
-        except Exception as e:  # a bug: answer 500 with the request id, log it, keep serving
-            status, ctype, body = 500, "application/json", codec.error_body("internal server error", rid)
-            self.metrics.count("mldeploy_request_failures_total", ("internal",))
-            log("error", f"internal error: {type(e).__name__}: {e}", request_id=rid, path=path)
-        proto.response_bytes(status, [("content-type", ctype), ("x-request-id", rid)], body)
+            return self._error(a, rid, method, path, label if route else "unknown", start)
+        except Exception as e:  # noqa: BLE001  a bug: answer 500 with the request id, log it, keep serving
+            return self._crash(e, rid, path, label, start)
+        return self._done(status, ctype, body, rid, method, path, label, start)
+
+    async def _later(self, call: Call, rid: str, method: str, path: str, label: str, start: float,
+                     arrived: bool = False) -> Response:
+        if arrived:
+            self.batcher.arriving -= 1
+        try:
+            try:
+                outputs = await self.batcher.run(call.feeds, call.rows)
+            except ModelError as e:
+                raise Answer(422, f"the model could not run on this input: {e}", reason="model") from None
+            status, ctype, body = self._encode(call, outputs, rid, start)
+        except Answer as a:
+            return self._error(a, rid, method, path, label, start)
+        except Exception as e:  # noqa: BLE001
+            return self._crash(e, rid, path, label, start)
+        return self._done(status, ctype, body, rid, method, path, label, start)
+
+    def _decode(self, req: Request, v2: bool, start: float) -> Call:
+        headers = req.headers
+        try:
+            if (split := headers.get(binary.HEADER)) is not None:  # binary tensors: JSON, then raw bytes
+                call = binary.decode(req.body, split, self.model, self.s.allow_nonfinite)
+            else:
+                call = codec.decode(req.body, headers.get("content-type", ""), headers.get("accept", ""),
+                                    self.model, self.s.allow_nonfinite, v2)
+        except BadRequest as e:
+            raise Answer(e.status, e.message, reason="invalid") from None
+        self.metrics.preprocess.observe(time.perf_counter() - start)
+        return call
+
+    def _encode(self, call: Call, outputs: list, rid: str, start: float) -> tuple[int, str, bytes]:
+        ran = time.perf_counter()
+        ctype, out = binary.encode(call, outputs, self.model)  # binary tensors where asked, else codec.encode
+        self.metrics.postprocess.observe(time.perf_counter() - ran)
+        if self.capture is not None and self.capture.sample():
+            names = [t.name for t in self.model.signature.outputs]
+            self.capture.record(rid, call.feeds, dict(zip(names, outputs)), ran - start)
+        return 200, ctype, out
+
+    def _done(self, status: int, ctype: str, body: bytes, rid: str, method: str, path: str, label: str,
+              start: float) -> Response:
         elapsed = time.perf_counter() - start
         self.metrics.request(label, status, elapsed)
         if self.s.access_log:
             log("info", "request", request_id=rid, method=method, path=path, status=status,
                 ms=round(elapsed * 1000, 3))
+        return status, [("content-type", ctype), ("x-request-id", rid), *binary.headers(ctype)], body  # binary tensors
+
+    def _error(self, a: Answer, rid: str, method: str, path: str, label: str, start: float) -> Response:
+        self.metrics.count("mldeploy_request_failures_total", (a.reason,))
+        if a.status >= 500 or self.s.access_log or a.status != 404:
+            log("warning" if a.status < 500 else "error", a.message, request_id=rid, method=method,
+                path=path, status=a.status)
+        self.metrics.request(label, a.status, time.perf_counter() - start)
+        return a.status, [("content-type", "application/json"), ("x-request-id", rid), *a.headers], \
+            codec.error_body(a.message, rid)
+
+    def _crash(self, e: BaseException, rid: str, path: str, label: str, start: float) -> Response:
+        self.metrics.count("mldeploy_request_failures_total", ("internal",))
+        log("error", f"internal error: {type(e).__name__}: {e}", request_id=rid, path=path)
+        self.metrics.request(label, 500, time.perf_counter() - start)
+        return 500, [("content-type", "application/json"), ("x-request-id", rid)], \
+            codec.error_body("internal server error", rid)
+
+    # -- what the server finds before the App sees a request ----------------------------------------
+    def refuse(self, req: Request | None, status: int, message: str | None, reason: str,
+               task: asyncio.Task | None = None) -> Response:
+        """The answer to a request the server refuses itself: too large, too slow, not HTTP/1.1, or a
+        coroutine of ours that failed (a bug)."""
+        start = time.perf_counter()
+        rid = req.headers.get("x-request-id", "") if req is not None else ""
+        if not REQUEST_ID.fullmatch(rid):
+            rid = self.id_prefix + str(next(self.ids))
+        method, path = (req.method, req.path) if req is not None else ("-", "-")
+        label = path if path in self.post_routes or path in self.get_routes else "unknown"
+        if task is not None:
+            error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            return self._crash(error, rid, path, label, start)
+        if message is None:
+            message = {413: f"the request body is over the {self.s.max_body_bytes:,}-byte limit (split the "
+                            f"batch, or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)",
+                       408: f"the request body did not arrive within {self.s.body_timeout:g} s "
+                            f"(MLDEPLOY_BODY_TIMEOUT)"}[status]
+        return self._error(Answer(status, message, reason=reason), rid, method, path, label, start)
+
+    def gone(self) -> None:
+        self.metrics.count("mldeploy_request_failures_total", ("client_gone",))
+
+    def count_failure(self, reason: str) -> None:
+        self.metrics.count("mldeploy_request_failures_total", (reason,))
 
     def _v2_route(self, method: str, path: str) -> tuple[str | None, str, str | None]:
         m = V2_MODEL_PATH.fullmatch(path)
@@ -192,7 +271,7 @@ class App:
             raise Answer(405, f"{path} takes {want}", [("allow", want)])
         return {"/infer": V2_INFER, "/ready": READY, None: V2_MODEL}[tail], label, version
 
-    def _not_found(self, method: str, path: str) -> "Answer":
+    def _not_found(self, method: str, path: str) -> Answer:
         other = self.get_routes if method == "POST" else self.post_routes
         if path in other:
             allowed = "GET" if method == "POST" else "POST"
@@ -200,71 +279,16 @@ class App:
         return Answer(404, f"no route {path} (see /openapi.json)")
 
     def _info(self, route: str) -> tuple[int, str, bytes]:
-        if route == LIVE or route == READY:  # answering at all means loaded: see __rsgi_init__
+        if route == LIVE or route == READY:  # answering at all means loaded: see load()
             return 200, "application/json", b'{"live":true}' if route == LIVE else b'{"ready":true}'
         if route == METRICS:
             return 200, "text/plain; version=0.0.4", self.metrics.exposition()
         if route == V2_SERVER:
             return 200, "application/json", orjson.dumps({"name": "mldeploy", "version": __version__,
-                                                          "extensions": []})
+                                                          "extensions": binary.EXTENSIONS})
         if route == OPENAPI:
             return 200, "application/json", self.openapi
         return 200, "application/json", orjson.dumps(openapi.v2_metadata(self.model))  # V2_MODEL
-
-    async def _predict(self, scope, proto, v2: bool, rid: str, start: float) -> tuple[int, str, bytes]:
-        model, batcher = self.model, self.batcher
-        headers = scope.headers
-        batcher.arriving += 1
-        try:
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) <= self.s.max_body_bytes:
-                body = await self.deadlines.body(proto)  # the usual case, without the streaming reader's detour
-            else:
-                body = await self.deadlines.body(lambda: self._body(scope, proto))
-            call: Call = codec.decode(body, headers.get("content-type", ""), headers.get("accept", ""),
-                                      model, self.s.allow_nonfinite, v2)
-        except BadRequest as e:
-            raise Answer(e.status, e.message, reason="invalid") from None
-        except TimeoutError:
-            raise Answer(408, f"the request body did not arrive within {self.s.body_timeout:g} s "
-                              "(MLDEPLOY_BODY_TIMEOUT)", [("connection", "close")], reason="timeout") from None
-        finally:
-            batcher.arriving -= 1
-        decoded = time.perf_counter()
-        self.metrics.preprocess.observe(decoded - start)
-        try:
-            outputs = batcher.run_now(call.feeds, call.rows)
-            if outputs is None:
-                outputs = await batcher.run(call.feeds, call.rows)
-        except ModelError as e:
-            raise Answer(422, f"the model could not run on this input: {e}", reason="model") from None
-        ran = time.perf_counter()
-        ctype, out = codec.encode(call, outputs, model)
-        self.metrics.postprocess.observe(time.perf_counter() - ran)
-        if self.capture is not None and self.capture.sample():
-            names = [t.name for t in model.signature.outputs]
-            self.capture.record(rid, call.feeds, dict(zip(names, outputs)), ran - start)
-        return 200, ctype, out
-
-    async def _body(self, scope, proto) -> bytes:
-        limit = self.s.max_body_bytes
-        length = scope.headers.get("content-length")
-        if length is not None and not length.isdigit():
-            raise Answer(400, "Content-Length is not a number", reason="invalid")
-        if length is not None and int(length) <= limit:
-            return await proto()
-        chunks, size = [], 0
-        async for chunk in proto:  # stop keeping it as soon as it is too big ...
-            size += len(chunk)
-            if size > limit:
-                if size > DRAIN_BYTES:
-                    break
-                continue  # ... but read on, so a client that sends it all still gets to read the 413
-            chunks.append(chunk)
-        if size > limit or (length is not None and int(length) > limit):
-            raise Answer(413, f"the request body is over the {limit:,}-byte limit (split the batch, "
-                              f"or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)", reason="too_large")
-        return b"".join(chunks)
 
 
 class Answer(Exception):
@@ -278,21 +302,6 @@ class Answer(Exception):
                                  413: "too_large", 429: "rate_limited"}.get(status, "invalid")
 
 
-_early_sigterm = False
-
-
-def _remember_sigterm(*_: object) -> None:
-    global _early_sigterm
-    _early_sigterm = True
-
-
-def catch_early_sigterm() -> None:
-    """In each forked worker, from its first instruction: a worker keeps granian's parent-side SIGTERM
-    handler until it installs its own, so a SIGTERM in between would be lost (and the worker killed
-    only after the drain timeout). Remember it instead; __rsgi_init__ delivers it again."""
-    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, _remember_sigterm))
-
-
 def create() -> App:
-    """Granian's factory: each worker builds its App from the environment the serve command set."""
+    """Each worker builds its App from the environment the serve command set."""
     return App(from_env())

@@ -16,11 +16,3 @@ def log(level: str, message: str, fd: int = 1, **fields: object) -> None:
     except OSError:
         pass  # nobody is reading stdout; never fail a request over a log line
 
-
-class JsonFormatter:
-    """A logging formatter for granian's own log records, so every line on stdout is JSON."""
-
-    def format(self, record) -> str:
-        return orjson.dumps({"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-                             .isoformat(timespec="milliseconds"), "level": record.levelname.lower(),
-                             "message": record.getMessage(), "source": record.name}).decode()

@@ -1,12 +1,17 @@
-"""`mldeploy serve`: start granian with N worker processes, each running the App.
+"""`mldeploy serve`: N forked worker processes, each serving the App on mldeploy.serve.http.
 
-The parent process imports numpy and ONNX Runtime once before the workers fork, so each worker
-starts in milliseconds; each worker then loads its own session (sessions cannot cross a fork).
-SIGTERM (what every platform sends) makes granian stop accepting and lets in-flight requests
-finish, up to MLDEPLOY_DRAIN_SECONDS, before the workers exit. Each worker holds at most
-MLDEPLOY_MAX_CONNECTIONS connections (fewer where the open-file limit is lower); more wait in the
-kernel's accept queue (backpressure) rather than failing with "too many open files". On AWS Lambda
-(AWS_LAMBDA_RUNTIME_API set) it serves through the Lambda Runtime API instead, in this one process.
+The parent opens the listening socket, imports numpy, ONNX Runtime, uvloop and the App once, and
+forks the workers, so each starts in milliseconds; each worker then loads its own session (sessions
+cannot cross a fork) and only then accepts, from the socket they all share (the kernel hands each
+connection to one of them). The parent only watches: SIGTERM or SIGINT (what every platform sends)
+is passed on as SIGTERM, each worker stops accepting and finishes its in-flight requests, up to
+MLDEPLOY_DRAIN_SECONDS, and the parent exits 0 once they are gone. A worker that cannot load the
+model logs why and exits 2, and so does the server; any other worker that dies takes the server
+down with exit 1 (the platform restarts it) rather than serving on at reduced capacity unseen. Each
+worker holds at most MLDEPLOY_MAX_CONNECTIONS connections (fewer where the open-file limit is
+lower); more wait in the kernel's accept queue (backpressure) rather than failing with "too many
+open files". On AWS Lambda (AWS_LAMBDA_RUNTIME_API set) it serves through the Lambda Runtime API
+instead, in this one process.
 """
 
 from __future__ import annotations
@@ -15,15 +20,23 @@ import errno
 import json
 import os
 import resource
+import signal
 import socket
+import sys
 import tempfile
+import time
+import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from mldeploy.bundle import SIGNATURE_FILE, Signature
 from mldeploy.errors import EXIT_USAGE, UsageError
-from mldeploy.serve.app import FAILED_FILE, catch_early_sigterm
 from mldeploy.serve.logs import log
-from mldeploy.serve.settings import check_readable, from_env, to_env
+from mldeploy.serve.settings import Settings, check_readable, from_env
+
+BACKLOG = 2048
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+KILL_GRACE_SECONDS = 2.0  # after the drain: a worker still alive then is killed
 
 
 def serve(bundle: str | None = None, port: int | None = None, host: str | None = None,
@@ -41,16 +54,18 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{settings.bundle / SIGNATURE_FILE} is not a valid signature: {e}",
                          hint="convert the model again") from None
-    _check_port(settings.host, settings.port)
-    metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="mldeploy-metrics-"))
-    os.environ.update(to_env(settings), MLDEPLOY_METRICS_DIR=str(metrics_dir))
+    sock = _check_port(settings.host, settings.port)
+    if settings.grpc_port:  # gRPC: a taken port is one line here, not every worker's failure
+        _check_port(settings.host, settings.grpc_port).close()
+    # the folder where workers share their counters for /metrics
+    settings = replace(settings, metrics_dir=settings.metrics_dir or Path(tempfile.mkdtemp(prefix="mldeploy-metrics-")))
 
     connections = min(settings.max_connections, _open_file_room())
 
     import onnxruntime  # noqa: F401  imported once here, inherited by every forked worker
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP1Settings
-    from granian.server import Server
+    import uvloop  # noqa: F401
+
+    from mldeploy.serve import app  # noqa: F401
 
     log("info", "starting", host=settings.host, port=settings.port, workers=settings.workers,
         threads_per_worker=settings.threads, bundle=str(settings.bundle),
@@ -58,28 +73,106 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
         header_timeout=settings.header_timeout, body_timeout=settings.body_timeout, auth=bool(settings.api_keys),
         rate_limit_per_second=settings.rate_per_second or None,
         capture=str(settings.capture_dir) if settings.capture_dir else None)
-    catch_early_sigterm()
-    server = Server(
-        "mldeploy.serve.app:create", factory=True, address=settings.host, port=settings.port,
-        interface=Interfaces.RSGI, workers=settings.workers, loop=Loops.asyncio, websockets=False,
-        http=HTTPModes.http1,  # every platform's contract is HTTP/1.1; an h2c connection escaped every deadline
-        runtime_threads=1, backlog=2048, workers_kill_timeout=settings.drain_seconds, log_level="warning",
-        backpressure=connections,  # granian holds a slot per connection: this caps connections per worker
-        http1_settings=HTTP1Settings(header_read_timeout=int(settings.header_timeout * 1000)),
-        log_dictconfig={"version": 1, "disable_existing_loggers": False,
-                        "formatters": {"json": {"()": "mldeploy.serve.logs.JsonFormatter"}},
-                        "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "json",
-                                             "stream": "ext://sys.stdout"}},
-                        "loggers": {"_granian": {"handlers": ["out"], "level": "WARNING", "propagate": False},
-                                    "granian.access": {"handlers": ["out"], "level": "WARNING"}}},
-    )
+    return _supervise(settings, sock, connections)
+
+
+def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int:
+    """Fork the workers and wait for them; the exit code."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # taken with sigwaitinfo below, never lost
+    workers = set()
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            _worker(settings, sock, connections)  # never returns
+        workers.add(pid)
+    sock.close()  # the workers hold it: once they all close it, new connections are refused
+    code, stopping, deadline = 0, False, None
+
+    def stop_all() -> None:
+        nonlocal stopping, deadline
+        stopping, deadline = True, time.monotonic() + settings.drain_seconds + KILL_GRACE_SECONDS
+        for pid in workers:
+            _signal(pid, signal.SIGTERM)
+
+    while workers:
+        if deadline is None:
+            info = signal.sigwaitinfo(SIGNALS)
+        else:
+            info = signal.sigtimedwait(SIGNALS, max(0.0, deadline - time.monotonic()))
+            if info is None:  # the drain is over
+                for pid in workers:
+                    log("warning", f"worker {pid} did not stop within MLDEPLOY_DRAIN_SECONDS: killed")
+                    _signal(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                continue
+        if info.si_signo != signal.SIGCHLD and not stopping:
+            stop_all()
+        for pid, status in _reaped(workers):
+            workers.discard(pid)
+            if not stopping:  # a worker died by itself
+                rc = os.waitstatus_to_exitcode(status)
+                if rc == EXIT_USAGE:  # it could not load the model, and said why
+                    code = EXIT_USAGE
+                else:
+                    code = 1
+                    log("error", f"worker {pid} exited with {rc}: stopping the server")
+                stop_all()
+    return code
+
+
+def _reaped(workers: set[int]) -> list[tuple[int, int]]:
+    done = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return done
+        if pid == 0:
+            return done
+        if pid in workers:
+            done.append((pid, status))
+
+
+def _signal(pid: int, sig: int) -> None:
     try:
-        server.serve()
-    except SystemExit as e:  # granian exits 1 when a worker dies; a worker that could not load says why
-        if (metrics_dir / FAILED_FILE).is_file():
-            return EXIT_USAGE  # the worker logged why, as JSON; one line is enough
-        return int(e.code or 0)
-    return 0
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+_term = False  # a worker's SIGTERM that came before its event loop took over
+
+
+def _remember_term(*_: object) -> None:
+    global _term
+    _term = True
+
+
+def _worker(settings: Settings, sock: socket.socket, connections: int) -> None:
+    """A forked worker: load the model, serve until told to stop, exit (never returns)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, _remember_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # a SIGTERM kept pending arrives now
+        from mldeploy.serve.app import App
+        from mldeploy.serve.http import Worker
+
+        app = App(settings)
+        app.load()  # exits 2 with one line when the model cannot load
+        if _term:  # stopped while loading: nothing to drain
+            sock.close()
+            app.stop()
+        else:
+            worker = Worker(app, sock, connections, settings.header_timeout, settings.body_timeout,
+                            settings.max_body_bytes, settings.drain_seconds)
+            worker.run(app.stop, stop_now=lambda: _term)
+    except BaseException as e:  # noqa: BLE001  a bug: say where, and let the parent stop the server
+        log("error", f"worker crashed: {type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        code = 1
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
 
 
 FILES_RESERVED = 64  # descriptors a worker needs besides connections: the model, logs, metrics, pipes
@@ -100,15 +193,17 @@ def _open_file_room() -> int:
     return max(1, soft - FILES_RESERVED)
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts from; a taken port is one line, exit 2."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as e:
+        sock.close()
         if e.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is already in use",
                              hint="stop what listens there, or pass --port / set PORT") from None
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    finally:
-        sock.close()
+    return sock
