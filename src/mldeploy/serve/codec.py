@@ -195,7 +195,8 @@ _MISSING = object()
 
 def v2_feeds(tensors: list[tuple[object, object, object, object]], model: Model, allow_nonfinite: bool) -> dict[str, np.ndarray]:
     """Validated feeds from v2 input tensors (name, datatype, shape, data), whatever carried them: data
-    is a JSON value, or an array read from raw bytes (the binary extension, gRPC's raw contents)."""
+    is a JSON value, an array read from raw bytes (the binary extension), or a function giving one,
+    called once name, datatype and shape are known good (gRPC's contents: errors come in one order)."""
     values = {}
     for n, (name, datatype, shape, data) in enumerate(tensors):
         if not isinstance(name, str):
@@ -214,7 +215,7 @@ def v2_feeds(tensors: list[tuple[object, object, object, object]], model: Model,
         if data is _MISSING:
             raise BadRequest(f"inputs[{n}] ({name}) has no \"data\"")
         dtype = model.dtypes[model.signature.inputs.index(spec)]
-        arr = array(data, spec, dtype, allow_nonfinite, name)
+        arr = array(data() if callable(data) else data, spec, dtype, allow_nonfinite, name)
         if list(arr.shape) != shape:
             if arr.size != math.prod(shape):  # exact integers: a huge shape cannot wrap around
                 raise BadRequest(f"input {name!r}: shape {shape} needs {math.prod(shape)} values, "

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from mldeploy import __version__
 from mldeploy.errors import EXIT_USAGE
 from mldeploy.serve import binary, codec, grpc_proto, openapi
-from mldeploy.serve.codec import V2_DTYPES, BadRequest
+from mldeploy.serve.codec import BadRequest
 from mldeploy.serve.logs import log
 from mldeploy.serve.model import ModelError
 
@@ -77,7 +77,7 @@ class Service:
 
         async def call(raw: bytes, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
-            rid = None
+            rid = self.id_prefix + str(next(self.ids))
             try:
                 if rpc not in OPEN and app.gate.active:
                     self._gate(context)
@@ -85,7 +85,7 @@ class Service:
                     request = parse(raw)
                 except DecodeError:
                     raise Refused(400, f"the request is not a valid {rpc}Request message") from None
-                rid = getattr(request, "id", "") or self.id_prefix + str(next(self.ids))
+                rid = getattr(request, "id", "") or rid
                 response = await answer(request, rid, start)
             except Refused as r:
                 app.metrics.count("mldeploy_request_failures_total", (r.reason,))
@@ -93,12 +93,12 @@ class Service:
                 if r.status != 404 or app.s.access_log:
                     log("warning" if r.status < 500 else "error", r.message, request_id=rid, method="gRPC",
                         path=route, status=r.status)
-                await context.abort(CODES[r.status], r.message, (*r.metadata, ("x-request-id", rid or "")))
+                await context.abort(CODES[r.status], r.message, (*r.metadata, ("x-request-id", rid)))
             except Exception as e:  # noqa: BLE001  a bug: INTERNAL with the request id, logged, and serving goes on
                 app.metrics.count("mldeploy_request_failures_total", ("internal",))
                 app.metrics.request(route, 500, time.perf_counter() - start)
                 log("error", f"internal error: {type(e).__name__}: {e}", request_id=rid, path=route)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error", (("x-request-id", rid or ""),))
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error", (("x-request-id", rid),))
             app.metrics.request(route, 200, time.perf_counter() - start)
             return response
 
@@ -178,21 +178,17 @@ def _tensors(request) -> list[tuple[str, str, list[int], object]]:
     tensors = []
     for n, t in enumerate(request.inputs):
         shape = list(t.shape)
-        if raw:
-            if t.HasField("contents"):
-                raise BadRequest(f"input {t.name!r} has contents while raw_input_contents is used: send one or the other")
-            values = binary.from_raw(raw[n], t.datatype, shape, t.name)
-        else:
-            values = _typed(t, shape)
-        tensors.append((t.name, t.datatype, shape, values))
+        if raw and t.HasField("contents"):
+            raise BadRequest(f"input {t.name!r} has contents while raw_input_contents is used: send one or the other")
+        values = (lambda t=t, n=n, shape=shape: binary.from_raw(raw[n], t.datatype, shape, t.name)) if raw else \
+            (lambda t=t: _typed(t))
+        tensors.append((t.name, t.datatype, shape, values))  # values are read once the rest is checked
     return tensors
 
 
-def _typed(t, shape: list[int]) -> object:
-    if t.datatype not in CONTENTS:
-        if t.datatype in V2_DTYPES:  # FP16: no typed field holds it
-            raise BadRequest(f"input {t.name!r}: {t.datatype} travels only as raw_input_contents")
-        return None  # v2_feeds names the bad datatype
+def _typed(t) -> np.ndarray:
+    if t.datatype not in CONTENTS:  # FP16: no typed field holds it
+        raise BadRequest(f"input {t.name!r}: {t.datatype} travels only as raw_input_contents")
     field, kind = CONTENTS[t.datatype]
     used = [f.name for f, _ in t.contents.ListFields()]
     if any(name != field for name in used):
