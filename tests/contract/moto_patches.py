@@ -6,6 +6,8 @@ server answers. Each patch imitates AWS's documented behaviour only as far as th
   model of the new config is marked failing, keep the old config and set FailureReason, as
   SageMaker does when new variants fail their health checks (it rolls the update back by itself).
 - Throttling: the next N calls of an operation answer ThrottlingException, to test retries.
+- Lambda UpdateAlias honours RevisionId (moto ignores it): a mismatch answers 412
+  PreconditionFailedException, and every update gives the alias a new revision, as Lambda does.
 - STS AssumeRoleWithWebIdentity refused (moto accepts any token), as AWS refuses a GitHub OIDC
   token whose sub or aud claim the role's trust policy does not match.
 - CloudWatch GetMetricData: percentile statistics (p50, p99: moto answers none) over the raw values
@@ -15,8 +17,12 @@ server answers. Each patch imitates AWS's documented behaviour only as far as th
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
+from urllib.parse import unquote
 
+from moto.awslambda.exceptions import PreconditionFailedException
+from moto.awslambda.responses import LambdaResponse
 from moto.core.responses import ActionResult
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemaker.responses import SageMakerResponse
@@ -163,6 +169,18 @@ def _describe_anomaly_detectors(self: CloudWatchResponse) -> ActionResult:
     return ActionResult({"AnomalyDetectors": found})
 
 
+def _update_alias(self: LambdaResponse):
+    function_name = unquote(self.path.rsplit("/")[-3])
+    alias = self.backend.get_alias(unquote(self.path.rsplit("/", 2)[-1]), function_name)
+    expected = json.loads(self.body).get("RevisionId")
+    if expected and expected != alias.revision_id:
+        raise PreconditionFailedException("The Revision Id provided does not match the latest Revision Id. Call "
+                                          "the GetAlias API to retrieve the latest Revision Id")
+    answer = _moto_update_alias(self)
+    alias.revision_id = str(uuid.uuid4())
+    return answer[0], answer[1], json.dumps(alias.to_json())
+
+
 def _recording(call):
     def record(self: BaseResponse):
         params = getattr(self, "params", None)
@@ -180,6 +198,8 @@ def _recording(call):
     return record
 
 
+_moto_update_alias = LambdaResponse.update_alias
+LambdaResponse.update_alias = _update_alias
 SageMakerResponse.create_monitoring_schedule = _create_monitoring_schedule
 SageMakerResponse.describe_monitoring_schedule = _describe_monitoring_schedule
 SageMakerResponse.update_monitoring_schedule = _update_monitoring_schedule

@@ -23,7 +23,13 @@ import pytest
 
 from tests.contract.conftest import ROLE, ecr_image
 
+try:  # the Azure ML fake's fixtures: ARM, Entra ID over TLS, workload identity
+    from tests.contract.test_azure_ml import arm, authority, azure, tls  # noqa: F401
+except pytest.skip.Exception:  # no azure extra: its rows skip, the others run
+    pass
+
 pytestmark = [pytest.mark.slow]
+TARGETS = ["sagemaker", "lambda", "vertex", "cloudrun", "azureml"]
 ENDPOINT = "classifier"
 COMMANDS = {  # command -> (its arguments, needs a canary first, production's image after it, its share after)
     "deploy canary": (["deploy", "--stage", "canary", "--traffic", "10"], False, "a", 90),
@@ -37,11 +43,14 @@ class Backend:
     """One target over HTTP: how to reset it, what production serves, and the calls it received."""
     target: str
     config: str                                         # mldeploy.yaml
-    reset: Callable[[], tuple[str, str]]                # a clean account; the images A and B
-    production: Callable[[], tuple[str, int] | None]    # production's (image, share), None: nothing serves
+    reset: Callable[[], tuple[str, str, str]]           # a clean account; the images A, B and C
+    serving: Callable[[], dict[str, tuple[str, int]]]   # slot -> (image, share), each slot taking traffic
     requests: Callable[[], list[tuple[str, bool, bool]]]  # so far: (call, changes state, a smoke request)
     clear: Callable[[], None]
     faults: Any                                         # fakes.faults.Faults
+
+    def production(self) -> tuple[str, int] | None:
+        return self.serving().get("production")
 
 
 def aws_backend(target: str, aws, url: str, bundle) -> Backend:
@@ -49,37 +58,41 @@ def aws_backend(target: str, aws, url: str, bundle) -> Backend:
 
     from tests.contract import moto_lambda, moto_patches
 
-    def reset() -> tuple[str, str]:
+    def reset() -> tuple[str, str, str]:
         urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).read()
         moto_patches.reset()
         moto_lambda.reset(bundle)
         boto3.client("iam").create_role(RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument="{}")
-        a, b = (ecr_image("models/classifier", c * 64) for c in "ab")
-        return a, b
+        a, b, c = (ecr_image("models/classifier", c * 64) for c in "abc")
+        return a, b, c
 
-    def sagemaker() -> tuple[str, int] | None:
+    def sagemaker() -> dict[str, tuple[str, int]]:
         sm = boto3.client("sagemaker")
         try:
             ep = sm.describe_endpoint(EndpointName=ENDPOINT)
         except sm.exceptions.ClientError:
-            return None
+            return {}
+        if ep["EndpointStatus"] != "InService":
+            return {}
         config = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
         weights = {v["VariantName"]: v.get("CurrentWeight") or 0.0 for v in ep["ProductionVariants"]}
-        variant = next((v for v in config["ProductionVariants"] if v["VariantName"] == "production"), None)
-        if variant is None or ep["EndpointStatus"] != "InService":
-            return None
-        image = sm.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]["Image"]
-        return image, round(100 * weights["production"] / sum(weights.values()))
+        return {v["VariantName"]: (sm.describe_model(ModelName=v["ModelName"])["PrimaryContainer"]["Image"],
+                                   round(100 * weights[v["VariantName"]] / sum(weights.values())))
+                for v in config["ProductionVariants"] if weights.get(v["VariantName"])}
 
-    def lambda_() -> tuple[str, int] | None:
+    def lambda_() -> dict[str, tuple[str, int]]:
         lam = boto3.client("lambda")
         try:
             alias = lam.get_alias(FunctionName=ENDPOINT, Name="live")
         except lam.exceptions.ResourceNotFoundException:
-            return None
+            return {}
         weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-        image = lam.get_function(FunctionName=ENDPOINT, Qualifier=alias["FunctionVersion"])["Code"]["ImageUri"]
-        return image, 100 - round(100 * sum(weights.values()))
+
+        def image(version: str) -> str:
+            return lam.get_function(FunctionName=ENDPOINT, Qualifier=version)["Code"]["ImageUri"]
+
+        return {"production": (image(alias["FunctionVersion"]), 100 - round(100 * sum(weights.values()))),
+                **{f"canary v{v}": (image(v), round(100 * w)) for v, w in weights.items() if w}}
 
     def requests() -> list[tuple[str, bool, bool]]:
         mutating = set(aws.mutating())
@@ -94,16 +107,16 @@ def aws_backend(target: str, aws, url: str, bundle) -> Backend:
 def vertex_backend(fake) -> Backend:
     repository = "europe-docker.pkg.dev/acme-ml/models/classifier"
 
-    def reset() -> tuple[str, str]:
+    def reset() -> tuple[str, str, str]:
         fake.reset()
-        return f"{repository}@sha256:{'a' * 64}", f"{repository}@sha256:{'b' * 64}"
+        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
 
-    def production() -> tuple[str, int] | None:  # mid-promote two models are "production": the one with traffic
+    def serving() -> dict[str, tuple[str, int]]:  # mid-promote two models are "production": each with its share
         ep = fake.endpoint(ENDPOINT) or {}
         split = ep.get("trafficSplit", {})
-        found = sorted((split.get(d["id"], 0), fake.image_of(d["model"])) for d in ep.get("deployedModels", [])
-                       if d["displayName"] == "production")
-        return (found[-1][1], found[-1][0]) if found else None
+        found = sorted((int(split.get(d["id"], 0)), d["displayName"], fake.image_of(d["model"]))
+                       for d in ep.get("deployedModels", []))
+        return {slot: (image, pct) for pct, slot, image in found if pct}
 
     def requests() -> list[tuple[str, bool, bool]]:
         mutating = set(fake.mutating())
@@ -111,19 +124,22 @@ def vertex_backend(fake) -> Backend:
                 for method, path, query in fake.requests]
 
     return Backend("vertex", f"deploy:\n  cloud: gcp\n  target: vertex\n  endpoint: {ENDPOINT}\n"
-                             "  region: europe-west4\n  gcp:\n    project: acme-ml\n", reset, production, requests,
+                             "  region: europe-west4\n  gcp:\n    project: acme-ml\n", reset, serving, requests,
                    fake.requests.clear, fake.faults)
 
 
 def cloudrun_backend(fake) -> Backend:
     repository = "europe-west1-docker.pkg.dev/acme-ml/models/classifier"
 
-    def reset() -> tuple[str, str]:
+    def reset() -> tuple[str, str, str]:
         fake.reset()
-        return f"{repository}@sha256:{'a' * 64}", f"{repository}@sha256:{'b' * 64}"
+        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
 
-    def production() -> tuple[str, int] | None:
-        return fake.serving(ENDPOINT).get("production")
+    def serving() -> dict[str, tuple[str, int]]:
+        try:
+            return {slot: got for slot, got in fake.serving(ENDPOINT).items() if got[1]}
+        except StopIteration:  # no service yet
+            return {}
 
     def requests() -> list[tuple[str, bool, bool]]:
         mutating = set(fake.mutating())
@@ -131,8 +147,35 @@ def cloudrun_backend(fake) -> Backend:
                 for method, path in fake.requests]
 
     return Backend("cloudrun", f"deploy:\n  cloud: gcp\n  target: cloudrun\n  endpoint: {ENDPOINT}\n"
-                               "  region: europe-west1\n  gcp:\n    project: acme-ml\n", reset, production,
-                   requests, fake.requests.clear, fake.faults)
+                               "  region: europe-west1\n  gcp:\n    project: acme-ml\n", reset, serving,
+                   requests, lambda: fake.requests.clear(), fake.faults)  # reset() makes a new list
+
+
+def azureml_backend(arm) -> Backend:
+    from tests.contract.fakes.azureml import call_of
+    from tests.contract.test_azure_ml import RG, SUB, WS
+
+    repository = "acme.azurecr.io/models/classifier"
+
+    def reset() -> tuple[str, str, str]:
+        arm.reset()
+        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
+
+    def serving() -> dict[str, tuple[str, int]]:  # deployments are named <slot>-<digest8>
+        try:
+            found = arm.serving(ENDPOINT)
+        except KeyError:  # no endpoint
+            return {}
+        return {name.rsplit("-", 1)[0]: got for name, got in found.items() if name != "mirror" and got[1]}
+
+    def requests() -> list[tuple[str, bool, bool]]:
+        mutating = set(arm.mutating())
+        return [(call_of(method, path), (method, host, path) in mutating, path.endswith("/score"))
+                for method, host, path in arm.requests]
+
+    return Backend("azureml", f"deploy:\n  cloud: azure\n  target: azureml\n  endpoint: {ENDPOINT}\n  azure:\n"
+                              f"    subscription_id: \"{SUB}\"\n    resource_group: {RG}\n    workspace: {WS}\n",
+                   reset, serving, requests, lambda: arm.requests.clear(), arm.faults)
 
 
 GCP_FAKES = {  # target -> (the client its fake needs, the fake's module and class)
@@ -178,6 +221,13 @@ def backend(request, monkeypatch, bundle) -> Backend:
         monkeypatch.setattr(sagemaker, "POLL_SECONDS", 0.02)
         aws = request.getfixturevalue("aws")
         return aws_backend(target, aws, request.getfixturevalue("moto_server")[1], bundle)
+    if target == "azureml":
+        pytest.importorskip("azure.ai.ml", reason="the azure extra (azure-ai-ml) is not installed")
+        from mldeploy.deploy import azure
+
+        monkeypatch.setenv("MLDEPLOY_AZURE_MAX_RETRIES", "2")
+        monkeypatch.setattr(azure, "RETRIES", {"retry_total": 2, "retry_backoff_factor": 0.01})
+        return azureml_backend(request.getfixturevalue("azure"))
     from mldeploy.deploy import cloudrun, gcp
 
     fake = request.getfixturevalue("gcp_fakes")(target)
@@ -211,14 +261,14 @@ class Runner:
         self.b, self.mldeploy, self.folder, self.bundle = backend, mldeploy, folder, bundle
         (folder / "mldeploy.yaml").write_text(backend.config)
 
-    def fresh(self, canary: bool) -> tuple[str, str]:
-        """A clean account whose endpoint serves A (and B as a 10% canary where asked)."""
-        a, b = self.b.reset()
+    def fresh(self, canary: bool) -> tuple[str, str, str]:
+        """A clean account whose endpoint serves A (and B as a 10% canary where asked); the images A, B, C."""
+        a, b, c = self.b.reset()
         assert self.run(["deploy", "--image", a, "--stage", "production"])[0] == 0
         if canary:
             assert self.run(["deploy", "--image", b, "--stage", "canary", "--traffic", "10"])[0] == 0
         self.b.clear()
-        return a, b
+        return a, b, c
 
     def run(self, args: list[str], kill: bool = False) -> tuple[int, str]:
         args = [*args[:1], "--bundle", str(self.bundle), *args[1:]]
@@ -237,7 +287,7 @@ class Runner:
         last change or smoke request; the read-back after it cannot harm): (call, how many requests of it
         come before, whether it changes state)."""
         args, canary, _, _ = COMMANDS[command]
-        _, b = self.fresh(canary)
+        _, b, _ = self.fresh(canary)
         assert self.run(args + (["--image", b] if args[0] == "deploy" else []))[0] == 0
         requests = self.b.requests()
         changes = [i for i, (_, mutating, smoke) in enumerate(requests) if mutating or smoke]
@@ -250,7 +300,7 @@ class Runner:
         return [(call, skip, mutating) for call, (skip, mutating) in calls.items()]
 
 
-@pytest.mark.parametrize("backend", ["sagemaker", "lambda", "vertex", "cloudrun"], indirect=True)
+@pytest.mark.parametrize("backend", TARGETS, indirect=True)
 def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_path, bundle):
     runner = Runner(backend, mldeploy, tmp_path, bundle)
     rows: list[Row] = []
@@ -259,14 +309,15 @@ def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_pat
             # every fault at the calls that change things; a read that fails (for whatever reason: the
             # client sees an exception either way) is the 500 alone, which keeps the table minutes long
             for kind in ("500", "throttle", "drop", "kill") if mutating else ("500",):
-                a, b = runner.fresh(canary)
+                a, b, _ = runner.fresh(canary)
                 before, asked = (a, 90 if canary else 100), ({"a": a, "b": b}[after], share)
                 image_args = args + (["--image", b] if args[0] == "deploy" else [])
                 backend.faults.rules = {call: [kind, skip, 3]}  # fails 3 times (AWS: the SDK's attempts)
                 try:
                     code, err = runner.run(image_args, kill=kind == "kill")
                 finally:
-                    backend.faults.rules = {}
+                    rule, backend.faults.rules = backend.faults.rules[call], {}
+                assert rule[2] < 3, f"{backend.target} {command}: {call} was never made, so never failed"
                 serves = backend.production()
                 if code == 0:
                     harmed = "" if serves == asked else f"exit 0, but production is {serves}"
@@ -290,3 +341,42 @@ def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_pat
     assert [r.text() for r in rows if r.harmed] == []               # no false success, no harm
     assert [r.text() for r in rows if not r.one_line] == []
     assert [r.text() for r in rows if r.rerun] == []
+
+
+@pytest.mark.parametrize("backend", TARGETS, indirect=True)
+def test_two_deploys_at_once_leave_what_one_of_them_asked(backend, mldeploy, tmp_path, bundle):
+    """Two canary deploys at once (two pull requests): just before each call the first makes while it
+    changes things, the second runs to its end. The endpoint is then what one of them asked, never a mix
+    (a canary at 0%, two canaries, the second's canary restored away), and the first exits 0 only when it
+    is its own: it ran last. A first that failed says so in one line, and run again it converges."""
+    runner = Runner(backend, mldeploy, tmp_path, bundle)
+    rows = []
+    for call, skip, _ in runner.calls("deploy canary"):
+        a, b, c = runner.fresh(False)
+        first_asked, second_asked = {(a, 90), (b, 10)}, {(a, 80), (c, 20)}
+        second: list[tuple[int, str]] = []
+        backend.faults.race = lambda: second.append(runner.run(["deploy", "--image", c, "--stage", "canary",
+                                                                "--traffic", "20"]))
+        backend.faults.rules = {call: ["race", skip, 1]}
+        first = ["deploy", "--image", b, "--stage", "canary", "--traffic", "10"]
+        try:
+            code, err = runner.run(first)
+        finally:
+            rule, backend.faults.rules, backend.faults.race = backend.faults.rules[call], {}, None
+        serves = set(backend.serving().values())
+        wrong = []
+        if rule[2]:
+            wrong.append("the call was never made: no race")
+        elif not second or second[0][0] != 0:
+            wrong.append(f"the second deploy failed: {second and second[0][1].strip()[-200:]}")
+        if serves != (first_asked if code == 0 else second_asked):
+            wrong.append(f"exit {code}, and it serves {sorted(serves)}")
+        if code != 0 and (code == 3 or len([ln for ln in err.splitlines() if ln.startswith("error:")]) != 1):
+            wrong.append(f"exit {code} without one line: {err.strip()[-300:]}")
+        if code != 0 and (runner.run(first)[0] != 0 or set(backend.serving().values()) != first_asked):
+            wrong.append(f"run again it serves {sorted(backend.serving().values())}")
+        rows.append(f"{backend.target:<9} race before {call[:58]:<58} exit {code:>2}  "
+                    f"{'; '.join(wrong) or 'ok'}  {err.strip().splitlines()[-1][:150] if code else ''}")
+    print("\n" + "\n".join(rows))
+    assert len(rows) >= 3
+    assert [r for r in rows if " ok " not in r and not r.rstrip().endswith("ok")] == []

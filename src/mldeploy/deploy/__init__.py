@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mldeploy.errors import MldeployError, UsageError
+from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
     from mldeploy.config import DeploySection
@@ -122,17 +122,62 @@ CLOUD_ERROR_PACKAGES = frozenset({"botocore", "boto3", "google", "grpc", "azure"
                                   "docker", "http"})
 
 
+def served(status: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """What takes traffic, slot by slot: (image, percent). A slot at 0% serves nothing."""
+    return {slot: (s["image"], s["traffic"]) for slot, s in status.get("slots", {}).items() if s["traffic"]}
+
+
+class Conflict(CheckFailed):
+    """Another command changed the endpoint after this one read it (exit 1; this one moved no traffic)."""
+
+
+@dataclass
+class Guard:
+    """Compare-and-set for two commands on one endpoint at once (two pull requests, a promote beside a
+    deploy), where a cloud offers none: a command moves traffic only while what serves is what it
+    planned from, and never restores over another command's work. `check` runs just before the call
+    that moves traffic, so the window left is that one call's round trip."""
+    endpoint: str
+    read: Callable[[], dict[str, Any]]   # the target's status()
+    seen: dict[str, tuple[str, int]]     # served() when the command read the endpoint
+    ours: frozenset[str]                 # the images this command deploys
+
+    def check(self) -> None:
+        if (now := served(self.read())) != self.seen:
+            raise Conflict(f"another command changed {self.endpoint} after this one read it (it serves "
+                           f"{_shares(now)}, not {_shares(self.seen)}); this one moved no traffic",
+                           hint="run it again: it plans from what serves then")
+
+    def others(self) -> list[str]:
+        """Images that serve now which neither served before nor are this command's: another command's."""
+        known = {image for image, _ in self.seen.values()} | self.ours
+        return sorted({image for image, _ in served(self.read()).values()} - known)
+
+
+def _shares(slots: dict[str, tuple[str, int]]) -> str:
+    return ", ".join(f"{slot} {image.rsplit('@', 1)[-1][:19]} {pct}%" for slot, (image, pct) in slots.items()) or "nothing"
+
+
 @contextmanager
-def restoring(restore: Callable[[], str]) -> Iterator[None]:
+def restoring(restore: Callable[[], str], guard: Guard | None = None) -> Iterator[None]:
     """The one restore path of every target. Once apply has changed something, any exception (a failed
     check, a refusal, the SDK's error, a dropped connection, a timeout, Ctrl-C) puts back what served
-    before, and the error goes on saying what was restored. `restore` returns those words."""
+    before, and the error goes on saying what was restored. `restore` returns those words. With a
+    guard, what another command deployed meanwhile is left serving, never restored over."""
+    def put_back() -> str:
+        if guard and (others := guard.others()):
+            return (f"not restored: another command deployed {', '.join(others)} meanwhile; "
+                    "`mldeploy status` shows what serves")
+        return restore()
+
     try:
         yield
+    except Conflict:  # raised before this command moved any traffic: a restore would undo the other's work
+        raise
     except BaseException as e:
         for wait in (*RESTORE_BACKOFF, None):  # the API that just failed may fail the restore's first call too
             try:
-                restored = restore()
+                restored = put_back()
                 break
             except Exception as again:  # said, never hidden: the caller's read-back shows what serves
                 restored = f"the restore failed too ({one_line(again)}): `mldeploy status` shows what serves"

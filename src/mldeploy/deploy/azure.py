@@ -185,6 +185,10 @@ def transport():
     return RequestsTransport(session=session, session_owner=False)
 
 
+# azure-core's retry policy for every call (its defaults: 10 retries, backing off from 0.8 s)
+RETRIES = {"retry_total": int(os.environ.get("MLDEPLOY_AZURE_MAX_RETRIES", "10")), "retry_backoff_factor": 0.8}
+
+
 def ml_client(deploy, cred=None):
     """An MLClient on the configured workspace: no telemetry, no progress bars, the SDK's INFO lines
     (it logs them to stderr) only with --debug, and long-running operations polled every
@@ -198,7 +202,7 @@ def ml_client(deploy, cred=None):
     sub, rg, ws = workspace(deploy)
     kwargs: dict[str, Any] = {"enable_telemetry": False, "show_progress": False,
                               "user_agent": f"mldeploy/{__version__}",
-                              "polling_interval": float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))}
+                              "polling_interval": float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15")), **RETRIES}
     custom = transport()
     if custom is not None:
         kwargs["transport"] = custom

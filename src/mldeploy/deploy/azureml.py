@@ -32,7 +32,7 @@ from typing import Any
 
 from mldeploy import github
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, NoCanary, Plan, pick_canary, restoring
+from mldeploy.deploy import Desired, Guard, NoCanary, Plan, pick_canary, restoring, served
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -171,10 +171,12 @@ class AzureMLTarget:
         s, d = plan.state, plan.desired
         current = s["current"]
         done = {"deployment": False, "traffic": False}   # what _restore must undo
-        with restoring(lambda: self._restore(current, s, done)):
+        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset({d.image}))
+        with restoring(lambda: self._restore(current, s, done), guard):
             if current is None:
                 self._put_endpoint(None, {}, {})
             elif s["auth_changed"]:
+                guard.check()  # the whole endpoint is PUT back, its traffic as read
                 self._put_endpoint(current, current["traffic"], current["mirror"])
             if s["build"]:
                 done["deployment"] = s["new"] not in (current or {}).get("deployments", {})
@@ -186,6 +188,7 @@ class AzureMLTarget:
                 if s["autoscale"]:
                     self._put_autoscale(s["new"], deployment_id)
             if s["traffic"] != (current or {}).get("traffic", {}) or s["mirror"] != (current or {}).get("mirror", {}):
+                guard.check()  # just before traffic moves: a new deployment takes minutes to come up
                 done["traffic"] = True
                 self._put_endpoint(self.read(), s["traffic"], s["mirror"])
             self._verify(s)
@@ -195,7 +198,9 @@ class AzureMLTarget:
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        current = self.read()
+        return self._status(self.read())
+
+    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {"endpoint": self.endpoint, "url": None, "slots": {}}
         if current is None:
             return out

@@ -43,7 +43,7 @@ from typing import Any
 
 from mldeploy import __version__
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
+from mldeploy.deploy import Desired, Guard, Plan, gcp, pick_canary, restoring, served
 from mldeploy.errors import CheckFailed, UsageError
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "5"))  # bake checks, smoke retries (LROs: gcp's)
@@ -199,7 +199,10 @@ class CloudRunTarget:
             self._identity_token(current["url"] if current and current["url"] else "https://run.googleapis.com")
         spec = self._service_spec(current, after, plan.state["new"])
         changed = {"service": False}   # what _restore must put back: a refused update changed only IAM
-        with restoring(lambda: self._restore(plan.state, service=changed["service"])):
+        # the service's etag is the compare-and-set of the update; the guard keeps a restore off another's work
+        guard = Guard(self.service, self.status, served(self._status(current)),
+                      frozenset(e["image"] for e in after.values()))
+        with restoring(lambda: self._restore(plan.state, service=changed["service"]), guard):
             if plan.state["iam"] and current is not None:  # before traffic moves
                 self._set_public(self.public)
             with _refused(f"{'create' if current is None else 'update'} the Cloud Run service {self.service}",
@@ -221,7 +224,9 @@ class CloudRunTarget:
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        current = self.read()
+        return self._status(self.read())
+
+    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {"endpoint": self.service, "url": None, "slots": {}}
         if current is None:
             return out

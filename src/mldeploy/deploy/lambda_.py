@@ -31,7 +31,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mldeploy.deploy import Desired, NoCanary, Plan, restoring
+from mldeploy.deploy import Conflict, Desired, Guard, NoCanary, Plan, restoring, served
 from mldeploy.deploy.aws import (ECR_HOST, alarm_spec, bake, client, digest_of, ecr_has_image, resource_name, tags,
                                  translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -104,7 +104,7 @@ class LambdaTarget:
             return current
         weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
         current["alias"] = {"version": alias["FunctionVersion"], "weights": dict(weights),
-                            "description": alias.get("Description") or ""}
+                            "description": alias.get("Description") or "", "revision": alias.get("RevisionId")}
         canary_share = 0
         for version, weight in weights.items():
             entry = self._version(version)
@@ -165,8 +165,11 @@ class LambdaTarget:
                 raise CheckFailed(f"{e.message}; rolled back: it never took traffic, "
                                   f"{self._serving_text(current)}") from None
         self._ensure_alarms(after)
-        with restoring(lambda: self._restore(before, current)):  # e.g. a permission missing for the URL
-            self._set_alias(after, share, create=before is None)
+        guard = Guard(self.function, self.status, served(self._status(current)), frozenset(plan.state["images"].values()))
+        ours: dict[str, str] = {}  # the alias revision this command wrote: a restore puts back only that
+        with restoring(lambda: self._restore(before, current, ours.get("revision")), guard):  # e.g. no URL permission
+            guard.check()
+            ours["revision"] = self._set_alias(after, share, before)
             self._ensure_url()
             self._ensure_provisioned_concurrency()
             self._verify(after, share, plan.state["images"])
@@ -176,7 +179,9 @@ class LambdaTarget:
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        current = self.read()
+        return self._status(self.read())
+
+    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {"endpoint": self.function, "url": None, "slots": {}}
         if current is None:
             return out
@@ -403,15 +408,22 @@ class LambdaTarget:
     def _weights(after: dict[str, str], share: dict[str, int]) -> dict[str, float]:
         return {v: share[s] / 100 for s, v in after.items() if s != "production"}
 
-    def _set_alias(self, after: dict[str, str], share: dict[str, int], create: bool) -> None:
+    def _set_alias(self, after: dict[str, str], share: dict[str, int], before: dict[str, Any] | None) -> str:
         """Production is the alias's version, the canary its one additional weighted version; the
-        description says which slot holds the weight."""
+        description says which slot holds the weight. Only the alias as read is changed (its RevisionId:
+        Lambda's compare-and-set). The alias's new revision."""
         canary = next((s for s in after if s != "production"), None)
         args = {"FunctionName": self.function, "Name": ALIAS, "FunctionVersion": after["production"],
                 "Description": f"mldeploy canary={canary}" if canary else "mldeploy",
                 "RoutingConfig": {"AdditionalVersionWeights": self._weights(after, share)}}
         with translated(f"point {self.function}:{ALIAS} at version {after['production']}"):
-            (self.lam.create_alias if create else self.lam.update_alias)(**args)
+            try:
+                if before is None:
+                    return self.lam.create_alias(**args)["RevisionId"]
+                return self.lam.update_alias(**args, RevisionId=before["revision"])["RevisionId"]
+            except self.lam.exceptions.PreconditionFailedException:
+                raise Conflict(f"another command changed {self.function}:{ALIAS} after this one read it; "
+                               "this one moved no traffic", hint="run it again: it plans from what serves then") from None
 
     def _ensure_url(self) -> None:
         url = self._get(f"read the function URL of {self.function}", "get_function_url_config", Qualifier=ALIAS)
@@ -462,8 +474,9 @@ class LambdaTarget:
         if served != planned:
             raise CheckFailed(f"{self.function}:{ALIAS} serves {served}, not the planned {planned}")
 
-    def _restore(self, before: dict[str, Any] | None, current: dict[str, Any] | None) -> str:
-        """Put the alias back as it was; say so in the words the failure message ends with."""
+    def _restore(self, before: dict[str, Any] | None, current: dict[str, Any] | None, ours: str | None) -> str:
+        """Put the alias back as it was, only if it is still as this command left it (ours: its revision
+        then; None where the answer never came); say so in the words the failure message ends with."""
         with translated(f"restore {self.function}:{ALIAS}"):
             if before is None:  # there was no alias: nothing served, and nothing shall
                 try:
@@ -475,9 +488,12 @@ class LambdaTarget:
                 except self.lam.exceptions.ResourceNotFoundException:
                     return "nothing serves, as before"
                 return f"rolled back: the alias {ALIAS} was removed, nothing serves"
-            self.lam.update_alias(FunctionName=self.function, Name=ALIAS, FunctionVersion=before["version"],
-                                  Description=before["description"],
-                                  RoutingConfig={"AdditionalVersionWeights": before["weights"]})
+            try:
+                self.lam.update_alias(FunctionName=self.function, Name=ALIAS, FunctionVersion=before["version"],
+                                      Description=before["description"], **({"RevisionId": ours} if ours else {}),
+                                      RoutingConfig={"AdditionalVersionWeights": before["weights"]})
+            except self.lam.exceptions.PreconditionFailedException:
+                return "not restored: another command changed the alias meanwhile; `mldeploy status` shows what serves"
         return f"rolled back: {self._serving_text(current)}"
 
     def _serving_text(self, current: dict[str, Any] | None) -> str:

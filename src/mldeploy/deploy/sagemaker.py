@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, restoring, rollback_layout
+from mldeploy.deploy import Desired, Guard, Plan, canary_shares, pick_canary, restoring, rollback_layout, served
 from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
                                  tag_list, tags, translated)
 from mldeploy.errors import CheckFailed, UsageError
@@ -94,13 +94,16 @@ class SageMakerTarget:
         images, share = plan.state["images"], plan.traffic_after
         for slot, image in images.items():
             self._ensure_model(slot, image)
-        served = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
-        self._ensure_alarms(images, fresh={s for s, image in images.items() if served.get(s) != image})
-        with restoring(lambda: self._restore(current)):
+        was = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
+        self._ensure_alarms(images, fresh={s for s, image in images.items() if was.get(s) != image})
+        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset(images.values()))
+        with restoring(lambda: self._restore(current), guard):
             if plan.state["weights_only"]:
+                guard.check()
                 self._set_weights(share)
             else:
                 config = self._ensure_config(images, share)
+                guard.check()  # UpdateEndpoint takes no precondition: this is the closest to one
                 with translated(f"update the SageMaker endpoint {self.endpoint}"):
                     if current is None:
                         self.sm.create_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
@@ -119,7 +122,9 @@ class SageMakerTarget:
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        current = self.read()
+        return self._status(self.read())
+
+    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
         out = {"endpoint": self.endpoint, "url": None, "slots": {}}
         if current is None:
             return out
@@ -290,9 +295,9 @@ class SageMakerTarget:
 
     def _verify(self, images: dict[str, str], share: dict[str, int]) -> None:
         current = self.read()
-        served = {s: e["image"] for s, e in current["slots"].items()}
-        if served != images:
-            raise CheckFailed(f"the endpoint serves {served}, not the planned {images}")
+        serving = {s: e["image"] for s, e in current["slots"].items()}
+        if serving != images:
+            raise CheckFailed(f"the endpoint serves {serving}, not the planned {images}")
         weights = {s: e["weight"] for s, e in current["slots"].items()}
         if any(abs(weights[s] - share[s]) > 1 for s in share):
             raise CheckFailed(f"the endpoint's traffic is {weights}, not the planned {share}")

@@ -37,7 +37,7 @@ from typing import Any
 
 from mldeploy import github
 from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Plan, canary_shares, pick_canary, restoring, rollback_layout
+from mldeploy.deploy import Desired, Guard, Plan, canary_shares, pick_canary, restoring, rollback_layout, served
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
@@ -161,7 +161,9 @@ class VertexTarget:
         endpoint = current["name"] if current else self._create_endpoint()
         added: dict[str, str] = {}   # slot -> deployed model id deployed now
         kept = self._kept(current, images)
-        with restoring(lambda: self._restore(current, endpoint)):
+        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset(images.values()))
+        with restoring(lambda: self._restore(current, endpoint), guard):
+            guard.check()  # deployModel and a traffic update take no etag that covers both
             ep = self._get(endpoint)
             split = {dm.id: 0 for dm in ep.deployed_models}      # replaced, removed and stale ones: 0%
             split |= {kept[s]: share[s] for s in kept}
@@ -187,7 +189,9 @@ class VertexTarget:
         return {"changed": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        current = self.read()
+        return self._status(self.read())
+
+    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {"endpoint": self.endpoint, "url": None, "slots": {}}
         if current is None:
             return out

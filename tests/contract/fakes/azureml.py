@@ -44,6 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.contract.fakes.faults import Faults, fail
+
 PROVIDER = "Microsoft.MachineLearningServices"
 WS = (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/" + PROVIDER +
       r"/workspaces/(?P<ws>[^/]+)")
@@ -76,7 +78,14 @@ ENDPOINT_METRICS = {"RequestsPerMinute": (("deployment", "statusCode", "statusCo
 # fraction is honoured. A 202's header must be an int (the SDK deserializes it): those get "0", and
 # mldeploy's polling_interval (MLDEPLOY_POLL_SECONDS) applies.
 RETRY_AFTER = "0.01"
+# what ARM answers when it fails inside (fakes/faults.py injects it)
+FAULT_BODY = b'{"error": {"code": "InternalServerError", "message": "injected fault"}}'
 SCORING_HOST = re.compile(r"^(?P<e>[a-z0-9-]+)\.(?P<loc>[a-z0-9]+)\.inference\.ml\.azure\.com$", re.I)
+
+
+def call_of(method: str, path: str) -> str:
+    """A request as faults name it: operation ids, which differ from run to run, as op-N."""
+    return re.sub(r"/op-\d+", "/op-N", f"{method} {path}")
 
 
 class AzureMLFake:
@@ -104,6 +113,7 @@ class AzureMLFake:
         self.keys = {"primaryKey": "fake-primary-SECRET-key", "secondaryKey": "fake-secondary-SECRET-key"}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        self.faults = Faults()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -186,6 +196,9 @@ class AzureMLFake:
             body = raw.decode(errors="replace")
         with self._lock:
             self.requests.append((method, host, path))
+        if kind := self.faults.take(call_of(method, path)):  # unlocked: a race runs another command
+            return fail(handler, kind, FAULT_BODY)
+        with self._lock:
             self.query = query
             self.bodies.append((method, path, body))
             status, payload, headers = self._route(method, host, path, body, handler.headers)

@@ -3,7 +3,8 @@
 `rules` maps a call ("METHOD /path", or an AWS operation name) to [kind, skip, times]: after `skip`
 requests of that call pass, the next `times` fail as `kind` says - "500" (an internal error),
 "throttle" (429, or AWS's ThrottlingException), "drop" (the connection closed with no answer) or
-"kill" (the client process `victim` is SIGKILLed first, as a runner that died, then a 500).
+"kill" (the client process `victim` is SIGKILLed first, as a runner that died, then a 500) or "race"
+(`race` runs first, another command to its end, and then the request goes on as if nothing happened).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 
 class Faults:
     def __init__(self) -> None:
         self.rules: dict[str, list] = {}
         self.victim: int | None = None
+        self.race: Callable[[], None] | None = None
 
     def take(self, call: str) -> str | None:
         """The fault this request of `call` meets, if any (and it counts)."""
@@ -29,6 +32,9 @@ class Faults:
         rule[2] -= 1
         if rule[0] == "kill" and self.victim:
             os.kill(self.victim, signal.SIGKILL)
+        if rule[0] == "race" and self.race:
+            self.race()
+            return None
         return rule[0]
 
 

@@ -126,8 +126,9 @@ class FakeVertex:
                 raw = self.rfile.read(length) if length else b""
                 with fake.lock:
                     fake.requests.append((self.command, path, parsed.query))
-                    if kind := fake.faults.take(f"{self.command} {path}"):
-                        return fail(self, kind, FAULT_BODY)
+                if kind := fake.faults.take(f"{self.command} {path}"):  # unlocked: a race runs another command
+                    return fail(self, kind, FAULT_BODY)
+                with fake.lock:
                     try:
                         body = json.loads(raw) if raw else {}
                         code, answer = 200, fake._route(self.command, path, query, body)
