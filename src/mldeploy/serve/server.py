@@ -32,7 +32,7 @@ from pathlib import Path
 from mldeploy.bundle import SIGNATURE_FILE, Signature
 from mldeploy.errors import EXIT_USAGE, UsageError
 from mldeploy.serve.logs import log
-from mldeploy.serve.settings import Settings, check_readable, from_env
+from mldeploy.serve.settings import Settings, check_grpc, check_readable, from_env
 
 BACKLOG = 2048
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -55,7 +55,8 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
         raise UsageError(f"{settings.bundle / SIGNATURE_FILE} is not a valid signature: {e}",
                          hint="convert the model again") from None
     sock = _check_port(settings.host, settings.port)
-    if settings.grpc_port:  # gRPC: a taken port is one line here, not every worker's failure
+    if settings.grpc_port:  # gRPC: a taken port or a missing grpcio is one line here, not every worker's failure
+        check_grpc(settings)
         _check_port(settings.host, settings.grpc_port).close()
     # the folder where workers share their counters for /metrics
     settings = replace(settings, metrics_dir=settings.metrics_dir or Path(tempfile.mkdtemp(prefix="mldeploy-metrics-")))

@@ -277,6 +277,16 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
     )
 
 
+def check_grpc(s: Settings) -> None:
+    """MLDEPLOY_GRPC_PORT needs grpcio and protobuf here (looked up, not imported: grpc must not be
+    loaded before the workers fork)."""
+    import importlib.util
+
+    if s.grpc_port and not all(importlib.util.find_spec(m) for m in ("grpc", "google.protobuf")):
+        raise UsageError("MLDEPLOY_GRPC_PORT is set, but grpcio and protobuf are not installed here",
+                         hint="pip install 'mldeploy[serve]' (the kit's serving image does not carry them yet)")
+
+
 def to_env(s: Settings) -> dict[str, str]:
     """The variables that hand these settings to worker processes (they re-read them in from_env)."""
     env = {"MLDEPLOY_BUNDLE": str(s.bundle), "MLDEPLOY_WORKERS": str(s.workers),
