@@ -6,7 +6,9 @@ One endpoint lives through what a model repo does to it, in order: a release tag
 production; a pull request with a model that answers differently deploys its canary, canary
 analysis judges it on live traffic and rolls it back, failing the run and saying why in the pull
 request's comment; the next push deploys a canary that stays, updating the same comment; a push
-whose canary fails its smoke test fails the run and keeps everything serving; a fork's pull request
+whose canary fails its smoke test fails the run and keeps everything serving; a push whose image has
+no attestation is refused before anything changes (every deploy here checks provenance, as on
+GitHub); a fork's pull request
 deploys nothing; the rollback workflow removes the canary; another push's canary is promoted by
 the promote workflow (the very image, nothing rebuilt); closing the pull request then finds
 nothing to tear down and succeeds. Every slot captures its requests (monitoring.enabled), which is

@@ -36,16 +36,24 @@ def bundle(digest: str = DIGEST, builder: str = f"{KIT}@refs/tags/v2.0.0", sourc
                              "payloadType": "application/vnd.in-toto+json", "signatures": [{"sig": "c2ln"}]}}
 
 
-@pytest.fixture
-def github(monkeypatch):
+@pytest.fixture(scope="module")
+def api():
     fake = FakeGitHub(TOKEN)
-    for name in ("GITHUB_ACTIONS", "ACT", "GITHUB_EVENT_NAME", "MLDEPLOY_SIGNER_WORKFLOW"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("GITHUB_API_URL", fake.url)
-    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
-    monkeypatch.setenv("GITHUB_REPOSITORY", REPO)
     yield fake
     fake.close()
+
+
+@pytest.fixture
+def github(api, monkeypatch):
+    """GitHub's API with no attestation stored yet, and a job's environment pointing at it."""
+    api.attestations.clear()
+    api.requests.clear()
+    for name in ("GITHUB_ACTIONS", "ACT", "GITHUB_EVENT_NAME", "MLDEPLOY_SIGNER_WORKFLOW"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GITHUB_API_URL", api.url)
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.setenv("GITHUB_REPOSITORY", REPO)
+    return api
 
 
 def test_an_image_the_kits_workflow_attested_in_this_repository_is_accepted(github):
