@@ -3,8 +3,10 @@ held under a minute of wrk load.
 
   test_fuzz_no_server_errors   schemathesis's coverage phase (~850 requests), then >= 10,000
                                Hypothesis-generated requests (valid and mutated; JSON, CSV and .npy
-                               bodies) across every operation of the served document: no 5xx, no
-                               dropped connection, and the server is still up and ready afterwards.
+                               bodies) across every operation of the served document, then 2,500
+                               generated gRPC ModelInfer calls and 2,500 binary-tensor bodies
+                               (oip_fuzz.py): no 5xx, no gRPC INTERNAL or UNKNOWN, no dropped
+                               connection, and the server is still up and ready afterwards.
   test_malformed_request_is_4xx
                                hand-made requests the fuzzer does not build (overflowing v2 shapes,
                                a .npy header claiming terabytes, ...): 4xx, never 5xx.
@@ -45,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, expected_probs, start_server
+from tests.serve import oip_fuzz
+from tests.serve.conftest import Server, expected_probs, free_port, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -53,6 +56,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.load]
 LOAD_SECONDS = max(2, int(os.environ.get("MLDEPLOY_LOAD_SECONDS", "") or 60))
 
 FUZZ_MIN_REQUESTS = 10_000
+OIP_FUZZ_EXAMPLES = 2_500  # generated gRPC calls, and as many binary-tensor bodies (tests/serve/oip_fuzz.py)
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
@@ -208,7 +212,8 @@ def test_fuzz_no_server_errors(two_io_bundle, tmp_path, record_property):
     import requests
     import schemathesis
 
-    server = start_server(two_io_bundle, tmp_path, workers=1)
+    grpc_port = free_port()
+    server = start_server(two_io_bundle, tmp_path, workers=1, env={"MLDEPLOY_GRPC_PORT": str(grpc_port)})
     base = f"http://127.0.0.1:{server.port}"
     started = time.monotonic()
     cpu = os.times()
@@ -232,6 +237,8 @@ def test_fuzz_no_server_errors(two_io_bundle, tmp_path, record_property):
                 if sum(tally.sent.values()) >= FUZZ_MIN_REQUESTS + covered:
                     break
                 plan = [(m, p, mode, 500, (round_ + 1) * 10 + c) for m, p, mode, n, c in plan if n > 100]
+        # gRPC and binary bodies, from this process (after the fork pool: grpc is not fork-safe)
+        grpc_codes, binary_statuses, oip_failures = oip_fuzz.fuzz(server.port, grpc_port, OIP_FUZZ_EXAMPLES)
 
         total = sum(tally.sent.values())
         elapsed = time.monotonic() - started
@@ -244,17 +251,24 @@ def test_fuzz_no_server_errors(two_io_bundle, tmp_path, record_property):
         report = (f"fuzz: {total} requests ({covered} coverage, {total - covered} fuzzed) in {elapsed:.1f} s "
                   f"({total / elapsed:.0f}/s; client CPU {cpu_s:.0f} s), "
                   f"statuses {dict(sorted(tally.statuses.items()))}; "
-                  f"server alive {alive}, ready {ready}\n{per_op}")
+                  f"server alive {alive}, ready {ready}\n{per_op}\n"
+                  f"  gRPC ModelInfer [generated]  {sum(grpc_codes.values()):6}  {dict(grpc_codes)}\n"
+                  f"  binary-tensor bodies [generated]  {sum(binary_statuses.values()):6}  "
+                  f"{dict(sorted(binary_statuses.items()))}")
         print("\n" + report)
         for key, value in {"fuzz_requests": total, "fuzz_coverage_requests": covered, "fuzz_seconds": round(elapsed, 1),
                            "fuzz_client_cpu_seconds": round(cpu_s), "fuzz_5xx_or_lost": len(tally.failures)}.items():
             record_property(key, value)
         if tally.failures:
             pytest.fail(_failure_report(tally.failures, server) + "\n" + report, pytrace=False)
+        if oip_failures:
+            pytest.fail(f"{len(oip_failures)} gRPC calls or binary bodies got a server error, e.g.\n"
+                        + "\n".join(oip_failures[:5]) + "\n" + report, pytrace=False)
         assert alive, f"the server exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}"
         assert ready == 200, f"/v2/health/ready answered {ready} after fuzzing"
         assert total - covered >= FUZZ_MIN_REQUESTS, report
         assert tally.statuses[200] > 0 and tally.statuses[422] > 0, f"no valid or no model-error request: {report}"
+        assert grpc_codes["OK"] > 0 and binary_statuses[200] > 0, f"no valid gRPC call or binary body: {report}"
     finally:
         server.stop()
 
