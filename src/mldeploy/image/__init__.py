@@ -189,10 +189,20 @@ def _mldeploy_wheel() -> Path:
         shutil.rmtree(out)
         wheel = None
     if wheel is None:
-        # isolated: the build backend pyproject.toml asks for, not whatever setuptools the venv has
-        # (a fresh venv's is too old for its metadata)
-        _pip("wheel", "--no-deps", "--wheel-dir", str(out), str(source))
+        # from a clean copy of the source: setuptools would add what a stale build/ folder of the
+        # checkout still holds (modules deleted since); isolated: the build backend pyproject.toml asks
+        # for, not whatever setuptools the venv has (a fresh venv's is too old for its metadata)
+        with tempfile.TemporaryDirectory(prefix="mldeploy-src-") as tmp:
+            for name in ("pyproject.toml", "README.md", "LICENSE"):
+                if (source / name).is_file():
+                    shutil.copy2(source / name, Path(tmp, name))
+            shutil.copytree(source / "src" / "mldeploy", Path(tmp, "src", "mldeploy"),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            _pip("wheel", "--no-deps", "--wheel-dir", str(out), tmp)
         wheel = next(out.glob("*.whl"))
+        if not _holds_exactly(wheel, source / "src" / "mldeploy"):
+            raise UsageError(f"the build of mldeploy from {source} does not hold exactly its source files",
+                             hint="a bug in mldeploy's packaging; please report it")
     return wheel
 
 
