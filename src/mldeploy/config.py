@@ -455,7 +455,7 @@ class MonitoringSection(Section):
 
 
 # Serving settings of the HTTP server that the Lambda runtime (one event at a time, no server) never reads.
-LAMBDA_IGNORES = re.compile(r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|"
+LAMBDA_IGNORES = re.compile(r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|GRPC_PORT|"
                             r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|"
                             r"(LIVENESS|READINESS|SCORING)_ROUTE)")
 

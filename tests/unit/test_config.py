@@ -645,6 +645,8 @@ def test_settings_a_target_needs_together_fail_when_the_config_loads(tmp_path, s
      "MLDEPLOY_WORKERS does nothing on Lambda"),
     ("image: {environment: {MLDEPLOY_BODY_TIMEOUT: '5'}}\ndeploy: {cloud: aws, target: lambda}",
      "MLDEPLOY_BODY_TIMEOUT does nothing on Lambda"),
+    ("image: {environment: {MLDEPLOY_GRPC_PORT: '8081'}}\ndeploy: {cloud: aws, target: lambda}",
+     "MLDEPLOY_GRPC_PORT does nothing on Lambda"),
     ("image: {environment: {MLDEPLOY_API_KEYS_FILE: /run/keys}}\ndeploy: {cloud: gcp, target: vertex}",
      "would answer 401 to vertex's own calls"),
 ])
