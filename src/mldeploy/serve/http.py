@@ -71,6 +71,7 @@ class Worker:
         self.stopping = False
         self.date = ""
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._wake: socket.socket | None = None
 
     def run(self, on_stop: Callable[[], None], stop_now: Callable[[], bool]) -> None:
         """Serve until SIGTERM and the drain are over, then on_stop(). stop_now(): whether a SIGTERM
@@ -81,7 +82,16 @@ class Worker:
         asyncio.set_event_loop(loop)
         self.sock.setblocking(False)
         self.date = _date()
-        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        # SIGTERM: Python's handler, whichever thread the kernel hands the signal to, writes it to
+        # the wakeup socket, which wakes the loop, which runs the handler. It replaces the one that
+        # kept an early SIGTERM (stop_now), and one that came in between runs whichever handler is
+        # in place when Python gets to it: none is lost.
+        self._wake, wake = socket.socketpair()
+        self._wake.setblocking(False)
+        wake.setblocking(False)
+        signal.set_wakeup_fd(wake.fileno())
+        loop.add_reader(self._wake.fileno(), self._woken)
+        signal.signal(signal.SIGTERM, lambda *_: loop.call_soon(self.drain))
         if stop_now():
             self.drain()
         self._accept_on()
@@ -91,6 +101,12 @@ class Worker:
             loop.run_forever()
         finally:
             on_stop()
+
+    def _woken(self) -> None:
+        try:
+            self._wake.recv(4096)  # the signal numbers; Python runs the handlers itself
+        except OSError:
+            pass
 
     # -- accepting, within the cap ---------------------------------------------------------------
     def _accept_on(self) -> None:

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -78,16 +79,28 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
 
 
 def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int:
-    """Fork the workers and wait for them; the exit code."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # taken with sigwaitinfo below, never lost
+    """Fork the workers and wait for them; the exit code.
+
+    Signals reach the parent through a wakeup pipe: numpy and ONNX Runtime have started threads of
+    their own by now, and the kernel may hand a signal to any of them, but Python's handler on that
+    thread still writes its number to the pipe."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    for sig in SIGNALS:
+        signal.signal(sig, _noted)
     workers = set()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # a worker's own signals wait until it has its handlers
     for _ in range(settings.workers):
         pid = os.fork()
         if pid == 0:
+            os.close(wake_r)
+            os.close(wake_w)
             _worker(settings, sock, connections)  # never returns
         workers.add(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     sock.close()  # the workers hold it: once they all close it, new connections are refused
-    code, stopping, deadline = 0, False, None
+    code, stopping, deadline, killed = 0, False, None, False
 
     def stop_all() -> None:
         nonlocal stopping, deadline
@@ -96,19 +109,11 @@ def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int
             _signal(pid, signal.SIGTERM)
 
     while workers:
-        if deadline is None:
-            info = signal.sigwaitinfo(SIGNALS)
-        else:
-            info = signal.sigtimedwait(SIGNALS, max(0.0, deadline - time.monotonic()))
-            if info is None:  # the drain is over
-                for pid in workers:
-                    log("warning", f"worker {pid} did not stop within MLDEPLOY_DRAIN_SECONDS: killed")
-                    _signal(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 60
-                continue
-        if info.si_signo != signal.SIGCHLD and not stopping:
+        wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        got = os.read(wake_r, 64) if select.select([wake_r], [], [], wait)[0] else b""
+        if (signal.SIGTERM in got or signal.SIGINT in got) and not stopping:
             stop_all()
-        for pid, status in _reaped(workers):
+        for pid, status in _reaped(workers):  # also once a second: a lost wake-up cannot strand the parent
             workers.discard(pid)
             if not stopping:  # a worker died by itself
                 rc = os.waitstatus_to_exitcode(status)
@@ -118,7 +123,16 @@ def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int
                     code = 1
                     log("error", f"worker {pid} exited with {rc}: stopping the server")
                 stop_all()
+        if workers and deadline is not None and time.monotonic() >= deadline and not killed:
+            for pid in workers:  # the drain is over
+                log("warning", f"worker {pid} did not stop within MLDEPLOY_DRAIN_SECONDS: killed")
+                _signal(pid, signal.SIGKILL)
+            killed = True
     return code
+
+
+def _noted(*_: object) -> None:
+    """The parent's handler: the wakeup pipe carries the signal, the loop above acts on it."""
 
 
 def _reaped(workers: set[int]) -> list[tuple[int, int]]:
@@ -153,6 +167,8 @@ def _worker(settings: Settings, sock: socket.socket, connections: int) -> None:
     """A forked worker: load the model, serve until told to stop, exit (never returns)."""
     code = 0
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, _remember_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # a SIGTERM kept pending arrives now
