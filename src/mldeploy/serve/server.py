@@ -17,6 +17,7 @@ instead, in this one process.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import resource
@@ -90,6 +91,7 @@ def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int
     for sig in SIGNALS:
         signal.signal(sig, _noted)
     workers = set()
+    gc.freeze()  # the imports, shared with every worker: collections neither walk nor copy them
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # a worker's own signals wait until it has its handlers
     for _ in range(settings.workers):
         pid = os.fork()
@@ -177,6 +179,7 @@ def _worker(settings: Settings, sock: socket.socket, connections: int) -> None:
 
         app = App(settings)
         app.load()  # exits 2 with one line when the model cannot load
+        gc.freeze()  # what loading made lives as long as the worker: no collection walks it again
         if _term:  # stopped while loading: nothing to drain
             sock.close()
             app.stop()
