@@ -8,8 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
+from mldeploy.bundle import TensorSpec
 from mldeploy.errors import UsageError
 from mldeploy.serve.batching import Batcher
+from mldeploy.serve.codec import BadRequest, array
 from mldeploy.serve.metrics import Metrics
 from mldeploy.serve.model import Model, ModelError
 from mldeploy.serve.security import Auth, RateLimiter
@@ -182,3 +184,26 @@ def test_tiny_models_are_not_merged_by_default(linear_bundle):
     batcher = Batcher(model, max_batch=64, wait_ms=0, infer_thread="off", observer=seen)
     asyncio.run(_concurrently(batcher, [{"x": np.zeros((1, 4), np.float32)} for _ in range(5)]))
     assert seen.batches == [1, 1, 1, 1, 1]
+
+
+# -- float inputs: the fast path (one sum of squares) and the checked one agree ----------------------
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("row, allow_nonfinite, refused", [
+    ([1e-45, -2.5, 1e30, 7.0], False, None),
+    ([F32_MAX, -F32_MAX, F32_MAX, 1.0], False, None),  # each fits; the squares' sum is past the fast path's limit
+    ([F32_MAX * 1.01, 0.0, 0.0, 0.0], False, "outside the float32 range"),
+    ([float("nan"), 0.0, 0.0, 0.0], False, "NaN or infinity"),
+    ([float("-inf"), 0.0, 0.0, 0.0], False, "NaN or infinity"),
+    ([float("inf"), 0.0, 0.0, 0.0], True, None),
+])
+def test_float_inputs_are_checked_on_either_path(row, allow_nonfinite, refused):
+    spec = TensorSpec("x", "float32", ("batch", 4))
+    if refused:
+        with pytest.raises(BadRequest, match=refused):
+            array([row], spec, np.dtype(np.float32), allow_nonfinite, "x")
+    else:
+        got = array([row], spec, np.dtype(np.float32), allow_nonfinite, "x")
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.asarray([row], np.float32))
