@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -335,3 +336,55 @@ def test_faults_never_harm_production_and_a_rerun_converges(images, endpoint, do
         assert mldeploy("rollback", *where)[0] == 0  # production alone again, for the next fault
     print("\n" + "\n".join(rows))
     assert all("harmed: no  rerun: ok" in row and "exit   0" not in row and "NOT ONE LINE" not in row for row in rows), rows
+
+
+def test_the_engine_failing_never_harms_production(images, endpoint, docker_client, tmp_path, monkeypatch):
+    """The local target's "cloud API failing": the engine answers 500 to each call a canary deploy makes
+    while it changes things (engine_proxy.py), with a client sending requests throughout. Each time
+    production answers every request and keeps its container and share, a failure is one line (exit 0
+    only with the canary in place), and a rerun converges."""
+    from tests.integration.engine_proxy import EngineProxy
+
+    bundle, a, b, _ = images
+    name, port = endpoint
+    where = ["--bundle", str(bundle), "--endpoint", name, "--port", str(port)]
+    assert mldeploy("deploy", *where, "--image", a, "--stage", "production")[0] == 0
+    serving = routed(name, port)
+    engine = os.environ["DOCKER_HOST"]
+    proxy = EngineProxy(engine, tmp_path)
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    canary = ["deploy", *where, "--image", b, "--traffic", "20"]
+    try:
+        assert mldeploy(*canary)[0] == 0
+        seen: dict[str, int] = {}
+        calls = []  # (call, requests of it before): each call that changes something, once
+        for call in proxy.requests:
+            if call.split()[0] in ("POST", "PUT", "DELETE") and call not in dict(calls):
+                calls.append((call, seen.get(call, 0)))
+            seen[call] = seen.get(call, 0) + 1
+        assert mldeploy("rollback", *where)[0] == 0
+        rows = []
+        for call, skip in calls:
+            proxy.faults.rules = {call: ["500", skip, 1]}
+            with Client(port) as client:
+                code, out = mldeploy(*canary)
+            fired, proxy.faults.rules = not proxy.faults.rules[call][2], {}
+            errors = [line for line in out.splitlines() if line.startswith("error:")]
+            routes = routed(name, port)
+            harmed = [] if (routes == serving if code else routes.get("canary") and
+                            routes["production"] == serving["production"]) else [f"exit {code}, routes {routes}"]
+            harmed += [f"{len(client.failures())} failed requests {client.failures()[:3]}"] if client.failures() else []
+            rerun_code, rerun_out = mldeploy(*canary)
+            converged = rerun_code == 0 and "canary      20%  healthy" in rerun_out
+            rows.append(f"local  deploy canary  {call:<34} 500  exit {code:>3}  "
+                        f"{'one line' if code == 0 or len(errors) == 1 else 'NOT ONE LINE'}  "
+                        f"{'' if fired else 'NEVER FIRED  '}harmed: {'; '.join(harmed) or 'no'}  "
+                        f"rerun: {'ok' if converged else rerun_out[-300:]}  ({len(client.results)} requests)")
+            assert mldeploy("rollback", *where)[0] == 0
+    finally:
+        monkeypatch.setenv("DOCKER_HOST", engine)  # the endpoint fixture removes the endpoint after this
+        proxy.close()
+    print("\n" + "\n".join(rows))
+    assert len(rows) >= 3, calls
+    assert all("harmed: no  rerun: ok" in row and "NOT ONE LINE" not in row and "NEVER" not in row
+               for row in rows), rows
