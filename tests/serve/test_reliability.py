@@ -15,7 +15,8 @@ held under a minute of wrk load.
   test_load_no_errors_bounded_memory
                                wrk, 64 connections, 2 threads, MLDEPLOY_LOAD_SECONDS (default 60)
                                of POST /predict on a 2-worker server: no non-2xx, no socket errors,
-                               and the server's process tree grows by at most RSS_GROWTH_LIMIT_MB.
+                               every answer byte for byte the model's, and the server's process
+                               tree grows by at most RSS_GROWTH_LIMIT_MB.
   test_slow_clients_do_not_starve_others
                                SLOW_CLIENTS (1,000) silent, trickling and half-closed connections
                                held open on a 2-worker server with its default settings: every
@@ -401,11 +402,40 @@ def parse_wrk(out: str) -> dict:
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    checked = re.search(r"^checked (\d+) wrong (\d+)$", out, re.M)  # from checking_script's done()
     assert rps and total, f"wrk printed no summary:\n{out}"
     return {"rps": float(rps.group(1)), "requests": int(total.group(1)),
+            "checked": int(checked.group(1)) if checked else 0, "wrong": int(checked.group(2)) if checked else 0,
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
             if sock else {"connect": 0, "read": 0, "write": 0, "timeout": 0}}
+
+
+def checking_script(folder: Path, body: str, expected: bytes) -> Path:
+    """A wrk script that POSTs body and compares every answer with expected, byte for byte (the model
+    runs each single row alone, so its answer is the same bytes every time), printing
+    "checked N wrong M" at the end."""
+    answer = expected.decode()
+    assert "]==]" not in body + answer  # the long-bracket strings below must not close early
+    lua = folder / "predict.lua"
+    lua.write_text(f"""wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[{body}]==]
+local expected = [==[{answer}]==]
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function init(args) checked = 0; wrong = 0 end
+function response(status, headers, body)
+  checked = checked + 1
+  if status ~= 200 or body ~= expected then wrong = wrong + 1 end
+end
+function done(summary, latency, requests)
+  local c, w = 0, 0
+  for _, t in ipairs(threads) do c = c + t:get("checked"); w = w + t:get("wrong") end
+  io.write(string.format("checked %d wrong %d\\n", c, w))
+end
+""")
+    return lua
 
 
 def run_wrk(port: int, lua: Path, seconds: int, connections: int = CONNECTIONS) -> subprocess.Popen:
@@ -415,21 +445,19 @@ def run_wrk(port: int, lua: Path, seconds: int, connections: int = CONNECTIONS) 
 
 
 def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property):
-    """A minute of wrk against POST /predict on 2 workers: every answer 2xx, no socket error, and the
-    process tree's RSS does not creep up."""
+    """A minute of wrk against POST /predict on 2 workers: every answer 2xx and the model's own, no
+    socket error, and the process tree's RSS does not creep up."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk not installed: run scripts/setup-system.sh as root")
     row = [0.5, -1.25, 2.0, 0.125]
     body = json.dumps({"instances": [row]}, separators=(",", ":"))
-    lua = tmp_path / "predict.lua"
-    lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                   f"wrk.body = [==[{body}]==]\n")
     server: Server = start_server(linear_bundle, tmp_path, workers=2)
     try:
         reply = server.call("POST", "/predict", json.loads(body))
         assert reply.status == 200, reply.body
         np.testing.assert_allclose(reply.json()["predictions"], expected_probs(np.array([row])), rtol=1e-5,
                                    atol=1e-6)
+        lua = checking_script(tmp_path, body, reply.body)
         idle_mb, processes = tree_rss_mb(server.process.pid)
         assert processes >= 3, f"expected the parent and 2 workers, found {processes} processes"
 
@@ -465,6 +493,7 @@ def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property)
         growth = end_mb - start_mb
         figures = {"load_seconds": LOAD_SECONDS, "connections": CONNECTIONS, "rps": stats["rps"],
                    "requests": stats["requests"], "non2xx": stats["non2xx"], "socket_errors": stats["socket_errors"],
+                   "answers_checked": stats["checked"], "answers_wrong": stats["wrong"],
                    "warmup_rps": warm_stats["rps"], "rss_idle_mb": round(idle_mb, 1),
                    "rss_start_mb": round(start_mb, 1), "rss_end_mb": round(end_mb, 1),
                    "rss_peak_mb": round(peak_mb, 1), "rss_growth_mb": round(growth, 1),
@@ -479,6 +508,9 @@ def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property)
         assert warm_stats["non2xx"] == 0 and not any(warm_stats["socket_errors"].values()), warm.stdout
         assert stats["requests"] > 0, out
         assert stats["non2xx"] == 0, f"{stats['non2xx']} non-2xx responses:\n{out}\n{_log_tail(server)}"
+        assert stats["wrong"] == 0 and stats["checked"] == stats["requests"], (
+            f"{stats['wrong']} of {stats['checked']} answers checked ({stats['requests']} in all) were not "
+            f"the model's answer {reply.body!r}:\n{out}")
         assert not any(stats["socket_errors"].values()), f"socket errors {stats['socket_errors']}:\n{out}"
         assert growth <= RSS_GROWTH_LIMIT_MB, (
             f"RSS grew {growth:.1f} MB under load ({start_mb:.1f} -> {end_mb:.1f} MB, peak {peak_mb:.1f}; "
