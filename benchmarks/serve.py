@@ -538,6 +538,36 @@ def bench_server(server: Server, bin_: Path, model: Model, args, tmp: Path) -> d
         stop(proc)
 
 
+def machine() -> str:
+    """The CPU's name, its core count and the instruction sets that matter to ONNX Runtime."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE).group(1).split()) if "flags" in info else set()
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+              if f in flags]
+    return f"{name.group(1) if name else platform.machine()}, {os.cpu_count()} CPUs, {' '.join(wanted) or 'no AVX2'}"
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One row from a server's rounds: at each concurrency the point of the round with the median rps,
+    the median cold start, the highest RSS; n/a only when every round was."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return runs[0]
+
+    def median(items: list, key: Callable) -> Any:
+        return sorted(items, key=key)[(len(items) - 1) // 2]
+
+    row = dict(median(ok, lambda r: r["cold_start_s"]))
+    row["points"] = {c: median([r["points"][c] for r in ok], lambda p: p["rps"]) for c in CONCURRENCY}
+    row["rss_mb"] = max(r["rss_mb"] for r in ok)
+    row["rounds"] = len(ok)
+    return row
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -558,7 +588,9 @@ def print_table(model: Model, result: dict, duration: int) -> None:
     servers, ort = result["servers"], result.get("raw_ort")
     ours = servers.get("ours", {})
     ours_c64 = ours["points"][64]["rps"] if ours.get("status") == "ok" else None
-    print(f"\n== {model.label}: one row per request, wrk {duration} s per point, same 2 cores")
+    rounds = max((row.get("rounds", 1) for row in servers.values()), default=1)
+    print(f"\n== {model.label}: one row per request, wrk {duration} s per point, same 2 cores"
+          + (f", median of {rounds} rounds taken in turns" if rounds > 1 else ""))
     head = (f"{'server':<24}{'rps c1':>9}{'c16':>9}{'c64':>9}   {'p50/p99 ms c1':>14}{'c16':>15}{'c64':>15}"
             f"{'cold s':>8}{'RSS MB':>8}{'ours/this':>10}{'errors':>8}{'CPU us/req c1/c16/c64':>23}")
     print(head)
@@ -692,6 +724,8 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn", help="comma list of mlp, cnn (default: both)")
     parser.add_argument("--duration", type=int, default=8, help="seconds of wrk per load point (default 8)")
     parser.add_argument("--quick", action="store_true", help="3 s per load point")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every server this many times, taking turns; each point is the median round's")
     parser.add_argument("--setup", action="store_true", help="only build the competitors' venvs, then stop")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
@@ -705,6 +739,7 @@ def main() -> None:
         sys.exit("wrk is not on PATH (apt-get install wrk)")
 
     servers = [s for s in SERVERS if s.key in keys]
+    print(f"== machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     print("== venvs", flush=True)
     bins: dict[str, Path | str] = {}
     for name in dict.fromkeys(s.venv for s in (SERVERS if args.setup else servers) if s.venv):
@@ -732,28 +767,35 @@ def main() -> None:
                 print(f"single row {result['raw_ort']['single_1x1']['rows_per_s']:.0f} rows/s", flush=True)
             except Exception as e:  # a benchmark goes on: the row is just missing
                 print(f"failed: {type(e).__name__}: {e}", flush=True)
-        for server in servers:
-            bin_ = BIN if server.venv is None else bins[server.venv]
-            try:
-                if isinstance(bin_, str):
-                    raise Unavailable(f"venv .bench/{server.venv}: {bin_}")
-                if server.key == "ours" and not_ours:
-                    raise Unavailable(not_ours)
-                print(f"[{model.key}] {server.label} ...", end=" ", flush=True)
-                row = bench_server(server, bin_, model, args, tmp)
-                print(f"cold {row['cold_start_s']:.2f} s, c64 {row['points'][64]['rps']:.0f} rps", flush=True)
-            except (Unavailable, subprocess.TimeoutExpired, OSError) as e:
-                row = {"status": "n/a", "reason": str(e)}
-                print(f"n/a: {e}", flush=True)
-            result["servers"][server.key] = row
-            time.sleep(1)  # let the previous server's processes and sockets go away
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(args.rounds):  # servers take turns, so a busy spell on a shared machine hits all
+            for server in servers:
+                bin_ = BIN if server.venv is None else bins[server.venv]
+                try:
+                    if isinstance(bin_, str):
+                        raise Unavailable(f"venv .bench/{server.venv}: {bin_}")
+                    if server.key == "ours" and not_ours:
+                        raise Unavailable(not_ours)
+                    print(f"[{model.key}{f' round {round_ + 1}' if args.rounds > 1 else ''}] {server.label} ...",
+                          end=" ", flush=True)
+                    row = bench_server(server, bin_, model, args, tmp)
+                    print(f"cold {row['cold_start_s']:.2f} s, c64 {row['points'][64]['rps']:.0f} rps", flush=True)
+                except (Unavailable, subprocess.TimeoutExpired, OSError) as e:
+                    row = {"status": "n/a", "reason": str(e)}
+                    print(f"n/a: {e}", flush=True)
+                runs.setdefault(server.key, []).append(row)
+                time.sleep(1)  # let the previous server's processes and sockets go away
+        for key, rows_ in runs.items():
+            result["servers"][key] = median_run(rows_)
     for model in models:
         print_table(model, results[model.key], args.duration)
     rows = targets(results)
     print_targets(rows, results)
+    print(f"\n== machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end")
 
     if args.json:
-        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "machine": machine(),
+                "loadavg_end": os.getloadavg(), "rounds": args.rounds,
                 "python": platform.python_version(), "duration_s": args.duration, "raw_ort_seconds": ort_seconds,
                 "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1],
                 "ours": {"commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],

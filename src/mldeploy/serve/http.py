@@ -82,6 +82,7 @@ class Worker:
         asyncio.set_event_loop(loop)
         self.sock.setblocking(False)
         self.date = _date()
+        self.app.start(loop)  # a SIGTERM meanwhile is kept for stop_now() below
         # SIGTERM: Python's handler, whichever thread the kernel hands the signal to, writes it to
         # the wakeup socket, which wakes the loop, which runs the handler. It replaces the one that
         # kept an early SIGTERM (stop_now), and one that came in between runs whichever handler is
@@ -96,7 +97,6 @@ class Worker:
             self.drain()
         self._accept_on()
         loop.call_later(SWEEP_SECONDS, self._sweep)
-        self.app.start(loop)
         try:
             loop.run_forever()
         finally:
@@ -133,16 +133,23 @@ class Worker:
                     self._accept_off()  # out of descriptors or memory: try again once the sweep runs
                     self.app.log_once("warning", f"cannot accept connections now: {e.strerror}")
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset before it was ours
+                conn.close()
+                continue
             self.opening += 1
             task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: Connection(self), conn))
             task.add_done_callback(self._opened)
 
     def _opened(self, task: asyncio.Task) -> None:
         self.opening -= 1
-        if not task.cancelled() and task.exception() is not None:
-            pass  # the client was gone before its connection was set up: nothing to serve
-        self._maybe_accept()
+        if not task.cancelled():
+            task.exception()  # taken: a client gone before its connection was set up is nothing to log
+        if self.stopping and not self.connections and not self.opening:
+            self.loop.stop()
+        elif not self.stopping:
+            self._maybe_accept()
 
     def _maybe_accept(self) -> None:
         if not self.accepting and len(self.connections) + self.opening < self.cap:
