@@ -15,7 +15,7 @@ import pytest
 from mldeploy.bundle import Bundle
 from tests.conftest import ROOT, git_tracked_copy
 from tests.integration.conftest import free_port, printed_image, starting_line, wait_http
-from tests.serve.conftest import expected_probs
+from tests.serve.conftest import expected_probs, need
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 X = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
@@ -70,12 +70,13 @@ def container(pushed, docker_client):
         docker_client.images.remove(tag, force=True)  # untags only, if an earlier test left a container of this image
     pulled = docker_client.images.pull(image)
     assert digest in pulled.attrs["RepoDigests"][0]
-    port = free_port()
-    c = docker_client.containers.run(image, ["serve"], detach=True, ports={"8080/tcp": ("127.0.0.1", port)},
-                                     environment={"MLDEPLOY_BATCH_WAIT_MS": "0"})
+    port, grpc_port = free_port(), free_port()
+    c = docker_client.containers.run(image, ["serve"], detach=True, environment={"MLDEPLOY_BATCH_WAIT_MS": "0",
+                                                                                 "MLDEPLOY_GRPC_PORT": "8081"},
+                                     ports={"8080/tcp": ("127.0.0.1", port), "8081/tcp": ("127.0.0.1", grpc_port)})
     try:
         wait_http(f"http://127.0.0.1:{port}/ping")
-        yield c, port
+        yield c, port, grpc_port
     finally:
         c.remove(force=True)
 
@@ -116,7 +117,7 @@ def test_push_records_the_digest_in_the_manifest(pushed):
 
 
 def test_every_protocol_against_the_container(container):
-    _, port = container
+    _, port, _ = container
     body = json.dumps
     checks = {
         "/invocations": (body(X).encode(), "predictions"),
@@ -141,8 +142,22 @@ def test_every_protocol_against_the_container(container):
     assert status == 400 and b"must be 4" in out
 
 
+def test_the_image_serves_grpc_to_tritons_client(container):
+    grpcclient = need("tritonclient.grpc")
+    _, _, grpc_port = container
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        assert client.is_server_live() and client.is_model_ready("model")
+        x = grpcclient.InferInput("x", [2, 4], "FP32")
+        x.set_data_from_numpy(np.array(X, np.float32))
+        out = client.infer("model", [x]).as_numpy(client.get_model_metadata("model").outputs[0].name)
+        np.testing.assert_allclose(out, expected_probs(np.array(X, np.float32)), rtol=1e-5)
+    finally:
+        client.close()
+
+
 def test_image_is_slim_labelled_and_unprivileged(container, docker_client, pushed):
-    c, _ = container
+    c, _, _ = container
     image = docker_client.images.get(pushed[0])
     labels = image.labels
     assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"

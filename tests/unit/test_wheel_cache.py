@@ -62,8 +62,9 @@ def cache(good, tmp_path, monkeypatch):
 def test_the_lock_pins_the_tested_runtime():
     pins = image.locked()
     assert set(pins) == set(image.RUNTIME)
-    constraints = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                       if "==" in line and not line.startswith("#"))
+    constraints = {name.replace("_", "-"): ver for name, ver in (  # names as pip normalises them
+        line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#"))}
     for name, (ver, hashes) in pins.items():
         assert ver == constraints[name] == version(name), name
         assert hashes and all(len(h) == 64 for h in hashes)

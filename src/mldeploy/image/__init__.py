@@ -27,7 +27,7 @@ from mldeploy.errors import UsageError
 from mldeploy.image.reproducible import normalize
 from mldeploy.image.sbom import SBOM_FILE, cyclonedx
 
-RUNTIME = ("onnxruntime", "numpy", "orjson", "uvloop", "httptools")
+RUNTIME = ("onnxruntime", "numpy", "orjson", "uvloop", "httptools", "grpcio", "protobuf", "typing-extensions")
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
 WHEEL_CACHE = Path(os.environ.get("MLDEPLOY_WHEEL_CACHE", Path.home() / ".cache" / "mldeploy" / "wheels"))
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n.git\n.env\n*.pem\n*.key\n"
