@@ -133,7 +133,9 @@ def vertex_backend(fake) -> Backend:
 
     return Backend("vertex", f"deploy:\n  cloud: gcp\n  target: vertex\n  endpoint: {ENDPOINT}\n"
                              "  region: europe-west4\n  gcp:\n    project: acme-ml\n", reset, serving, requests,
-                   lambda: fake.requests.clear(), fake.faults, {"smoke fails": lambda i: fake.failing_images.add(i)})
+                   lambda: fake.requests.clear(), fake.faults,
+                   {"never healthy": lambda i: fake.fail_deploy_images.add(i),  # its deployModel LRO fails
+                    "smoke fails": lambda i: fake.failing_images.add(i)})
 
 
 def cloudrun_backend(fake) -> Backend:
