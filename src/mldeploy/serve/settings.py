@@ -286,11 +286,3 @@ def check_grpc(s: Settings) -> None:
         raise UsageError("MLDEPLOY_GRPC_PORT is set, but grpcio and protobuf are not installed here",
                          hint="pip install 'mldeploy[serve]' (the kit's serving image does not carry them yet)")
 
-
-def to_env(s: Settings) -> dict[str, str]:
-    """The variables that hand these settings to worker processes (they re-read them in from_env)."""
-    env = {"MLDEPLOY_BUNDLE": str(s.bundle), "MLDEPLOY_WORKERS": str(s.workers),
-           "MLDEPLOY_THREADS": str(s.threads)}
-    if s.metrics_dir:
-        env["MLDEPLOY_METRICS_DIR"] = str(s.metrics_dir)
-    return env
