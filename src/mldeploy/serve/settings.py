@@ -285,4 +285,3 @@ def check_grpc(s: Settings) -> None:
     if s.grpc_port and not all(importlib.util.find_spec(m) for m in ("grpc", "google.protobuf")):
         raise UsageError("MLDEPLOY_GRPC_PORT is set, but grpcio and protobuf are not installed here",
                          hint="pip install 'mldeploy[serve]' (the kit's serving image does not carry them yet)")
-
