@@ -402,7 +402,7 @@ def parse_wrk(out: str) -> dict:
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    checked = re.search(r"^checked (\d+) wrong (\d+)$", out, re.M)  # from checking_script's done()
+    checked = re.search(r"^checked (\d+) wrong (\d+)$", out, re.MULTILINE)  # from checking_script's done()
     assert rps and total, f"wrk printed no summary:\n{out}"
     return {"rps": float(rps.group(1)), "requests": int(total.group(1)),
             "checked": int(checked.group(1)) if checked else 0, "wrong": int(checked.group(2)) if checked else 0,

@@ -93,7 +93,8 @@ class App:
         self.loop = loop
         loop.call_later(PUBLISH_SECONDS, self._publish)
         if self.s.grpc_port:  # gRPC on this loop, with this model, batcher, gate and metrics
-            from mldeploy.serve import grpc_service  # grpc only ever after the fork: it is not fork-safe
+            # grpc only ever after the fork: it is not fork-safe
+            from mldeploy.serve import grpc_service
 
             self.grpc = loop.run_until_complete(grpc_service.start(self))
 
