@@ -247,6 +247,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.url, self.headers, self.body, self.size, self.too_large = b"", {}, [], 0, False
+        self.head_error = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -301,7 +302,7 @@ class Connection(asyncio.Protocol):
 
     # -- answering -------------------------------------------------------------------------------
     def _run(self, request: Request, keep: bool, too_large: bool, head_error: tuple[int, str] | None) -> None:
-        self.head_error, self.state = None, BUSY
+        self.state = BUSY
         if head_error is not None:
             answer = self.app.refuse(request, head_error[0], head_error[1], "invalid")
         elif too_large:
