@@ -155,7 +155,8 @@ class Guard:
 
 
 def _shares(slots: dict[str, tuple[str, int]]) -> str:
-    return ", ".join(f"{slot} {image.rsplit('@', 1)[-1][:19]} {pct}%" for slot, (image, pct) in slots.items()) or "nothing"
+    shown = [f"{slot} {image.rsplit('@', 1)[-1][:19]} {pct}%" for slot, (image, pct) in slots.items()]
+    return ", ".join(shown) or "nothing"
 
 
 @contextmanager

@@ -165,7 +165,8 @@ class LambdaTarget:
                 raise CheckFailed(f"{e.message}; rolled back: it never took traffic, "
                                   f"{self._serving_text(current)}") from None
         self._ensure_alarms(after)
-        guard = Guard(self.function, self.status, served(self._status(current)), frozenset(plan.state["images"].values()))
+        guard = Guard(self.function, self.status, served(self._status(current)),
+                      frozenset(plan.state["images"].values()))
         ours: dict[str, str] = {}  # the alias revision this command wrote: a restore puts back only that
         with restoring(lambda: self._restore(before, current, ours.get("revision")), guard):  # e.g. no URL permission
             guard.check()
