@@ -9,6 +9,8 @@ server answers. Each patch imitates AWS's documented behaviour only as far as th
 - Invoke ?Qualifier=N: moto reads a lower-case `qualifier` and so always ran $LATEST.
 - PublishVersion: moto's version shared its code dict with $LATEST, so a later UpdateFunctionCode
   changed the image of every published version too; here a version keeps its own.
+- An image in FAILED_IMAGES never becomes Active: its functions and versions read State Failed
+  (StateReasonCode InvalidImage), as Lambda reports an image it cannot start.
 - Get/Put/DeleteProvisionedConcurrencyConfig (not in moto): stored per function and qualifier, READY
   at once.
 """
@@ -26,6 +28,7 @@ from moto.awslambda.responses import LambdaResponse
 
 BUNDLE: list[Path] = []                      # the bundle the "image" serves (set by the test fixture)
 FAILING_IMAGES: set[str] = set()             # images whose functions crash on every invoke
+FAILED_IMAGES: set[str] = set()              # images whose functions never become Active
 INVOCATIONS: list[tuple[str, str, object]] = []   # (version, image, event) per invoke
 PROVISIONED: dict[tuple[str, str], int] = {}      # (function, qualifier) -> environments
 _lock = threading.Lock()
@@ -34,6 +37,7 @@ _lock = threading.Lock()
 def reset(bundle: Path) -> None:
     BUNDLE[:] = [bundle]
     FAILING_IMAGES.clear()
+    FAILED_IMAGES.clear()
     INVOCATIONS.clear()
     PROVISIONED.clear()
 
@@ -123,3 +127,15 @@ LambdaResponse.delete_provisioned_concurrency_config = _provisioned
 # the Flask app of the Lambda service is made from these paths on its first request (after collection)
 urls.url_paths[r"{0}/(?P<api_version>[^/]+)/functions/(?P<function_name>[\w_:%-]+)/provisioned-concurrency/?$"] = \
     LambdaResponse.dispatch
+
+
+def _configuration(self: LambdaFunction, on_create: bool = False) -> dict:
+    config = _moto_configuration(self, on_create)
+    if self.code.get("ImageUri") in FAILED_IMAGES:
+        config.update(State="Failed", StateReasonCode="InvalidImage",
+                      StateReason="The image's entrypoint could not be started")
+    return config
+
+
+_moto_configuration = LambdaFunction.get_configuration
+LambdaFunction.get_configuration = _configuration

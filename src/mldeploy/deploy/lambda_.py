@@ -344,7 +344,8 @@ class LambdaTarget:
                                          Tags=tags(self.function), **config)
             self._wait(None, "create the function")
         else:
-            self._wait(None, "finish an earlier update")  # Lambda refuses a change while one is in progress
+            # Lambda refuses a change while one is in progress; a failed earlier image is what this replaces
+            self._wait(None, "finish an earlier update", failed_ok=True)
             latest = current["latest"]
             if latest["image"] != d.image or latest["settings"]["architecture"] != s.architecture:
                 with translated(f"update the code of {self.function}"):
@@ -367,8 +368,9 @@ class LambdaTarget:
         print(f"  {self.function}: published version {version}", flush=True)
         return version
 
-    def _wait(self, qualifier: str | None, doing: str) -> None:
-        """Until Lambda has applied a change: State Active and LastUpdateStatus Successful."""
+    def _wait(self, qualifier: str | None, doing: str, failed_ok: bool = False) -> None:
+        """Until Lambda has applied a change: State Active and LastUpdateStatus Successful (failed_ok: or
+        Failed, settled either way)."""
         what = f"{self.function}:{qualifier}" if qualifier else self.function
         started = time.monotonic()
         while True:
@@ -376,6 +378,8 @@ class LambdaTarget:
                 cfg = self.lam.get_function_configuration(FunctionName=self.function,
                                                           **({"Qualifier": qualifier} if qualifier else {}))
             state, update = cfg.get("State", "Active"), cfg.get("LastUpdateStatus") or "Successful"
+            if failed_ok and state != "Pending" and update != "InProgress":
+                return
             if state == "Failed" or update == "Failed":
                 reason = cfg.get("StateReason") or cfg.get("LastUpdateStatusReason") or "no reason given"
                 raise CheckFailed(f"Lambda could not {doing} ({what}): {reason}")
