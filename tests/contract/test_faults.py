@@ -112,12 +112,18 @@ def aws_backend(target: str, aws, url: str, bundle) -> Backend:
                    requests, aws.requests.clear, aws.faults, breaks)
 
 
+def images_in(repository: str) -> tuple[str, str, str]:
+    """The images A, B and C, by digest, as a fake registry needs none pushed."""
+    a, b, c = (f"{repository}@sha256:{c * 64}" for c in "abc")
+    return a, b, c
+
+
 def vertex_backend(fake) -> Backend:
     repository = "europe-docker.pkg.dev/acme-ml/models/classifier"
 
     def reset() -> tuple[str, str, str]:
         fake.reset()
-        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
+        return images_in(repository)
 
     def serving() -> dict[str, tuple[str, int]]:  # mid-promote two models are "production": each with its share
         ep = fake.endpoint(ENDPOINT) or {}
@@ -143,7 +149,7 @@ def cloudrun_backend(fake) -> Backend:
 
     def reset() -> tuple[str, str, str]:
         fake.reset()
-        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
+        return images_in(repository)
 
     def serving() -> dict[str, tuple[str, int]]:
         try:
@@ -171,7 +177,7 @@ def azureml_backend(arm) -> Backend:
 
     def reset() -> tuple[str, str, str]:
         arm.reset()
-        return tuple(f"{repository}@sha256:{c * 64}" for c in "abc")
+        return images_in(repository)
 
     def serving() -> dict[str, tuple[str, int]]:  # deployments are named <slot>-<digest8>
         try:
