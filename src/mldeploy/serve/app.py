@@ -111,9 +111,10 @@ class App:
     def _publish(self) -> None:
         try:
             self.metrics.publish()
-        except OSError as e:
-            self.log_once("warning", f"cannot write metrics for other workers: {e}")
-        self.loop.call_later(PUBLISH_SECONDS, self._publish)
+        except Exception as e:  # noqa: BLE001  whatever it was, the next second tries again: never stop publishing
+            self.log_once("warning", f"cannot write metrics for other workers: {type(e).__name__}: {e}")
+        finally:
+            self.loop.call_later(PUBLISH_SECONDS, self._publish)
 
     def log_once(self, level: str, message: str) -> None:
         if message not in self.logged:

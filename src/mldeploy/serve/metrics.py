@@ -90,10 +90,12 @@ class Metrics:
 
     # -- sharing across workers --------------------------------------------------------------
     def snapshot(self) -> dict:
+        # copies first: the model thread (MLDEPLOY_INFER_THREAD) adds labels while the loop reads, and a
+        # dict that changes size under its iterator raises (list() copies it in one step under the GIL)
         out = {}
-        for name, family in self.values.items():
+        for name, family in list(self.values.items()):
             out[name] = [[list(labels), [*v.counts, v.sum] if isinstance(v, Histogram) else v]
-                         for labels, v in family.items()]
+                         for labels, v in list(family.items())]
         return out
 
     def publish(self) -> None:
