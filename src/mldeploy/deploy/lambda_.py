@@ -168,8 +168,8 @@ class LambdaTarget:
         guard = Guard(self.function, self.status, served(self._status(current)),
                       frozenset(plan.state["images"].values()))
         ours: dict[str, str] = {}  # the alias revision this command wrote: a restore puts back only that
+        # no guard.check() here: the alias's RevisionId is Lambda's own compare-and-set, one read fewer
         with restoring(lambda: self._restore(before, current, ours.get("revision")), guard):  # e.g. no URL permission
-            guard.check()
             ours["revision"] = self._set_alias(after, share, before)
             self._ensure_url()
             self._ensure_provisioned_concurrency()
