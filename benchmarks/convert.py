@@ -11,6 +11,7 @@ machines; compare within one run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -69,12 +70,12 @@ def main() -> None:
                         torch.randn(2, *i["shape"][1:]) for i in inputs)
         torch.export.save(torch.export.export(module, example, dynamic_shapes=(
             {0: torch.export.Dim("batch")},)), path)
-        legacy = quiet(lambda: torch.onnx.export(module, example, str(tmp / "legacy.onnx"), dynamo=False,
-                                                 input_names=[i["name"] for i in inputs],
-                                                 dynamic_axes={i["name"]: {0: "batch"} for i in inputs}))
+        legacy = quiet(functools.partial(torch.onnx.export, module, example, str(tmp / "legacy.onnx"), dynamo=False,
+                                         input_names=[i["name"] for i in inputs],
+                                         dynamic_axes={i["name"]: {0: "batch"} for i in inputs}))
         cfg = Config.model_validate({"inputs": inputs, "bundle": str(tmp / "bundle")})
         done = {}
-        total = quiet(lambda: done.update(r=convert(cfg, model=str(path)).report))
+        total = quiet(lambda: done.update(r=convert(cfg, model=str(path)).report))  # noqa: B023  called at once
         r = done["r"]
         params = sum(p.numel() for p in module.parameters())
         rows.append((name, "torch .pt2", params, r["exporter"], r["export_s"], legacy, total,

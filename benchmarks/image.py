@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mldeploy.bundle import Bundle
 from mldeploy.cli import main
 from mldeploy.image import engine, make_context
-from mldeploy.bundle import Bundle
 
 
 def model(folder: Path, seed: int) -> Path:

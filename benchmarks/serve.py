@@ -120,7 +120,7 @@ def ensure_venv(name: str) -> tuple[Path | None, str | None]:
                  [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                   *(["-r", str(lock)] if lock else VENVS[name])]]
         for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
                 return None, f"`{' '.join(step[-3:])}` failed: {_last_lines(log, 2)} (log: {log})"
     if not lock:  # first build, or the pins changed: record what resolved
         frozen = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--disable-pip-version-check"],
@@ -180,7 +180,7 @@ def build_models(keys: list[str], work: Path) -> list[Model]:
         torch.onnx.export(net.eval(), (torch.randn(2, *shape),), str(source), dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
         done = subprocess.run([str(BIN / "mldeploy"), "convert", str(source), "--out", str(bundle)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"mldeploy convert {source.name} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         signature = json.loads((bundle / "signature.json").read_text())
@@ -359,7 +359,7 @@ def free_port() -> int:
 
 def ours_available() -> str | None:
     """None when `mldeploy serve` exists, else why not."""
-    done = subprocess.run([str(BIN / "mldeploy"), "serve", "--help"], capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "mldeploy"), "serve", "--help"], capture_output=True, text=True, check=False)
     return None if done.returncode == 0 else f"`mldeploy serve` is not available yet ({done.stderr.strip()[-120:]})"
 
 
@@ -469,7 +469,7 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 def wrk(port: int, path: str, lua: Path, connections: int, seconds: int) -> dict:
     cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
            "-s", str(lua), f"http://127.0.0.1:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not rps:
         raise Unavailable(f"wrk printed no Requests/sec: {out.strip()[-300:]}")
@@ -797,11 +797,11 @@ def main() -> None:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "machine": machine(),
                 "loadavg_end": os.getloadavg(), "rounds": args.rounds,
                 "python": platform.python_version(), "duration_s": args.duration, "raw_ort_seconds": ort_seconds,
-                "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1],
+                "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[:1],
                 "ours": {"commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                                  capture_output=True, text=True).stdout.strip(),
+                                                  capture_output=True, text=True, check=False).stdout.strip(),
                          "version": subprocess.run([str(BIN / "mldeploy"), "--version"], capture_output=True,
-                                                   text=True).stdout.strip()},
+                                                   text=True, check=False).stdout.strip()},
                 "venvs": {name: venv_versions(name) for name in VENVS}}
         args.json.write_text(json.dumps({"meta": meta, "models": results, "targets": rows}, indent=1, default=str))
         print(f"\nresults: {args.json}")

@@ -90,8 +90,8 @@ def main() -> None:
         note = r.get("note", "")
         if note and r["expect"] == "refuse":
             note = "(expected refusal) " + note
-        print(f"{r['id']:<34} {r['format']:<11} {str(r.get('exporter') or '-'):<20} {secs:>9} {err:>11} "
-              f"{str(r.get('chosen') or '-'):<14} {speed:>7}  {note[:200]}")
+        print(f"{r['id']:<34} {r['format']:<11} {r.get('exporter') or '-'!s:<20} {secs:>9} {err:>11} "
+              f"{r.get('chosen') or '-'!s:<14} {speed:>7}  {note[:200]}")
     import onnxruntime
 
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}, "

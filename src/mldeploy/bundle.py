@@ -50,7 +50,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TensorSpec":
+    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["shape"]))
 
     def shape_text(self) -> str:
@@ -69,7 +69,7 @@ class Signature:
                 "outputs": [t.to_json() for t in self.outputs]}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Signature":
+    def from_json(cls, d: dict[str, Any]) -> Signature:
         return cls([TensorSpec.from_json(t) for t in d["inputs"]],
                    [TensorSpec.from_json(t) for t in d["outputs"]], d.get("batch_dim"))
 
@@ -111,7 +111,7 @@ def git_info(where: str | os.PathLike) -> dict[str, Any] | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=folder,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+                                    capture_output=True, text=True, timeout=10, check=False).stdout.strip())
         return {"sha": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         sha = os.environ.get("GITHUB_SHA")
@@ -124,7 +124,7 @@ def last_step(steps: list[dict[str, Any]], name: str) -> int | None:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -143,7 +143,7 @@ class Bundle:
         return self.path / MODEL_FILE
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Bundle":
+    def open(cls, path: str | os.PathLike) -> Bundle:
         """Open an existing bundle, with a clear error if `path` is not one."""
         p = Path(path)
         missing = [f for f in (MODEL_FILE, SIGNATURE_FILE, MANIFEST_FILE) if not (p / f).is_file()]
@@ -152,7 +152,7 @@ class Bundle:
             raise UsageError(f"{p} {what}", hint="run `mldeploy convert` first, or pass --bundle DIR")
         bundle = cls(p)
         try:
-            bundle.signature
+            _ = bundle.signature  # parses signature.json: a damaged one raises here
             version_found = bundle.manifest.get("schema_version")
             bundle.manifest["steps"]
         except (KeyError, TypeError, AttributeError, ValueError) as e:

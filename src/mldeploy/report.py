@@ -51,18 +51,18 @@ def _figures(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     if convert := _last_step(manifest, "convert"):
         parity = convert.get("parity") or {}
-        rows.append(("Parity", f"{'passed' if parity.get('passed') else 'FAILED'}, max abs error "
-                               f"{parity.get('max_abs_error', 0):.2g} ({convert.get('framework')} -> ONNX, "
-                               f"{convert.get('exporter')}, opset {convert.get('opset')})"))
+        rows.append(("Parity", (f"{'passed' if parity.get('passed') else 'FAILED'}, max abs error "
+                                f"{parity.get('max_abs_error', 0):.2g} ({convert.get('framework')} -> ONNX, "
+                                f"{convert.get('exporter')}, opset {convert.get('opset')})")))
     if optimize := _last_step(manifest, "optimize"):
-        rows.append(("Optimization", f"`{optimize.get('chosen')}`: {optimize.get('speedup', 1):.2f}x faster, "
-                                     f"size {optimize.get('size_ratio', 1):.2f}x, accuracy change "
-                                     f"{optimize.get('accuracy_delta', 0):+.3g}"))
+        rows.append(("Optimization", (f"`{optimize.get('chosen')}`: {optimize.get('speedup', 1):.2f}x faster, "
+                                      f"size {optimize.get('size_ratio', 1):.2f}x, accuracy change "
+                                      f"{optimize.get('accuracy_delta', 0):+.3g}")))
         chosen = next((c for c in optimize.get("candidates", []) if c.get("name") == optimize.get("chosen")),
                       optimize.get("baseline") or {})
         if "p50_1_ms" in chosen:
-            rows.append(("Latency", f"p50 {chosen['p50_1_ms']:.3f} ms (1 row), p50 {chosen['p50_batch_ms']:.3f} ms "
-                                    f"({optimize.get('batch_size')} rows), {optimize.get('device')}"))
+            rows.append(("Latency", (f"p50 {chosen['p50_1_ms']:.3f} ms (1 row), p50 {chosen['p50_batch_ms']:.3f} ms "
+                                     f"({optimize.get('batch_size')} rows), {optimize.get('device')}")))
     if build := _last_step(manifest, "build"):
         size = build.get("size")
         if size:
@@ -75,8 +75,8 @@ def render(*, stage: str, decision: str, manifest: dict[str, Any] | None, plan: 
     endpoint = (plan or {}).get("endpoint") or endpoint or "endpoint"
     target = (plan or {}).get("target", "")
     lines = [marker(endpoint),
-             f"### {ICONS.get(decision, '•')} mldeploy: {stage} {decision} - `{endpoint}`"
-             f"{f' ({target})' if target else ''}", "", "| | |", "|---|---|"]
+             (f"### {ICONS.get(decision, '•')} mldeploy: {stage} {decision} - `{endpoint}`"
+              f"{f' ({target})' if target else ''}"), "", "| | |", "|---|---|"]
     if url:
         lines.append(f"| Endpoint | {url} |")
     if plan:

@@ -49,8 +49,8 @@ class Source:
     format: str
     inputs: list[TensorSpec]
     output_names: list[str]
-    warnings: list[str] = []  # what the source noticed while loading or running (never mutated here)
-    dim_sizes: dict[str, int] = {}  # example sizes of named dims the model needs (within its constraints)
+    warnings: list[str] = []  # noqa: RUF012  (a default, replaced per instance) what the source noticed while loading or running (never mutated here)
+    dim_sizes: dict[str, int] = {}  # noqa: RUF012  (as above) example sizes of named dims the model needs (within its constraints)
     batch_range: tuple[int, int | None] = (1, None)  # the batch sizes the model accepts
 
     def run(self, arrays: Arrays) -> list[np.ndarray]:

@@ -17,16 +17,25 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs bypass Python's streams
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from mldeploy.bundle import TensorSpec  # noqa: E402
-from mldeploy.config import Config  # noqa: E402
-from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line,  # noqa: E402
-                                   import_object, operator_in, resolve_inputs)
-from mldeploy.errors import UsageError  # noqa: E402
+from mldeploy.bundle import TensorSpec
+from mldeploy.config import Config
+from mldeploy.convert.base import (
+    Arrays,
+    Export,
+    ExportFailed,
+    Source,
+    captured,
+    first_line,
+    import_object,
+    operator_in,
+    resolve_inputs,
+)
+from mldeploy.errors import UsageError
 
 with captured():
-    import tensorflow as tf  # noqa: E402
+    import tensorflow as tf
 
 SIGNATURE = "serving_default"
 

@@ -18,8 +18,18 @@ import torch
 from mldeploy import data
 from mldeploy.bundle import TensorSpec
 from mldeploy.config import Config
-from mldeploy.convert.base import (Arrays, Export, ExportFailed, Source, captured, first_line, import_object,
-                                   importable_cwd, operator_in, resolve_inputs)
+from mldeploy.convert.base import (
+    Arrays,
+    Export,
+    ExportFailed,
+    Source,
+    captured,
+    first_line,
+    import_object,
+    importable_cwd,
+    operator_in,
+    resolve_inputs,
+)
 from mldeploy.data import generate
 from mldeploy.errors import UsageError
 
@@ -69,7 +79,7 @@ class TorchSource(Source):
                                      hint=PICKLE_HINT) from None
                 raise
             importable_cwd()  # a pickle names its classes by module path, in the model repo
-            obj = torch.load(str(self.path), map_location="cpu", weights_only=False)  # noqa: S614 (opt-in)
+            obj = torch.load(str(self.path), map_location="cpu", weights_only=False)  # opted in: model.allow_pickle
         if isinstance(obj, torch.nn.Module):
             self.format = "pickled-module"
             return obj.eval()
@@ -175,7 +185,7 @@ class TorchSource(Source):
         def dynamo(path: Path) -> None:
             target = self.program if self.program is not None else self.module
             dynamic = None if self.program is not None else tuple(
-                {i: torch.export.Dim.DYNAMIC for i in symbolic[n]} or None for n in names)
+                dict.fromkeys(symbolic[n], torch.export.Dim.DYNAMIC) or None for n in names)
             torch.onnx.export(target, self._args(), str(path), dynamo=True, external_data=False,
                               opset_version=opset, input_names=names, output_names=self.output_names,
                               dynamic_shapes=dynamic, verbose=False)

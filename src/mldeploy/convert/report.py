@@ -51,8 +51,8 @@ def markdown(report: dict, signature: Signature | None) -> str:
 
 def text(report: dict, signature: Signature | None) -> str:
     ok = report["status"] == "passed"
-    out = [f"convert: parity {'passed' if ok else 'FAILED'} - {report['source']} "
-           f"({report['framework']}, {report['format']})"]
+    out = [(f"convert: parity {'passed' if ok else 'FAILED'} - {report['source']} "
+            f"({report['framework']}, {report['format']})")]
     for a in report["attempts"]:
         why = a.get("error") or (a.get("parity") or {}).get("problem") or ""
         secs = f" in {a['seconds']} s" if "seconds" in a else ""

@@ -268,7 +268,7 @@ def _tree_hash(folder: Path) -> str:
 
 def _pip(*args: str) -> None:
     run = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "-q"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if run.returncode:
         last = (run.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise UsageError(f"cannot fetch the serving runtime's wheels: {last}",

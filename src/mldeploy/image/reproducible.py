@@ -15,7 +15,7 @@ import json
 import os
 import tarfile
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mldeploy.bundle import sha256_file
@@ -76,7 +76,7 @@ def _rewrite_layer(fileobj, dest: Path, epoch: int) -> None:
 
 
 def _normalize_config(config: dict, diff_ids: list[str], epoch: int) -> None:
-    when = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     config["created"] = when
     for entry in config.get("history", []):
         entry["created"] = when

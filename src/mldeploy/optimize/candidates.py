@@ -130,8 +130,13 @@ def _dynamic_int8(src: Path, dst: Path, ctx: Context) -> dict:
 
 
 def _static_int8(src: Path, dst: Path, ctx: Context) -> dict:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self, batches: list[Arrays]):

@@ -49,8 +49,8 @@ def markdown(report: dict) -> str:
     base = report["baseline"]
     b = report["batch_size"]
     lines = [f"### ✅ optimize-model: {report['chosen']}", "",
-             f"{report['reason']}. Objective {report['objective']} at batch {b}, {report['threads']} thread(s), "
-             f"device {report['device']}; CPU {_cpu(report)}; data: {report['data']}.", "",
+             (f"{report['reason']}. Objective {report['objective']} at batch {b}, {report['threads']} thread(s), "
+              f"device {report['device']}; CPU {_cpu(report)}; data: {report['data']}."), "",
              f"| Candidate | Size MB | p50 @1 ms | p50 @{b} ms | p95 @{b} ms | Speedup @{b} | Accuracy vs fp32 | |",
              "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in _rows(report):

@@ -111,7 +111,7 @@ class App:
     def _publish(self) -> None:
         try:
             self.metrics.publish()
-        except Exception as e:  # noqa: BLE001  whatever it was, the next second tries again: never stop publishing
+        except Exception as e:  # whatever it was, the next second tries again: never stop publishing
             self.log_once("warning", f"cannot write metrics for other workers: {type(e).__name__}: {e}")
         finally:
             self.loop.call_later(PUBLISH_SECONDS, self._publish)
@@ -145,7 +145,7 @@ class App:
             if route not in OPEN and self.gate.active and (refused := self.gate.refuse(
                     headers.get("authorization"), headers.get("x-api-key"), req.client)):
                 raise Answer(*refused)
-            if route == PREDICT or route == V2_INFER:
+            if route in (PREDICT, V2_INFER):
                 if version is not None and version != self.model.version:
                     raise Answer(404, f"model version {version!r} is not served here")
                 call = self._decode(req, route == V2_INFER, start)
@@ -166,7 +166,7 @@ class App:
                 status, ctype, body = self._info(route)
         except Answer as a:
             return self._error(a, rid, method, path, label if route else "unknown", start)
-        except Exception as e:  # noqa: BLE001  a bug: answer 500 with the request id, log it, keep serving
+        except Exception as e:  # a bug: answer 500 with the request id, log it, keep serving
             return self._crash(e, rid, path, label, start)
         return self._done(status, ctype, body, rid, method, path, label, start)
 
@@ -182,7 +182,7 @@ class App:
             status, ctype, body = self._encode(call, outputs, rid, start)
         except Answer as a:
             return self._error(a, rid, method, path, label, start)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return self._crash(e, rid, path, label, start)
         return self._done(status, ctype, body, rid, method, path, label, start)
 
@@ -281,7 +281,7 @@ class App:
         return Answer(404, f"no route {path} (see /openapi.json)")
 
     def _info(self, route: str) -> tuple[int, str, bytes]:
-        if route == LIVE or route == READY:  # answering at all means loaded: see load()
+        if route in (LIVE, READY):  # answering at all means loaded: see load()
             return 200, "application/json", b'{"live":true}' if route == LIVE else b'{"ready":true}'
         if route == METRICS:
             return 200, "text/plain; version=0.0.4", self.metrics.exposition()

@@ -1,10 +1,11 @@
 """Adaptive micro-batching: concurrent requests share one model run.
 
 A request never waits for company that is not on its way: when no other request is being read or
-decoded and none is queued, it runs at once (so latency at concurrency 1 is the model's own). Requests that arrive while the model is busy queue up and
-all go into the next run, up to max_batch rows, which is how throughput under load approaches the
-model's batched throughput. Only requests whose non-batch dims match are merged. If a merged run
-fails, each request is run alone so that one bad input fails only its own request.
+decoded and none is queued, it runs at once (so latency at concurrency 1 is the model's own).
+Requests that arrive while the model is busy queue up and all go into the next run, up to max_batch
+rows, which is how throughput under load approaches the model's batched throughput. Only requests
+whose non-batch dims match are merged. If a merged run fails, each request is run alone so that one
+bad input fails only its own request.
 
 Merging pays only where the model's per-call cost is more than the few microseconds the queue
 costs: by default (MLDEPLOY_BATCHING=auto) models under 0.1 ms per row are not merged, just run.

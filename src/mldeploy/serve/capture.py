@@ -41,7 +41,7 @@ class Capture:
     def record(self, request_id: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
                seconds: float) -> None:
         try:
-            self.pending.put_nowait((dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            self.pending.put_nowait((dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                                      request_id, inputs, outputs, seconds))
         except queue.Full:
             self.count("mldeploy_capture_dropped_total")
@@ -52,7 +52,7 @@ class Capture:
         self.thread.join(timeout=10)
 
     def _write_loop(self) -> None:
-        out = open(self.path, "ab")
+        out = open(self.path, "ab")  # noqa: SIM115  kept open across records, reopened on rotation
         while (item := self.pending.get()) is not None:
             at, request_id, inputs, outputs, seconds = item
             line = orjson.dumps({"time": at, "request_id": request_id, "model_version": self.version,
@@ -66,7 +66,7 @@ class Capture:
             if out.tell() >= self.max_bytes:
                 out.close()
                 self._rotate()
-                out = open(self.path, "ab")
+                out = open(self.path, "ab")  # noqa: SIM115  as above
         out.close()
 
     def _rotate(self) -> None:

@@ -172,7 +172,7 @@ def v2_call(doc: dict, model: Model, allow_nonfinite: bool, binary: list[np.ndar
         raise BadRequest('"id" must be a string')
     tensors = []
     pending = iter(binary or ())
-    for n, tensor in enumerate(inputs):
+    for tensor in inputs:
         if binary is not None and "binary_data_size" in (tensor.get("parameters") or {}):
             data = next(pending)
         else:

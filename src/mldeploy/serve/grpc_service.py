@@ -94,7 +94,7 @@ class Service:
                     log("warning" if r.status < 500 else "error", r.message, request_id=rid, method="gRPC",
                         path=route, status=r.status)
                 await context.abort(CODES[r.status], r.message, (*r.metadata, ("x-request-id", rid)))
-            except Exception as e:  # noqa: BLE001  a bug: INTERNAL with the request id, logged, and serving goes on
+            except Exception as e:  # a bug: INTERNAL with the request id, logged, and serving goes on
                 app.metrics.count("mldeploy_request_failures_total", ("internal",))
                 app.metrics.request(route, 500, time.perf_counter() - start)
                 log("error", f"internal error: {type(e).__name__}: {e}", request_id=rid, path=route)

@@ -175,7 +175,7 @@ class Worker:
                 elif conn.state == BODY and now - conn.since >= self.body_timeout:
                     conn.timed_out()
             self._maybe_accept()
-        except Exception as e:  # noqa: BLE001  never let the sweep stop: it is what frees the slots
+        except Exception as e:  # never let the sweep stop: it is what frees the slots
             self.app.log_once("error", f"the deadline sweep failed: {type(e).__name__}: {e}")
         self.loop.call_later(SWEEP_SECONDS, self._sweep)
 

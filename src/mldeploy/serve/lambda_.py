@@ -38,7 +38,7 @@ DIRECT = "direct invoke"  # the rate-limit bucket of direct invokes (they have n
 
 
 def _model() -> tuple[Settings, Model, Gate]:
-    global _loaded
+    global _loaded  # noqa: PLW0603  the model loads once per Lambda container, on the first event
     if _loaded is None:
         settings = from_env(workers=1)  # one process: every vCPU Lambda gives goes to ONNX Runtime
         _loaded = (settings, Model.load(settings.bundle, settings.threads, settings.model_name),
@@ -56,7 +56,7 @@ def handle(event: object, context: object) -> dict:
     if gate.active and (refused := gate.refuse(None, None, DIRECT, authorized=True)):
         return {"status": refused[0], "error": refused[1]}
     try:  # direct invoke: the event is the request body
-        status, _, body = _predict(orjson.dumps(event), "application/json", "application/json",
+        _status, _, body = _predict(orjson.dumps(event), "application/json", "application/json",
                                    settings, model, v2=False)
     except BadRequest as e:
         return {"status": e.status, "error": e.message}
@@ -74,7 +74,7 @@ def _http(event: dict, http: dict | None, settings: Settings, model: Model, gate
         return _response(400, "application/json", codec.error_body("the body is not valid base64"))
     route, v2 = (POST_ROUTES.get(path) if method == "POST" else GET_ROUTES.get(path)), False
     if route is None and (m := V2_MODEL_PATH.fullmatch(path)) and m[1] == model.name:
-        route, v2 = {"/infer": PREDICT, "/ready": READY}.get(m[3] or "", None), m[3] == "/infer"
+        route, v2 = {"/infer": PREDICT, "/ready": READY}.get(m[3] or ""), m[3] == "/infer"
     if route in (LIVE, READY):
         return _response(200, "application/json", b'{"ready":true}')
     if route != PREDICT:
@@ -174,7 +174,7 @@ def run_runtime(api: str) -> int:
     client = _Api(api)
     try:
         settings, model, _ = _model()
-    except Exception as e:  # noqa: BLE001  any reason the model cannot load fails the init
+    except Exception as e:  # any reason the model cannot load fails the init
         message = e.describe() if isinstance(e, MldeployError) else f"{type(e).__name__}: {e}"
         log("error", message, fd=2)
         client.post("/init/error", {"errorMessage": message, "errorType": type(e).__name__},
@@ -198,7 +198,7 @@ def run_runtime(api: str) -> int:
                 result: dict = {"status": 400, "error": "the event is not valid JSON"}
             else:
                 result = handle(event, context)
-        except Exception as e:  # noqa: BLE001  a bug: report it for this invocation, serve the next
+        except Exception as e:  # a bug: report it for this invocation, serve the next
             log("error", "the invocation failed", request_id=request_id, error=repr(e),
                 traceback="".join(traceback.format_exception(e)))
             client.post(f"/invocation/{request_id}/error", _error(e), "Runtime.Unhandled")

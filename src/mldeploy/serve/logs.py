@@ -9,7 +9,7 @@ import orjson
 
 
 def log(level: str, message: str, fd: int = 1, **fields: object) -> None:
-    record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+    record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
               "level": level, "message": message, **fields}
     try:
         os.write(fd, orjson.dumps(record, default=str) + b"\n")

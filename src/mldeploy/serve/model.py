@@ -61,7 +61,7 @@ class Model:
             raise ModelError(plain(str(e)) or type(e).__name__) from None
 
     @classmethod
-    def load(cls, bundle: Path, threads: int = 1, name: str = "model") -> "Model":
+    def load(cls, bundle: Path, threads: int = 1, name: str = "model") -> Model:
         import onnxruntime as ort  # late: importing it costs ~0.2 s, paid once per worker
 
         try:

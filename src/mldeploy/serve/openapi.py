@@ -74,7 +74,7 @@ def _post(summary: str, schemas: list[str], csv: bool = True) -> dict[str, Any]:
         content["application/x-npy"] = {"schema": {"type": "string", "format": "binary"}}
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": content},
                      "responses": {"200": {"description": "the model's outputs", **_OK_JSON},
-                                   **{code: _ERROR for code in ("400", "401", "404", "413", "415", "422", "429", "503")}}}}
+                                   **dict.fromkeys(("400", "401", "404", "413", "415", "422", "429", "503"), _ERROR)}}}
 
 
 def document(signature: Signature | None = None, model_name: str | None = None) -> dict[str, Any]:

@@ -161,7 +161,7 @@ _term = False  # a worker's SIGTERM that came before its event loop took over
 
 
 def _remember_term(*_: object) -> None:
-    global _term
+    global _term  # noqa: PLW0603  a signal handler can only leave a flag
     _term = True
 
 
@@ -187,7 +187,7 @@ def _worker(settings: Settings, sock: socket.socket, connections: int) -> None:
             worker = Worker(app, sock, connections, settings.header_timeout, settings.body_timeout,
                             settings.max_body_bytes, settings.drain_seconds)
             worker.run(app.stop, stop_now=lambda: _term)
-    except BaseException as e:  # noqa: BLE001  a bug: say where, and let the parent stop the server
+    except BaseException as e:  # a bug: say where, and let the parent stop the server
         log("error", f"worker crashed: {type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
         code = 1
     finally:
