@@ -53,9 +53,11 @@ if [ ! -x "$venv/bin/mldeploy" ]; then
   "$python" -I -m venv "$venv"
   install ""
 fi
+# the frameworks' and the serving runtime's extras, and each deploy target's (from the target registry)
+known=" torch tensorflow serve image monitor $("$python" -I "$kit/src/mldeploy/deploy/registry.py" extras) "
 for extra in "$@"; do
-  case "$extra" in torch|tensorflow|serve|image|aws|gcp|azure|monitor) ;; onnx) continue ;;
-    *) echo "::error::unknown extra '$extra'" >&2; exit 2 ;; esac
+  [ "$extra" = onnx ] && continue
+  case "$known" in *" $extra "*) ;; *) echo "::error::unknown extra '$extra' (one of:$known)" >&2; exit 2 ;; esac
   if [ ! -e "$venv/.extra-$extra" ]; then
     install "$extra"
     touch "$venv/.extra-$extra"

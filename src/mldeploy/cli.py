@@ -10,10 +10,15 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mldeploy import __version__, github
 from mldeploy.errors import EXIT_BUG, CheckFailed, MldeployError, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.deploy.base import Status, Target
 
 EPILOG = """exit codes: 0 done, 1 a check failed, 2 bad usage/config/input, 3 a bug in mldeploy
 config precedence: flag > MLDEPLOY_<SECTION>__<KEY> environment > mldeploy.yaml > default
@@ -104,12 +109,14 @@ def _parser() -> argparse.ArgumentParser:
                                                             "(the image is the same either way)")
     bld.set_defaults(func=cmd_build)
 
+    from mldeploy.deploy import registry
+
+    targets = ", ".join(f"{c} {'|'.join(registry.targets_of(c))}" for c in registry.clouds())
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--bundle", metavar="DIR", help="bundle folder (default: .mldeploy/bundle)")
-    where.add_argument("--cloud", choices=["local", "aws", "gcp", "azure"], help="where (default: deploy.cloud)")
+    where.add_argument("--cloud", choices=registry.clouds(), help="where (default: deploy.cloud)")
     where.add_argument("--endpoint", metavar="NAME", help="endpoint name (default: deploy.endpoint, else the model's name)")
-    where.add_argument("--target", metavar="NAME", help="aws sagemaker|lambda, gcp vertex|cloudrun, azure azureml "
-                                                        "(default: deploy.target)")
+    where.add_argument("--target", metavar="NAME", help=f"{targets} (default: deploy.target)")
     where.add_argument("--region", metavar="NAME", help="cloud region (default: deploy.region)")
     where.add_argument("--port", type=int, metavar="N", help="cloud local: the endpoint's port (default 8080)")
     where.add_argument("--pr", type=int, metavar="N", default=_pr_number(),
@@ -374,7 +381,7 @@ def _target(args: argparse.Namespace):
     from mldeploy.deploy import target_for
 
     cfg, bundle, endpoint = _where(args)
-    return cfg, bundle, target_for(cfg.deploy, endpoint, cfg.monitoring.capture_rate)
+    return cfg, bundle, target_for(cfg, endpoint)
 
 
 def _where(args: argparse.Namespace, more: dict | None = None):
@@ -409,11 +416,11 @@ def _model_name(bundle) -> str:
     return name(bundle)
 
 
-def _print_status(report: dict) -> None:
-    print(f"endpoint: {report['endpoint']}  url: {report.get('url') or '-'}")
-    for slot, s in report.get("slots", {}).items():
-        print(f"  {slot:<10} {s['traffic']:>3}%  {'healthy' if s['healthy'] else 'UNHEALTHY'}  {s['image']}")
-    github.set_output("url", report.get("url") or "")
+def _print_status(status: Status) -> None:
+    print(f"endpoint: {status.endpoint}  url: {status.url or '-'}")
+    for slot, s in status.slots.items():
+        print(f"  {slot:<10} {s.traffic:>3}%  {'healthy' if s.healthy else 'UNHEALTHY'}  {s.image}")
+    github.set_output("url", status.url or "")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -439,15 +446,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     provenance.check(cfg.deploy.require_provenance, image)  # before anything changes: one line, exit 1
     before = target.status()
-    production = (before["slots"].get("production") or {}).get("image")
+    production = before.slots["production"].image if "production" in before.slots else None
     check_pull_request(args.stage, traffic, cfg.deploy.canary_max_traffic, production is not None)
     expect: dict[str, str | None] = {"production": image if args.stage == "production" or not production
                                      else production}
     if plan.traffic_after.get(plan.desired.slot) and production and args.stage != "production":
         expect[plan.desired.slot] = image
-    def record(status: dict) -> None:  # the report shows what serves, read back, not what was planned
+    def record(status: Status) -> None:  # the report shows what serves, read back, not what was planned
         if args.plan_out:
-            served = {slot: {k: s[k] for k in ("image", "traffic", "healthy")} for slot, s in status["slots"].items()}
+            served = {slot: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy}
+                      for slot, s in status.slots.items()}
             Path(args.plan_out).write_text(json.dumps({**json.loads(plan.to_json()), "served": served}, indent=2)
                                            + "\n", encoding="utf-8")
 
@@ -467,10 +475,10 @@ def cmd_slots(args: argparse.Namespace) -> int:
         _print_status(before)
         return 0
     check_pull_request(args.verb)  # a pull request's run never promotes
-    slots = before["slots"]
-    production = (slots.get("production") or {}).get("image")
+    slots = before.slots
+    production = slots["production"].image if "production" in slots else None
     try:
-        canary = slots[pick_canary(target.endpoint, slots, args.pr, args.verb)]["image"]
+        canary = slots[pick_canary(target.endpoint, slots, args.pr, args.verb)].image
     except UsageError:  # none, or several: the command itself says so, in its target's words
         canary = None
     was = {"production": production} if production else {}
@@ -485,8 +493,9 @@ def cmd_slots(args: argparse.Namespace) -> int:
     return 0
 
 
-def _truth(target, command, expect: dict[str, str | None], expect_on_failure: dict[str, str | None],
-           verb: str | None = None, record=None) -> dict:
+def _truth(target: Target, command: Callable[[], Status | None], expect: dict[str, str | None],
+           expect_on_failure: dict[str, str | None], verb: str | None = None,
+           record: Callable[[Status], None] | None = None) -> Status:
     """Run the command (deploy, promote, rollback, teardown), then read back every slot whatever it did:
     exit 1 naming the slot when it does not serve what it should, or is unhealthy. What is printed and
     put in the step summary is that read-back, never the intent."""
@@ -505,7 +514,7 @@ def _truth(target, command, expect: dict[str, str | None], expect_on_failure: di
     if record:
         record(status)
     if verb and error is None:
-        print(f"{verb}: {'done' if (report or {}).get('changed') else 'nothing to do'}")
+        print(f"{verb}: {'done' if report is not None and report.changed else 'nothing to do'}")
     _print_status(status)
     github.add_summary(_read_back_markdown(status))
     if problems := read_back_problems(status, expect if error is None else expect_on_failure):
@@ -516,16 +525,18 @@ def _truth(target, command, expect: dict[str, str | None], expect_on_failure: di
     return status
 
 
-def _read_back_markdown(status: dict) -> str:
-    rows = "\n".join(f"| {slot} | {s['traffic']}% | {'healthy' if s['healthy'] else '**unhealthy**'} | `{s['image']}` |"
-                     for slot, s in status.get("slots", {}).items())
-    return (f"### What serves now: `{status['endpoint']}`\n\nRead back after the command.\n\n"
+def _read_back_markdown(status: Status) -> str:
+    rows = "\n".join(f"| {slot} | {s.traffic}% | {'healthy' if s.healthy else '**unhealthy**'} | `{s.image}` |"
+                     for slot, s in status.slots.items())
+    return (f"### What serves now: `{status.endpoint}`\n\nRead back after the command.\n\n"
             f"| slot | traffic | health | image |\n|---|---|---|---|\n{rows}\n")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
+    from mldeploy.deploy.base import Removable
+
     cfg, _, target = _target(args)
-    if cfg.deploy.cloud != "local":
+    if not isinstance(target, Removable):
         raise UsageError(f"destroy removes local endpoints only; {target.endpoint} is on {cfg.deploy.cloud}",
                          hint="remove a cloud endpoint in the cloud, where its owners can see it go")
     removed = target.destroy()["removed"]
@@ -663,13 +674,15 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
     """Exit 1 on rollback, so a workflow step fails and its rollback step runs; hold is 0: not yet
     judged is no failure (the workflow reads the `decision` output to wait or promote)."""
     from mldeploy.deploy import NoCanary
-    from mldeploy.monitor.canary import ROLLBACK, run
+    from mldeploy.deploy import target_for
+    from mldeploy.monitor.canary import ROLLBACK, judge
 
     if args.window is not None and args.window < 0:
         raise UsageError(f"--window {args.window:g} is negative", hint="give seconds, or 0 (local: since start)")
     cfg, _, endpoint = _where(args)
     try:
-        analysis = run(cfg, endpoint, args.window, args.pr)
+        window = cfg.monitoring.canary.window_seconds if args.window is None else args.window
+        analysis = judge(cfg, target_for(cfg, endpoint).slot_metrics(window, args.pr))
     except NoCanary as e:
         if not args.missing_ok:
             raise
@@ -689,10 +702,11 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor_setup(args: argparse.Namespace) -> int:
-    from mldeploy.monitor.setup import setup
+    from mldeploy.deploy import target_for
+    from mldeploy.monitor.setup import run
 
-    cfg, _, _ = _where(args, {"monitoring.baseline": args.baseline})
-    plan = setup(cfg, args.config, plan_only=args.plan)
+    cfg, _, endpoint = _where(args, {"monitoring.baseline": args.baseline})
+    plan = run(target_for(cfg, endpoint).monitor_plan(cfg, args.config), plan_only=args.plan)
     if args.plan_out:
         Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
     github.add_summary(plan.markdown())

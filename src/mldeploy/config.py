@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
+from mldeploy.deploy import registry
 from mldeploy.errors import UsageError
 from mldeploy.serve.settings import check_environment
 
@@ -32,12 +33,6 @@ Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int
 # Keys whose values are file paths, resolved against the config file's folder.
 PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
              ("monitoring", "baseline"), ("monitoring", "drift", "capture"))  # a capture URI (s3://...) stays as is
-TARGETS = {
-    "local": ("docker",),
-    "aws": ("sagemaker", "lambda"),
-    "gcp": ("vertex", "cloudrun"),
-    "azure": ("azureml",),
-}
 
 
 class Section(BaseModel):
@@ -355,9 +350,10 @@ class AzureSection(Section):
 
 
 class DeploySection(Section):
-    cloud: Literal["local", "aws", "gcp", "azure"] = "local"
-    target: str | None = Field(None, validate_default=True, description="Per cloud: local docker; aws sagemaker|lambda; "
-                                                 "gcp vertex|cloudrun; azure azureml.")
+    cloud: str = Field("local", description="Where: " + ", ".join(registry.clouds()) + ".",
+                       json_schema_extra={"enum": registry.clouds()})
+    target: str | None = Field(None, validate_default=True, description="Per cloud (the first is the default): " + "; ".join(
+        f"{c} {'|'.join(registry.targets_of(c))}" for c in registry.clouds()) + ".")
     endpoint: str | None = Field(None, description="Endpoint/service name (default: the model's name).")
     region: str | None = None
     canary_traffic: int = Field(10, ge=0, le=100, description="Percent of traffic the canary slot takes.")
@@ -373,13 +369,20 @@ class DeploySection(Section):
     gcp: GcpSection = Field(default_factory=GcpSection)
     azure: AzureSection = Field(default_factory=AzureSection)
 
+    @field_validator("cloud")
+    @classmethod
+    def _known_cloud(cls, cloud: str) -> str:
+        if cloud not in registry.clouds():
+            raise ValueError(f"Input should be {' or '.join(repr(c) for c in registry.clouds())}")
+        return cloud
+
     @field_validator("target")
     @classmethod
     def _target_fits_cloud(cls, target: str | None, info: ValidationInfo) -> str | None:
         cloud = info.data.get("cloud")
         if cloud is None:  # cloud itself was invalid and is reported on its own
             return target
-        allowed = TARGETS[cloud]
+        allowed = registry.targets_of(cloud)
         if target is None:
             return allowed[0]
         if target not in allowed:
@@ -455,10 +458,6 @@ class MonitoringSection(Section):
 
 
 # Serving settings of the HTTP server that the Lambda runtime (one event at a time, no server) never reads.
-LAMBDA_IGNORES = re.compile(r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|GRPC_PORT|"
-                            r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|"
-                            r"(LIVENESS|READINESS|SCORING)_ROUTE)")
-
 
 class Config(Section):
     """mldeploy.yaml, schema version 1."""
@@ -501,15 +500,12 @@ class Config(Section):
     def _settings_the_target_reads(self) -> Config:
         """A serving setting the target's runtime would ignore, or one that would lock its platform out,
         is refused rather than deployed to do nothing (or to answer 401 to every call)."""
-        target = self.deploy.target
-        if target == "lambda":
-            given = {**self.image.environment, **self.deploy.aws.lambda_.environment}
-            if ignored := sorted(n for n in given if LAMBDA_IGNORES.fullmatch(n)):
-                raise ValueError(f"{ignored[0]} does nothing on Lambda (one request at a time per execution "
-                                 "environment, no HTTP server of ours): remove it")
-        if target in ("sagemaker", "vertex", "azureml") and "MLDEPLOY_API_KEYS_FILE" in self.image.environment:
-            raise ValueError(f"image.environment MLDEPLOY_API_KEYS_FILE would answer 401 to {target}'s own calls, "
-                             "which carry no key: the platform authenticates callers itself")
+        entry = registry.find(self.deploy.cloud, self.deploy.target)
+        own = _get_dotted(self.model_dump(by_alias=True), tuple(entry.settings.split("."))) if entry.settings else None
+        given = {**self.image.environment, **((own or {}).get("environment") or {})}
+        for pattern, why in entry.refused_environment:
+            if refused := sorted(n for n in given if re.fullmatch(pattern, n)):
+                raise ValueError(f"{refused[0]} {why.format(target=entry.name)}")
         return self
 
 
@@ -681,11 +677,13 @@ def require_deploy_keys(cfg: Config, path: str | os.PathLike | None = None) -> N
     """The keys a deploy to the configured target needs and can find nowhere else (the environment and the
     credentials supply the rest), checked before the plan: a plan that can never be applied is never
     printed. Commands that only read (status, doctor, drift) do not need them."""
-    if cfg.deploy.cloud == "aws" and cfg.deploy.target in ("sagemaker", "lambda") and not cfg.deploy.aws.role:
-        file = find_config_file(path)
-        raise UsageError(f"deploy.aws.role is not set: {cfg.deploy.target} needs the ARN of the execution role "
-                         "it runs as (arn:aws:iam::<account>:role/<name>)", file=str(file) if file else None,
-                         line=_line_of(_read_yaml(file), ("deploy", "target")) if file else None)
+    entry = registry.find(cfg.deploy.cloud, cfg.deploy.target)
+    for key, what in entry.required:
+        if not _get_dotted(cfg.model_dump(by_alias=True), tuple(key.split("."))):
+            file = find_config_file(path)
+            raise UsageError(f"{key} is not set: {entry.name} needs {what}",
+                             file=str(file) if file else None,
+                             line=_line_of(_read_yaml(file), ("deploy", "target")) if file else None)
 
 
 # The files a config names that must exist before the step that reads them (the bundle and a capture are made later).

@@ -13,10 +13,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from mldeploy import github
 from mldeploy.config import Config, require_deploy_keys
 from mldeploy.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.deploy.base import Status
 
 SMOKE_REQUESTS = 200
 
@@ -61,7 +65,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     done("build and push")
 
     bundle = Bundle.open(cfg.bundle)
-    target = target_for(cfg.deploy, cfg.deploy.endpoint or _model_name(bundle), cfg.monitoring.capture_rate)
+    target = target_for(cfg, cfg.deploy.endpoint or _model_name(bundle))
     body = smoke_body(bundle.signature)
     with step("deploy"):
         plan = target.plan(Desired(target.endpoint, str(built["image"]), "canary", cfg.deploy.canary_traffic, body))
@@ -71,12 +75,12 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     done("deploy")
 
     with step("smoke"):
-        url = report["url"]
+        url = report.url
         served = smoke(str(url), body)
         share = ", ".join(f"{slot} {n / SMOKE_REQUESTS:.0%}" for slot, n in sorted(served.items()))
         print(f"{SMOKE_REQUESTS} requests to {url}/predict: all answered; {share}")
     done("smoke")
-    if promote and "canary" in report["slots"]:
+    if promote and "canary" in report.slots:
         with step("promote"):
             report = target.promote()
             _production_serves(report)
@@ -85,12 +89,12 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
         timings["promote"] = 0.0
         print(f"[{len(steps)}/{len(steps)}] promote: nothing to promote (this deploy went straight to production)")
     total = time.monotonic() - started
-    print(f"pipeline done in {total:.1f} s; endpoint {report['url']}")
-    return {**report, "image": built["image"], "seconds": round(total, 1),
+    print(f"pipeline done in {total:.1f} s; endpoint {report.url}")
+    return {**report.to_dict(), "image": built["image"], "seconds": round(total, 1),
             "timings": {k: round(v, 1) for k, v in timings.items()}}
 
 
-def _production_serves(status: dict) -> None:
+def _production_serves(status: Status) -> None:
     """The read-back the step ends with: production serving and healthy, whatever the step did."""
     from mldeploy.deploy import read_back_problems
 

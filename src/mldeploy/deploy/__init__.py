@@ -15,12 +15,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from mldeploy.changes import Change
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
-    from mldeploy.config import DeploySection
+    from mldeploy.bundle import Signature
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.deploy.base import Status, Target
 
 
 @dataclass
@@ -38,25 +41,6 @@ class Desired:
         if self.stage == "production":
             return "production"
         return f"canary-pr{self.pr}" if self.pr else "canary"
-
-
-@dataclass
-class Change:
-    action: str                # create | update | delete
-    resource: str              # e.g. "sagemaker endpoint-config classifier-3f2a..."
-    field: str = ""
-    old: Any = None
-    new: Any = None
-
-    def text(self) -> str:
-        what = f"{self.action} {self.resource}"
-        if self.field:
-            what += f" {self.field}"
-        if self.action == "update" and (self.old is not None or self.new is not None):
-            what += f": {self.old} -> {self.new}"
-        elif self.new is not None and self.action == "create" and self.field:
-            what += f" = {self.new}"
-        return what
 
 
 @dataclass
@@ -105,26 +89,11 @@ class Plan:
                 f"\n\nTraffic: {self._traffic(self.traffic_before)} -> {self._traffic(self.traffic_after)}\n")
 
 
-class Target(Protocol):
-    name: str
-
-    def plan(self, desired: Desired) -> Plan: ...
-    def apply(self, plan: Plan) -> dict[str, Any]: ...
-    def status(self) -> dict[str, Any]: ...
-    def promote(self, pr: int | None = None) -> dict[str, Any]: ...
-    def rollback(self, pr: int | None = None) -> dict[str, Any]: ...
-
-
 # Errors raised by the clouds' SDKs and HTTP stacks (by the package that raised them: only a target imports
 # its SDK), which a deploy half-way through meets when a cloud fails: the user's problem, never exit 3.
 RESTORE_BACKOFF = (1.0, 2.0, 4.0)  # seconds between a failed restore and the next try
 CLOUD_ERROR_PACKAGES = frozenset({"botocore", "boto3", "google", "grpc", "azure", "msrest", "requests", "urllib3",
                                   "docker", "http"})
-
-
-def served(status: dict[str, Any]) -> dict[str, tuple[str, int]]:
-    """What takes traffic, slot by slot: (image, percent). A slot at 0% serves nothing."""
-    return {slot: (s["image"], s["traffic"]) for slot, s in status.get("slots", {}).items() if s["traffic"]}
 
 
 class Conflict(CheckFailed):
@@ -138,12 +107,12 @@ class Guard:
     planned from, and never restores over another command's work. `check` runs just before the call
     that moves traffic, so the window left is that one call's round trip."""
     endpoint: str
-    read: Callable[[], dict[str, Any]]   # the target's status()
+    read: Callable[[], Status]           # the target's status()
     seen: dict[str, tuple[str, int]]     # served() when the command read the endpoint
     ours: frozenset[str]                 # the images this command deploys
 
     def check(self) -> None:
-        if (now := served(self.read())) != self.seen:
+        if (now := self.read().served()) != self.seen:
             raise Conflict(f"another command changed {self.endpoint} after this one read it (it serves "
                            f"{_shares(now)}, not {_shares(self.seen)}); this one moved no traffic",
                            hint="run it again: it plans from what serves then")
@@ -151,7 +120,7 @@ class Guard:
     def others(self) -> list[str]:
         """Images that serve now which neither served before nor are this command's: another command's."""
         known = {image for image, _ in self.seen.values()} | self.ours
-        return sorted({image for image, _ in served(self.read()).values()} - known)
+        return sorted({image for image, _ in self.read().served().values()} - known)
 
 
 def _shares(slots: dict[str, tuple[str, int]]) -> str:
@@ -195,6 +164,15 @@ def restoring(restore: Callable[[], str], guard: Guard | None = None) -> Iterato
         raise  # a bug of ours: exit 3 with its traceback under --debug, after the restore
 
 
+def storage_location(source: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://BUCKET/PREFIX or gs://..., (host, path) of an https:// storage URL."""
+    scheme, _, rest = source.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise UsageError(f"{source} names no bucket", hint=f"use {scheme}://BUCKET/PREFIX")
+    return bucket, prefix.lstrip("/")
+
+
 def one_line(e: BaseException) -> str:
     """An error in one line, as a restore or a read-back goes on from it: ours as it reads, another
     (an SDK's, the network's) named by its type."""
@@ -204,28 +182,27 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def read_back_problems(status: dict[str, Any], expect: dict[str, str | None]) -> list[str]:
+def read_back_problems(status: Status, expect: dict[str, str | None]) -> list[str]:
     """What is wrong with what serves (a target's status()), slot by slot: expect maps a slot to the
     image it must serve (None: any image, but serving and healthy)."""
-    slots = status.get("slots", {})
     problems = []
     for slot, image in expect.items():
-        got = slots.get(slot)
+        got = status.slots.get(slot)
         if got is None:
             problems.append(f"no {slot} slot is serving")
-        elif image and got["image"] != image:
-            problems.append(f"{slot} serves {got['image']}, not {image}")
-        elif not got["healthy"]:
-            problems.append(f"{slot} ({got['image']}) is unhealthy")
-    total = sum(s["traffic"] for s in slots.values())
-    if slots and total != 100:
+        elif image and got.image != image:
+            problems.append(f"{slot} serves {got.image}, not {image}")
+        elif not got.healthy:
+            problems.append(f"{slot} ({got.image}) is unhealthy")
+    total = sum(s.traffic for s in status.slots.values())
+    if status.slots and total != 100:
         problems.append(f"the slots take {total}% of the traffic, not 100%")
     return problems
 
 
-def smoke_body(signature) -> dict[str, Any]:
+def smoke_body(signature: Signature) -> dict[str, Any]:
     """A request every model must answer: zeros in the signature's shape, one row."""
-    def zeros(shape, dtype: str) -> object:
+    def zeros(shape: list[int | str], dtype: str) -> object:
         value: object = "" if dtype == "string" else False if dtype == "bool" else 0
         for dim in reversed(shape):
             value = [value] * (dim if isinstance(dim, int) else 1)
@@ -274,25 +251,20 @@ def rollback_layout(endpoint: str, slots: dict[str, tuple[str, int]], pr: int | 
     return {s: image for s, (image, _) in keep.items()}, {"production": 100 - sum(canaries.values()), **canaries}
 
 
-def target_for(deploy: DeploySection, endpoint: str, capture_rate: float = 0.0) -> Target:
-    """The deploy target module for deploy.cloud/deploy.target (each imports its own SDK).
-    capture_rate: local slots capture this share of requests for drift checks (the clouds have
-    their own data capture settings)."""
-    if deploy.cloud == "local":
-        from mldeploy.deploy.local import LocalTarget
+def target_for(cfg: Config, endpoint: str) -> Target:
+    """The target of deploy.cloud/deploy.target, from the registry (its module imports its own SDK)."""
+    return target_class(cfg.deploy).from_config(endpoint, cfg)
 
-        return LocalTarget(endpoint, deploy.port, capture_rate)
-    modules = {("aws", "sagemaker"): ("sagemaker", "SageMakerTarget"), ("aws", "lambda"): ("lambda_", "LambdaTarget"),
-               ("gcp", "vertex"): ("vertex", "VertexTarget"), ("gcp", "cloudrun"): ("cloudrun", "CloudRunTarget"),
-               ("azure", "azureml"): ("azureml", "AzureMLTarget")}
-    module, cls = modules[(deploy.cloud, deploy.target)]  # config validation allows only these pairs
-    return getattr(importlib.import_module(f"mldeploy.deploy.{module}"), cls)(endpoint, deploy)
+
+def target_class(deploy: DeploySection) -> type[Target]:
+    from mldeploy.deploy import registry
+
+    entry = registry.find(deploy.cloud, deploy.target)  # config validation allows only registered pairs
+    cls: type[Target] = getattr(importlib.import_module(entry.module), entry.cls)
+    cls.entry = entry
+    return cls
 
 
 def doctor(deploy: DeploySection) -> list[tuple[str, bool, str]]:
     """The cloud's preflight: identity and permission rows (check, passed, detail)."""
-    if deploy.cloud != "local":  # each cloud's module has its own preflight
-        return importlib.import_module(f"mldeploy.deploy.{deploy.cloud}").doctor(deploy)
-    from mldeploy.image import engine
-
-    return [("docker engine", True, f"Docker {engine().version().get('Version', '?')} answers")]
+    return target_class(deploy).doctor(deploy)

@@ -16,10 +16,15 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__
+from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import DeploySection
+    from mldeploy.monitor.canary import SlotStats
 
 # Throttling and transient errors are retried with exponential backoff and client-side rate limiting.
 RETRIES = {"max_attempts": int(os.environ.get("MLDEPLOY_AWS_MAX_ATTEMPTS", "10")), "mode": "adaptive"}
@@ -167,11 +172,12 @@ WEB_IDENTITY_HELP = (
     "from the account, or the job lacks `permissions: id-token: write`.")
 
 
-def doctor(deploy) -> list[tuple[str, bool, str]]:
-    """Who we are and what we may do: (check, passed, detail) rows; never prints a secret."""
+def doctor(deploy: DeploySection, probes: dict[str, tuple[str, str, dict[str, Any]]]) -> list[tuple[str, bool, str]]:
+    """Who we are and what we may do: (check, passed, detail) rows; never prints a secret. probes:
+    permission -> (service, read-only call, its arguments), the target's own besides ECR's."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    region, target = deploy.region, deploy.target
+    region = deploy.region
 
     rows: list[tuple[str, bool, str]] = []
     try:
@@ -183,11 +189,7 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
         code = error_code(e)
         detail = WEB_IDENTITY_HELP if "WebIdentity" in str(e) or code == "InvalidIdentityToken" else str(e)
         return [("identity", False, detail)]
-    probes = {"ecr:DescribeRepositories": ("ecr", "describe_repositories", {"maxResults": 1})}
-    if target == "sagemaker":
-        probes["sagemaker:ListEndpoints"] = ("sagemaker", "list_endpoints", {"MaxResults": 1})
-    else:
-        probes["lambda:ListFunctions"] = ("lambda", "list_functions", {"MaxItems": 1})
+    probes = {"ecr:DescribeRepositories": ("ecr", "describe_repositories", {"maxResults": 1}), **probes}
     for permission, (service, call, kwargs) in probes.items():
         try:
             getattr(client(service, region), call)(**kwargs)
@@ -248,10 +250,11 @@ def metric_window(region: str | None, queries: dict[str, tuple[str, str, dict[st
 
 
 # -- captured requests (mldeploy monitor drift) -----------------------------------------------------
-def capture_objects(bucket: str, prefix: str, region: str | None,
+def capture_objects(source: str, region: str | None,
                     suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
     """(s3 URI, size, modified, read) of each capture file under s3://bucket/prefix (SageMaker data
     capture and copied serving-runtime files alike)."""
+    bucket, prefix = storage_location(source)
     s3 = client("s3", region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     with translated(f"list s3://{bucket}/{prefix}"):
         try:
@@ -266,3 +269,26 @@ def capture_objects(bucket: str, prefix: str, region: str | None,
         return read
 
     return [(f"s3://{bucket}/{o['Key']}", o["Size"], o["LastModified"], reader(o["Key"])) for o in found]
+
+
+# -- canary analysis: CloudWatch -------------------------------------------------------------------
+def cloudwatch_slot_stats(region: str | None, namespace: str, dims: dict[str, dict[str, str]], metrics: tuple[str, str, str],
+                latency_to_ms: float, window: float) -> dict[str, SlotStats]:
+    """Per slot: requests (Sum), errors (Sum) and latency p50/p99 of one namespace's metrics."""
+    from mldeploy.monitor.canary import SlotStats
+
+    invocations, errors, latency = metrics
+    queries = {}
+    for i, (slot, d) in enumerate(dims.items()):
+        queries[f"s{i}_requests"] = (namespace, invocations, d, "Sum")
+        queries[f"s{i}_errors"] = (namespace, errors, d, "Sum")
+        queries[f"s{i}_p50"] = (namespace, latency, d, "p50")
+        queries[f"s{i}_p99"] = (namespace, latency, d, "p99")
+    values = metric_window(region, queries, window)
+    out = {}
+    for i, slot in enumerate(dims):
+        stats = out[slot] = SlotStats(slot, int(sum(values[f"s{i}_requests"])), int(sum(values[f"s{i}_errors"])))
+        for q in ("p50", "p99"):  # one period normally; over several, the worst one counts
+            found = values[f"s{i}_{q}"]
+            setattr(stats, f"{q}_ms", max(found) * latency_to_ms if found else None)
+    return out

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mldeploy import __version__
+from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, UsageError
 
 SCOPE = "https://management.azure.com/.default"
@@ -356,10 +357,16 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
 
 
 # -- captured requests (mldeploy monitor drift) ---------------------------------------------------------
-def capture_blobs(account_url: str, container: str, prefix: str,
+def capture_blobs(source: str, region: str | None,
                   suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
     """(URL, size, modified, read) of each capture file under a Blob storage container/prefix. The
     identity needs Storage Blob Data Reader on the container."""
+    account, path = storage_location(source)
+    container, _, prefix = path.partition("/")
+    if not container:
+        raise UsageError(f"{source} names no container",
+                         hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
+    account_url = f"https://{account}"
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.storage.blob import ContainerClient
 

@@ -31,10 +31,18 @@ import time
 from typing import Any
 
 from mldeploy import github
-from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Guard, NoCanary, Plan, pick_canary, restoring, served
+from typing import TYPE_CHECKING
+
+from mldeploy.deploy import Desired, NoCanary, Plan
+from mldeploy.deploy import azure as azure_cloud
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
 PORT = 8080
@@ -73,11 +81,12 @@ def digest_of(image: str) -> str:
     return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
-class AzureMLTarget:
+class AzureMLTarget(Target):
     name = "azureml"
 
-    def __init__(self, endpoint: str, cfg: DeploySection):
-        self.endpoint = azure_name(endpoint)
+    def __init__(self, endpoint: str, cfg: DeploySection) -> None:
+        super().__init__(azure_name(endpoint), cfg)
+        self.cfg = cfg
         self.azure = cfg.azure
         self.settings = cfg.azure.azureml
         self.ml = ml_client(cfg)   # the workspace's coordinates are checked here (UsageError when missing)
@@ -165,14 +174,13 @@ class AzureMLTarget:
         delete = ([old] if old and old != new else []) + current["stale"]
         return self._plan(desired, current, desired.slot, new, traffic, mirror, delete)
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         s, d = plan.state, plan.desired
         current = s["current"]
         done = {"deployment": False, "traffic": False}   # what _restore must undo
-        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset({d.image}))
-        with restoring(lambda: self._restore(current, s, done), guard):
+        with self.changing(current, {d.image}, lambda: self._restore(current, s, done)) as guard:
             if current is None:
                 self._put_endpoint(None, {}, {})
             elif s["auth_changed"]:
@@ -195,32 +203,25 @@ class AzureMLTarget:
             if s["slot"] != "production" and self.azure.bake_seconds and s["new"] and d.smoke:
                 self._bake(s["new"], d.smoke)
         self._delete(s["delete"])
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def status(self) -> dict[str, Any]:
-        return self._status(self.read())
-
-    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"endpoint": self.endpoint, "url": None, "slots": {}}
+    def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
-            return out
-        out["url"] = current["url"]
-        out["status"] = current["state"]
-        for slot, e in current["slots"].items():
-            out["slots"][slot] = {"image": e["image"], "traffic": e["traffic"], "deployment": e["deployment"],
-                                  "healthy": e["state"].lower().endswith("succeeded")}
-            if e["mirror"]:
-                out["slots"][slot]["mirror"] = e["mirror"]
-        return out
+            return Status(self.endpoint)
+        return Status(self.endpoint, current["url"], {
+            slot: Slot(e["image"], e["traffic"], e["state"].lower().endswith("succeeded"),
+                       {"deployment": e["deployment"], **({"mirror": e["mirror"]} if e["mirror"] else {})})
+            for slot, e in current["slots"].items()}, {"status": current["state"]})
 
-    def promote(self, pr: int | None = None) -> dict[str, Any]:
+    # promote and rollback move traffic between deployments (a mirrored canary holds no live share)
+    def promote(self, pr: int | None = None) -> Status:
         current = self.read()
-        slot = self._canary(current, pr, "promote")
+        slot = self.canary(current, pr, "promote")
         return self.apply(self.plan(Desired(self.endpoint, current["slots"][slot]["image"], "production", 0, {})))
 
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+    def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
-        gone = {self._canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
+        gone = {self.canary(current, pr, "roll back")} if pr else {s for s in (current or {}).get("slots", {})
                                                                     if s != "production"}
         if not gone or current is None:
             raise NoCanary(f"{self.endpoint} has no canary to roll back", hint="production is already all the traffic")
@@ -240,9 +241,6 @@ class AzureMLTarget:
 
     def _environment(self, image: str) -> tuple[str, str]:
         return azure_name("mldeploy", self.endpoint, limit=64), hashlib.sha256(image.encode()).hexdigest()[:16]
-
-    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
-        return pick_canary(self.endpoint, (current or {}).get("slots", {}), pr, verb)
 
     def _by_slot(self, split: dict[str, int], deployments: dict[str, str]) -> dict[str, int]:
         return {deployments.get(name, name): pct for name, pct in split.items()}
@@ -521,3 +519,58 @@ class AzureMLTarget:
         before = ", ".join(f"{slot} {e['traffic']}%" for slot, e in previous["slots"].items() if e["traffic"])
         removed = f"; {s['new']} was deleted" if done["deployment"] else ""
         return f"rolled back: the endpoint serves as before ({before or 'no traffic'}){removed}"
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """Requests and errors from RequestsPerMinute split by deployment, statusCode and modelStatusCode:
+        an error is a 5xx answer, or a model's 5xx that Azure ML passed on as 424. Latency p50/p99 are
+        the minutes' RequestLatency_P50/P99 weighted by that minute's requests (Azure Monitor keeps
+        percentiles per minute only)."""
+        from mldeploy.deploy.azure import metric_series, workspace
+        from mldeploy.deploy.azureml_monitor import ENDPOINT_METRICS
+        from mldeploy.monitor.canary import SlotStats
+        from mldeploy.monitor.metrics import Collected
+
+        current = self.read() or {"slots": {}}
+        slots = current["slots"]
+        canary = self.compared(current, pr)
+        names = {slots[slot]["deployment"]: slot for slot in ("production", canary)}
+        which = " or ".join(f"deployment eq '{name}'" for name in names)
+        subscription = workspace(self.cfg)[0]
+        resource_id = current["entity"].id
+        stats = {slot: SlotStats(slot) for slot in names.values()}
+        per_minute: dict[str, dict] = {slot: {} for slot in names.values()}
+        for series in metric_series(subscription, resource_id, ENDPOINT_METRICS, ["RequestsPerMinute"], "Total",
+                                    f"{which} and statusCode eq '*' and modelStatusCode eq '*'", window,
+                                    f"read the Azure Monitor metrics of {self.endpoint}"):
+            slot = names.get(series["dimensions"].get("deployment"))
+            if not slot:
+                continue
+            dims = series["dimensions"]
+            failed = str(dims.get("statuscode", "")).startswith("5") or str(dims.get("modelstatuscode", "")).startswith("5")
+            for minute, count in series["values"]:
+                per_minute[slot][minute] = per_minute[slot].get(minute, 0) + count
+                stats[slot].requests += int(count)
+                stats[slot].errors += int(count) if failed else 0
+        for series in metric_series(subscription, resource_id, ENDPOINT_METRICS, ["RequestLatency_P50", "RequestLatency_P99"],
+                                    "Average", which, window, f"read the Azure Monitor latency of {self.endpoint}"):
+            slot = names.get(series["dimensions"].get("deployment"))
+            if slot and series["values"]:
+                weights = [per_minute[slot].get(minute, 0) for minute, _ in series["values"]]
+                if not sum(weights):  # latency without counted requests: every minute alike
+                    weights = [1] * len(weights)
+                value = sum(w * v for w, (_, v) in zip(weights, series["values"])) / sum(weights)
+                setattr(stats[slot], "p50_ms" if series["metric"].endswith("P50") else "p99_ms", value)
+        return Collected(stats["production"], stats[canary], window,
+                         f"Azure Monitor online endpoint {self.endpoint}",
+                         notes=["prediction divergence not measured: Azure ML data collection is not read yet"])
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """Azure Monitor metric alerts on the endpoint and each slot's deployment, and an action group."""
+        from mldeploy.deploy import azureml_monitor
+
+        return azureml_monitor.plan(cfg, self)
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        return azure_cloud.doctor(deploy)

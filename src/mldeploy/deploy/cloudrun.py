@@ -42,14 +42,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from mldeploy import __version__
-from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Guard, Plan, gcp, pick_canary, restoring, served
+from typing import TYPE_CHECKING
+
+from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "5"))  # bake checks, smoke retries (LROs: gcp's)
 INVOKER = "roles/run.invoker"
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 PORT = 8080
+# Cloud Monitoring: the service's series (canary analysis and alert policies read them)
+REQUESTS = "run.googleapis.com/request_count"
+LATENCIES = "run.googleapis.com/request_latencies"
+ALERT_SERIES = {"5xx": (REQUESTS, ' AND metric.labels.response_code_class = "5xx"'), "latency p99": (LATENCIES, "")}
 SMOKE_TIMEOUT = 120.0  # a cold start of a large model can take a while
 
 
@@ -96,11 +107,12 @@ def digest_of(image: str) -> str:
     return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
-class CloudRunTarget:
+class CloudRunTarget(Target):
     name = "cloudrun"
 
-    def __init__(self, endpoint: str, cfg: DeploySection):
-        self.service = self.endpoint = service_name(endpoint)
+    def __init__(self, endpoint: str, cfg: DeploySection) -> None:
+        super().__init__(service_name(endpoint), cfg)
+        self.service = self.endpoint
         self.options = cfg.gcp
         self.settings = cfg.gcp.cloudrun
         self.location = gcp.region(cfg)
@@ -191,17 +203,16 @@ class CloudRunTarget:
                      desired.slot: {"revision": revision, "traffic": desired.traffic, "image": desired.image}}
         return self._plan(desired, current, after)
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         d, current, after = plan.desired, plan.state["current"], plan.state["after"]
         if d.smoke and self._needs_token():  # before anything changes: can we call a private service at all?
             self._identity_token(current["url"] if current and current["url"] else "https://run.googleapis.com")
         spec = self._service_spec(current, after, plan.state["new"])
         changed = {"service": False}   # what _restore must put back: a refused update changed only IAM
         # the service's etag is the compare-and-set of the update; the guard keeps a restore off another's work
-        guard = Guard(self.service, self.status, served(self._status(current)),
-                      frozenset(e["image"] for e in after.values()))
+        guard = self.guard(current, {e["image"] for e in after.values()})
         with restoring(lambda: self._restore(plan.state, service=changed["service"]), guard):
             if plan.state["iam"] and current is not None:  # before traffic moves
                 self._set_public(self.public)
@@ -221,35 +232,32 @@ class CloudRunTarget:
                 self._smoke(slot, d.smoke)
             if slot != "production" and self.options.bake_seconds:
                 self._bake(slot, d.smoke)
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def status(self) -> dict[str, Any]:
-        return self._status(self.read())
-
-    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"endpoint": self.service, "url": None, "slots": {}}
+    def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
-            return out
-        out["url"] = current["url"]
-        for slot, s in current["slots"].items():
-            out["slots"][slot] = {"image": s["image"], "traffic": s["traffic"], "healthy": s["healthy"],
-                                  "revision": s["revision"], "url": s["url"] if slot != "production" else current["url"]}
-        return out
+            return Status(self.service)
+        return Status(self.service, current["url"], {
+            slot: Slot(s["image"], s["traffic"], s["healthy"],
+                       {"revision": s["revision"], "url": s["url"] if slot != "production" else current["url"]})
+            for slot, s in current["slots"].items()})
 
-    def promote(self, pr: int | None = None) -> dict[str, Any]:
+    # promote and rollback keep each slot's revision (an image can run as two revisions with different
+    # settings), so they are planned by revision, not by image
+    def promote(self, pr: int | None = None) -> Status:
         current = self.read()
-        slot = self._canary(current, pr, "promote")
+        slot = self.canary(current, pr, "promote")
         entry = current["slots"][slot]
         plan = self._plan(Desired(self.service, entry["image"], "production", 0, {}), current,
                           {"production": {**self._entry(entry), "traffic": 100}})
         return self.apply(plan)
 
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+    def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
-        gone = {self._canary(current, pr, "roll back")} if pr else \
+        gone = {self.canary(current, pr, "roll back")} if pr else \
             {s for s in (current or {}).get("slots", {}) if s != "production"}
         if not gone:
-            self._canary(current, None, "roll back")  # says why: no service, or no canary
+            self.canary(current, None, "roll back")  # says why: no service, or no canary
         keep = {s: self._entry(e) for s, e in current["slots"].items() if s not in gone and s != "production"}
         production = current["slots"]["production"]
         after = {"production": {**self._entry(production), "traffic": 100 - sum(e["traffic"] for e in keep.values())},
@@ -262,7 +270,7 @@ class CloudRunTarget:
     def _entry(e: dict[str, Any]) -> dict[str, Any]:
         return {"revision": e["revision"], "traffic": e["traffic"], "image": e["image"]}
 
-    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
+    def canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
         if current is None:
             raise UsageError(f"the Cloud Run service {self.service} does not exist in {self.parent}",
                              hint="deploy it first with `mldeploy deploy`")
@@ -516,3 +524,43 @@ class CloudRunTarget:
                 self._set_public(not self.public, list(state["policy"].bindings))
         before = ", ".join(f"{s} {e['traffic']}%" for s, e in previous["slots"].items())
         return f"rolled back: the service serves as before ({before})"
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def _resource(self) -> str:
+        return (f'resource.type = "cloud_run_revision" AND resource.labels.location = "{self.location}" '
+                f'AND resource.labels.service_name = "{self.service}"')
+
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """Cloud Monitoring request_count (by response_code_class) and request_latencies per revision."""
+        from mldeploy.monitor.metrics import Collected
+
+        current = self.read() or {"slots": {}}
+        canary = self.compared(current, pr)
+        stats = gcp.cloud_monitoring_slot_stats(
+            self.project, self._resource(), "resource.labels.revision_name",
+            {slot: current["slots"][slot]["revision"] for slot in ("production", canary)},
+            (REQUESTS, "metric.labels.response_code_class"), (LATENCIES, ""), window)
+        return Collected(stats["production"], stats[canary], window, f"Cloud Monitoring Cloud Run {self.service}",
+                         notes=["Cloud Run counts every request to a revision, probes and smoke requests included",
+                                "prediction divergence not measured: Cloud Run does not capture requests"])
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """Alert policies; Cloud Run has no model monitoring, so drift is checked on a schedule."""
+        from mldeploy.deploy import gcp_alerts
+        from mldeploy.monitor.setup import SetupPlan, schedule_snippets
+
+        result = SetupPlan(f"gcp {self.name}", self.service)
+        gcp_alerts.plan(cfg, self.service, self.project, self.name, ALERT_SERIES, self._resource(), result)
+        result.notes.append("Cloud Run has no model monitoring: run `mldeploy monitor drift` on a schedule (below)")
+        result.notes += schedule_snippets(cfg, config_file)
+        return result
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        def list_services(creds: Any, location: str, parent: str) -> None:
+            from google.cloud import run_v2
+
+            next(iter(gcp.client(run_v2.ServicesClient, creds, location, "run").list_services(
+                request={"parent": parent, "page_size": 1})), None)
+
+        return gcp.doctor(deploy, {"run.services.list": list_services})

@@ -22,9 +22,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import DeploySection
+    from mldeploy.monitor.canary import SlotStats
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 CREDENTIALS_HINT = ("in GitHub Actions, use google-github-actions/auth with Workload Identity Federation "
@@ -287,8 +292,9 @@ def identity(creds: Any) -> str:
     return f"{email} ({kind})" if email and email != "default" else kind
 
 
-def doctor(deploy) -> list[tuple[str, bool, str]]:
-    """Who we are and what we may do: (check, passed, detail) rows; one read-only probe per service."""
+def doctor(deploy: DeploySection, probes: dict[str, Callable[[Any, str, str], None]]) -> list[tuple[str, bool, str]]:
+    """Who we are and what we may do: (check, passed, detail) rows; probes: permission -> a read-only
+    call of the target's API (credentials, location, parent)."""
     try:
         creds, found = credentials()
         chosen = project(deploy, found)
@@ -300,25 +306,10 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
     except UsageError as e:
         return rows + [("region", False, e.describe())]
     parent = f"projects/{chosen}/locations/{location}"
-    probes = []
-    if deploy.target == "cloudrun":
-        def list_services():
-            from google.cloud import run_v2
-
-            next(iter(client(run_v2.ServicesClient, creds, location, "run").list_services(
-                request={"parent": parent, "page_size": 1})), None)
-        probes.append(("run.services.list", list_services))
-    else:
-        def list_endpoints():
-            from google.cloud import aiplatform_v1
-
-            next(iter(client(aiplatform_v1.EndpointServiceClient, creds, location).list_endpoints(
-                request={"parent": parent, "page_size": 1})), None)
-        probes.append(("aiplatform.endpoints.list", list_endpoints))
-    for permission, probe in probes:
+    for permission, probe in probes.items():
         try:
             with translated(f"check {permission}"):
-                probe()
+                probe(creds, location, parent)
             rows.append((permission, True, "allowed"))
         except MldeployError as e:
             rows.append((permission, False, e.message))
@@ -326,10 +317,11 @@ def doctor(deploy) -> list[tuple[str, bool, str]]:
 
 
 # -- captured requests (mldeploy monitor drift) ------------------------------------------------------
-def capture_objects(bucket: str, prefix: str,
+def capture_objects(source: str, region: str | None,
                     suffixes: tuple[str, ...]) -> list[tuple[str, int, Any, Callable[[], bytes]]]:
     """(gs URI, size, modified, read) of each capture file under gs://bucket/prefix.
     MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
+    bucket, prefix = storage_location(source)
     from google.api_core import exceptions
     from google.cloud import storage
 
@@ -434,3 +426,48 @@ def _point_value(value: Any) -> int | float | list[tuple[float, int]]:
     else:
         bounds = []
     return list(zip([*bounds, float("inf")], (int(c) for c in d.bucket_counts)))
+
+
+# -- canary analysis: Cloud Monitoring --------------------------------------------------------------
+def cloud_monitoring_slot_stats(project_id: str, resource: str, slot_label: str, slots: dict[str, str],
+                      requests: tuple[str, str], latency: tuple[str, str], window: float) -> dict[str, SlotStats]:
+    """Per slot (the value of `slot_label`, e.g. resource.labels.revision_name): requests and 5xx answers
+    of the metric `requests` (name, label holding the response code or its class) and p50/p99 of the
+    latency distribution `latency` (name, extra filter), in ms, over the window."""
+    from mldeploy.monitor.canary import SlotStats, histogram_quantile
+
+    def field(label: str) -> str:  # resource.labels.x (filters) -> resource.label.x (groupByFields)
+        return label.replace(".labels.", ".label.")
+
+    def slot_of(series: dict) -> str | None:
+        kind, name = slot_label.split(".labels.")
+        return by_value.get(series[kind].get(name))
+
+    by_value = {value: slot for slot, value in slots.items()}
+    quoted = ", ".join(f'"{v}"' for v in slots.values())
+    which = f"{resource} AND {slot_label} = one_of({quoted})"
+    stats = {slot: SlotStats(slot) for slot in slots}
+    metric, code_label = requests
+    code_kind, code_name = code_label.split(".labels.")
+    for series in time_series(project_id, f'metric.type = "{metric}" AND {which}', window,
+                              [field(slot_label), field(code_label)], f"read {metric}"):
+        slot, count = slot_of(series), int(sum(series["values"]))
+        if slot:
+            stats[slot].requests += count
+            stats[slot].errors += count if series[code_kind].get(code_name, "").startswith("5") else 0
+    metric, extra = latency
+    buckets: dict[str, dict[float, int]] = {slot: {} for slot in slots}
+    for series in time_series(project_id, f'metric.type = "{metric}" AND {which}{extra}', window,
+                              [field(slot_label)], f"read {metric}"):
+        slot = slot_of(series)
+        for distribution in series["values"] if slot else ():
+            for upper, count in distribution:
+                buckets[slot][upper] = buckets[slot].get(upper, 0) + count
+    for slot, counts in buckets.items():
+        cumulative, total = [], 0
+        for upper in sorted(counts):
+            total += counts[upper]
+            cumulative.append((upper, total))
+        stats[slot].p50_ms = histogram_quantile(0.5, cumulative)
+        stats[slot].p99_ms = histogram_quantile(0.99, cumulative)
+    return stats

@@ -31,13 +31,17 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mldeploy.deploy import Conflict, Desired, Guard, NoCanary, Plan, restoring, served
+from mldeploy.deploy import Conflict, Desired, NoCanary, Plan, restoring
+from mldeploy.deploy import aws as aws_cloud
 from mldeploy.deploy.aws import (ECR_HOST, alarm_spec, bake, client, digest_of, ecr_has_image, resource_name, tags,
                                  translated)
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
-    from mldeploy.config import DeploySection
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "5"))
 ALIAS = "live"
@@ -60,15 +64,16 @@ def _description_field(text: str | None, key: str) -> str | None:
     return None
 
 
-class LambdaTarget:
+class LambdaTarget(Target):
     name = "lambda"
 
-    def __init__(self, endpoint: str, cfg: DeploySection):
-        self.endpoint = self.function = resource_name(endpoint, limit=64)
+    def __init__(self, endpoint: str, cfg: DeploySection) -> None:
+        super().__init__(resource_name(endpoint, limit=64), cfg)
+        self.function = self.endpoint
         self.aws = cfg.aws
         self.settings = cfg.aws.lambda_
         self.lam = client("lambda", cfg.region)
-        self.region = self.lam.meta.region_name
+        self.region: str = self.lam.meta.region_name
 
     # -- what serves now --------------------------------------------------------------------------
     def _get(self, doing: str, call: str, **kwargs: Any) -> dict[str, Any] | None:
@@ -149,9 +154,9 @@ class LambdaTarget:
             share = {"production": 100 - desired.traffic, desired.slot: desired.traffic}
         return self._plan(desired, current, after, share)
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         d, current = plan.desired, plan.state["current"]
         after, share = dict(plan.state["after"]), plan.traffic_after
         before = current["alias"] if current else None
@@ -165,8 +170,7 @@ class LambdaTarget:
                 raise CheckFailed(f"{e.message}; rolled back: it never took traffic, "
                                   f"{self._serving_text(current)}") from None
         self._ensure_alarms(after)
-        guard = Guard(self.function, self.status, served(self._status(current)),
-                      frozenset(plan.state["images"].values()))
+        guard = self.guard(current, plan.state["images"].values())
         ours: dict[str, str] = {}  # the alias revision this command wrote: a restore puts back only that
         # no guard.check() here: the alias's RevisionId is Lambda's own compare-and-set, one read fewer
         with restoring(lambda: self._restore(before, current, ours.get("revision")), guard):  # e.g. no URL permission
@@ -177,32 +181,28 @@ class LambdaTarget:
             canary = next((s for s in after if s != "production"), None)
             if canary and canary == d.slot and self.aws.bake_seconds:
                 bake(self.region, self._alarm_names(canary), self.aws.bake_seconds, canary, POLL_SECONDS)
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def status(self) -> dict[str, Any]:
-        return self._status(self.read())
-
-    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"endpoint": self.function, "url": None, "slots": {}}
+    def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
-            return out
-        out["url"] = current["url"] and current["url"]["url"]
-        for slot, s in current["slots"].items():
-            out["slots"][slot] = {"image": s["image"], "traffic": s["weight"], "healthy": s["healthy"],
-                                  "version": s["version"]}
-        return out
+            return Status(self.function)
+        return Status(self.function, current["url"] and current["url"]["url"],
+                      {slot: Slot(s["image"], s["weight"], s["healthy"], {"version": s["version"]})
+                       for slot, s in current["slots"].items()})
 
-    def promote(self, pr: int | None = None) -> dict[str, Any]:
+    # promote and rollback move the alias between published versions (one image can run as two
+    # versions with different settings), so they are planned by version, not by image
+    def promote(self, pr: int | None = None) -> Status:
         current = self.read()
-        slot = self._canary(current, pr, "promote")
+        slot = self.canary(current, pr, "promote")
         entry = current["slots"][slot]
         plan = self._plan(Desired(self.function, entry["image"], "production", 0, {}), current,
                           {"production": entry["version"]}, {"production": 100})
         return self.apply(plan)
 
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+    def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
-        self._canary(current, pr, "roll back")
+        self.canary(current, pr, "roll back")
         production = current["slots"]["production"]
         plan = self._plan(Desired(self.function, production["image"], "production", 0, {}), current,
                           {"production": production["version"]}, {"production": 100})
@@ -251,7 +251,8 @@ class LambdaTarget:
     def _pr_flag(slot: str) -> str:
         return f" --pr {slot.removeprefix('canary-pr')}" if slot.startswith("canary-pr") else ""
 
-    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
+    def canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
+        """The one canary Lambda can hold; a pull request's promote or rollback must name it."""
         holder = next((s for s in (current or {}).get("slots", {}) if s != "production"), None)
         if holder is None:
             raise NoCanary(f"{self.function} has no canary{f' for PR {pr}' if pr else ''} to {verb}",
@@ -567,3 +568,35 @@ class LambdaTarget:
                     cw.delete_alarms(AlarmNames=[name])
                 if change:
                     cw.put_metric_alarm(**spec)
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """CloudWatch AWS/Lambda Invocations, Errors, Duration p50/p99 per version behind the alias."""
+        from mldeploy.monitor.metrics import Collected
+
+        current = self.read()
+        slots, canary = self._status(current).slots, self.canary(current, pr, "analyze")
+        # each version behind the alias on its own, so production's figures leave the canary's requests out
+        dims = {slot: {"FunctionName": self.function, "Resource": f"{self.function}:{ALIAS}",
+                       "ExecutedVersion": slots[slot].detail["version"]} for slot in ("production", canary)}
+        stats = aws_cloud.cloudwatch_slot_stats(self.region, "AWS/Lambda", dims, ("Invocations", "Errors", "Duration"),
+                                                1.0, window)
+        return Collected(stats["production"], stats[canary], window, f"CloudWatch AWS/Lambda {self.function}:{ALIAS}",
+                         notes=["Lambda counts function errors (crashes, timeouts) as errors, not 5xx answers",
+                                "prediction divergence not measured: Lambda does not capture requests"])
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """The alarms' SNS topic and an invocations anomaly alarm; drift is checked on a schedule."""
+        from mldeploy.deploy import aws_alarms
+        from mldeploy.monitor.setup import SetupPlan, schedule_snippets
+
+        result = SetupPlan(f"aws {self.name}", self.function)
+        result.notes.append("Lambda has no SageMaker Model Monitor: alarms and SNS only; check drift with "
+                            "`mldeploy monitor drift` on a schedule")
+        result.notes += schedule_snippets(cfg, config_file)
+        aws_alarms.plan(cfg, self.function, self.region, ("AWS/Lambda", {"FunctionName": self.function}), result)
+        return result
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        return aws_cloud.doctor(deploy, {"lambda:ListFunctions": ("lambda", "list_functions", {"MaxItems": 1})})

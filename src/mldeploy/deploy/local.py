@@ -25,15 +25,22 @@ import os
 import secrets
 import tarfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import Desired, NoCanary, Plan, restoring
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 ROUTES_PATH = "/tmp/routes.json"
 READY_SECONDS = 120
@@ -75,19 +82,31 @@ def endpoint_lock(endpoint: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class LocalTarget:
+class LocalTarget(Target):
     name = "local"
 
-    def __init__(self, endpoint: str, port: int, capture_rate: float = 0.0):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str, port: int, capture_rate: float = 0.0) -> None:
+        super().__init__(endpoint)
         self.port = port
         self.capture_rate = capture_rate
-        self.client = engine()
+        self._client: Any = None
         self.prefix = f"mldeploy-{endpoint}"
         self.network = self.prefix
 
+    @property
+    def client(self) -> Any:
+        """The Docker engine, connected on first use (monitor setup reads no engine when none answers)."""
+        if self._client is None:
+            self._client = engine()
+        return self._client
+
+    @classmethod
+    def from_config(cls, endpoint: str, cfg: Config) -> LocalTarget:
+        """capture_rate: the slots capture this share of requests for drift checks."""
+        return cls(endpoint, cfg.deploy.port, cfg.monitoring.capture_rate)
+
     # -- state ---------------------------------------------------------------------------------
-    def _router(self):
+    def _router(self) -> Any:
         import docker
 
         try:
@@ -152,9 +171,12 @@ class LocalTarget:
         plan.traffic_after = {"production": 100 - desired.traffic, "canary": desired.traffic}
         return plan
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def read(self) -> dict[str, dict[str, Any]]:
+        return self.routes()
+
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         d = plan.desired
         with endpoint_lock(self.endpoint):
             self._ensure_network()
@@ -164,7 +186,7 @@ class LocalTarget:
                 self._start_router(d.image)
             with restoring(lambda: self._restore(before)):
                 self._deploy(d, slots)
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
     def _deploy(self, d: Desired, slots: dict[str, dict[str, Any]]) -> None:
         if "production" in slots and d.stage != "production" and slots["production"]["image"] == d.image:
@@ -188,15 +210,13 @@ class LocalTarget:
         before = ", ".join(f"{s} {e['weight']}%" for s, e in slots.items() if not s.endswith("-next"))
         return f"rolled back: the routes are as before ({before or 'nothing serves'})"
 
-    def status(self) -> dict[str, Any]:
-        slots = self.routes()
-        out = {}
-        for name, s in slots.items():
-            out[name] = {"image": s["image"], "traffic": s["weight"], "container": s["container"],
-                         "healthy": self._healthy(name)}
-        return {"endpoint": self.endpoint, "url": f"http://127.0.0.1:{self.port}" if slots else None, "slots": out}
+    def _status(self, current: dict[str, dict[str, Any]]) -> Status:
+        return Status(self.endpoint, f"http://127.0.0.1:{self.port}" if current else None, {
+            name: Slot(s["image"], s["weight"], self._healthy(name), {"container": s["container"]})
+            for name, s in current.items()})
 
-    def promote(self, pr: int | None = None) -> dict[str, Any]:  # one canary here: pr names nothing else
+    # one canary here (pr names nothing else), changed under the endpoint's lock
+    def promote(self, pr: int | None = None) -> Status:
         with endpoint_lock(self.endpoint):
             slots = self.routes()
             if "canary" not in slots:
@@ -205,9 +225,9 @@ class LocalTarget:
                 raise CheckFailed(f"the canary ({slots['canary']['image']}) is not healthy: promoting it would "
                                   "take production down; nothing changed", hint="roll it back, or deploy another")
             self._switch({"production": {**slots["canary"], "weight": 100}})
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
+    def rollback(self, pr: int | None = None) -> Status:
         with endpoint_lock(self.endpoint):
             slots = self.routes()
             if "canary" not in slots:
@@ -220,7 +240,7 @@ class LocalTarget:
             slots.pop("canary")
             slots["production"]["weight"] = 100
             self._switch(slots)
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
     def _healthy(self, slot: str) -> bool:
         return self._get("/v2/health/ready", slot)[0] == 200
@@ -349,6 +369,127 @@ class LocalTarget:
                 n.remove()
         return {"endpoint": self.endpoint,
                 "removed": [c.name for c in containers] + [f"network {n.name}" for n in networks]}
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def _scrape(self, slot: str) -> dict[Any, float] | None:
+        """One slot's /metrics through the local router; None when the router has no such slot."""
+        from mldeploy.monitor.metrics import parse_prometheus
+
+        port = self.port
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"x-mldeploy-slot": slot})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return parse_prometheus(r.read().decode())
+        except urllib.error.HTTPError as e:
+            if e.code in (502, 503):
+                return None
+            raise UsageError(f"the local endpoint's {slot} slot answered {e.code} to /metrics") from None
+        except OSError as e:
+            raise UsageError(f"nothing answers on 127.0.0.1:{port} ({getattr(e, 'reason', e)})",
+                             hint="deploy first (`mldeploy deploy --cloud local`), or set deploy.port / --port") from None
+
+
+    def slot_metrics(self, window: float, pr: int | None = None,
+                     sleep: Callable[[float], None] = time.sleep) -> Collected:
+        """The router's per-slot /metrics, scraped at the start and the end of the window and
+        differenced (window 0: since the containers started); predictions from each slot's capture."""
+        from mldeploy.monitor.metrics import POLL_SECONDS, Collected, window_stats
+
+        port = self.port
+        slots = ("production", "canary")
+        before = {s: self._scrape(s) for s in slots} if window > 0 else {s: None for s in slots}
+        started = time.time() if window > 0 else 0.0
+        deadline = time.monotonic() + window
+        while (left := deadline - time.monotonic()) > 0:  # short steps: Ctrl-C and a timeout act at once
+            sleep(min(POLL_SECONDS, left))
+        after = {s: self._scrape(s) for s in slots}
+        if after["production"] is None:
+            raise UsageError(f"the local endpoint on port {port} has no production slot", hint="deploy one first")
+        if after["canary"] is None:
+            raise NoCanary(f"the local endpoint on port {port} has no canary to analyze",
+                           hint="deploy one with --stage canary")
+        stats = {s: window_stats(s, before[s], after[s]) for s in slots}
+        found = Collected(stats["production"], stats["canary"], window, f"local router 127.0.0.1:{port}")
+        for slot, predictions in self._predictions(started).items():
+            if isinstance(predictions, str):
+                stats[slot].notes.append(predictions)
+            else:
+                stats[slot].predictions = predictions
+        return found
+
+
+    def _predictions(self, since: float) -> dict[str, list[Any] | str]:
+        """Per slot, the predictions its container captured since `since` (a Unix time), or why none."""
+        import datetime as dt
+
+        from mldeploy.monitor.canary import prediction_values
+
+        try:
+            target = self
+            routes = target.routes()
+        except UsageError as e:
+            return {"production": f"predictions not read: {e.message}"}
+        out: dict[str, list | str] = {}
+        for slot in ("production", "canary"):
+            try:
+                container = target.client.containers.get(routes[slot]["container"]) if slot in routes else None
+            except Exception:  # docker's NotFound: replaced between the two reads
+                container = None
+            env = dict(e.split("=", 1) for e in (container.attrs["Config"].get("Env") or [])) if container else {}
+            folder = env.get("MLDEPLOY_CAPTURE_DIR")
+            if not folder:
+                out[slot] = f"{slot} does not capture requests (MLDEPLOY_CAPTURE_DIR is not set in its container)"
+                continue
+            try:
+                stream, _ = container.get_archive(folder)
+            except Exception:  # docker's NotFound: nothing captured yet
+                out[slot] = []
+                continue
+            records = []
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                for member in tar.getmembers():
+                    if member.isfile() and member.name.endswith(".jsonl"):
+                        for line in tar.extractfile(member).read().splitlines():
+                            try:
+                                record = json.loads(line)
+                            except ValueError:
+                                continue  # a line being written
+                            if dt.datetime.fromisoformat(record["time"]).timestamp() >= since:
+                                records.append(record)
+            out[slot] = prediction_values(records)
+        return out
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """Local: nothing to create. Say whether the slot containers capture requests, and how to run the
+        drift check on a schedule."""
+        from mldeploy.monitor.setup import SetupPlan, drift_command, schedule_snippets
+
+        endpoint = self.endpoint
+        result = SetupPlan("local", endpoint)
+        capture = cfg.monitoring.drift.capture or str(capture_folder(endpoint))
+        try:
+            containers = engine().containers.list(filters={"label": [f"dev.mldeploy.endpoint={endpoint}",
+                                                                     "dev.mldeploy.slot"]})
+        except Exception as e:  # noqa: BLE001 - no engine here is a note, not a failure
+            containers = None
+            result.notes.append(f"no Docker engine answered ({getattr(e, 'message', type(e).__name__)}), so the "
+                                "slots' capture was not checked")
+        for container in containers or []:
+            env = dict(v.split("=", 1) for v in container.attrs.get("Config", {}).get("Env", []) if "=" in v)
+            slot = container.labels.get("dev.mldeploy.slot", container.name)
+            if env.get("MLDEPLOY_CAPTURE_DIR"):
+                result.notes.append(f"{slot} captures {env.get('MLDEPLOY_CAPTURE_SAMPLE_RATE', '1.0')} of requests "
+                                    f"to {env['MLDEPLOY_CAPTURE_DIR']} in its container")
+            else:
+                result.notes.append(f"{slot} does not capture requests: set monitoring.enabled: true and "
+                                    "monitoring.capture_sample_rate (e.g. 0.1), then deploy again; the slots then "
+                                    f"capture into {capture}")
+        if containers == []:
+            result.notes.append(f"no running slot containers of {endpoint}: deploy first (`mldeploy deploy`)")
+        own = None if cfg.monitoring.drift.capture else capture  # the slots' folder, unless the config names one
+        result.notes += schedule_snippets(cfg, config_file, own)
+        result.outputs["drift-command"] = drift_command(config_file, own)
+        return result
 
     # -- HTTP through the router ---------------------------------------------------------------
     def _post(self, path: str, body: dict, slot: str) -> tuple[int, bytes]:

@@ -23,11 +23,19 @@ import os
 import time
 from typing import Any
 
-from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Guard, Plan, canary_shares, pick_canary, restoring, rollback_layout, served
+from typing import TYPE_CHECKING
+
+from mldeploy.deploy import Desired, Plan, canary_shares
+from mldeploy.deploy import aws as aws_cloud
 from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
                                  tag_list, tags, translated)
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
 
@@ -37,15 +45,14 @@ def percentages(weights: dict[str, float]) -> dict[str, int]:
     return {slot: round(100 * w / total) for slot, w in weights.items()}
 
 
-class SageMakerTarget:
+class SageMakerTarget(Target):
     name = "sagemaker"
 
-    def __init__(self, endpoint: str, cfg: DeploySection):
-        self.endpoint = resource_name(endpoint)
-        self.region = cfg.region
+    def __init__(self, endpoint: str, cfg: DeploySection) -> None:
+        super().__init__(resource_name(endpoint), cfg)
         self.aws = cfg.aws
-        self.sm = client("sagemaker", self.region)
-        self.region = self.sm.meta.region_name
+        self.sm = client("sagemaker", cfg.region)
+        self.region: str = self.sm.meta.region_name
         self.runtime = client("sagemaker-runtime", self.region)
 
     # -- what serves now --------------------------------------------------------------------------
@@ -85,19 +92,18 @@ class SageMakerTarget:
         else:
             share = canary_shares({s: e["weight"] for s, e in slots.items()}, desired.slot, desired.traffic)
             images = {s: desired.image if s == desired.slot else slots[s]["image"] for s in share}
-        return self._plan(desired, current, images, share)
+        return self.layout(desired, current, images, share)
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         d, current = plan.desired, plan.state["current"]
         images, share = plan.state["images"], plan.traffic_after
         for slot, image in images.items():
             self._ensure_model(slot, image)
         was = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
         self._ensure_alarms(images, fresh={s for s, image in images.items() if was.get(s) != image})
-        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset(images.values()))
-        with restoring(lambda: self._restore(current), guard):
+        with self.changing(current, images.values(), lambda: self._restore(current)) as guard:
             if plan.state["weights_only"]:
                 guard.check()
                 self._set_weights(share)
@@ -119,42 +125,20 @@ class SageMakerTarget:
             self._ensure_scaling(images)
             if d.slot.startswith("canary") and self.aws.bake_seconds:
                 self._bake(d.slot)
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def status(self) -> dict[str, Any]:
-        return self._status(self.read())
-
-    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        out = {"endpoint": self.endpoint, "url": None, "slots": {}}
+    def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
-            return out
-        out["url"] = f"https://runtime.sagemaker.{self.region}.amazonaws.com/endpoints/{self.endpoint}/invocations"
-        out["status"] = current["status"]
-        for slot, s in current["slots"].items():
-            out["slots"][slot] = {"image": s["image"], "traffic": s["weight"], "healthy": current["status"] == "InService"}
-        return out
-
-    def promote(self, pr: int | None = None) -> dict[str, Any]:
-        current = self.read()
-        slot = self._canary(current, pr, "promote")
-        image = current["slots"][slot]["image"]
-        plan = self._plan(Desired(self.endpoint, image, "production", 0, {}), current,
-                          {"production": image}, {"production": 100})
-        return self.apply(plan)
-
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
-        current = self.read()
-        slots = {s: (e["image"], e["weight"]) for s, e in (current or {}).get("slots", {}).items()}
-        images, share = rollback_layout(self.endpoint, slots, pr)
-        plan = self._plan(Desired(self.endpoint, images["production"], "production", 0, {}), current, images, share)
-        return self.apply(plan)
+            return Status(self.endpoint)
+        healthy = current["status"] == "InService"
+        return Status(self.endpoint, f"https://runtime.sagemaker.{self.region}.amazonaws.com/endpoints/"
+                                     f"{self.endpoint}/invocations",
+                      {slot: Slot(s["image"], s["weight"], healthy) for slot, s in current["slots"].items()},
+                      {"status": current["status"]})
 
     # -- planning ---------------------------------------------------------------------------------
-    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
-        return pick_canary(self.endpoint, (current or {}).get("slots", {}), pr, verb)
-
-    def _plan(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
-              share: dict[str, int]) -> Plan:
+    def layout(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
+               share: dict[str, int]) -> Plan:
         slots = current["slots"] if current else {}
         plan = Plan(self.name, d, traffic_before={s: e["weight"] for s, e in slots.items()}, traffic_after=share)
         same_images = {s: e["image"] for s, e in slots.items()} == images
@@ -397,3 +381,43 @@ class SageMakerTarget:
                                                        ScalableDimension="sagemaker:variant:DesiredInstanceCount")
                 except scaling.exceptions.ObjectNotFoundException:
                     pass
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """CloudWatch AWS/SageMaker Invocations, Invocation5XXErrors, ModelLatency p50/p99 per variant;
+        predictions from each variant's data capture in S3 when the endpoint captures."""
+        from mldeploy.deploy.sagemaker_monitor import variant_predictions
+        from mldeploy.monitor.metrics import Collected
+
+        canary = self.canary(self.read(), pr, "analyze")
+        dims = {slot: {"EndpointName": self.endpoint, "VariantName": slot} for slot in ("production", canary)}
+        stats = aws_cloud.cloudwatch_slot_stats(self.region, "AWS/SageMaker", dims,
+                                                ("Invocations", "Invocation5XXErrors", "ModelLatency"),
+                                                1e-3, window)  # ModelLatency is in microseconds
+        found = Collected(stats["production"], stats[canary], window, f"CloudWatch AWS/SageMaker {self.endpoint}")
+        capture = self.aws.sagemaker
+        if not (capture.data_capture_percent and capture.data_capture_s3):
+            found.notes.append("prediction divergence not measured: the endpoint does not capture requests "
+                               "(deploy.aws.sagemaker.data_capture_percent and data_capture_s3)")
+            return found
+        since = time.time() - window
+        for slot in ("production", canary):  # SageMaker writes DestinationS3Uri/ENDPOINT/VARIANT/yyyy/mm/dd/hh/
+            stats[slot].predictions = variant_predictions(
+                f"{capture.data_capture_s3.rstrip('/')}/{self.endpoint}/{slot}/", since, self.region)
+        return found
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """Model Monitor (data quality) of the endpoint, and the alarms' SNS topic and anomaly alarm."""
+        from mldeploy.deploy import aws_alarms
+        from mldeploy.deploy.sagemaker_monitor import model_monitor
+        from mldeploy.monitor.setup import SetupPlan
+
+        result = SetupPlan(f"aws {self.name}", self.endpoint)
+        model_monitor(cfg, self.endpoint, self.region, result)
+        aws_alarms.plan(cfg, self.endpoint, self.region,
+                        ("AWS/SageMaker", {"EndpointName": self.endpoint, "VariantName": "production"}), result)
+        return result
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        return aws_cloud.doctor(deploy, {"sagemaker:ListEndpoints": ("sagemaker", "list_endpoints", {"MaxResults": 1})})

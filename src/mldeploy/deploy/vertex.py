@@ -36,16 +36,28 @@ import time
 from typing import Any
 
 from mldeploy import github
-from mldeploy.config import DeploySection
-from mldeploy.deploy import Desired, Guard, Plan, canary_shares, pick_canary, restoring, rollback_layout, served
-from mldeploy.deploy import gcp
+from typing import TYPE_CHECKING
+
+from mldeploy.deploy import Desired, Plan, canary_shares, gcp
+from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
 
 SLOT = re.compile(r"^(production|canary|canary-pr\d+)$")
 IMAGE = re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)/[^@\s]+@sha256:[0-9a-f]{64}$")
 PORT, PREDICT_ROUTE, HEALTH_ROUTE = 8080, "/predict", "/health"
 SMOKE_MISS = 0.001       # the chance a healthy deployed model is never reached by the smoke requests
+# Cloud Monitoring: the endpoint's series (canary analysis and alert policies read them)
+RESPONSES = "aiplatform.googleapis.com/prediction/online/response_count"
+LATENCIES = "aiplatform.googleapis.com/prediction/online/prediction_latencies"
+TOTAL = ' AND metric.labels.latency_type = "total"'   # the whole request, not the model alone
+ALERT_SERIES = {"5xx": (RESPONSES, ' AND metric.labels.response_code = starts_with("5")'),
+                "latency p99": (LATENCIES, TOTAL)}
 SMOKE_MAX = 1000         # requests at most (a 0.7% share still gets 99.9%)
 
 
@@ -69,11 +81,11 @@ def instances_of(body: dict[str, Any]) -> list[Any]:
              for name, value in inputs.items()} for i in range(rows)]
 
 
-class VertexTarget:
+class VertexTarget(Target):
     name = "vertex"
 
-    def __init__(self, endpoint: str, cfg: DeploySection):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str, cfg: DeploySection) -> None:
+        super().__init__(endpoint, cfg)
         self.gcp = cfg.gcp
         self.vertex = cfg.gcp.vertex
         self.region = gcp.region(cfg)
@@ -150,19 +162,18 @@ class VertexTarget:
         else:
             share = canary_shares({s: e["traffic"] for s, e in slots.items()}, desired.slot, desired.traffic)
             images = {s: desired.image if s == desired.slot else slots[s]["image"] for s in share}
-        return self._plan(desired, current, images, share)
+        return self.layout(desired, current, images, share)
 
-    def apply(self, plan: Plan) -> dict[str, Any]:
+    def apply(self, plan: Plan) -> Status:
         if plan.empty:
-            return {"changed": False, **self.status()}
+            return self.changed(False)
         d, current = plan.desired, plan.state["current"]
         images, share, deploy = plan.state["images"], plan.traffic_after, plan.state["deploy"]
         models = {slot: self._ensure_model(slot, images[slot]) for slot in deploy}
         endpoint = current["name"] if current else self._create_endpoint()
         added: dict[str, str] = {}   # slot -> deployed model id deployed now
         kept = self._kept(current, images)
-        guard = Guard(self.endpoint, self.status, served(self._status(current)), frozenset(images.values()))
-        with restoring(lambda: self._restore(current, endpoint), guard):
+        with self.changing(current, images.values(), lambda: self._restore(current, endpoint)) as guard:
             guard.check()  # deployModel and a traffic update take no etag that covers both
             ep = self._get(endpoint)
             split = {dm.id: 0 for dm in ep.deployed_models}      # replaced, removed and stale ones: 0%
@@ -186,49 +197,24 @@ class VertexTarget:
                 github.warning(f"{entry['slot']} ({entry['id']}) is still deployed, taking no traffic: {e.message}; "
                                "the next deploy removes it", title="mldeploy deploy")
         self._verify(endpoint, images, share, {s: i for s, i in ids.items() if s in images})
-        return {"changed": True, **self.status()}
+        return self.changed(True)
 
-    def status(self) -> dict[str, Any]:
-        return self._status(self.read())
-
-    def _status(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"endpoint": self.endpoint, "url": None, "slots": {}}
+    def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
-            return out
-        out["url"] = f"https://{self.region}-aiplatform.googleapis.com/v1/{current['name']}:predict"
-        out["name"] = current["name"]
-        for slot, s in current["slots"].items():
-            out["slots"][slot] = {"image": s["image"], "traffic": s["traffic"], "healthy": s["healthy"],
-                                  "deployed_model": s["id"]}
-        return out
-
-    def promote(self, pr: int | None = None) -> dict[str, Any]:
-        current = self.read()
-        slot = self._canary(current, pr, "promote")
-        image = current["slots"][slot]["image"]
-        plan = self._plan(Desired(self.endpoint, image, "production", 0, {}), current,
-                          {"production": image}, {"production": 100})
-        return self.apply(plan)
-
-    def rollback(self, pr: int | None = None) -> dict[str, Any]:
-        current = self.read()
-        slots = {s: (e["image"], e["traffic"]) for s, e in (current or {}).get("slots", {}).items()}
-        images, share = rollback_layout(self.endpoint, slots, pr)
-        plan = self._plan(Desired(self.endpoint, images["production"], "production", 0, {}), current, images, share)
-        return self.apply(plan)
+            return Status(self.endpoint)
+        return Status(self.endpoint, f"https://{self.region}-aiplatform.googleapis.com/v1/{current['name']}:predict",
+                      {slot: Slot(s["image"], s["traffic"], s["healthy"], {"deployed_model": s["id"]})
+                       for slot, s in current["slots"].items()}, {"name": current["name"]})
 
     # -- planning ---------------------------------------------------------------------------------
-    def _canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
-        return pick_canary(self.endpoint, (current or {}).get("slots", {}), pr, verb)
-
     @staticmethod
     def _kept(current: dict[str, Any] | None, images: dict[str, str]) -> dict[str, str]:
         """slot -> the id of its deployed model that stays (same slot, same image)."""
         slots = current["slots"] if current else {}
         return {s: slots[s]["id"] for s in images if s in slots and slots[s]["image"] == images[s]}
 
-    def _plan(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
-              share: dict[str, int]) -> Plan:
+    def layout(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
+               share: dict[str, int]) -> Plan:
         if current and current["foreign"]:
             names = ", ".join(f"{e['slot']!r} ({e['id']})" for e in current["foreign"])
             raise UsageError(f"the Vertex AI endpoint {self.endpoint} serves deployed models mldeploy does not "
@@ -444,3 +430,48 @@ class VertexTarget:
                 self._set_traffic(endpoint, before)
         shares = ", ".join(f"{s} {e['traffic']}%" for s, e in previous["slots"].items())
         return f"rolled back: the endpoint serves as before ({shares})"
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def _resource(self, current: dict[str, Any]) -> str:
+        return (f'resource.type = "aiplatform.googleapis.com/Endpoint" AND resource.labels.location = '
+                f'"{self.region}" AND resource.labels.endpoint_id = "{current["name"].rsplit("/", 1)[-1]}"')
+
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """Cloud Monitoring response_count (by response_code) and prediction_latencies (total) per
+        deployed_model_id of the endpoint."""
+        from mldeploy.monitor.metrics import Collected
+
+        current = self.read() or {"slots": {}}
+        canary = self.compared(current, pr)
+        stats = gcp.cloud_monitoring_slot_stats(
+            self.project, self._resource(current), "metric.labels.deployed_model_id",
+            {slot: current["slots"][slot]["id"] for slot in ("production", canary)},
+            (RESPONSES, "metric.labels.response_code"), (LATENCIES, TOTAL), window)
+        return Collected(stats["production"], stats[canary], window,
+                         f"Cloud Monitoring Vertex AI endpoint {self.endpoint} ({current['name'].rsplit('/', 1)[-1]})",
+                         notes=["prediction divergence not measured: Vertex AI request-response logging is not read yet"])
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """A model deployment monitoring job (drift of each deployed model), and alert policies."""
+        from mldeploy.deploy import gcp_alerts
+        from mldeploy.deploy.vertex_monitor import monitoring_job
+        from mldeploy.monitor.setup import SetupPlan
+
+        result = SetupPlan(f"gcp {self.name}", self.endpoint)
+        current = self.read()
+        if current is None or not current["slots"]:
+            raise UsageError(f"the Vertex AI endpoint {self.endpoint} does not exist or serves nothing",
+                             hint="deploy it first (`mldeploy deploy`)")
+        monitoring_job(cfg, self.endpoint, self, current, result)
+        gcp_alerts.plan(cfg, self.endpoint, self.project, self.name, ALERT_SERIES, self._resource(current), result)
+        return result
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        def list_endpoints(creds: Any, location: str, parent: str) -> None:
+            from google.cloud import aiplatform_v1
+
+            next(iter(gcp.client(aiplatform_v1.EndpointServiceClient, creds, location).list_endpoints(
+                request={"parent": parent, "page_size": 1})), None)
+
+        return gcp.doctor(deploy, {"aiplatform.endpoints.list": list_endpoints})

@@ -379,35 +379,26 @@ def default_tags(bundle: Bundle) -> list[str]:
     return tags
 
 
-# Cloud registries get a short-lived token from their cloud's module (only it imports the SDK).
-REGISTRY_LOGINS = (  # host pattern, cloud module, its login, and what creates a missing repository
-    (re.compile(r"^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"), "aws", "ecr_login",
-     "ensure_ecr_repository"),
-    (re.compile(r"^([a-z0-9-]+-docker\.pkg\.dev|([a-z]+\.)?gcr\.io)$"), "gcp", "artifact_registry_login",
-     "ensure_artifact_repository"),
-    (re.compile(r"^[a-z0-9]+\.azurecr\.io$"), "azure", "acr_login", None),  # ACR creates repositories on push
-)
-
-
 def registry_auth(registry: str) -> dict[str, str] | None:
     """Credentials for a push: MLDEPLOY_REGISTRY_USERNAME/PASSWORD, GITHUB_TOKEN for ghcr.io, a cloud
-    registry's short-lived token (ECR, Artifact Registry and gcr.io, ACR; see REGISTRY_LOGINS), else
+    registry's short-lived token (ECR, Artifact Registry and gcr.io, ACR: deploy/registry.py), else
     None: the engine client's docker config (`docker login`, credential helpers). Always masked."""
     user, password = os.environ.get("MLDEPLOY_REGISTRY_USERNAME"), os.environ.get("MLDEPLOY_REGISTRY_PASSWORD")
     if not password and registry == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
         user, password = os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
     if not password:
+        from mldeploy.deploy.registry import registry_for
+
         host = registry.lower()
-        cloud, function = next(((c, f) for pattern, c, f, _ in REGISTRY_LOGINS if pattern.match(host)), (None, None))
-        if cloud is None:
+        if (cloud := registry_for(host)) is None:
             return None
         try:
-            token = getattr(importlib.import_module(f"mldeploy.deploy.{cloud}"), function)(host)
+            token = getattr(importlib.import_module(cloud.module), cloud.login)(host)
         except ModuleNotFoundError as e:
             if (e.name or "mldeploy").startswith("mldeploy"):
                 raise
             raise UsageError(f"logging in to {registry} needs {e.name}, which is not installed",
-                             hint=f"pip install 'mldeploy[{cloud}]'") from None
+                             hint=f"pip install 'mldeploy[{cloud.extra}]'") from None
         user, password = token["username"], token["password"]
     github.mask(password)
     return {"username": user or "oauth2accesstoken", "password": password}
@@ -422,9 +413,10 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
     where it is: fine when it names this image, a warning when it names another."""
     registry = repository.split("/", 1)[0]
     auth = registry_auth(registry)
-    for pattern, cloud, _, ensure in REGISTRY_LOGINS:  # ECR and Artifact Registry make no repository on push
-        if ensure and pattern.match(registry.lower()):
-            getattr(importlib.import_module(f"mldeploy.deploy.{cloud}"), ensure)(repository)
+    from mldeploy.deploy.registry import registry_for
+
+    if (cloud := registry_for(registry)) and cloud.ensure:  # ECR and Artifact Registry make no repository on push
+        getattr(importlib.import_module(cloud.module), cloud.ensure)(repository)
     image = client.images.get(tag)
     own = f"image-{image.id.split(':')[-1][:12]}"
     digest, refused = None, []

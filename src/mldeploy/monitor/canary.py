@@ -17,7 +17,11 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
+    from mldeploy.monitor.metrics import Collected
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
 # Below this absolute difference a latency ratio is ignored. 5 ms is the width of the serving
@@ -175,11 +179,8 @@ def _latency_breach(name: str, prod: float | None, canary: float | None, limit: 
             f"(max_latency_ratio {limit:g})")
 
 
-def run(cfg, endpoint: str, window: float | None = None, pr: int | None = None) -> Analysis:
-    """Read both slots' metrics for the configured target and judge them (window None: the config's)."""
-    from mldeploy.monitor.metrics import collect
-
-    got = collect(cfg.deploy, endpoint, cfg.monitoring.canary.window_seconds if window is None else window, pr)
+def judge(cfg: Config, got: Collected) -> Analysis:
+    """Judge both slots' metrics as the target collected them (Target.slot_metrics)."""
     return analyze(got.production, got.canary, cfg.monitoring.canary, got.window_seconds, source=got.source,
                    unavailable=got.unavailable, notes=got.notes)
 

@@ -1,13 +1,11 @@
 """Captured requests, read back for drift checks: from a folder, a file, or cloud storage.
 
-Two record formats are read, one JSON object per line:
-  - the serving runtime's (src/mldeploy/serve/capture.py): capture-PID.jsonl and its rotated
-    capture-PID.N.jsonl, {"time", "request_id", "model_version", "latency_ms", "inputs", "outputs"};
-  - SageMaker data capture ({"captureData": {"endpointInput": {"data", "encoding", ...},
-    "endpointOutput": ...}, "eventMetadata": ...}), which SageMaker writes to S3 when an endpoint's
-    DataCaptureConfig is on: the request body is decoded as the server would decode it.
-Sources: a folder (searched recursively for *.jsonl / *.json / *.ndjson), one file, s3://bucket/prefix,
-gs://bucket/prefix or https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix. Files and objects are
+Records are JSON objects, one per line: the serving runtime's (src/mldeploy/serve/capture.py):
+capture-PID.jsonl and its rotated capture-PID.N.jsonl, {"time", "request_id", "model_version",
+"latency_ms", "inputs", "outputs"}; and each platform's own capture format that a target registers
+(deploy/registry.py `capture_reader`), its request bodies decoded as the server would decode them.
+Sources: a folder (searched recursively for *.jsonl / *.json / *.ndjson), one file, or a URI of the
+object storage a cloud registers (deploy/registry.py STORAGE: s3://, gs://, Azure Blob https://). Files and objects are
 read newest first, and lines from the end of each, until --max-records usable records are in (or
 MAX_BYTES were fetched), so the newest traffic is what is judged. A line that is not JSON is counted
 as corrupt, a record that does not fit the model's signature as mismatched; both are skipped.
@@ -15,12 +13,13 @@ as corrupt, a record that does not fit the model's signature as mismatched; both
 
 from __future__ import annotations
 
-import base64
+import importlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -31,12 +30,11 @@ from mldeploy.errors import UsageError
 SUFFIXES = (".jsonl", ".json", ".ndjson")
 MAX_BYTES = 1 << 30          # stop fetching after this much, whatever --max-records says
 MAX_PROBLEMS = 5             # examples of skipped lines kept for the report
-BLOB_HOST = ".blob.core.windows.net"
 
 try:  # orjson (the serve extra) parses about 3x faster; json does the same job
-    from orjson import loads as _loads
+    from orjson import loads as loads
 except ImportError:  # pragma: no cover - depends on the extras installed
-    _loads = json.loads
+    loads = json.loads
 
 
 class Mismatch(Exception):
@@ -95,28 +93,19 @@ def objects(source: str, region: str | None = None,
             max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, float, bytes]]:
     """(name, last modified as Unix time, bytes) of every capture file or object under `source`,
     newest first."""
+    from mldeploy.deploy import registry
+
     parts = urlsplit(source)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        from mldeploy.deploy import aws
-
-        found = aws.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), region, SUFFIXES)
-    elif scheme == "gs":
-        from mldeploy.deploy import gcp
-
-        found = gcp.capture_objects(_bucket(source, parts), parts.path.lstrip("/"), SUFFIXES)
-    elif scheme == "https" and (parts.hostname or "").endswith(BLOB_HOST):
-        container, _, prefix = parts.path.lstrip("/").partition("/")
-        if not container:
-            raise UsageError(f"{source} names no container",
-                             hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
-        from mldeploy.deploy import azure
-
-        found = azure.capture_blobs(f"https://{parts.netloc}", container, prefix, SUFFIXES)
-    elif scheme and len(scheme) > 1:  # (a one-letter scheme is a Windows drive)
+    if storage := registry.storage_for(source):
+        try:
+            lister = getattr(importlib.import_module(storage.module), storage.lister)
+        except ModuleNotFoundError as e:
+            raise UsageError(f"reading {source} needs {e.name}, which is not installed",
+                             hint=f"pip install 'mldeploy[{storage.extra}]'") from None
+        found = lister(source, region, SUFFIXES)
+    elif parts.scheme and len(parts.scheme) > 1:  # (a one-letter scheme is a Windows drive)
         raise UsageError(f"cannot read captured requests from {source}",
-                         hint="use a folder, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or "
-                              "https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
+                         hint=f"use a folder, or one of {', '.join(s.example for s in registry.STORAGE)}")
     else:
         found = _local(Path(source))
     read = 0  # newest first, stopping before max_bytes would be exceeded
@@ -130,12 +119,6 @@ def objects(source: str, region: str | None = None,
 def _unix(modified) -> float:
     """A listing's last-modified time (a datetime from a cloud, nanoseconds from a local file)."""
     return modified.timestamp() if hasattr(modified, "timestamp") else modified / 1e9
-
-
-def _bucket(source: str, parts) -> str:
-    if not parts.netloc:
-        raise UsageError(f"{source} names no bucket", hint=f"use {parts.scheme}://BUCKET/PREFIX")
-    return parts.netloc
 
 
 def _local(path: Path) -> list[tuple[str, int, int, Callable[[], bytes]]]:
@@ -157,7 +140,7 @@ def read(source: str, signature: Signature, *, max_records: int = 100_000, regio
 
     found = Captured(source)
     dtypes = {t.name: np.dtype(DTYPES.get(t.dtype, np.object_)) for t in [*signature.inputs, *signature.outputs]}
-    decoder = _SageMaker(signature)
+    readers = [reader(signature) for reader in capture_readers()]
     stream = objects(source, region)
     for name, _, data in stream:
         found.objects += 1
@@ -172,7 +155,7 @@ def read(source: str, signature: Signature, *, max_records: int = 100_000, regio
                 return found
             where = f"{name}:{number + 1}"
             try:
-                doc = _loads(line)
+                doc = loads(line)
             except ValueError as e:
                 found.skip("corrupt", where, f"not JSON ({str(e).splitlines()[0][:80]})")
                 continue
@@ -180,9 +163,9 @@ def read(source: str, signature: Signature, *, max_records: int = 100_000, regio
                 found.skip("corrupt", where, f"a JSON {type(doc).__name__}, not an object")
                 continue
             try:
-                if "captureData" in doc:
-                    inputs, outputs, when = decoder.record(doc, dtypes)
-                    version, kind = None, "sagemaker"
+                if reader := next((r for r in readers if r.matches(doc)), None):
+                    inputs, outputs, when = reader.record(doc, dtypes)
+                    version, kind = None, reader.kind
                 else:
                     inputs, outputs = _record(doc, signature, dtypes)
                     when, version, kind = doc.get("time"), doc.get("model_version"), "mldeploy"
@@ -213,28 +196,28 @@ def _record(doc: dict, signature: Signature, dtypes: dict[str, np.dtype]):
     inputs = doc.get("inputs")
     if not isinstance(inputs, dict):
         raise Mismatch('no "inputs" object')
-    feeds = _tensors(inputs, signature.inputs, dtypes, "input", signature.batch_dim)
+    feeds = tensors(inputs, signature.inputs, dtypes, "input", signature.batch_dim)
     outputs = doc.get("outputs")
     if outputs is None:
         return feeds, None
     if not isinstance(outputs, dict):
         raise Mismatch('"outputs" is not an object')
-    return feeds, _tensors(outputs, signature.outputs, dtypes, "output", signature.batch_dim)
+    return feeds, tensors(outputs, signature.outputs, dtypes, "output", signature.batch_dim)
 
 
-def _tensors(values: dict, specs: list[TensorSpec], dtypes: dict[str, np.dtype], what: str,
+def tensors(values: dict, specs: list[TensorSpec], dtypes: dict[str, np.dtype], what: str,
              batch: str | None) -> dict[str, np.ndarray]:
     unknown = set(values) - {t.name for t in specs}
     if unknown:
         raise Mismatch(f"unknown {what} {sorted(unknown)[0]!r} (the model's: {', '.join(t.name for t in specs)})")
-    out = {spec.name: _tensor(values.get(spec.name), spec, dtypes[spec.name], what) for spec in specs}
+    out = {spec.name: tensor(values.get(spec.name), spec, dtypes[spec.name], what) for spec in specs}
     rows = {len(arr) for spec, arr in zip(specs, out.values()) if batch and spec.shape[:1] == (batch,)}
     if len(rows) > 1:
         raise Mismatch(f"{what}s disagree on the number of rows: {sorted(rows)}")
     return out
 
 
-def _tensor(value: object, spec: TensorSpec, dtype: np.dtype, what: str) -> np.ndarray:
+def tensor(value: object, spec: TensorSpec, dtype: np.dtype, what: str) -> np.ndarray:
     if value is None:
         raise Mismatch(f"no {what} {spec.name!r}")
     try:
@@ -248,85 +231,13 @@ def _tensor(value: object, spec: TensorSpec, dtype: np.dtype, what: str) -> np.n
     return arr
 
 
-class _SageMaker:
-    """SageMaker data-capture records: the request body decoded as the server decodes it (so every body
-    form the server accepts is read), the response body as the server writes it."""
+def capture_readers() -> list[Any]:
+    """The decoders of the platforms' own capture formats, as the targets register them."""
+    from mldeploy.deploy import registry
 
-    def __init__(self, signature: Signature):
-        self.signature = signature
-        self._model = None
-
-    def model(self):
-        if self._model is None:
-            try:
-                from mldeploy.serve.model import Model
-            except ImportError as e:  # pragma: no cover - depends on the extras installed
-                raise UsageError(f"reading SageMaker data capture needs the serve extra ({e})",
-                                 hint="pip install 'mldeploy[serve]'") from None
-            self._model = Model(self.signature, "", False, 0.0)  # a signature only: nothing runs
-        return self._model
-
-    def record(self, doc: dict, dtypes: dict[str, np.dtype]):
-        from mldeploy.serve import codec
-
-        data = doc.get("captureData")
-        request = data.get("endpointInput") if isinstance(data, dict) else None
-        if not isinstance(request, dict):
-            raise Mismatch("SageMaker record without captureData.endpointInput")
-        body, ctype = body_of(request)
-        try:
-            feeds = codec.decode(body, ctype, "", self.model(), allow_nonfinite=True).feeds
-        except codec.BadRequest as e:
-            raise Mismatch(f"request body: {e.message}") from None
-        response = data.get("endpointOutput")
-        outputs = self._outputs(response, dtypes) if isinstance(response, dict) else None
-        meta = doc.get("eventMetadata") if isinstance(doc.get("eventMetadata"), dict) else {}
-        return feeds, outputs, meta.get("inferenceTime")
-
-    def _outputs(self, response: dict, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray] | None:
-        """Outputs from the server's answer: {"predictions"}, {"outputs"} (columnar or v2), CSV."""
-        specs = self.signature.outputs
-        body, ctype = body_of(response)
-        if ctype.startswith("text/csv"):
-            spec = specs[0]
-            if len(specs) != 1 or len(spec.shape) not in (1, 2):
-                return None
-            try:
-                value = np.loadtxt(body.decode().splitlines(), delimiter=",", ndmin=2)
-            except (ValueError, UnicodeDecodeError):
-                raise Mismatch("response body: not CSV numbers") from None
-            value = value[:, 0] if len(spec.shape) == 1 else value
-            return {spec.name: _tensor(value, spec, dtypes[spec.name], "output")}
-        try:
-            doc = _loads(body)
-        except ValueError:
-            raise Mismatch("response body: not JSON") from None
-        named: dict = {}
-        value = doc.get("predictions", doc.get("outputs")) if isinstance(doc, dict) else doc
-        if isinstance(value, list) and value and all(isinstance(t, dict) and "datatype" in t for t in value):  # v2
-            for t in value:
-                try:
-                    dtype = dtypes.get(t["name"], np.float64)
-                    named[t["name"]] = np.asarray(t["data"], dtype=dtype).reshape(t["shape"])
-                except (KeyError, ValueError, TypeError):
-                    raise Mismatch("response body: a malformed v2 output tensor") from None
-        elif isinstance(value, dict):
-            named = value
-        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):  # one object per row
-            named = {t.name: [r.get(t.name) for r in value] for t in specs}
-        elif value is not None and len(specs) == 1:
-            named = {specs[0].name: value}
-        else:
-            return None
-        return _tensors(named, specs, dtypes, "output", self.signature.batch_dim)
-
-
-def body_of(part: dict) -> tuple[bytes, str]:
-    data, encoding = part.get("data", ""), str(part.get("encoding", "")).upper()
-    if not isinstance(data, str):
-        raise Mismatch("SageMaker record whose data is not a string")
-    try:
-        body = base64.b64decode(data, validate=True) if encoding == "BASE64" else data.encode()
-    except ValueError:
-        raise Mismatch("SageMaker record whose BASE64 data does not decode") from None
-    return body, str(part.get("observedContentType") or "application/json").lower()
+    found = []
+    for entry in registry.entries():
+        if entry.capture_reader:
+            module, _, name = entry.capture_reader.partition(":")
+            found.append(getattr(importlib.import_module(module), name))
+    return found

@@ -1,7 +1,7 @@
 """`mldeploy monitor setup`: the cloud's own monitoring of a deployed endpoint, planned then applied.
 
-Each cloud's module (monitor/sagemaker.py, vertex.py, azure_alerts.py; the local target here) reads
-what exists and returns a SetupPlan: one step per resource to create or update, each with the call
+Each target's `monitor_plan` (deploy/base.py; the cloud's parts in deploy/) reads what exists and
+returns a SetupPlan: one step per resource to create or update, each with the call
 that makes it, plus notes (what was left alone, and what to change). `--plan` prints the steps and
 calls nothing that mutates; a re-run with the same inputs finds nothing to do and says so.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mldeploy.deploy import Change
+from mldeploy.changes import Change
 from mldeploy.errors import UsageError
 
 
@@ -68,31 +68,13 @@ class SetupPlan:
             print(f"  done: {change.text()}", flush=True)
 
 
-def setup(cfg, config_file: str | None = None, *, plan_only: bool = False) -> SetupPlan:
-    """Plan the monitoring of the configured endpoint, print the plan, and apply it unless plan_only."""
-    endpoint = cfg.deploy.endpoint
-    if not endpoint:
-        from mldeploy.bundle import Bundle
-        from mldeploy.image import _model_name
-
-        endpoint = _model_name(Bundle.open(cfg.bundle))
-    result = plan(cfg, endpoint, config_file)
+def run(result: SetupPlan, *, plan_only: bool = False) -> SetupPlan:
+    """Print the plan a target made (Target.monitor_plan), and apply it unless plan_only."""
     print(result.text(), flush=True)
     if not (plan_only or result.empty):
         result.apply()
         print(f"monitoring {result.cloud} {result.endpoint}: set up ({len(result.changes)} changes)")
     return result
-
-
-def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
-    """What setting up the cloud's monitoring of `endpoint` would change (reads only)."""
-    cloud = cfg.deploy.cloud
-    if cloud == "local":
-        return local_plan(cfg, endpoint, config_file)
-    import importlib
-
-    module = {"aws": "sagemaker", "gcp": "vertex", "azure": "azure_alerts"}[cloud]  # each imports its own SDK
-    return importlib.import_module(f"mldeploy.monitor.{module}").plan(cfg, endpoint, config_file)
 
 
 # -- shared rules -------------------------------------------------------------------------------------
@@ -152,38 +134,3 @@ def schedule_snippets(cfg, cfg_file: str | None, capture: str | None = None) -> 
                "      - uses: acme/ml-deploy@v2\n        with:\n"
                "          command: monitor\n          extras: monitor\n          args: |\n            drift" + args)
     return [f"cron: {cron}", f"GitHub Actions:\n{actions}"]
-
-
-# -- local ----------------------------------------------------------------------------------------------
-def local_plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
-    """Local: nothing to create. Say whether the slot containers capture requests, and how to run the
-    drift check on a schedule."""
-    result = SetupPlan("local", endpoint)
-    from mldeploy.deploy.local import capture_folder
-
-    capture = cfg.monitoring.drift.capture or str(capture_folder(endpoint))
-    try:
-        from mldeploy.image import engine
-
-        containers = engine().containers.list(filters={"label": [f"dev.mldeploy.endpoint={endpoint}",
-                                                                 "dev.mldeploy.slot"]})
-    except Exception as e:  # noqa: BLE001 - no engine here is a note, not a failure
-        containers = None
-        result.notes.append(f"no Docker engine answered ({getattr(e, 'message', type(e).__name__)}), so the "
-                            "slots' capture was not checked")
-    for container in containers or []:
-        env = dict(v.split("=", 1) for v in container.attrs.get("Config", {}).get("Env", []) if "=" in v)
-        slot = container.labels.get("dev.mldeploy.slot", container.name)
-        if env.get("MLDEPLOY_CAPTURE_DIR"):
-            result.notes.append(f"{slot} captures {env.get('MLDEPLOY_CAPTURE_SAMPLE_RATE', '1.0')} of requests "
-                                f"to {env['MLDEPLOY_CAPTURE_DIR']} in its container")
-        else:
-            result.notes.append(f"{slot} does not capture requests: set monitoring.enabled: true and "
-                                "monitoring.capture_sample_rate (e.g. 0.1), then deploy again; the slots then "
-                                f"capture into {capture}")
-    if containers == []:
-        result.notes.append(f"no running slot containers of {endpoint}: deploy first (`mldeploy deploy`)")
-    own = None if cfg.monitoring.drift.capture else capture  # the slots' folder, unless the config names one
-    result.notes += schedule_snippets(cfg, config_file, own)
-    result.outputs["drift-command"] = drift_command(config_file, own)
-    return result

@@ -58,8 +58,9 @@ class App:
             (self.post_routes if kind == PREDICT else self.get_routes)[path] = kind
         self.metrics = Metrics(settings.model_name, settings.metrics_dir)
         self.gate = Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst, settings.workers)
-        self.model: Model | None = None   # set by load(), before the worker serves
-        self.batcher: Batcher | None = None
+        # None only until load(), which runs before the worker serves (gRPC still checks)
+        self.model: Model = None  # type: ignore[assignment]
+        self.batcher: Batcher = None  # type: ignore[assignment]
         self.capture: Capture | None = None
         self.ids = itertools.count(1)
         self.id_prefix = f"{os.getpid():x}-"
@@ -246,7 +247,7 @@ class App:
         label = path if path in self.post_routes or path in self.get_routes else "unknown"
         if task is not None:
             error = task.exception() if not task.cancelled() else asyncio.CancelledError()
-            return self._crash(error, rid, path, label, start)
+            return self._crash(error if error is not None else asyncio.CancelledError(), rid, path, label, start)
         if message is None:
             message = {413: f"the request body is over the {self.s.max_body_bytes:,}-byte limit (split the "
                             f"batch, or raise MLDEPLOY_MAX_BODY_BYTES where the platform allows)",

@@ -103,7 +103,7 @@ class Batcher:
         first = self.queue.popleft()
         items, rows = [first], first[1]
         key = _shape_key(first[0])
-        kept = deque()
+        kept: deque[tuple] = deque()
         while self.queue and rows < self.max_batch:
             item = self.queue.popleft()
             if rows + item[1] <= self.max_batch and _shape_key(item[0]) == key:

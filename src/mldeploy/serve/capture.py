@@ -13,6 +13,7 @@ import os
 import queue
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ MAX_PENDING = 10_000
 
 class Capture:
     def __init__(self, folder: Path, sample_rate: float, max_bytes: int, keep: int, model_version: str,
-                 counter):
+                 counter: Callable[[str], None]):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"capture-{os.getpid()}.jsonl"
         self.rate = sample_rate

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +194,7 @@ def v2_call(doc: dict, model: Model, allow_nonfinite: bool, binary: list[np.ndar
 _MISSING = object()
 
 
-def v2_feeds(tensors: list[tuple[object, object, object, object]], model: Model, allow_nonfinite: bool) -> dict[str, np.ndarray]:
+def v2_feeds(tensors: Sequence[tuple[object, object, object, object]], model: Model, allow_nonfinite: bool) -> dict[str, np.ndarray]:
     """Validated feeds from v2 input tensors (name, datatype, shape, data), whatever carried them: data
     is a JSON value, an array read from raw bytes (the binary extension), or a function giving one,
     called once name, datatype and shape are known good (gRPC's contents: errors come in one order)."""
@@ -351,8 +352,9 @@ def rows(feeds: dict[str, np.ndarray], model: Model) -> int:
 
 def _reshape_rows(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     row = spec.shape[1:]
-    if all(isinstance(d, int) for d in row) and arr.shape[1] == int(np.prod(row)):
-        return arr.reshape(arr.shape[0], *row)
+    dims = [d for d in row if isinstance(d, int)]
+    if len(dims) == len(row) and arr.shape[1] == int(np.prod(dims)):
+        return arr.reshape(arr.shape[0], *dims)
     return arr
 
 

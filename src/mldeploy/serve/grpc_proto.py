@@ -12,6 +12,8 @@ uint64_param too, so Triton's clients may send them. Imports protobuf only, neve
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PACKAGE = "inference"
@@ -116,6 +118,6 @@ _POOL = descriptor_pool.DescriptorPool()  # our own pool: a client's generated `
 FILE = _POOL.Add(_file())
 
 
-def message(name: str) -> type:
+def message(name: str) -> type[Any]:
     """The message class of `name` (e.g. "ModelInferRequest")."""
     return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))

@@ -16,9 +16,12 @@ with the HTTP status they correspond to, so one error-rate query covers both.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -29,7 +32,13 @@ from mldeploy.errors import EXIT_USAGE
 from mldeploy.serve import binary, codec, grpc_proto, openapi
 from mldeploy.serve.codec import BadRequest
 from mldeploy.serve.logs import log
-from mldeploy.serve.model import ModelError
+from mldeploy.serve.model import Model, ModelError
+
+if TYPE_CHECKING:
+    from mldeploy.serve.app import App
+
+# a message: grpc_proto builds the classes at import, so they are typed Any
+Message = Any
 
 OPEN = {"ServerLive", "ServerReady", "ModelReady"}  # probes carry no API key, as over HTTP
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
@@ -57,7 +66,7 @@ class Refused(Exception):
 class Service:
     """The six RPCs, answered from an app's model, batcher, gate, metrics and capture."""
 
-    def __init__(self, app):
+    def __init__(self, app: App):
         self.app = app
         self.ids = itertools.count(1)
         self.id_prefix = f"{os.getpid():x}-g"
@@ -69,13 +78,13 @@ class Service:
             rpc: grpc.unary_unary_rpc_method_handler(self._call(rpc), response_serializer=resp.SerializeToString)
             for rpc, (_, resp) in MESSAGES.items()})
 
-    def _call(self, rpc: str):
+    def _call(self, rpc: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
         parse = MESSAGES[rpc][0].FromString
         answer = getattr(self, rpc)
         route = f"/{grpc_proto.SERVICE}/{rpc}"
         app = self.app
 
-        async def call(raw: bytes, context: grpc.aio.ServicerContext):
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
             start = time.perf_counter()
             rid = self.id_prefix + str(next(self.ids))
             try:
@@ -112,7 +121,7 @@ class Service:
             status, message, headers = refused
             raise Refused(status, message, tuple((k, str(v)) for k, v in headers if k == "retry-after"))
 
-    def _model(self, name: str, version: str = ""):
+    def _model(self, name: str, version: str = "") -> Model:
         if name != self.app.s.model_name:
             raise Refused(404, f"no model named {name!r} (this server serves {self.app.s.model_name!r})")
         model = self.app.model
@@ -123,23 +132,23 @@ class Service:
         return model
 
     # -- the RPCs --------------------------------------------------------------------------------
-    async def ServerLive(self, request, rid, start):
+    async def ServerLive(self, request: Message, rid: str, start: float) -> Message:
         return MESSAGES["ServerLive"][1](live=True)
 
-    async def ServerReady(self, request, rid, start):
+    async def ServerReady(self, request: Message, rid: str, start: float) -> Message:
         return MESSAGES["ServerReady"][1](ready=self.app.model is not None)
 
-    async def ModelReady(self, request, rid, start):
+    async def ModelReady(self, request: Message, rid: str, start: float) -> Message:
         self._model(request.name, request.version)
         return MESSAGES["ModelReady"][1](ready=True)
 
-    async def ServerMetadata(self, request, rid, start):
+    async def ServerMetadata(self, request: Message, rid: str, start: float) -> Message:
         return MESSAGES["ServerMetadata"][1](name="mldeploy", version=__version__, extensions=binary.EXTENSIONS)
 
-    async def ModelMetadata(self, request, rid, start):
+    async def ModelMetadata(self, request: Message, rid: str, start: float) -> Message:
         return MESSAGES["ModelMetadata"][1](**openapi.v2_metadata(self._model(request.name, request.version)))
 
-    async def ModelInfer(self, request, rid, start):
+    async def ModelInfer(self, request: Message, rid: str, start: float) -> Message:
         app = self.app
         model = self._model(request.model_name, request.model_version)
         batcher = app.batcher
@@ -169,24 +178,24 @@ class Service:
         return response
 
 
-def _tensors(request) -> list[tuple[str, str, list[int], object]]:
+def _tensors(request: Message) -> list[tuple[str, str, list[int], object]]:
     """(name, datatype, shape, values) of each input, from typed contents or raw bytes (not both)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs "
                          "(one per input, in order)")
-    tensors = []
+    tensors: list[tuple[str, str, list[int], object]] = []
     for n, t in enumerate(request.inputs):
         shape = list(t.shape)
         if raw and t.HasField("contents"):
             raise BadRequest(f"input {t.name!r} has contents while raw_input_contents is used: send one or the other")
-        values = (lambda t=t, n=n, shape=shape: binary.from_raw(raw[n], t.datatype, shape, t.name)) if raw else \
-            (lambda t=t: _typed(t))
+        values = functools.partial(binary.from_raw, raw[n], t.datatype, shape, t.name) if raw else \
+            functools.partial(_typed, t)
         tensors.append((t.name, t.datatype, shape, values))  # values are read once the rest is checked
     return tensors
 
 
-def _typed(t) -> np.ndarray:
+def _typed(t: Message) -> np.ndarray:
     if t.datatype not in CONTENTS:  # FP16: no typed field holds it
         raise BadRequest(f"input {t.name!r}: {t.datatype} travels only as raw_input_contents")
     field, kind = CONTENTS[t.datatype]
@@ -199,7 +208,7 @@ def _typed(t) -> np.ndarray:
             return np.array([v.decode() for v in values], dtype=str) if values else np.zeros(0, str)
         except UnicodeDecodeError:
             raise BadRequest(f"input {t.name!r}: a BYTES element is not UTF-8 text") from None
-    arr = np.array(values, dtype=kind)
+    arr: np.ndarray = np.array(values, dtype=kind)
     target = binary.RAW[t.datatype]
     if target != arr.dtype and arr.size and arr.dtype.kind in "iu":  # INT8 sent in the int32 field
         info = np.iinfo(target)
@@ -208,7 +217,7 @@ def _typed(t) -> np.ndarray:
     return arr.astype(target.newbyteorder("="), copy=False)
 
 
-def _response(call, outputs: list[tuple[str, np.ndarray]], model, raw: bool):
+def _response(call: codec.Call, outputs: list[tuple[str, np.ndarray]], model: Model, raw: bool) -> Message:
     """Raw output contents when the request sent raw inputs (or an output is FP16, which only raw
     can carry), else typed contents."""
     response = MESSAGES["ModelInfer"][1](model_name=model.name, model_version=model.version, id=call.v2_id or "")
@@ -229,7 +238,7 @@ def _response(call, outputs: list[tuple[str, np.ndarray]], model, raw: bool):
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
-async def start(app) -> grpc.aio.Server:
+async def start(app: App) -> grpc.aio.Server:
     """A gRPC server on this worker's loop, bound to the app's MLDEPLOY_GRPC_PORT alongside the other
     workers; a worker that cannot bind logs why and exits 2, as one that cannot load the model does.
     The caller stops it with `await server.stop(grace)`: no new calls, those in flight finish."""

@@ -29,12 +29,16 @@ import errno
 import signal
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
 
 import httptools
+
+if TYPE_CHECKING:
+    from mldeploy.serve.app import App
 
 HEAD, BODY, BUSY = 0, 1, 2  # what a connection is doing: waiting for a head, reading a body, being answered
 SWEEP_SECONDS = 1.0
@@ -60,7 +64,7 @@ class Worker:
     message, reason) -> the Response of an error the server found itself (no request: None);
     app.gone() counts a client that hung up mid-body."""
 
-    def __init__(self, app, sock: socket.socket, max_connections: int, header_timeout: float,
+    def __init__(self, app: App, sock: socket.socket, max_connections: int, header_timeout: float,
                  body_timeout: float, max_body_bytes: int, drain_seconds: float):
         self.app, self.sock = app, sock
         self.cap, self.header_timeout, self.body_timeout = max_connections, header_timeout, body_timeout
@@ -70,8 +74,8 @@ class Worker:
         self.accepting = False
         self.stopping = False
         self.date = ""
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._wake: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by run(), before anything reads it
+        self._wake: socket.socket  # as is this
 
     def run(self, on_stop: Callable[[], None], stop_now: Callable[[], bool]) -> None:
         """Serve until SIGTERM and the drain are over, then on_stop(). stop_now(): whether a SIGTERM
@@ -208,6 +212,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = ""
         self.state, self.since = HEAD, worker.loop.time()
+        self.headers: dict[str, str]
+        self.body: list[bytes]
         self.url, self.headers, self.body, self.size, self.too_large = b"", {}, [], 0, False
         self.running = False  # an answer is being computed off this callback
         self.pending: deque = deque()  # requests read behind it (pipelining), answered in order
@@ -215,8 +221,8 @@ class Connection(asyncio.Protocol):
         self.head_error: tuple[int, str] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream: create_server's
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
         self.w.connections.add(self)
@@ -268,7 +274,7 @@ class Connection(asyncio.Protocol):
                 self.head_error = (417, f"cannot meet Expect: {headers['expect'][:40]}")
             elif self.too_large:
                 self._refuse(413)  # before the client sends the body it asked about
-            else:
+            elif self.transport is not None:
                 self.transport.write(_CONTINUE)
 
     def on_body(self, chunk: bytes) -> None:
@@ -303,13 +309,14 @@ class Connection(asyncio.Protocol):
     # -- answering -------------------------------------------------------------------------------
     def _run(self, request: Request, keep: bool, too_large: bool, head_error: tuple[int, str] | None) -> None:
         self.state = BUSY
+        answer: Response | Coroutine[None, None, Response]
         if head_error is not None:
             answer = self.app.refuse(request, head_error[0], head_error[1], "invalid")
         elif too_large:
             answer = self.app.refuse(request, 413, None, "too_large")
         else:
             answer = self.app.handle(request)
-        if type(answer) is tuple:
+        if isinstance(answer, tuple):
             self._write(answer, keep, request.method == "HEAD")
             return
         self.running = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 
@@ -37,7 +38,7 @@ FAMILIES = {
 class Histogram:
     __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, bounds: tuple):
+    def __init__(self, bounds: tuple[float, ...]):
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
@@ -51,7 +52,8 @@ class Metrics:
     def __init__(self, model_name: str, folder: Path | None):
         self.model = (model_name,)
         self.folder = folder
-        self.values: dict[str, dict[tuple, object]] = {name: {} for name in FAMILIES}
+        # a family's values: a count or gauge (a number), or a Histogram (lists once published)
+        self.values: dict[str, dict[tuple, Any]] = {name: {} for name in FAMILIES}
         # the hot path's histograms, looked up once
         self.preprocess = self.histogram("request_preprocess_seconds", self.model)
         self.predict = self.histogram("request_predict_seconds", self.model)
@@ -64,7 +66,7 @@ class Metrics:
     def histogram(self, name: str, labels: tuple) -> Histogram:
         family = self.values[name]
         if labels not in family:
-            family[labels] = Histogram(FAMILIES[name][3])
+            family[labels] = Histogram(cast("tuple[float, ...]", FAMILIES[name][3]))  # a histogram's buckets
         return family[labels]
 
     def count(self, name: str, labels: tuple = (), by: float = 1) -> None:
@@ -109,7 +111,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """Prometheus text format, every worker's values summed (this worker's live ones)."""
-        totals: dict[str, dict[tuple, list | float]] = {name: {} for name in FAMILIES}
+        totals: dict[str, dict[tuple, Any]] = {name: {} for name in FAMILIES}
         snapshots = [self.snapshot()]
         mine = f"worker-{os.getpid()}.json"
         if self.folder:
@@ -140,7 +142,7 @@ class Metrics:
                 pairs = [f'{k}="{_escape(v)}"' for k, v in zip(label_names, labels)]
                 if isinstance(value, list):
                     running = 0
-                    for bound, count in zip([*bounds, "+Inf"], value[:-1]):
+                    for bound, count in zip([*(bounds or ()), "+Inf"], value[:-1]):
                         running += count
                         le = ",".join([*pairs, f'le="{bound}"'])
                         lines.append(f"{name}_bucket{{{le}}} {running}")

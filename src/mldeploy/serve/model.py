@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +54,10 @@ class Model:
     name: str = "model"         # the name v2 routes answer to
 
     def __post_init__(self) -> None:
+        # set by load(): the ONNX Runtime session, its C++ run, and the output names it returns
+        self._session: Any
+        self._run: Callable[[list[str], dict[str, np.ndarray], Any], list[np.ndarray]]
+        self._output_names: list[str]
         self.dtypes = [np.dtype(DTYPES[t.dtype]) for t in self.signature.inputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

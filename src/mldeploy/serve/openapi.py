@@ -12,6 +12,7 @@ from typing import Any
 from mldeploy import __version__
 from mldeploy.bundle import Signature, TensorSpec
 from mldeploy.serve.codec import V2_NAMES
+from mldeploy.serve.model import Model
 
 _ITEM = {"bool": {"type": "boolean"}, "string": {"type": "string"}}
 _ERROR = {"description": "the request was refused; `error` says why",
@@ -22,7 +23,7 @@ _OK_JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
 def _tensor(spec: TensorSpec | None, drop_batch: bool = False) -> dict[str, Any]:
     if spec is None:
         return {"type": "array", "description": "a nested array of numbers"}
-    item = _ITEM.get(spec.dtype, {"type": "integer" if "int" in spec.dtype else "number"})
+    item: dict[str, Any] = _ITEM.get(spec.dtype, {"type": "integer" if "int" in spec.dtype else "number"})
     shape = spec.shape[1:] if drop_batch else spec.shape
     for dim in reversed(shape):
         item = {"type": "array", "items": item, **({"minItems": dim, "maxItems": dim} if isinstance(dim, int) else {"minItems": 1})}
@@ -114,7 +115,7 @@ def document(signature: Signature | None = None, model_name: str | None = None) 
     }
 
 
-def v2_metadata(model) -> dict[str, Any]:
+def v2_metadata(model: Model) -> dict[str, Any]:
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": V2_NAMES.get(t.dtype, t.dtype.upper()),
                  "shape": [d if isinstance(d, int) else -1 for d in t.shape]} for t in specs]

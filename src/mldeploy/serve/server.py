@@ -138,7 +138,7 @@ def _noted(*_: object) -> None:
 
 
 def _reaped(workers: set[int]) -> list[tuple[int, int]]:
-    done = []
+    done: list[tuple[int, int]] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mldeploy.bundle import MODEL_FILE, SIGNATURE_FILE
 from mldeploy.errors import UsageError
@@ -70,9 +71,9 @@ def _cgroup_quota() -> float | None:
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 else None
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 else None
     except (OSError, ValueError):
         return None
 
@@ -189,14 +190,14 @@ def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, po
     return Settings(bundle=locate_bundle(bundle, env), **_values(env, port, host, workers))
 
 
-class _Lookups(dict):
+class _Lookups(dict[str, str]):
     """An environment that remembers which names were looked up: the names the server reads."""
 
     def __init__(self, env: dict[str, str]):
         super().__init__(env)
         self.read: set[str] = set()
 
-    def get(self, name, default=None):
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         self.read.add(name)
         return super().get(name, default)
 
@@ -218,7 +219,7 @@ def check_environment(env: dict[str, str], secret_names: Iterable[str] = ()) -> 
                              hint="the settings are listed in the README, under Settings (environment)")
 
 
-def _values(env: dict[str, str], port: int | None, host: str | None, workers: int | None) -> dict[str, object]:
+def _values(env: dict[str, str], port: int | None, host: str | None, workers: int | None) -> dict[str, Any]:
     """Every setting but the bundle, checked."""
     cpus = available_cpus()
     workers = workers or int(_number(env, "MLDEPLOY_WORKERS", cpus, int, 1, 64))

@@ -1,4 +1,4 @@
-"""Cloud Monitoring alert policies for a Vertex AI endpoint or a Cloud Run service: 5xx answers and
+"""Cloud Monitoring alert policies for a GCP target (its series given by the target): 5xx answers and
 latency p99 above monitoring.alerts, each notifying one email channel per address. Policies are found
 again by display name and updated in place; channels are found by address and shared. The calls go
 through the Monitoring REST API v3 (deploy/gcp.py)."""
@@ -7,25 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from mldeploy.deploy import gcp
-from mldeploy.monitor import metrics
-from mldeploy.monitor.setup import SetupPlan
+from typing import TYPE_CHECKING
 
-# per target: (metric type, what else selects errors) for 5xx; (metric type, filter) for latency (ms)
-METRICS = {
-    "vertex": {"5xx": (metrics.VERTEX_RESPONSES, ' AND metric.labels.response_code = starts_with("5")'),
-               "latency p99": (metrics.VERTEX_LATENCIES, metrics.VERTEX_TOTAL)},
-    "cloudrun": {"5xx": (metrics.CLOUDRUN_REQUESTS, ' AND metric.labels.response_code_class = "5xx"'),
-                 "latency p99": (metrics.CLOUDRUN_LATENCIES, "")},
-}
+from mldeploy.deploy import gcp
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
+    from mldeploy.monitor.setup import SetupPlan
+
+# A target's series: {"5xx": (metric type, what else selects errors), "latency p99": (metric type, filter)}
+Series = dict[str, tuple[str, str]]
 PERIOD = "300s"
 
 
-def policies(cfg, endpoint: str, target: str, resource: str) -> list[dict[str, Any]]:
+def policies(cfg: Config, endpoint: str, target: str, series: Series, resource: str) -> list[dict[str, Any]]:
     """The policies wanted, without their notification channels (those are added when applied)."""
     alerts = cfg.monitoring.alerts
     found = []
-    for kind, (metric, extra) in METRICS[target].items():
+    for kind, (metric, extra) in series.items():
         if kind == "5xx":
             title, threshold = f"{alerts.errors_5xx} or more 5xx answers in 5 minutes", alerts.errors_5xx - 1
             aggregation = {"alignmentPeriod": PERIOD, "perSeriesAligner": "ALIGN_SUM", "crossSeriesReducer": "REDUCE_SUM"}
@@ -45,11 +44,12 @@ def policies(cfg, endpoint: str, target: str, resource: str) -> list[dict[str, A
     return found
 
 
-def plan(cfg, endpoint: str, project_id: str, target: str, resource: str, result: SetupPlan) -> None:
+def plan(cfg: Config, endpoint: str, project_id: str, target: str, series: Series, resource: str,
+         result: SetupPlan) -> None:
     """Add the channel and policy changes to `result` (reads only; the changes run when applied)."""
     channels_now, channels = _channels(project_id, cfg.monitoring.alerts.emails, result)
     existing = {p.get("displayName"): p for p in _list(project_id, "alertPolicies")}
-    wanted = policies(cfg, endpoint, target, resource)
+    wanted = policies(cfg, endpoint, target, series, resource)
     for policy in wanted:
         name, found = policy["displayName"], existing.get(policy["displayName"])
         if found is None:

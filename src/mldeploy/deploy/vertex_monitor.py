@@ -1,5 +1,4 @@
-"""GCP monitoring of a deployed endpoint: a Vertex AI model deployment monitoring job, and Cloud
-Monitoring alert policies on 5xx answers and latency (gcp_alerts.py; Vertex AI and Cloud Run).
+"""Vertex AI's model deployment monitoring job of an endpoint (alert policies: deploy/gcp_alerts.py).
 
     model deployment monitoring job "<endpoint>-monitoring" on the endpoint
         per deployed model (production, canaries): prediction drift detection, a threshold per input
@@ -9,51 +8,28 @@ Monitoring alert policies on 5xx answers and latency (gcp_alerts.py; Vertex AI a
 
 Training-serving skew needs the training dataset in GCS or BigQuery, which mldeploy does not have:
 drift only. The job covers the deployed models that exist now: run setup again after a deploy that
-adds or replaces one (it then updates the job). Cloud Run has no model monitoring: setup makes the
-alert policies and prints the schedule for `mldeploy monitor drift`. Only this module (and deploy/gcp.py, vertex.py)
-imports google.*, lazily.
+adds or replaces one (it then updates the job).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import gcp
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import UsageError
-from mldeploy.monitor import gcp_alerts, metrics
-from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline, schedule_snippets
+from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
+    from mldeploy.deploy.vertex import VertexTarget
 
 # what setup decides (labels are set at creation and not compared: they carry the commit)
 FIELDS = ("model_deployment_monitoring_objective_configs", "model_deployment_monitoring_schedule_config",
           "logging_sampling_strategy", "model_monitoring_alert_config")
 
 
-def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
-    result = SetupPlan(f"gcp {cfg.deploy.target}", endpoint)
-    if cfg.deploy.target == "cloudrun":
-        from mldeploy.deploy.cloudrun import CloudRunTarget
-
-        service = CloudRunTarget(endpoint, cfg.deploy)
-        gcp_alerts.plan(cfg, service.service, service.project, "cloudrun",
-                        metrics.cloudrun_resource(service.location, service.service), result)
-        result.notes.append("Cloud Run has no model monitoring: run `mldeploy monitor drift` on a schedule (below)")
-        result.notes += schedule_snippets(cfg, config_file)
-        return result
-    from mldeploy.deploy.vertex import VertexTarget
-
-    target = VertexTarget(endpoint, cfg.deploy)
-    current = target.read()
-    if current is None or not current["slots"]:
-        raise UsageError(f"the Vertex AI endpoint {endpoint} does not exist or serves nothing",
-                         hint="deploy it first (`mldeploy deploy`)")
-    _monitoring_job(cfg, endpoint, target, current, result)
-    gcp_alerts.plan(cfg, target.endpoint, target.project, "vertex",
-                    metrics.vertex_resource(target.region, current["name"].rsplit("/", 1)[-1]), result)
-    return result
-
-
-def _monitoring_job(cfg, endpoint: str, target, current: dict[str, Any], result: SetupPlan) -> None:
+def monitoring_job(cfg: Config, endpoint: str, target: VertexTarget, current: dict[str, Any], result: SetupPlan) -> None:
     """Plan the model deployment monitoring job (drift of each deployed model, email alerts)."""
     from google.cloud import aiplatform_v1 as v1
 

@@ -1,4 +1,4 @@
-"""Azure monitoring of a deployed endpoint: Azure Monitor metric alerts and an action group.
+"""Azure ML's monitoring of an online endpoint: Azure Monitor metric alerts and an action group.
 
     action group <monitoring.alerts.action_group> (a resource id, or a name created) with email receivers
     metric alert mldeploy-<endpoint>-latency-p99    RequestLatency_P99 (endpoint) above alerts.latency_p99_ms
@@ -8,17 +8,21 @@
 
 Alerts are named by slot, so a re-run after a deploy that replaced a deployment moves them to the new
 one. Azure ML model monitoring (azure-ai-ml MonitorSchedule) needs registered data assets for the
-reference data, which mldeploy does not make: left out. Only this module (and deploy/azure*.py)
-imports azure.*, lazily.
+reference data, which mldeploy does not make: left out.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy.azure import monitor_client, translated, workspace
 from mldeploy.errors import UsageError
 from mldeploy.monitor.setup import SetupPlan
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
+    from mldeploy.deploy.azureml import AzureMLTarget
 
 ENDPOINT_METRICS = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
 DEPLOYMENT_METRICS = ENDPOINT_METRICS + "/deployments"
@@ -26,16 +30,14 @@ DEPLOYMENT_METRICS = ENDPOINT_METRICS + "/deployments"
 COMPARED = ("scopes", "criteria", "actions", "window_size", "evaluation_frequency", "severity", "enabled")
 
 
-def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
+def plan(cfg: Config, target: AzureMLTarget) -> SetupPlan:
     from azure.core.exceptions import ResourceNotFoundError
     from azure.mgmt.monitor import models as m
 
-    from mldeploy.deploy.azureml import AzureMLTarget, azure_name
-
-    name = azure_name(endpoint)
-    result = SetupPlan("azure azureml", name)
+    name = target.endpoint
+    result = SetupPlan(f"azure {target.name}", name)
     sub, rg, _ = workspace(cfg.deploy)
-    current = AzureMLTarget(endpoint, cfg.deploy).read()
+    current = target.read()
     if current is None:
         raise UsageError(f"the Azure ML endpoint {name} does not exist", hint="deploy it first (`mldeploy deploy`)")
     monitor = monitor_client(sub)
@@ -115,6 +117,6 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [k for k in COMPARED if norm(old.get(k)) != norm(new.get(k))]
 
 
-def _call(doing: str, call, *args: Any) -> Any:
+def _call(doing: str, call: Callable[..., Any], *args: Any) -> Any:
     with translated(doing):
         return call(*args)

@@ -1,28 +1,33 @@
-"""AWS monitoring of a deployed endpoint: SageMaker Model Monitor (data quality) and CloudWatch alarms.
+"""SageMaker's monitoring: Model Monitor (data quality) of an endpoint, and reading its data capture.
 
     s3://<prefix>/baseline/<hash>/statistics.json, constraints.json, preprocessor.py   (from our baseline)
     data-quality job definition <endpoint>-dq-<hash of its spec>     (immutable: a new spec is a new name)
     monitoring schedule <endpoint>-data-quality                      (created, or updated to the new definition)
-    SNS topic (monitoring.alerts.sns_topic: an ARN, or a name created) + email subscriptions
-    the alarms `mldeploy deploy` made (5XX, ModelLatency p99 per variant) notify the topic
-    an invocations anomaly-detection alarm (PutAnomalyDetector, ANOMALY_DETECTION_BAND)
+    (alarms and SNS: deploy/aws_alarms.py)
 
 Data capture is the deploy's business (deploy.aws.sagemaker.data_capture_*): setup checks it is on and
-says what to change if not; it never redeploys an endpoint. Lambda gets the alarms and SNS only (no
-Model Monitor for Lambda). Only this module (and deploy/aws.py) imports boto3, lazily.
+says what to change if not; it never redeploys an endpoint.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mldeploy.deploy.aws import client, error_code, resource_name, tag_list, tags, translated
 from mldeploy.errors import UsageError
-from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline, schedule_snippets
+
+if TYPE_CHECKING:
+    from mldeploy.bundle import Signature
+    from mldeploy.config import Config
+from mldeploy.monitor.captured import Mismatch, loads, tensor, tensors
+from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline
 
 # The region's SageMaker Model Monitor analyzer image (sagemaker-python-sdk image_uri_config/model-monitor.json).
 ANALYZER_ACCOUNTS = {
@@ -129,25 +134,8 @@ def _s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-# -- the plan ------------------------------------------------------------------------------------------
-def plan(cfg, endpoint: str, config_file: str | None = None) -> SetupPlan:
-    target = cfg.deploy.target
-    name = resource_name(endpoint, limit=64 if target == "lambda" else 63)
-    result = SetupPlan(f"aws {target}", name)
-    region = client("sts", cfg.deploy.region).meta.region_name
-    if target == "sagemaker":
-        _model_monitor(cfg, name, region, result)
-        metric = ("AWS/SageMaker", {"EndpointName": name, "VariantName": "production"})
-    else:
-        result.notes.append("Lambda has no SageMaker Model Monitor: alarms and SNS only; check drift with "
-                            "`mldeploy monitor drift` on a schedule")
-        result.notes += schedule_snippets(cfg, config_file)
-        metric = ("AWS/Lambda", {"FunctionName": name})
-    _alarms(cfg, name, region, metric, result)
-    return result
-
-
-def _model_monitor(cfg, endpoint: str, region: str, result: SetupPlan) -> None:
+# -- Model Monitor -------------------------------------------------------------------------------------
+def model_monitor(cfg: Config, endpoint: str, region: str, result: SetupPlan) -> None:
     sm = client("sagemaker", region)
     with translated(f"describe the SageMaker endpoint {endpoint}"):
         try:
@@ -253,90 +241,135 @@ def _exists(sm, call: str, **kwargs: str) -> dict[str, Any] | None:
             raise
 
 
-# -- alarms and SNS ----------------------------------------------------------------------------------------
-ALARM_FIELDS = ("AlarmName", "AlarmDescription", "ActionsEnabled", "OKActions", "AlarmActions", "InsufficientDataActions",
-                "MetricName", "Namespace", "Statistic", "ExtendedStatistic", "Dimensions", "Period", "Unit",
-                "EvaluationPeriods", "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
-                "EvaluateLowSampleCountPercentile", "Metrics", "ThresholdMetricId")
+# -- data capture ----------------------------------------------------------------------------------------
+class CapturedRecords:
+    """SageMaker data-capture records ({"captureData": {"endpointInput": {"data", "encoding", ...},
+    "endpointOutput": ...}, "eventMetadata": ...}, written to S3 when an endpoint's DataCaptureConfig is on): the request body decoded as the server decodes it (so every body
+    form the server accepts is read), the response body as the server writes it."""
+
+    kind = "sagemaker"
+
+    def __init__(self, signature: Signature) -> None:
+        self.signature = signature
+        self._model: Any = None
+
+    @staticmethod
+    def matches(doc: dict[str, Any]) -> bool:
+        return "captureData" in doc
+
+    def model(self) -> Any:
+        if self._model is None:
+            try:
+                from mldeploy.serve.model import Model
+            except ImportError as e:  # pragma: no cover - depends on the extras installed
+                raise UsageError(f"reading SageMaker data capture needs the serve extra ({e})",
+                                 hint="pip install 'mldeploy[serve]'") from None
+            self._model = Model(self.signature, "", False, 0.0)  # a signature only: nothing runs
+        return self._model
+
+    def record(self, doc: dict[str, Any], dtypes: dict[str, np.dtype]) -> tuple[Any, Any, Any]:
+        from mldeploy.serve import codec
+
+        data = doc.get("captureData")
+        request = data.get("endpointInput") if isinstance(data, dict) else None
+        if not isinstance(request, dict):
+            raise Mismatch("SageMaker record without captureData.endpointInput")
+        body, ctype = body_of(request)
+        try:
+            feeds = codec.decode(body, ctype, "", self.model(), allow_nonfinite=True).feeds
+        except codec.BadRequest as e:
+            raise Mismatch(f"request body: {e.message}") from None
+        response = data.get("endpointOutput")
+        outputs = self._outputs(response, dtypes) if isinstance(response, dict) else None
+        meta = doc.get("eventMetadata") if isinstance(doc.get("eventMetadata"), dict) else {}
+        return feeds, outputs, meta.get("inferenceTime")
+
+    def _outputs(self, response: dict[str, Any], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray] | None:
+        """Outputs from the server's answer: {"predictions"}, {"outputs"} (columnar or v2), CSV."""
+        specs = self.signature.outputs
+        body, ctype = body_of(response)
+        if ctype.startswith("text/csv"):
+            spec = specs[0]
+            if len(specs) != 1 or len(spec.shape) not in (1, 2):
+                return None
+            try:
+                value = np.loadtxt(body.decode().splitlines(), delimiter=",", ndmin=2)
+            except (ValueError, UnicodeDecodeError):
+                raise Mismatch("response body: not CSV numbers") from None
+            value = value[:, 0] if len(spec.shape) == 1 else value
+            return {spec.name: tensor(value, spec, dtypes[spec.name], "output")}
+        try:
+            doc = loads(body)
+        except ValueError:
+            raise Mismatch("response body: not JSON") from None
+        named: dict = {}
+        value = doc.get("predictions", doc.get("outputs")) if isinstance(doc, dict) else doc
+        if isinstance(value, list) and value and all(isinstance(t, dict) and "datatype" in t for t in value):  # v2
+            for t in value:
+                try:
+                    dtype = dtypes.get(t["name"], np.float64)
+                    named[t["name"]] = np.asarray(t["data"], dtype=dtype).reshape(t["shape"])
+                except (KeyError, ValueError, TypeError):
+                    raise Mismatch("response body: a malformed v2 output tensor") from None
+        elif isinstance(value, dict):
+            named = value
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):  # one object per row
+            named = {t.name: [r.get(t.name) for r in value] for t in specs}
+        elif value is not None and len(specs) == 1:
+            named = {specs[0].name: value}
+        else:
+            return None
+        return tensors(named, specs, dtypes, "output", self.signature.batch_dim)
 
 
-def _alarms(cfg, endpoint: str, region: str, metric: tuple[str, dict[str, str]], result: SetupPlan) -> None:
-    alerts = cfg.monitoring.alerts
-    cw, sns = client("cloudwatch", region), client("sns", region)
-    topic = {"arn": None}   # filled at plan time when it exists, at apply time when created
-    wanted = alerts.sns_topic or (resource_name("mldeploy", endpoint, "alerts", limit=256) if alerts.emails else None)
-    if wanted and wanted.startswith("arn:"):
-        topic["arn"] = wanted
-    elif wanted:
-        with translated("list the SNS topics"):
-            arns = [t["TopicArn"] for page in sns.get_paginator("list_topics").paginate() for t in page["Topics"]]
-        topic["arn"] = next((a for a in arns if a.rsplit(":", 1)[-1] == wanted), None)
-        if topic["arn"] is None:
-            def create_topic() -> None:
-                with translated(f"create the SNS topic {wanted}"):
-                    topic["arn"] = sns.create_topic(Name=wanted, Tags=tag_list(tags(endpoint)))["TopicArn"]
-                result.outputs["sns-topic"] = topic["arn"]
-            result.add("create", f"sns topic {wanted}", create_topic)
-    if wanted:
-        subscribed: set[str] = set()
-        if topic["arn"]:
-            with translated(f"list the subscriptions of {topic['arn']}"):
-                subscribed = {s["Endpoint"] for page in sns.get_paginator("list_subscriptions_by_topic").paginate(
-                    TopicArn=topic["arn"]) for s in page["Subscriptions"] if s["Protocol"] == "email"}
-        for email in alerts.emails:
-            if email not in subscribed:
-                result.add("create", f"sns email subscription {email}", lambda e=email: _call(
-                    sns, "subscribe", f"subscribe {e}", TopicArn=topic["arn"], Protocol="email", Endpoint=e),
-                    "topic", new=wanted)
-        result.outputs["sns-topic"] = topic["arn"] or wanted
-
-    prefix = resource_name("mldeploy", endpoint, limit=255) + "-"
-    anomaly = resource_name("mldeploy", endpoint, "invocations-anomaly", limit=255)
-    with translated("read the CloudWatch alarms"):
-        found = {a["AlarmName"]: a for page in cw.get_paginator("describe_alarms").paginate(AlarmNamePrefix=prefix)
-                 for a in page["MetricAlarms"]}
-    if not any(n != anomaly for n in found):
-        result.notes.append(f"no alarms of {endpoint} from `mldeploy deploy` were found (deploy makes 5XX and "
-                            "latency p99 alarms per slot)")
-    for name, alarm in sorted(found.items()):
-        if name != anomaly and wanted and topic["arn"] not in alarm.get("AlarmActions", []):
-            result.add("update", f"cloudwatch alarm {name}", lambda a=alarm: _notify(cw, a, topic["arn"]),
-                       "alarm actions", alarm.get("AlarmActions") or None, wanted)
-
-    if not alerts.invocations_anomaly:
-        return
-    namespace, dims = metric
-    detector = {"Namespace": namespace, "MetricName": "Invocations", "Stat": "Sum",
-                "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]}
-    with translated("read the CloudWatch anomaly detectors"):
-        detectors = cw.describe_anomaly_detectors(Namespace=namespace, MetricName="Invocations",
-                                                  Dimensions=detector["Dimensions"])["AnomalyDetectors"]
-    if not any(d.get("SingleMetricAnomalyDetector", {}).get("Stat", d.get("Stat")) == "Sum" for d in detectors):
-        result.add("create", f"cloudwatch anomaly detector {namespace} Invocations", lambda: _call(
-            cw, "put_anomaly_detector", "create the invocations anomaly detector", SingleMetricAnomalyDetector=detector))
-    spec = {"AlarmName": anomaly, "AlarmDescription": f"mldeploy: invocations of {endpoint} outside the expected band",
-            "Metrics": [{"Id": "m1", "ReturnData": True, "MetricStat": {
-                "Metric": {k: detector[k] for k in ("Namespace", "MetricName", "Dimensions")}, "Period": 300,
-                "Stat": "Sum"}},
-                {"Id": "band", "Expression": "ANOMALY_DETECTION_BAND(m1, 2)", "Label": "Invocations (expected)",
-                 "ReturnData": True}],
-            "ThresholdMetricId": "band", "ComparisonOperator": "LessThanLowerOrGreaterThanUpperThreshold",
-            "EvaluationPeriods": 3, "DatapointsToAlarm": 3, "TreatMissingData": "ignore",
-            "Tags": tag_list(tags(endpoint))}
-    old = found.get(anomaly)
-    if old is None:
-        result.add("create", f"cloudwatch alarm {anomaly}", lambda: _call(  # the topic's ARN is known at apply time
-            cw, "put_metric_alarm", f"create the alarm {anomaly}", **spec,
-            AlarmActions=[topic["arn"]] if wanted else []), "metric", new="Invocations band")
-    elif wanted and topic["arn"] not in old.get("AlarmActions", []):
-        result.add("update", f"cloudwatch alarm {anomaly}", lambda: _notify(cw, old, topic["arn"]),
-                   "alarm actions", old.get("AlarmActions") or None, wanted)
-    result.outputs["anomaly-alarm"] = anomaly
+def body_of(part: dict[str, Any]) -> tuple[bytes, str]:
+    data, encoding = part.get("data", ""), str(part.get("encoding", "")).upper()
+    if not isinstance(data, str):
+        raise Mismatch("SageMaker record whose data is not a string")
+    try:
+        body = base64.b64decode(data, validate=True) if encoding == "BASE64" else data.encode()
+    except ValueError:
+        raise Mismatch("SageMaker record whose BASE64 data does not decode") from None
+    return body, str(part.get("observedContentType") or "application/json").lower()
 
 
-def _notify(cw, alarm: dict[str, Any], topic: str) -> None:
-    """Put the alarm again as it is, with the topic among its actions (PutMetricAlarm replaces it whole)."""
-    spec = {k: alarm[k] for k in ALARM_FIELDS if alarm.get(k) not in (None, [], "")}
-    spec["AlarmActions"] = [*alarm.get("AlarmActions", []), topic]
-    with translated(f"add the SNS topic to the alarm {alarm['AlarmName']}"):
-        cw.put_metric_alarm(**spec)
+# -- canary analysis: the predictions each variant captured ----------------------------------------
+def variant_predictions(source: str, since: float, region: str | None) -> list[Any]:
+    """The predictions in one variant's data capture (s3://.../ENDPOINT/VARIANT/) since `since` (Unix
+    time), read from the responses as the server wrote them; files last written before `since` are
+    not read. Capture reaches S3 a few minutes late, so the newest requests may be missing."""
+    import datetime as dt
+
+    from mldeploy.monitor.canary import prediction_values
+    from mldeploy.monitor.captured import objects
+
+    records = []
+    for _, modified, data in objects(source, region):
+        if modified < since:
+            break  # newest first: every file after this one is older still
+        for line in data.splitlines():
+            try:
+                doc = json.loads(line)
+                when = dt.datetime.fromisoformat(doc["eventMetadata"]["inferenceTime"]).timestamp()
+                if when >= since:
+                    records.append({"outputs": _response_outputs(doc["captureData"]["endpointOutput"])})
+            except (ValueError, KeyError, TypeError, Mismatch):
+                continue  # not a record with a readable JSON answer (drift reports those; here they just don't count)
+    return prediction_values(records)
+
+
+def _response_outputs(part: dict[str, Any]) -> Any:
+    """{output: rows} from a captured answer of the serving runtime ({"predictions"}, {"outputs"}
+    columnar or Open Inference Protocol v2)."""
+    body = json.loads(body_of(part)[0])
+    value = body.get("predictions", body.get("outputs")) if isinstance(body, dict) else body
+    if isinstance(value, list) and value and all(isinstance(t, dict) and "datatype" in t for t in value):  # v2
+        return {t["name"]: _reshaped(t["data"], t["shape"]) for t in value}
+    return value if isinstance(value, dict) else {"predictions": value}
+
+
+def _reshaped(flat: list[Any], shape: list[int]) -> list[Any]:
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_reshaped(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]

@@ -1,0 +1,179 @@
+"""The base of every deploy target: what serves (typed), and what is the same on every cloud.
+
+A target supplies its cloud's mechanism only: `read` (the endpoint as the cloud describes it),
+`_status` (that, slot by slot), `plan` and `apply`, and `layout` (a plan that leaves given images
+with given shares: how a promote and a rollback are expressed). status, promote, rollback, the guard
+against a concurrent command and "verify, else restore and say what was restored" are written here
+once. Monitoring is the target's too: `slot_metrics` for canary analysis and `monitor_plan` for
+`mldeploy monitor setup`, so monitor/ never branches on a cloud.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from mldeploy.deploy import Desired, Guard, Plan, pick_canary, restoring, rollback_layout
+from mldeploy.deploy.registry import Capabilities, Entry
+from mldeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DeploySection
+    from mldeploy.monitor.metrics import Collected
+    from mldeploy.monitor.setup import SetupPlan
+
+
+@dataclass
+class Slot:
+    image: str | None
+    traffic: int                                          # percent of live requests
+    healthy: bool
+    detail: dict[str, Any] = field(default_factory=dict)  # the cloud's own names: version, revision, deployment...
+
+
+@dataclass
+class Status:
+    """What serves, read back from the cloud."""
+    endpoint: str
+    url: str | None = None
+    slots: dict[str, Slot] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. the endpoint's own state
+    changed: bool | None = None                           # set by apply, promote and rollback
+
+    def served(self) -> dict[str, tuple[str, int]]:
+        """What takes traffic, slot by slot: (image, percent). A slot at 0% serves nothing."""
+        return {slot: (s.image or "", s.traffic) for slot, s in self.slots.items() if s.traffic}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.changed is None else {"changed": self.changed}
+        out |= {"endpoint": self.endpoint, "url": self.url, **self.detail, "slots": {
+            name: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy, **s.detail}
+            for name, s in self.slots.items()}}
+        return out
+
+
+class Target(ABC):
+    """One deploy target. Subclasses set `name` (deploy.target) and implement the abstract methods."""
+    name: ClassVar[str]
+    entry: ClassVar[Entry]      # set by target_for from the registry
+    endpoint: str
+
+    def __init__(self, endpoint: str, deploy: DeploySection | None = None) -> None:
+        self.endpoint = endpoint
+        self.deploy = deploy   # None where a target needs none (local)
+
+    @classmethod
+    def from_config(cls, endpoint: str, cfg: Config) -> Target:
+        return cls(endpoint, cfg.deploy)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.entry.capabilities
+
+    # -- the cloud's mechanism ----------------------------------------------------------------------
+    @abstractmethod
+    def read(self) -> Any:
+        """The endpoint as the cloud describes it (the target's own shape), or None before a deploy."""
+
+    @abstractmethod
+    def _status(self, current: Any) -> Status:
+        """What `read` returned, slot by slot."""
+
+    @abstractmethod
+    def plan(self, desired: Desired) -> Plan:
+        """What a deploy would change; calls nothing that mutates."""
+
+    @abstractmethod
+    def apply(self, plan: Plan) -> Status:
+        """Make the plan so, verify it, and restore what served before when that fails."""
+
+    def layout(self, desired: Desired, current: Any, images: dict[str, str], share: dict[str, int]) -> Plan:
+        """A plan leaving `images` (slot -> image) serving with `share` (slot -> percent): what promote
+        and rollback apply. Targets whose promote or rollback differ override those instead."""
+        raise NotImplementedError(f"{self.name} promotes and rolls back its own way")
+
+    # -- written once ---------------------------------------------------------------------------------
+    def status(self) -> Status:
+        return self._status(self.read())
+
+    def changed(self, changed: bool) -> Status:
+        status = self.status()
+        status.changed = changed
+        return status
+
+    def canary(self, current: Any, pr: int | None, verb: str) -> str:
+        """The canary a promote, a rollback or an analysis acts on: the pull request's, else the only one."""
+        return pick_canary(self.endpoint, self._status(current).slots, pr, verb)
+
+    def promote(self, pr: int | None = None) -> Status:
+        current = self.read()
+        image = self._status(current).slots[self.canary(current, pr, "promote")].image or ""
+        return self.apply(self.layout(Desired(self.endpoint, image, "production", 0, {}), current,
+                                      {"production": image}, {"production": 100}))
+
+    def rollback(self, pr: int | None = None) -> Status:
+        current = self.read()
+        slots = {s: (e.image or "", e.traffic) for s, e in self._status(current).slots.items()}
+        images, share = rollback_layout(self.endpoint, slots, pr)
+        return self.apply(self.layout(Desired(self.endpoint, images["production"], "production", 0, {}), current,
+                                      images, share))
+
+    def guard(self, current: Any, images: Iterator[str] | list[str] | set[str]) -> Guard:
+        """Compare-and-set against what `current` served, for a command deploying `images`."""
+        return Guard(self.endpoint, self.status, self._status(current).served(), frozenset(images))
+
+    @contextmanager
+    def changing(self, current: Any, images: Iterator[str] | list[str] | set[str],
+                 restore: Callable[[], str]) -> Iterator[Guard]:
+        """Around every change: a guard to check just before traffic moves, and on any failure the
+        restore of what served before (never over another command's work), said in the error."""
+        guard = self.guard(current, images)
+        with restoring(restore, guard):
+            yield guard
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def slot_metrics(self, window: float, pr: int | None = None) -> Collected:
+        """Both slots' requests, errors and latency over the last `window` seconds, for canary analysis."""
+        from mldeploy.monitor.canary import SlotStats
+        from mldeploy.monitor.metrics import Collected
+
+        where = f"{self.entry.cloud} {self.name}"
+        return Collected(SlotStats("production"), SlotStats("canary"), window, where,
+                         unavailable=f"no metrics source for {where} yet: judge the canary in the cloud's console")
+
+    def monitor_plan(self, cfg: Config, config_file: str | None = None) -> SetupPlan:
+        """What `mldeploy monitor setup` would create in the cloud (reads only); by default nothing, and
+        how to run the drift check on a schedule."""
+        from mldeploy.monitor.setup import SetupPlan, drift_command, schedule_snippets
+
+        result = SetupPlan(f"{self.entry.cloud} {self.name}", self.endpoint)
+        result.notes.append(f"{self.name} has no cloud monitoring that mldeploy sets up")
+        result.notes += schedule_snippets(cfg, config_file)
+        result.outputs["drift-command"] = drift_command(config_file)
+        return result
+
+    def compared(self, current: Any, pr: int | None) -> str:
+        """The canary to analyze; production must be there to compare it with."""
+        slots = self._status(current).slots
+        canary = self.canary(current, pr, "analyze")
+        if "production" not in slots:
+            raise UsageError(f"{self.endpoint} has {canary} but no production slot to compare it with",
+                             hint="deploy production first (`mldeploy deploy --stage production`)")
+        return canary
+
+    @classmethod
+    def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
+        """The cloud's preflight: identity and permission rows (check, passed, detail)."""
+        return []
+
+
+@runtime_checkable
+class Removable(Protocol):
+    """A target whose endpoints `mldeploy destroy` may remove (local only: a cloud's endpoint is removed
+    in the cloud, where its owners can see it go)."""
+    endpoint: str
+
+    def destroy(self) -> dict[str, Any]: ...
