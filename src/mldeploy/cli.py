@@ -749,10 +749,6 @@ def cmd_monitor_drift(args: argparse.Namespace) -> int:
     return 0
 
 
-# MONITOR-BASELINE-DRIFT-COMMANDS (above: cmd_monitor_baseline, cmd_monitor_drift)
-# MONITOR-COMMANDS (cmd_monitor_* and cmd_canary_* functions go here)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # argparse itself exits 2 on bad usage
     debug = getattr(args, "debug", False) or os.environ.get("MLDEPLOY_DEBUG", "").lower() in ("1", "true", "yes")

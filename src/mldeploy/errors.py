@@ -9,7 +9,6 @@ A stack trace is for bugs only; everything a user can cause is one of these.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BUG = 3
@@ -41,6 +40,8 @@ class MldeployError(Exception):
 
 class UsageError(MldeployError):
     """Bad usage, config or input: exit 2."""
+
+    operator: str | None = None  # a conversion's: the operator that could not be exported, where known
 
 
 class CheckFailed(MldeployError):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Signature, TensorSpec
+from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Signature
 from mldeploy.errors import UsageError
 
 # ONNX type names in signature.json -> numpy; "string" tensors travel as object arrays of str.
@@ -130,7 +130,3 @@ def _version(bundle: Path) -> str:
         return str(manifest.get("model", {}).get("sha256", ""))[:12] or "1"
     except (OSError, ValueError, AttributeError):
         return "1"
-
-
-def spec_text(spec: TensorSpec) -> str:
-    return f"{spec.name} {spec.dtype} {spec.shape_text()}"
