@@ -6,16 +6,21 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 from mldeploy import data, github
 from mldeploy.bundle import Bundle, Signature, TensorSpec, sha256_file, staged, tool_versions
 from mldeploy.config import Config
 from mldeploy.convert import parity
-from mldeploy.convert.base import Export, ExportFailed, Source, operator_in
+from mldeploy.convert.base import Arrays, Export, ExportFailed, Source, operator_in
 from mldeploy.convert.detect import detect, model_path
 from mldeploy.convert.report import publish
 from mldeploy.errors import CheckFailed, UsageError
@@ -44,7 +49,7 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
     key = _conversion_key(source_sha, cfg)
     current = None if force else _up_to_date(out_dir, key)
     if current:
-        report = current.manifest["steps"][-1]
+        report: dict[str, Any] = current.manifest["steps"][-1]
         print(f"convert: up to date - {path} and the settings are unchanged since {report['at']}; "
               f"kept {out_dir} (--force converts again)", flush=True)
         github.add_summary(f"### ✅ convert-model: up to date\n\n`{path}` is unchanged; the bundle from "
@@ -60,10 +65,10 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
         report["warnings"] = ([reference_note] if reference_note else []) + _fixed_batch_warnings(source, cfg)
         bundle.start_manifest({"path": str(path), "framework": framework, "format": source.format,
                                "sha256": source_sha})
-        chosen = None
+        chosen: tuple[Export, parity.Parity] | None = None
         for attempt in source.exports(bundle.path, cfg.model.opset):
             _show_log(attempt)
-            record = {"exporter": attempt.exporter}
+            record: dict[str, Any] = {"exporter": attempt.exporter}
             if isinstance(attempt, ExportFailed):
                 record.update(status="export failed", error=attempt.message, operator=attempt.operator)
             else:
@@ -101,7 +106,8 @@ def convert(cfg: Config, *, model: str | None = None, out: str | None = None, fo
     return Converted(Bundle(out_dir), report)
 
 
-def _check(attempt: Export, source: Source, batches, expected, cfg: Config) -> parity.Parity:
+def _check(attempt: Export, source: Source, batches: dict[int, Arrays], expected: dict[int, list[np.ndarray]] | None,
+           cfg: Config) -> parity.Parity:
     """Parity of one export; where the first reference disagrees, the source's fallback reference decides."""
     args = (attempt.path, source.inputs, source.output_names, batches)
     tol = (cfg.parity.atol, cfg.parity.rtol)
@@ -166,7 +172,7 @@ def _fixed_batches(inputs: list[TensorSpec]) -> set[int]:
     an RNN state's [layers, batch, hidden], a scalar)."""
     if any(s.shape and not isinstance(s.shape[0], int) for s in inputs):
         return set()
-    return {s.shape[0] for s in inputs if s.shape}
+    return {d for s in inputs if s.shape and isinstance(d := s.shape[0], int)}  # all ints: checked above
 
 
 def _show_log(attempt: Export | ExportFailed) -> None:
@@ -213,7 +219,7 @@ def _parity_inputs(source: Source, cfg: Config) -> tuple[dict[int, dict[str, np.
     return generated, f"generated from the signature (seed {cfg.parity.seed})"
 
 
-def _reference(source: Source, batches) -> tuple[dict | None, str | None]:
+def _reference(source: Source, batches: dict[int, Arrays]) -> tuple[dict[int, list[np.ndarray]] | None, str | None]:
     try:
         return {b: source.run(a) for b, a in batches.items()}, None
     except NotImplementedError as e:  # an ONNX source told to check against nothing
@@ -221,7 +227,7 @@ def _reference(source: Source, batches) -> tuple[dict | None, str | None]:
                       "get the answers they get in a batch")
 
 
-def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
+def _reject(bundle: Bundle, report: dict, cfg: Config) -> NoReturn:
     """Record the failed attempts, then fail: exit 2 if nothing could export, 1 if parity failed."""
     bundle.add_step("convert", report)  # kept in the rejected bundle, for inspection
     publish(report, None)
@@ -245,12 +251,12 @@ def _reject(bundle: Bundle, report: dict, cfg: Config) -> None:
                       hint=BATCH_HINT if batch_dependent else "inspect the rejected bundle next to the output folder")
 
 
-def _drop_stack_traces(model) -> None:
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
     """PyTorch's exporter records each node's Python stack, with the checkout's and the venv's absolute
     paths: the build machine's layout would leak into the model and make every checkout a new model."""
     import onnx
 
-    def graphs(graph):
+    def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
         yield graph
         for node in graph.node:
             for attr in node.attribute:
@@ -302,7 +308,7 @@ def _finalize(src: Path, dest: Path, inputs: list[TensorSpec], output_names: lis
     return Signature(ins, outs, batch)
 
 
-def _rename_outputs(graph, names: dict[str, str]) -> None:
+def _rename_outputs(graph: onnx.GraphProto, names: dict[str, str]) -> None:
     """Serve output `old` as `new`: an Identity from old to new keeps every other use of `old` intact."""
     import onnx
 
@@ -325,7 +331,7 @@ def _outputs_following_batch(result: parity.Parity) -> set[str]:
     return outputs - {c.output for c in result.comparisons if not c.shape or c.shape[0] != c.batch}
 
 
-def _name_dim0(value, name) -> None:
+def _name_dim0(value: onnx.ValueInfoProto, name: object) -> None:
     dims = value.type.tensor_type.shape.dim
     if dims and not dims[0].HasField("dim_value"):
         dims[0].dim_param = str(name)
@@ -338,6 +344,6 @@ def _opset(path: Path) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _parity_summary(result: parity.Parity, cfg: Config, batches) -> dict:
+def _parity_summary(result: parity.Parity, cfg: Config, batches: dict[int, Arrays]) -> dict:
     return {"atol": cfg.parity.atol, "rtol": cfg.parity.rtol, "batches": sorted(batches),
             "max_abs_error": result.max_abs, **result.to_json()}

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def importable_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
-def import_object(spec: str, kind: str):
+def import_object(spec: str, kind: str) -> Any:
     """`package.module:name` from the model repo; whatever its import raises is the user's error."""
     import importlib
 

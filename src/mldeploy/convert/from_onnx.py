@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,11 +26,14 @@ from mldeploy.convert import parity
 from mldeploy.convert.base import Arrays, Export, ExportFailed, Source, first_line, resolve_inputs, unknown_operator
 from mldeploy.errors import UsageError
 
+if TYPE_CHECKING:
+    from onnx.reference import ReferenceEvaluator
+
 NOT_A_TENSOR = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional",
                 "sparse_tensor_type": "a sparse tensor"}
 
 
-def value_specs(values, skip: set[str] = frozenset()) -> list[TensorSpec]:
+def value_specs(values: Iterable[onnx.ValueInfoProto], skip: AbstractSet[str] = frozenset()) -> list[TensorSpec]:
     """TensorSpecs of ONNX graph inputs or outputs (dims: size, symbolic name, or None).
 
     A dim_value of 0 or less (exporters write -1 for "any") is a free dimension, as is no value."""
@@ -100,9 +105,9 @@ class OnnxSource(Source):
         self.output_names = [o.name for o in graph.output]
         self.reference = "ort" if cfg.parity.reference == "auto" else cfg.parity.reference
         self.warnings: list[str] = []
-        self._evaluator = None
+        self._evaluator: ReferenceEvaluator | None = None
 
-    def _bind_free_dims(self, inputs: list[TensorSpec], dim_sizes) -> list[TensorSpec]:
+    def _bind_free_dims(self, inputs: list[TensorSpec], dim_sizes: dict[str, int]) -> list[TensorSpec]:
         """Unnamed free dims after the first (an RNN's state [layers, batch, hidden]) are often the batch:
         where the model cannot run with them at their example size but can with them at the batch's,
         they are named after the batch, so every check sizes them with it."""
@@ -114,7 +119,7 @@ class OnnxSource(Source):
         bound = [TensorSpec(s.name, s.dtype, tuple(batch if d is None else d for d in s.shape)) for s in inputs]
         return bound if self._runs(bound, dim_sizes) else inputs
 
-    def _runs(self, inputs: list[TensorSpec], dim_sizes) -> bool:
+    def _runs(self, inputs: list[TensorSpec], dim_sizes: dict[str, int]) -> bool:
         try:
             self._ort.run(None, data.generate(inputs, 2, dim_sizes=dim_sizes))  # 2: neither 1 nor the example size
             return True

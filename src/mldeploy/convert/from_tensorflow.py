@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs bypass Python's streams
 
@@ -40,7 +41,7 @@ with captured():
 SIGNATURE = "serving_default"
 
 
-def _natural(key: str):
+def _natural(key: str) -> list[int | str]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
@@ -99,7 +100,7 @@ class TensorFlowSource(Source):
         self.output_names = sorted(self.function.structured_outputs, key=_natural)
 
     @staticmethod
-    def _spec(name: str, spec) -> TensorSpec:
+    def _spec(name: str, spec: tf.TensorSpec) -> TensorSpec:
         dims = tuple(d if d is not None else ("batch" if i == 0 else f"{name}_dim{i}")
                      for i, d in enumerate(spec.shape.as_list()))
         return TensorSpec(name, spec.dtype.as_numpy_dtype.__name__ if spec.dtype != tf.bool else "bool", dims)
@@ -131,7 +132,7 @@ class TensorFlowSource(Source):
         function, names = self.function, [s.name for s in self.inputs]
 
         @tf.function(input_signature=spec)
-        def serving(*args):
+        def serving(*args: tf.Tensor) -> Any:
             return function(**dict(zip(names, args)))
 
         def frozen(path: Path) -> None:
@@ -158,7 +159,7 @@ class TensorFlowSource(Source):
                 yield ExportFailed(name, first_line(error), getattr(error, "operator", None) or
                                    operator_in(str(error) + log.getvalue()), log.getvalue())
 
-    def _frozen(self, concrete) -> tuple:
+    def _frozen(self, concrete: Any) -> tuple:
         """The graph with every captured variable and constant folded in: the signature's inputs are its only
         placeholders (a SavedModel's loaded functions capture their weights, which tf2onnx would make inputs).
         Returns (graph_def, {tensor: input name}, {tensor: output name})."""
@@ -168,13 +169,13 @@ class TensorFlowSource(Source):
         graph_def = frozen.graph.as_graph_def()
         inputs = [t.name for t in frozen.inputs]
         if len(inputs) != len(self.inputs):  # a resource that cannot be a constant: a lookup table, a queue
-            handles, users = {t.split(":")[0] for t in inputs[len(self.inputs):]}, set()
+            handles, users = {t.split(":")[0] for t in inputs[len(self.inputs):]}, set[str]()
             for node in graph_def.node:  # in graph order: a handle passes through Identity ops to its user
                 if any(i.split(":")[0].lstrip("^") in handles for i in node.input):
                     (handles if node.op == "Identity" else users).add(node.name if node.op == "Identity" else node.op)
-            users = sorted(users)
-            error = UsageError(f"the signature uses a resource ONNX cannot hold ({', '.join(users) or 'unknown'})")
-            error.operator = users[0] if users else None
+            named = sorted(users)
+            error = UsageError(f"the signature uses a resource ONNX cannot hold ({', '.join(named) or 'unknown'})")
+            error.operator = named[0] if named else None
             raise error
         structured = frozen.structured_outputs
         keys = sorted(structured) if isinstance(structured, Mapping) else self.output_names

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,14 +45,14 @@ class TorchSource(Source):
 
     def __init__(self, path: Path, fmt: str, cfg: Config):
         self.path, self.format, self.cfg = path, fmt, cfg
-        self.program = None  # a torch.export.ExportedProgram, for .pt2 sources
+        self.program: torch.export.ExportedProgram | None = None  # for .pt2 sources
         try:
             self.module = self._load()
         except UsageError:
             raise
         except BaseException as e:  # model code runs here: SystemExit and KeyboardInterrupt are its errors too
             raise UsageError(f"cannot load PyTorch model {path}: {type(e).__name__}: {first_line(e)}") from None
-        found = self._program_inputs() if self.program is not None else self._sample_inputs()
+        found = self._program_inputs(self.program) if self.program is not None else self._sample_inputs()
         self.inputs = resolve_inputs(found, cfg.inputs, where=f"{path.name} ({self.format})")
         self.dim_sizes, self.batch_range = self._dim_constraints()
         # One run at the export example batch validates the declared inputs and names the outputs.
@@ -68,8 +69,8 @@ class TorchSource(Source):
         if self.format == "torchscript":
             return torch.jit.load(str(self.path), map_location="cpu").eval()
         if self.format == "exported-program":
-            self.program = torch.export.load(str(self.path))
-            return self.program.module()
+            self.program = program = torch.export.load(str(self.path))
+            return program.module()
         try:
             obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
         except Exception as e:
@@ -116,7 +117,8 @@ class TorchSource(Source):
         if self.format != "torchscript" or not sample or self.cfg.inputs:
             return None
         try:
-            names = [a.name for a in self.module.forward.schema.arguments[1:]]
+            forward: Any = self.module.forward  # a TorchScript method: it has a schema
+            names = [a.name for a in forward.schema.arguments[1:]]
         except (AttributeError, RuntimeError):
             return None
         return data.specs_from(sample, names)
@@ -147,10 +149,10 @@ class TorchSource(Source):
                     sizes[d] = _clamp(sizes.get(d, data.DEFAULT_DIM), low, high)
         return sizes, (batch_low, batch_high)
 
-    def _program_inputs(self) -> list[TensorSpec]:
-        names = list(self.program.graph_signature.user_inputs)
+    def _program_inputs(self, program: torch.export.ExportedProgram) -> list[TensorSpec]:
+        names = list(program.graph_signature.user_inputs)
         specs = []
-        for node in self.program.graph.nodes:
+        for node in program.graph.nodes:
             if node.op == "placeholder" and node.name in names:
                 val = node.meta["val"]
                 dims = tuple(int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape)
@@ -158,7 +160,7 @@ class TorchSource(Source):
         return specs
 
     # -------------------------------------------------------------------- running
-    def _call(self, arrays: Arrays):
+    def _call(self, arrays: Arrays) -> Any:
         args = [torch.from_numpy(np.ascontiguousarray(arrays[s.name])) for s in self.inputs]
         try:
             with torch.inference_mode():
@@ -174,7 +176,7 @@ class TorchSource(Source):
         return [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in values]
 
     # -------------------------------------------------------------------- exporting
-    def _args(self):
+    def _args(self) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(self.example[s.name]) for s in self.inputs)
 
     def exports(self, dest: Path, opset: int) -> Iterator[Export | ExportFailed]:
@@ -225,7 +227,7 @@ def _clamp(value: int, low: int, high: int | None) -> int:
     return max(low, value if high is None else min(value, high))
 
 
-def _state_dict_in(obj) -> Mapping | None:
+def _state_dict_in(obj: object) -> Mapping | None:
     """A state_dict, or one nested in a training checkpoint under a usual key."""
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -237,7 +239,7 @@ def _state_dict_in(obj) -> Mapping | None:
     return None
 
 
-def _flatten(out) -> list:
+def _flatten(out: object) -> list:
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (list, tuple)):

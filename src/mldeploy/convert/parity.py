@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 from mldeploy.bundle import TensorSpec
 from mldeploy.convert.base import Arrays, first_line, unknown_operator
@@ -41,7 +45,7 @@ class Parity:
         return max(values) if values else None
 
 
-def session(path: Path, *, optimized: bool = True):
+def session(path: Path, *, optimized: bool = True) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,14 +110,14 @@ def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], ba
                 result.comparisons.append(Comparison(name, batch, None, None, True, "ran; no reference",
                                                      list(a.shape)))
                 continue
-            e = expected[batch][i]
-            if a.shape != e.shape:
+            want = expected[batch][i]
+            if a.shape != want.shape:
                 result.passed = False
-                note = f"shape {list(a.shape)}, source {list(e.shape)}"
+                note = f"shape {list(a.shape)}, source {list(want.shape)}"
                 result.comparisons.append(Comparison(name, batch, None, None, False, note, list(a.shape)))
                 result.problem = result.problem or f"output '{name}' at batch {batch} has {note}"
                 continue
-            max_abs, max_rel, ok = compare(a, e, atol, rtol)
+            max_abs, max_rel, ok = compare(a, want, atol, rtol)
             result.comparisons.append(Comparison(name, batch, max_abs, max_rel, ok, "", list(a.shape)))
             if not ok:
                 result.passed = False
@@ -130,7 +134,7 @@ def check(onnx_path: Path, inputs: list[TensorSpec], output_names: list[str], ba
 ROWS_CHECKED = 16  # rows of the largest batch run alone: enough to catch mixing, cheap at any batch
 
 
-def _check_rows_alone(sess, inputs: list[TensorSpec], output_names: list[str], names: list[str], batch: int,
+def _check_rows_alone(sess: ort.InferenceSession, inputs: list[TensorSpec], output_names: list[str], names: list[str], batch: int,
                       arrays: Arrays, atol: float, rtol: float, result: Parity) -> None:
     batched = {s.name for s in inputs if s.shape and not isinstance(s.shape[0], int)}
     together = sess.run(None, arrays)
