@@ -54,7 +54,7 @@ if [ ! -x "$venv/bin/mldeploy" ]; then
   install ""
 fi
 # the frameworks' and the serving runtime's extras, and each deploy target's (from the target registry)
-known=" torch tensorflow serve image monitor $("$python" -I "$kit/src/mldeploy/deploy/registry.py" extras) "
+known=" torch tensorflow serve image monitor $("$python" -I "$kit/src/mldeploy/targets.py" extras) "
 for extra in "$@"; do
   [ "$extra" = onnx ] && continue
   case "$known" in *" $extra "*) ;; *) echo "::error::unknown extra '$extra' (one of:$known)" >&2; exit 2 ;; esac

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                                                             "(the image is the same either way)")
     bld.set_defaults(func=cmd_build)
 
-    from mldeploy.deploy import registry
+    from mldeploy import targets as registry
 
     targets = ", ".join(f"{c} {'|'.join(registry.targets_of(c))}" for c in registry.clouds())
     where = argparse.ArgumentParser(add_help=False)
@@ -190,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", formatter_class=fmt, epilog=EPILOG, help="check mldeploy.yaml or print its JSON Schema",
                          description="Work with mldeploy.yaml, the config of a model repo.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    val = cfg_sub.add_parser("validate", parents=[common], formatter_class=fmt, epilog=EPILOG, help="check a config file; exit 2 if invalid",
+    val = cfg_sub.add_parser("validate", parents=[common], formatter_class=fmt, epilog=EPILOG,
+                             help="check a config file; exit 2 if invalid",
                              description="Validate a config file (with MLDEPLOY_* environment overrides) "
                                          "and print the effective config as JSON.")
     val.add_argument("file", nargs="?", metavar="FILE", help="config file (default: ./mldeploy.yaml)")
@@ -673,8 +674,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 def cmd_canary_analyze(args: argparse.Namespace) -> int:
     """Exit 1 on rollback, so a workflow step fails and its rollback step runs; hold is 0: not yet
     judged is no failure (the workflow reads the `decision` output to wait or promote)."""
-    from mldeploy.deploy import NoCanary
-    from mldeploy.deploy import target_for
+    from mldeploy.deploy import NoCanary, target_for
     from mldeploy.monitor.canary import ROLLBACK, judge
 
     if args.window is not None and args.window < 0:

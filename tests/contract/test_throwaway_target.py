@@ -31,7 +31,7 @@ import urllib.request
 
 from mldeploy.deploy import Desired, Plan, canary_shares
 from mldeploy.deploy.base import Slot, Status, Target
-from mldeploy.deploy.registry import Entry
+from mldeploy.targets import Entry
 from mldeploy.errors import CheckFailed
 
 ENTRY = Entry("toy", "toy", "toy_target", "ToyTarget", "the toy cloud", "named slots and their shares")

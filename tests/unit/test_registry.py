@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.deploy import registry
+from mldeploy import targets as registry
 from mldeploy.deploy.base import Target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,15 +26,15 @@ def test_every_entry_names_a_target_class(entry):
 def test_the_readme_table_is_the_registrys():
     readme = (ROOT / "README.md").read_text()
     table = re.search(r"<!-- targets:start -->\n(.*?)\n<!-- targets:end -->", readme, re.S)
-    assert table and table.group(1) == registry.markdown_table(), "regenerate: python3 src/mldeploy/deploy/registry.py table"
+    assert table and table.group(1) == registry.markdown_table(), "regenerate: python3 src/mldeploy/targets.py table"
 
 
 def test_the_actions_install_every_targets_extra_and_nothing_else_is_needed_to_list_them():
     # scripts/action-setup.sh runs the file alone, before the kit is installed: standard library only
-    r = subprocess.run([sys.executable, "-I", str(SRC / "deploy" / "registry.py"), "extras"], capture_output=True,
+    r = subprocess.run([sys.executable, "-I", str(SRC / "targets.py"), "extras"], capture_output=True,
                        text=True, check=True, cwd="/")
     assert set(r.stdout.split()) == {e.extra for e in registry.BUILTIN if e.extra} | {"aws", "gcp", "azure"}
-    assert "registry.py\" extras" in (ROOT / "scripts" / "action-setup.sh").read_text()
+    assert "targets.py\" extras" in (ROOT / "scripts" / "action-setup.sh").read_text()
 
 
 def test_config_and_cli_take_their_choices_from_the_registry():
@@ -58,7 +58,7 @@ def test_no_module_branches_on_a_targets_name():
     found = []
     for path in SRC.rglob("*.py"):
         relative = path.relative_to(SRC).as_posix()
-        if relative.startswith("serve/") or relative in ("deploy/registry.py", "config.py"):
+        if relative.startswith("serve/") or relative in ("targets.py", "config.py"):
             continue
         text = path.read_text()
         for name, module in own.items():

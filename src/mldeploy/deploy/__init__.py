@@ -257,7 +257,7 @@ def target_for(cfg: Config, endpoint: str) -> Target:
 
 
 def target_class(deploy: DeploySection) -> type[Target]:
-    from mldeploy.deploy import registry
+    from mldeploy import targets as registry
 
     entry = registry.find(deploy.cloud, deploy.target)  # config validation allows only registered pairs
     cls: type[Target] = getattr(importlib.import_module(entry.module), entry.cls)

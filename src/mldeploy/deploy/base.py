@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from mldeploy.deploy import Desired, Guard, Plan, pick_canary, restoring, rollback_layout
-from mldeploy.deploy.registry import Capabilities, Entry
+from mldeploy.targets import Capabilities, Entry
 from mldeploy.errors import UsageError
 
 if TYPE_CHECKING:

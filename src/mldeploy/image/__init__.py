@@ -381,13 +381,13 @@ def default_tags(bundle: Bundle) -> list[str]:
 
 def registry_auth(registry: str) -> dict[str, str] | None:
     """Credentials for a push: MLDEPLOY_REGISTRY_USERNAME/PASSWORD, GITHUB_TOKEN for ghcr.io, a cloud
-    registry's short-lived token (ECR, Artifact Registry and gcr.io, ACR: deploy/registry.py), else
+    registry's short-lived token (ECR, Artifact Registry and gcr.io, ACR: targets.py), else
     None: the engine client's docker config (`docker login`, credential helpers). Always masked."""
     user, password = os.environ.get("MLDEPLOY_REGISTRY_USERNAME"), os.environ.get("MLDEPLOY_REGISTRY_PASSWORD")
     if not password and registry == "ghcr.io" and os.environ.get("GITHUB_TOKEN"):
         user, password = os.environ.get("GITHUB_ACTOR", "github-actions"), os.environ["GITHUB_TOKEN"]
     if not password:
-        from mldeploy.deploy.registry import registry_for
+        from mldeploy.targets import registry_for
 
         host = registry.lower()
         if (cloud := registry_for(host)) is None:
@@ -413,7 +413,7 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
     where it is: fine when it names this image, a warning when it names another."""
     registry = repository.split("/", 1)[0]
     auth = registry_auth(registry)
-    from mldeploy.deploy.registry import registry_for
+    from mldeploy.targets import registry_for
 
     if (cloud := registry_for(registry)) and cloud.ensure:  # ECR and Artifact Registry make no repository on push
         getattr(importlib.import_module(cloud.module), cloud.ensure)(repository)

@@ -3,9 +3,9 @@
 Records are JSON objects, one per line: the serving runtime's (src/mldeploy/serve/capture.py):
 capture-PID.jsonl and its rotated capture-PID.N.jsonl, {"time", "request_id", "model_version",
 "latency_ms", "inputs", "outputs"}; and each platform's own capture format that a target registers
-(deploy/registry.py `capture_reader`), its request bodies decoded as the server would decode them.
+(targets.py `capture_reader`), its request bodies decoded as the server would decode them.
 Sources: a folder (searched recursively for *.jsonl / *.json / *.ndjson), one file, or a URI of the
-object storage a cloud registers (deploy/registry.py STORAGE: s3://, gs://, Azure Blob https://). Files and objects are
+object storage a cloud registers (targets.py STORAGE: s3://, gs://, Azure Blob https://). Files and objects are
 read newest first, and lines from the end of each, until --max-records usable records are in (or
 MAX_BYTES were fetched), so the newest traffic is what is judged. A line that is not JSON is counted
 as corrupt, a record that does not fit the model's signature as mismatched; both are skipped.
@@ -93,7 +93,7 @@ def objects(source: str, region: str | None = None,
             max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, float, bytes]]:
     """(name, last modified as Unix time, bytes) of every capture file or object under `source`,
     newest first."""
-    from mldeploy.deploy import registry
+    from mldeploy import targets as registry
 
     parts = urlsplit(source)
     if storage := registry.storage_for(source):
@@ -233,7 +233,7 @@ def tensor(value: object, spec: TensorSpec, dtype: np.dtype, what: str) -> np.nd
 
 def capture_readers() -> list[Any]:
     """The decoders of the platforms' own capture formats, as the targets register them."""
-    from mldeploy.deploy import registry
+    from mldeploy import targets as registry
 
     found = []
     for entry in registry.entries():

@@ -1,4 +1,4 @@
-"""The one list of deploy targets: where each runs, the module and class that do it, the extra that
+"""The target registry, the one list of deploy targets: where each runs, the module and class that do it, the extra that
 installs its SDK, and what it can do. Everything that differs by target is derived from here:
 config validation, the CLI's choices, `target_for`, registry logins, capture readers, the actions'
 extras and the docs' target table. A target is its module (plus its fake in tests), one entry here
@@ -73,8 +73,8 @@ class Registry:
         return re.match(self.pattern, host.lower()) is not None
 
 
-_PLATFORM_AUTH = (("MLDEPLOY_API_KEYS_FILE", "in image.environment would answer 401 to {target}'s own calls, which "
-                                             "carry no key: the platform authenticates callers itself"),)
+_PLATFORM_AUTH = (("MLDEPLOY_API_KEYS_FILE", ("in image.environment would answer 401 to {target}'s own calls, which "
+                                              "carry no key: the platform authenticates callers itself")),)
 _ROLE = (("deploy.aws.role", "the ARN of the execution role it runs as (arn:aws:iam::<account>:role/<name>)"),)
 _SERVER_SETTINGS = r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|GRPC_PORT|" \
                    r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|(LIVENESS|READINESS|SCORING)_ROUTE)"
@@ -90,8 +90,8 @@ BUILTIN: tuple[Entry, ...] = (
     Entry("aws", "lambda", "mldeploy.deploy.lambda_", "LambdaTarget", "AWS Lambda container functions",
           "versions behind the alias `live` and its AdditionalVersionWeights", extra="aws",
           required=_ROLE, capabilities=Capabilities(pr_slots=False), settings="deploy.aws.lambda",
-          refused_environment=((_SERVER_SETTINGS, "does nothing on Lambda (one request at a time per execution "
-                                                  "environment, no HTTP server of ours): remove it"),)),
+          refused_environment=((_SERVER_SETTINGS, ("does nothing on Lambda (one request at a time per execution "
+                                                   "environment, no HTTP server of ours): remove it")),)),
     Entry("gcp", "vertex", "mldeploy.deploy.vertex", "VertexTarget", "Vertex AI endpoints",
           "deployed models and the endpoint's trafficSplit", extra="gcp",
           capabilities=Capabilities(api_keys=False), refused_environment=_PLATFORM_AUTH,
@@ -130,7 +130,7 @@ def entries() -> tuple[Entry, ...]:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         entry = point.load()
         if not isinstance(entry, Entry):
-            raise TypeError(f"entry point {point.name} ({point.value}) is not a mldeploy.deploy.registry.Entry")
+            raise TypeError(f"entry point {point.name} ({point.value}) is not a mldeploy.targets.Entry")
         found.append(entry)
     return tuple(found)
 
