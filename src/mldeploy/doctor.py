@@ -85,7 +85,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
         if not m or m.end() == pos:
             raise UsageError(f"attribute condition: cannot read {expression[pos:pos + 20]!r}",
                              hint="doctor reads assertion.X, ==, !=, &&, ||, !, ?:, startsWith, endsWith")
-        tokens.append(m.group(1) and ("str", m.group(1)[1:-1]) or m.group(2) and ("op", m.group(2))
+        tokens.append((m.group(1) and ("str", m.group(1)[1:-1])) or (m.group(2) and ("op", m.group(2)))
                       or ("name", m.group(3)))
         pos = m.end()
     tokens.append(("end", ""))
@@ -199,9 +199,9 @@ def _azure_allows(identity: dict, claims: dict) -> bool:
         if "subject" in credential and credential["subject"] == claims.get("sub"):
             return True
         expression = (credential.get("claimsMatchingExpression") or {}).get("value", "")
-        if m := re.fullmatch(r"claims\['sub'\] matches '([^']*)'", expression.strip()):
-            if fnmatch.fnmatchcase(str(claims.get("sub", "")), m[1]):
-                return True
+        m = re.fullmatch(r"claims\['sub'\] matches '([^']*)'", expression.strip())
+        if m and fnmatch.fnmatchcase(str(claims.get("sub", "")), m[1]):
+            return True
     return False
 
 

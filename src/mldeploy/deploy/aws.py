@@ -64,8 +64,13 @@ def error_code(err: Exception) -> str:
 @contextlib.contextmanager
 def translated(doing: str) -> Iterator[None]:
     """Turn botocore's errors into one line naming what we were doing and what to do."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                     NoRegionError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+    )
 
     try:
         yield
@@ -235,7 +240,7 @@ def metric_window(region: str | None, queries: dict[str, tuple[str, str, dict[st
     import datetime as dt
 
     period = max(60, int(-(-seconds // 60)) * 60)
-    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
     request = [{"Id": qid, "ReturnData": True, "MetricStat": {
         "Metric": {"Namespace": ns, "MetricName": metric, "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]},
         "Period": period, "Stat": stat}} for qid, (ns, metric, dims, stat) in queries.items()]
@@ -279,7 +284,7 @@ def cloudwatch_slot_stats(region: str | None, namespace: str, dims: dict[str, di
 
     invocations, errors, latency = metrics
     queries = {}
-    for i, (slot, d) in enumerate(dims.items()):
+    for i, d in enumerate(dims.values()):
         queries[f"s{i}_requests"] = (namespace, invocations, d, "Sum")
         queries[f"s{i}_errors"] = (namespace, errors, d, "Sum")
         queries[f"s{i}_p50"] = (namespace, latency, d, "p50")

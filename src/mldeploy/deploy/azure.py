@@ -237,8 +237,14 @@ def federation_help(text: str) -> str:
 def translated(doing: str) -> Iterator[None]:
     """Turn azure-core / azure-identity / azure-ai-ml errors into one line naming what we were doing."""
     from azure.ai.ml.exceptions import MlException
-    from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
-                                       ServiceRequestError, ServiceResponseError)
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
     from azure.identity import CredentialUnavailableError
 
     try:
@@ -418,7 +424,7 @@ def metric_series(subscription: str, resource_id: str, namespace: str, names: li
     from azure.core.exceptions import HttpResponseError
 
     minutes = max(1, int(-(-seconds // 60)))
-    end = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)  # whole minutes, as Azure keeps them
+    end = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)  # whole minutes, as Azure keeps them
     span = f"{(end - dt.timedelta(minutes=minutes)).isoformat()}/{end.isoformat()}".replace("+00:00", "Z")
     with translated(doing):
         try:

@@ -28,11 +28,9 @@ import json
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import github
-from typing import TYPE_CHECKING
-
 from mldeploy.deploy import Desired, NoCanary, Plan
 from mldeploy.deploy import azure as azure_cloud
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
@@ -379,8 +377,14 @@ class AzureMLTarget(Target):
     def _put_autoscale(self, deployment: str, deployment_id: str) -> None:
         from datetime import timedelta
 
-        from azure.mgmt.monitor.models import (AutoscaleProfile, AutoscaleSettingResource, MetricTrigger, ScaleAction,
-                                               ScaleCapacity, ScaleRule)
+        from azure.mgmt.monitor.models import (
+            AutoscaleProfile,
+            AutoscaleSettingResource,
+            MetricTrigger,
+            ScaleAction,
+            ScaleCapacity,
+            ScaleRule,
+        )
 
         s, name = self.settings, self._autoscale_name(deployment)
         rules = [ScaleRule(

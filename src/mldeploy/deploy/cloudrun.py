@@ -39,11 +39,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__
-from typing import TYPE_CHECKING
-
 from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
 from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
@@ -157,7 +155,7 @@ class CloudRunTarget(Target):
                 foreign.append(f"{t.tag or revision} {t.percent}%")
         if "production" not in slots and slots:
             foreign.append("no untagged production share")
-        for slot, entry in slots.items():
+        for entry in slots.values():
             rev = self._revision(entry["revision"])
             containers = list(rev.containers) if rev else []
             entry["image"] = containers[0].image if containers else None

@@ -185,7 +185,7 @@ def status_of(error: Exception) -> str:
     response = getattr(error, "response", None)
     try:
         status = response.json().get("error", {}).get("status") if response is not None else None
-    except Exception:  # noqa: BLE001 - a body that is not JSON
+    except Exception:  # a body that is not JSON
         status = None
     return status or str(getattr(error, "code", None) or type(error).__name__)
 
@@ -304,7 +304,7 @@ def doctor(deploy: DeploySection, probes: dict[str, Callable[[Any, str, str], No
     try:
         location = region(deploy)
     except UsageError as e:
-        return rows + [("region", False, e.describe())]
+        return [*rows, ("region", False, e.describe())]
     parent = f"projects/{chosen}/locations/{location}"
     for permission, probe in probes.items():
         try:
@@ -363,7 +363,7 @@ def time_series(project_id: str, query: str, seconds: float, group_by: list[str]
     from google.cloud.monitoring_v3 import ListTimeSeriesResponse
 
     period = max(60, int(-(-seconds // 60)) * 60)
-    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     params: dict[str, Any] = {
         "filter": query, "interval.startTime": (end - dt.timedelta(seconds=period)).strftime(stamp),

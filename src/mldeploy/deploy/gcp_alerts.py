@@ -5,9 +5,7 @@ through the Monitoring REST API v3 (deploy/gcp.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import gcp
 

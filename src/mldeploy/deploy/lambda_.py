@@ -33,8 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import Conflict, Desired, NoCanary, Plan, restoring
 from mldeploy.deploy import aws as aws_cloud
-from mldeploy.deploy.aws import (ECR_HOST, alarm_spec, bake, client, digest_of, ecr_has_image, resource_name, tags,
-                                 translated)
+from mldeploy.deploy.aws import (
+    ECR_HOST,
+    alarm_spec,
+    bake,
+    client,
+    digest_of,
+    ecr_has_image,
+    resource_name,
+    tags,
+    translated,
+)
 from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
 

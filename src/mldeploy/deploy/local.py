@@ -25,10 +25,10 @@ import os
 import secrets
 import tarfile
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -397,7 +397,7 @@ class LocalTarget(Target):
 
         port = self.port
         slots = ("production", "canary")
-        before = {s: self._scrape(s) for s in slots} if window > 0 else {s: None for s in slots}
+        before = {s: self._scrape(s) for s in slots} if window > 0 else dict.fromkeys(slots)
         started = time.time() if window > 0 else 0.0
         deadline = time.monotonic() + window
         while (left := deadline - time.monotonic()) > 0:  # short steps: Ctrl-C and a timeout act at once
@@ -470,7 +470,7 @@ class LocalTarget(Target):
         try:
             containers = engine().containers.list(filters={"label": [f"dev.mldeploy.endpoint={endpoint}",
                                                                      "dev.mldeploy.slot"]})
-        except Exception as e:  # noqa: BLE001 - no engine here is a note, not a failure
+        except Exception as e:  # no engine here is a note, not a failure
             containers = None
             result.notes.append(f"no Docker engine answered ({getattr(e, 'message', type(e).__name__)}), so the "
                                 "slots' capture was not checked")

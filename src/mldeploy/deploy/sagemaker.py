@@ -21,14 +21,22 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import Desired, Plan, canary_shares
 from mldeploy.deploy import aws as aws_cloud
-from mldeploy.deploy.aws import (alarm_spec, bake, client, digest_of, ecr_has_image, error_code, resource_name,
-                                 tag_list, tags, translated)
+from mldeploy.deploy.aws import (
+    alarm_spec,
+    bake,
+    client,
+    digest_of,
+    ecr_has_image,
+    error_code,
+    resource_name,
+    tag_list,
+    tags,
+    translated,
+)
 from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.errors import CheckFailed, UsageError
 
@@ -143,7 +151,7 @@ class SageMakerTarget(Target):
         plan = Plan(self.name, d, traffic_before={s: e["weight"] for s, e in slots.items()}, traffic_after=share)
         same_images = {s: e["image"] for s, e in slots.items()} == images
         plan.state = {"current": current, "images": images, "weights_only": bool(current) and same_images}
-        for slot, image in images.items():
+        for image in images.values():
             if not self._exists("describe_model", ModelName=self._model_name(image)):
                 plan.add("create", f"sagemaker model {self._model_name(image)}", "image", new=image)
         for name in self._alarm_names(images):

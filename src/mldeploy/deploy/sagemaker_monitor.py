@@ -244,8 +244,9 @@ def _exists(sm, call: str, **kwargs: str) -> dict[str, Any] | None:
 # -- data capture ----------------------------------------------------------------------------------------
 class CapturedRecords:
     """SageMaker data-capture records ({"captureData": {"endpointInput": {"data", "encoding", ...},
-    "endpointOutput": ...}, "eventMetadata": ...}, written to S3 when an endpoint's DataCaptureConfig is on): the request body decoded as the server decodes it (so every body
-    form the server accepts is read), the response body as the server writes it."""
+    "endpointOutput": ...}, "eventMetadata": ...}, written to S3 when an endpoint's DataCaptureConfig is on): the
+    request body decoded as the server decodes it (so every body form the server accepts is read), the response
+    body as the server writes it."""
 
     kind = "sagemaker"
 

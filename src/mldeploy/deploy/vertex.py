@@ -33,11 +33,9 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import github
-from typing import TYPE_CHECKING
-
 from mldeploy.deploy import Desired, Plan, canary_shares, gcp
 from mldeploy.deploy.base import Slot, Status, Target
 from mldeploy.deploy.gcp import translated

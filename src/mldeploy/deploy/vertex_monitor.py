@@ -77,7 +77,7 @@ def _job(v1, cfg, endpoint: str, current: dict[str, Any]):
     baseline = load_baseline(cfg)
     inputs = sorted({f["input"] for f in baseline["features"]}) if baseline else []
     drift = v1.ModelMonitoringObjectiveConfig.PredictionDriftDetectionConfig(
-        drift_thresholds={name: threshold for name in inputs}, default_drift_threshold=threshold)
+        drift_thresholds=dict.fromkeys(inputs, threshold), default_drift_threshold=threshold)
     objectives = [v1.ModelDeploymentMonitoringObjectiveConfig(
         deployed_model_id=slot["id"],
         objective_config=v1.ModelMonitoringObjectiveConfig(prediction_drift_detection_config=drift))

@@ -99,7 +99,7 @@ def is_categorical(values: np.ndarray) -> bool:
 
 def numeric_stats(values: np.ndarray, bins: int, rng: np.random.Generator) -> dict[str, Any]:
     good = finite(values)
-    stats: dict[str, Any] = {"kind": "numeric", "count": int(len(values)), "missing": int(len(values) - len(good))}
+    stats: dict[str, Any] = {"kind": "numeric", "count": len(values), "missing": int(len(values) - len(good))}
     if not len(good):
         return {**stats, "mean": None, "std": None, "min": None, "max": None, "quantiles": {},
                 "histogram": None, "sample": []}
@@ -122,7 +122,7 @@ def categorical_stats(values: np.ndarray) -> dict[str, Any]:
     rest = int(counts[order[TOP_CATEGORIES:]].sum())
     if rest:
         top[OTHER] = rest / total
-    return {"kind": "categorical", "count": int(len(values)), "missing": 0, "categories": top}
+    return {"kind": "categorical", "count": len(values), "missing": 0, "categories": top}
 
 
 def describe(features: Iterable[tuple[str, str, int | None, np.ndarray]], bins: int, seed: int = 0) -> list[dict]:
@@ -181,7 +181,7 @@ def compute(bundle: Bundle, data: str | os.PathLike, bins: int = 10) -> dict[str
         "signature_sha256": signature_sha256(bundle),
         "model_sha256": bundle.manifest.get("model", {}).get("sha256"),
         "source": {"data": str(data), "data_sha256": sha256_file(data), "bins": bins},
-        "records": int(len(next(iter(arrays.values())))),
+        "records": len(next(iter(arrays.values()))),
         "features": describe(input_features(signature, arrays), bins),
         "predictions": describe(prediction_features(predict(bundle, arrays)), bins),
     }

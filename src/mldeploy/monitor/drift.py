@@ -37,7 +37,7 @@ def numeric(feature: dict[str, Any], values: np.ndarray, psi_limit: float, ks_li
     from scipy.stats import ks_2samp
 
     good = base.finite(values)
-    result: dict[str, Any] = {"rows": int(len(values)), "missing": int(len(values) - len(good))}
+    result: dict[str, Any] = {"rows": len(values), "missing": int(len(values) - len(good))}
     if feature.get("histogram") is None or not len(good):
         return {**result, "psi": None, "ks_pvalue": None, "status": "no data"}
     hist = feature["histogram"]
@@ -66,7 +66,7 @@ def categorical(feature: dict[str, Any], values: np.ndarray, psi_limit: float, c
     e = np.array([expected.get(k, 0.0) for k in names])
     a = np.array([seen.get(k, 0) for k in names], np.float64)
     total = a.sum()
-    result: dict[str, Any] = {"rows": int(len(values)), "missing": 0}
+    result: dict[str, Any] = {"rows": len(values), "missing": 0}
     if not total:
         return {**result, "psi": None, "chi2_pvalue": None, "js": None, "status": "no data"}
     smoothed = np.maximum(e, EPSILON)
@@ -232,7 +232,7 @@ def chart(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     limit = report["thresholds"]["psi"]
-    top = max(max(r["psi"] for r in rows), limit) * 1.1
+    top = max(*(r["psi"] for r in rows), limit) * 1.1
     names = ", ".join('"' + r["name"].replace('"', "'") + '"' for r in rows)
     return "\n".join(["```mermaid", "xychart-beta", f'    title "PSI per feature (threshold {limit:g})"',
                       f"    x-axis [{names}]", f'    y-axis "PSI" 0 --> {math.ceil(top * 100) / 100:g}',
