@@ -114,8 +114,8 @@ def git_info(where: str | os.PathLike) -> dict[str, Any] | None:
                                     capture_output=True, text=True, timeout=10, check=False).stdout.strip())
         return {"sha": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
-        sha = os.environ.get("GITHUB_SHA")
-        return {"sha": sha, "dirty": None} if sha else None
+        env_sha = os.environ.get("GITHUB_SHA")
+        return {"sha": env_sha, "dirty": None} if env_sha else None
 
 
 def last_step(steps: list[dict[str, Any]], name: str) -> int | None:

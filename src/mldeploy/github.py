@@ -11,6 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 
 def in_actions() -> bool:
@@ -78,11 +79,11 @@ def annotate(level: str, message: str, *, file: str | None = None, line: int | N
     print(f"::{level}{sep}::{_escape_data(message)}", flush=True)
 
 
-def error(message: str, **kw) -> None:
+def error(message: str, **kw: Any) -> None:
     annotate("error", message, **kw)
 
 
-def warning(message: str, **kw) -> None:
+def warning(message: str, **kw: Any) -> None:
     annotate("warning", message, **kw)
 
 
@@ -138,7 +139,7 @@ def upsert_comment(pr: int, body: str, marker: str) -> str:
                          hint="pass `GITHUB_TOKEN: ${{ github.token }}` in the step's env")
     mask(token)
 
-    def call(method: str, path: str, data: dict | None = None, app_refuses: bool = False):
+    def call(method: str, path: str, data: dict | None = None, app_refuses: bool = False) -> Any:
         request = urllib.request.Request(
             api + path, None if data is None else json.dumps(data).encode(), method=method,
             headers={"authorization": f"Bearer {token}", "accept": "application/vnd.github+json",

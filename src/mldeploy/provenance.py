@@ -23,6 +23,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from typing import Any
 
 from mldeploy.errors import CheckFailed, UsageError
 
@@ -75,7 +76,7 @@ def _statement(attestation: dict) -> dict | None:
     return statement if isinstance(statement, dict) else None
 
 
-def _get(value, *keys):
+def _get(value: Any, *keys: str) -> Any:
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
     return value

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from mldeploy import __version__, github
@@ -26,6 +27,9 @@ from mldeploy.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Bundle
 from mldeploy.errors import UsageError
 from mldeploy.image.reproducible import normalize
 from mldeploy.image.sbom import SBOM_FILE, cyclonedx
+
+if TYPE_CHECKING:
+    import docker
 
 RUNTIME = ("onnxruntime", "numpy", "orjson", "uvloop", "httptools", "grpcio", "protobuf", "typing-extensions")
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "Dockerfile.j2"
@@ -41,7 +45,7 @@ class Built:
     labels: dict[str, str]
 
 
-def engine():
+def engine() -> docker.DockerClient:
     """A Docker client for DOCKER_HOST (or the default socket), or a UsageError saying how to get one."""
     import docker  # the image step's own dependency (extra `image`)
 
@@ -66,7 +70,7 @@ def image_manifest(bundle: Bundle) -> dict:
     """The manifest an image carries: the model's lineage without earlier builds, which are not this
     image's history, and without what differs between runs, so an unchanged model builds the same image."""
 
-    def lineage(value):
+    def lineage(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: lineage(v) for k, v in value.items() if k not in UNREPRODUCIBLE}
         return [lineage(v) for v in value] if isinstance(value, list) else value
@@ -162,13 +166,15 @@ def runtime_wheels(dest: Path) -> list[str]:
                                             + "\n" for n in missing), encoding="utf-8")
             _pip("download", "--no-deps", "--require-hashes", *PLATFORM, "--dest", str(Path(tmp, "got")),
                  "-r", str(requirements))
-            for wheel in Path(tmp, "got").glob("*.whl"):
-                shutil.move(wheel, WHEEL_CACHE / wheel.name)
+            for fetched in Path(tmp, "got").glob("*.whl"):
+                shutil.move(fetched, WHEEL_CACHE / fetched.name)
         wheels = {name: _cached(name, version, hashes) for name, (version, hashes) in pins.items()}
-    for name, wheel in wheels.items():
-        if wheel is None:  # pip verified what it fetched: this is a bug, or a cache changed under us
+    found: list[Path] = []
+    for name, cached in wheels.items():
+        if cached is None:  # pip verified what it fetched: this is a bug, or a cache changed under us
             raise UsageError(f"wheel cache: no wheel of {name}=={pins[name][0]} with a hash runtime.lock lists")
-    for wheel in [*wheels.values(), _mldeploy_wheel()]:
+        found.append(cached)
+    for wheel in [*found, _mldeploy_wheel()]:
         shutil.copy2(wheel, dest / wheel.name)
     return [f"{name}=={version}" for name, (version, _) in pins.items()] + [f"mldeploy=={__version__}"]
 
@@ -315,7 +321,7 @@ def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | 
     return Built(image_id, tag, int(image.attrs.get("Size", 0)), image.labels or {})
 
 
-def _ensure_base(client, base: str, dockerfile: str | None) -> None:
+def _ensure_base(client: docker.DockerClient, base: str, dockerfile: str | None) -> None:
     import docker
 
     if dockerfile:
@@ -334,7 +340,7 @@ def _ensure_base(client, base: str, dockerfile: str | None) -> None:
                               "scripts/docker-up.sh builds one offline") from None
 
 
-def _docker_build(client, context: Path, tag: str, extra_labels: dict[str, str] | None, cache: bool = True) -> str:
+def _docker_build(client: docker.DockerClient, context: Path, tag: str, extra_labels: dict[str, str] | None, cache: bool = True) -> str:
     """Build with the engine's own builder, output folded; a failing step is shown and exits 2."""
     step = "a build step"
     image_id = None
@@ -404,7 +410,7 @@ def registry_auth(registry: str) -> dict[str, str] | None:
     return {"username": user or "oauth2accesstoken", "password": password}
 
 
-def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
+def push(client: docker.DockerClient, tag: str, repository: str, tags: list[str]) -> Pushed:
     """Push every tag; returns the digest the registry computed (later steps deploy it, never a tag).
 
     Immutable repositories (ECR's default, ours included) refuse a tag that exists, even on the
@@ -451,7 +457,7 @@ def push(client, tag: str, repository: str, tags: list[str]) -> Pushed:
 IMMUTABLE_TAG = re.compile(r"cannot be overwritten|immutable", re.IGNORECASE)
 
 
-def _remote_digest(client, reference: str, auth: dict | None) -> str | None:
+def _remote_digest(client: docker.DockerClient, reference: str, auth: dict | None) -> str | None:
     import docker
 
     try:

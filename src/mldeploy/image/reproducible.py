@@ -17,9 +17,13 @@ import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from mldeploy.bundle import sha256_file
 from mldeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    import docker
 
 
 def source_date_epoch() -> int:
@@ -29,7 +33,7 @@ def source_date_epoch() -> int:
     return int(value)
 
 
-def normalize(client, image_id: str, base_layers: list[str], tag: str) -> str:
+def normalize(client: docker.DockerClient, image_id: str, base_layers: list[str], tag: str) -> str:
     """The id of `image_id` made reproducible (and tagged `tag`): layers after `base_layers` rewritten."""
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="mldeploy-reproducible-") as tmp:
@@ -39,16 +43,16 @@ def normalize(client, image_id: str, base_layers: list[str], tag: str) -> str:
             for chunk in client.api.get_image(image_id):
                 f.write(chunk)
         with tarfile.open(saved) as src, tarfile.open(out, "w") as dst:
-            manifest = json.load(src.extractfile("manifest.json"))[0]
-            config = json.load(src.extractfile(manifest["Config"]))
+            manifest = json.load(_member(src, "manifest.json"))[0]
+            config = json.load(_member(src, manifest["Config"]))
             diff_ids, paths = [], []
             for i, (path, diff_id) in enumerate(zip(manifest["Layers"], config["rootfs"]["diff_ids"])):
                 if i < len(base_layers) and diff_id == base_layers[i]:
                     paths.append(f"{diff_id.split(':')[1]}/layer.tar")
-                    _add(dst, paths[-1], src.extractfile(path), src.getmember(path).size)
+                    _add(dst, paths[-1], _member(src, path), src.getmember(path).size)
                 else:
                     rewritten = work / f"layer-{i}.tar"
-                    _rewrite_layer(src.extractfile(path), rewritten, epoch)
+                    _rewrite_layer(_member(src, path), rewritten, epoch)
                     diff_id = "sha256:" + sha256_file(rewritten)
                     paths.append(f"{diff_id.split(':')[1]}/layer.tar")
                     with rewritten.open("rb") as layer:
@@ -66,7 +70,15 @@ def normalize(client, image_id: str, base_layers: list[str], tag: str) -> str:
     return "sha256:" + config_file.removesuffix(".json")
 
 
-def _rewrite_layer(fileobj, dest: Path, epoch: int) -> None:
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    """A regular file of the saved image (a missing one raises KeyError, as extractfile does)."""
+    f = tar.extractfile(name)
+    if f is None:
+        raise KeyError(f"{name} is not a regular file in the saved image")
+    return f
+
+
+def _rewrite_layer(fileobj: IO[bytes], dest: Path, epoch: int) -> None:
     with tarfile.open(fileobj=fileobj, mode="r|") as src, \
             tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as dst:
         for member in src:
@@ -86,7 +98,7 @@ def _normalize_config(config: dict, diff_ids: list[str], epoch: int) -> None:
     config["rootfs"]["diff_ids"] = diff_ids
 
 
-def _add(dst: tarfile.TarFile, name: str, fileobj, size: int) -> None:
+def _add(dst: tarfile.TarFile, name: str, fileobj: IO[bytes], size: int) -> None:
     info = tarfile.TarInfo(name)
     info.size = size
     dst.addfile(info, fileobj)

@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +25,12 @@ from mldeploy.config import Config, OptimizeSection
 from mldeploy.errors import CheckFailed
 from mldeploy.optimize import evaluate
 from mldeploy.optimize.candidates import ALL, Context, NotApplicable, auto_names, op_types
+from mldeploy.optimize.evaluate import Arrays
 from mldeploy.optimize.report import publish
 from mldeploy.optimize.select import budget_failures, choose, metric_drop
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 FP32_FILE = "model.fp32.onnx"
 CALIBRATION_ROWS = 256
@@ -74,7 +79,7 @@ def optimize(cfg: Config, *, bundle_dir: str | None = None, force: bool = False)
         rows = []
         for name in names:
             candidate, out = ALL[name], work / f"{name}.onnx"
-            row = {"name": name, "gpu_only": candidate.gpu_only, "report_only": candidate.report_only}
+            row: dict[str, Any] = {"name": name, "gpu_only": candidate.gpu_only, "report_only": candidate.report_only}
             try:
                 with github.group(f"optimize: {name}"):
                     facts = candidate.make(base, out, ctx)
@@ -115,7 +120,7 @@ def _require_improvement(report: dict, settings: OptimizeSection) -> None:
                           hint="require_improvement is set; relax the budget or try other candidates")
 
 
-def _data(settings: OptimizeSection, signature: Signature, cfg: Config):
+def _data(settings: OptimizeSection, signature: Signature, cfg: Config) -> tuple[Arrays, np.ndarray | None, str]:
     if settings.data:
         inputs = data_io.load(settings.data, signature.inputs)
         labels = data_io.load_labels(settings.data, settings.labels_key, _count(inputs))
@@ -138,7 +143,7 @@ def _batches(arrays: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndar
     return [{k: v[i:i + size] for k, v in arrays.items()} for i in range(0, n, size)]
 
 
-def _key(base: Path, settings: OptimizeSection, inputs, labels) -> str:
+def _key(base: Path, settings: OptimizeSection, inputs: Arrays, labels: np.ndarray | None) -> str:
     h = hashlib.sha256(sha256_file(base).encode())
     h.update(json.dumps({"settings": settings.model_dump(), "tools": tool_versions(), "isa": evaluate.cpu()["isa"]},
                         sort_keys=True).encode())  # another CPU class may choose another candidate
@@ -149,7 +154,8 @@ def _key(base: Path, settings: OptimizeSection, inputs, labels) -> str:
     return h.hexdigest()
 
 
-def _measure(name: str, path: Path, inputs, reference, labels, settings: OptimizeSection, n_threads: int,
+def _measure(name: str, path: Path, inputs: Arrays, reference: list[np.ndarray] | None, labels: np.ndarray | None,
+             settings: OptimizeSection, n_threads: int,
              single: int, signature: Signature | None = None) -> dict:
     start = time.perf_counter()
     sess = evaluate.session(path, n_threads)
@@ -166,10 +172,10 @@ def _measure(name: str, path: Path, inputs, reference, labels, settings: Optimiz
             "p95_batch_ms": at_batch.p95_ms, "accuracy": accuracy, "budget_failures": [], "_outputs": outputs}
 
 
-def _same_interface(sess, signature: Signature) -> None:
+def _same_interface(sess: ort.InferenceSession, signature: Signature) -> None:
     """A candidate must keep the bundle's inputs and outputs (names and dtypes) exactly."""
 
-    def shape(values):
+    def shape(values: list[Any]) -> list[tuple[str, str]]:
         return [(v.name, v.type) for v in values]
 
     want_in = [(t.name, f"tensor({_ort_type(t.dtype)})") for t in signature.inputs]

@@ -87,7 +87,7 @@ def auto_names(ops: set[str], device: str) -> list[str]:
     return names
 
 
-def _graph_optimized(level_name: str):
+def _graph_optimized(level_name: str) -> Callable[[Path, Path, Context], dict]:
     def make(src: Path, dst: Path, ctx: Context) -> dict:
         import onnxruntime as ort
 
@@ -142,7 +142,7 @@ def _static_int8(src: Path, dst: Path, ctx: Context) -> dict:
         def __init__(self, batches: list[Arrays]):
             self.batches = iter(batches)
 
-        def get_next(self):
+        def get_next(self) -> Arrays | None:
             return next(self.batches, None)
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -8,10 +8,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mldeploy.data import rows
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 Arrays = dict[str, np.ndarray]
 
@@ -46,7 +50,7 @@ def cpu() -> dict:
     return {"model": model or platform.processor() or platform.machine(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
-def session(path: Path, n_threads: int):
+def session(path: Path, n_threads: int) -> ort.InferenceSession:
     """Identical options for every candidate, so that only the model differs."""
     import onnxruntime as ort
 
@@ -61,7 +65,7 @@ def session(path: Path, n_threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_batched(sess, data: Arrays, batch: int) -> list[np.ndarray]:
+def run_batched(sess: ort.InferenceSession, data: Arrays, batch: int) -> list[np.ndarray]:
     n = len(next(iter(data.values())))
     parts = [sess.run(None, {k: v[i:i + batch] for k, v in data.items()}) for i in range(0, n, batch)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
@@ -74,7 +78,7 @@ class Latency:
     runs: int
 
 
-def latency(sess, data: Arrays, batch: int, seconds: float) -> Latency:
+def latency(sess: ort.InferenceSession, data: Arrays, batch: int, seconds: float) -> Latency:
     """Warm up, then time single runs at this batch for about `seconds` (10 runs at least)."""
     feed = rows(data, batch)
     for _ in range(3):
@@ -107,7 +111,7 @@ def accuracy(reference: list[np.ndarray], candidate: list[np.ndarray], labels: n
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cos = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1), 1.0)
         cosines.append(float(cos.mean()))
-    out = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "cosine_similarity": min(cosines)}
+    out: dict[str, Any] = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "cosine_similarity": min(cosines)}
     first_ref, first = reference[0], candidate[0]
     if is_classification(first_ref):
         out["top1_agreement"] = float((first_ref.argmax(1) == first.argmax(1)).mean())
@@ -131,7 +135,7 @@ def task_metric(output: np.ndarray, labels: np.ndarray, task: str) -> dict:
     return {"name": "rmse", "value": float(np.sqrt(np.mean(err ** 2)))}
 
 
-def side_by_side(sess_a, sess_b, data: Arrays, batch: int, seconds: float) -> float:
+def side_by_side(sess_a: ort.InferenceSession, sess_b: ort.InferenceSession, data: Arrays, batch: int, seconds: float) -> float:
     """p50(a) / p50(b), from runs that alternate a and b, so that drift on a noisy machine hits both."""
     feed = rows(data, batch)
     for sess in (sess_a, sess_b):
