@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,8 @@ from mldeploy import __version__, github
 from mldeploy.errors import EXIT_BUG, CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:
+    from mldeploy.bundle import Bundle
+    from mldeploy.config import Config
     from mldeploy.deploy.base import Status, Target
 
 EPILOG = """exit codes: 0 done, 1 a check failed, 2 bad usage/config/input, 3 a bug in mldeploy
@@ -370,7 +372,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     report = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
                             repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
                             environment=cfg.image.environment, push_image=args.push, cache=not args.no_cache)
-    size_mb = f"{report['size'] / 1e6:.0f} MB"
+    size = report["size"]
+    assert isinstance(size, int)  # the image's size in bytes, as the engine reports it
+    size_mb = f"{size / 1e6:.0f} MB"
     github.set_output("image", report["image"])
     github.set_output("digest", report.get("digest", ""))
     github.set_output("image-size", report["size"])
@@ -378,14 +382,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target(args: argparse.Namespace):
+def _target(args: argparse.Namespace) -> tuple[Config, Bundle | None, Target]:
     from mldeploy.deploy import target_for
 
     cfg, bundle, endpoint = _where(args)
     return cfg, bundle, target_for(cfg, endpoint)
 
 
-def _where(args: argparse.Namespace, more: dict | None = None):
+def _where(args: argparse.Namespace, more: dict[str, object] | None = None) -> tuple[Config, Bundle | None, str]:
     """The config with the `where` flags (and `more` overrides) applied, the bundle when it was
     needed, and the endpoint name."""
     from mldeploy.config import load_config, require_deploy_keys
@@ -411,7 +415,7 @@ def _pr_number() -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def _model_name(bundle) -> str:
+def _model_name(bundle: Bundle) -> str:
     from mldeploy.image import _model_name as name
 
     return name(bundle)
@@ -430,6 +434,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from mldeploy.trust import check_pull_request
 
     cfg, bundle, target = _target(args)
+    assert bundle is not None  # a deploy always opens the bundle
     image = args.image or next((s.get("image") for s in reversed(bundle.manifest["steps"])
                                 if s.get("step") == "build"), None)
     if not image or "@sha256:" not in image:
@@ -494,8 +499,8 @@ def cmd_slots(args: argparse.Namespace) -> int:
     return 0
 
 
-def _truth(target: Target, command: Callable[[], Status | None], expect: dict[str, str | None],
-           expect_on_failure: dict[str, str | None], verb: str | None = None,
+def _truth(target: Target, command: Callable[[], Status | None], expect: Mapping[str, str | None],
+           expect_on_failure: Mapping[str, str | None], verb: str | None = None,
            record: Callable[[Status], None] | None = None) -> Status:
     """Run the command (deploy, promote, rollback, teardown), then read back every slot whatever it did:
     exit 1 naming the slot when it does not serve what it should, or is unhealthy. What is printed and
@@ -565,8 +570,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mldeploy.config import load_config
     from mldeploy.pipeline import run
 
-    report = run(load_config(args.config), promote=args.promote)
-    _print_status(report)
+    status, report = run(load_config(args.config), promote=args.promote)
+    _print_status(status)
     github.set_output("image", report["image"])
     return 0
 

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -34,14 +34,18 @@ from mldeploy import targets as registry
 from mldeploy.errors import UsageError
 from mldeploy.serve.settings import check_environment
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+SCHEMA_VERSION: Final = 1
 DEFAULT_CONFIG_FILE = "mldeploy.yaml"
 ENV_PREFIX = "MLDEPLOY_"
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
 # Keys whose values are file paths, resolved against the config file's folder.
-PATH_KEYS = (("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
-             ("monitoring", "baseline"), ("monitoring", "drift", "capture"))  # a capture URI (s3://...) stays as is
+PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
+    ("monitoring", "baseline"), ("monitoring", "drift", "capture"))  # a capture URI (s3://...) stays as is
 
 
 class Section(BaseModel):
@@ -118,8 +122,9 @@ class ParitySection(Section):
                             "none (batch consistency only); auto is ort.")
 
 
-CANDIDATES = ("ort-basic", "ort-extended", "onnxslim", "dynamic-int8", "static-int8", "fp16",
-              "transformer-fusion", "prune")
+Candidate = Literal["ort-basic", "ort-extended", "onnxslim", "dynamic-int8", "static-int8", "fp16",
+                    "transformer-fusion", "prune"]
+CANDIDATES: tuple[Candidate, ...] = get_args(Candidate)
 
 
 class BudgetSection(Section):
@@ -139,7 +144,7 @@ class OptimizeSection(Section):
         "latency", description="latency: fastest at batch_size within budget; size: smallest within budget.")
     require_improvement: bool = Field(False, description="Exit 1 when no candidate beats fp32.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="What the model will serve on; fp16 is GPU only.")
-    candidates: Literal["auto"] | list[Literal[CANDIDATES]] = Field(
+    candidates: Literal["auto"] | list[Candidate] = Field(
         "auto", description="Candidates to try; auto picks by model type: " + ", ".join(CANDIDATES) + ".")
     data: str | None = Field(None, description="Calibration/evaluation inputs (.npz, .npy, .jsonl); "
                                                "an .npz may hold `labels` too. Default: generated.")
@@ -360,7 +365,7 @@ class AzureSection(Section):
 
 class DeploySection(Section):
     cloud: str = Field("local", description="Where: " + ", ".join(registry.clouds()) + ".",
-                       json_schema_extra={"enum": registry.clouds()})
+                       json_schema_extra={"enum": list(registry.clouds())})
     target: str | None = Field(None, validate_default=True, description="Per cloud (the first is the default): " + "; ".join(
         f"{c} {'|'.join(registry.targets_of(c))}" for c in registry.clouds()) + ".")
     endpoint: str | None = Field(None, description="Endpoint/service name (default: the model's name).")
@@ -561,7 +566,7 @@ def _refuse_aliases(text: str, path: Path) -> None:
                              line=event.start_mark.line + 1, hint="write the values out")
 
 
-def _read_yaml(path: Path):
+def _read_yaml(path: Path) -> dict[Any, Any]:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -720,7 +725,7 @@ def check_files(cfg: Config, path: str | os.PathLike | None = None) -> list[str]
     return checked
 
 
-def _describe(err: dict, raw: Any, file: Path | None, origin: dict) -> tuple[str | None, int | None, str]:
+def _describe(err: ErrorDetails, raw: Any, file: Path | None, origin: dict) -> tuple[str | None, int | None, str]:
     loc = tuple(err["loc"])
     key = ".".join(str(k) for k in loc) or "(top level)"
     found = err.get("input")
@@ -751,7 +756,8 @@ def _schema_keys(loc: tuple) -> list[str]:
         ann = field.annotation
         inner = getattr(ann, "__args__", None)
         candidates = [ann, *(inner or ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if section is None:
             return []
+        model = section
     return list(model.model_fields)

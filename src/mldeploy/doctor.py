@@ -79,7 +79,8 @@ _TOKEN = re.compile(r"\s*(?:('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")|(==|!=|&&|\
 
 
 def cel(expression: str, assertion: dict[str, Any]) -> Any:
-    tokens, pos = [], 0
+    tokens: list[tuple[str, str]] = []
+    pos = 0
     while pos < len(expression.rstrip()):
         m = _TOKEN.match(expression, pos)
         if not m or m.end() == pos:
@@ -94,7 +95,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
     def peek(value: str) -> bool:
         return tokens[at][1] == value and tokens[at][0] == "op"
 
-    def take(value: str | None = None):
+    def take(value: str | None = None) -> tuple[str, str]:
         nonlocal at
         token = tokens[at]
         if value is not None and token != ("op", value):
@@ -102,7 +103,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
         at += 1
         return token
 
-    def ternary():
+    def ternary() -> Any:
         test = either()
         if peek("?"):
             take("?")
@@ -112,7 +113,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
             return yes if test else no
         return test
 
-    def either():
+    def either() -> Any:
         value = both()
         while peek("||"):
             take()
@@ -120,7 +121,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
             value = value or right
         return value
 
-    def both():
+    def both() -> Any:
         value = unary()
         while peek("&&"):
             take()
@@ -128,7 +129,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
             value = value and right
         return value
 
-    def unary():
+    def unary() -> Any:
         if peek("!"):
             take()
             return not unary()
@@ -140,7 +141,7 @@ def cel(expression: str, assertion: dict[str, Any]) -> Any:
                 return (left == right) if op == "==" else (left != right)
         return left
 
-    def primary():
+    def primary() -> Any:
         kind, value = take()
         if kind == "str":
             result: Any = value
@@ -259,13 +260,14 @@ def check(trust: dict, claims: dict, identity: str | None = None) -> list[str]:
 
 
 def load_trust(path: str) -> dict:
-    import yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
     try:
-        trust = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        trust = YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise UsageError(f"cannot read the trust file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
+    except YAMLError as e:
         raise UsageError(f"{path} is not YAML/JSON: {str(e).splitlines()[0]}") from None
     if not isinstance(trust, dict) or trust.get("cloud") not in ("aws", "gcp", "azure") \
             or not isinstance(trust.get("identities"), dict) or not set(trust["identities"]) <= set(IDENTITIES):

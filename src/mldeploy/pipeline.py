@@ -13,7 +13,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import github
 from mldeploy.config import Config, require_deploy_keys
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 SMOKE_REQUESTS = 200
 
 
-def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
+def run(cfg: Config, *, promote: bool = False) -> tuple[Status, dict[str, Any]]:
     from mldeploy.bundle import Bundle
     from mldeploy.convert import convert
     from mldeploy.deploy import Desired, smoke_body, target_for
@@ -38,7 +39,7 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
     started = time.monotonic()
     timings: dict[str, float] = {}
 
-    def step(name: str):
+    def step(name: str) -> AbstractContextManager[None]:
         print(f"[{len(timings) + 1}/{len(steps)}] {name} ...", flush=True)
         timings[name] = time.monotonic()
         return github.group(name)
@@ -90,8 +91,8 @@ def run(cfg: Config, *, promote: bool = False) -> dict[str, object]:
         print(f"[{len(steps)}/{len(steps)}] promote: nothing to promote (this deploy went straight to production)")
     total = time.monotonic() - started
     print(f"pipeline done in {total:.1f} s; endpoint {report.url}")
-    return {**report.to_dict(), "image": built["image"], "seconds": round(total, 1),
-            "timings": {k: round(v, 1) for k, v in timings.items()}}
+    return report, {**report.to_dict(), "image": built["image"], "seconds": round(total, 1),
+                    "timings": {k: round(v, 1) for k, v in timings.items()}}
 
 
 def _production_serves(status: Status) -> None:

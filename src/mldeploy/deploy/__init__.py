@@ -12,7 +12,7 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -182,7 +182,7 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def read_back_problems(status: Status, expect: dict[str, str | None]) -> list[str]:
+def read_back_problems(status: Status, expect: Mapping[str, str | None]) -> list[str]:
     """What is wrong with what serves (a target's status()), slot by slot: expect maps a slot to the
     image it must serve (None: any image, but serving and healthy)."""
     problems = []
@@ -202,7 +202,7 @@ def read_back_problems(status: Status, expect: dict[str, str | None]) -> list[st
 
 def smoke_body(signature: Signature) -> dict[str, Any]:
     """A request every model must answer: zeros in the signature's shape, one row."""
-    def zeros(shape: list[int | str], dtype: str) -> object:
+    def zeros(shape: Sequence[int | str | None], dtype: str) -> object:
         value: object = "" if dtype == "string" else False if dtype == "bool" else 0
         for dim in reversed(shape):
             value = [value] * (dim if isinstance(dim, int) else 1)
