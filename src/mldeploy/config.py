@@ -519,7 +519,10 @@ class Config(Section):
         given = {**self.image.environment, **((own or {}).get("environment") or {})}
         for pattern, why in entry.refused_environment:
             if refused := sorted(n for n in given if re.fullmatch(pattern, n)):
-                raise ValueError(f"{refused[0]} {why.format(target=entry.name)}")
+                raise ValueError(f"{refused[0]} {why}")
+        if not entry.capabilities.api_keys and "MLDEPLOY_API_KEYS_FILE" in self.image.environment:
+            raise ValueError(f"image.environment MLDEPLOY_API_KEYS_FILE would answer 401 to {entry.name}'s own calls, "
+                             "which carry no key: the platform authenticates callers itself")
         return self
 
 

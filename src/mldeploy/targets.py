@@ -28,7 +28,8 @@ class Capabilities:
     pr_slots: bool = True            # a pull request's canary gets its own slot beside others
     shadow: bool = False             # mirrored (shadow) traffic instead of a live share
     capture: bool = False            # the platform captures requests, so canary analysis compares predictions
-    api_keys: bool = True            # MLDEPLOY_API_KEYS_FILE works (False: the platform's own calls carry no key)
+    api_keys: bool = True            # MLDEPLOY_API_KEYS_FILE works (False: the platform's own calls carry
+                                     # no key, so the config refuses it: every call would answer 401)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Entry:
     capabilities: Capabilities = Capabilities()
     # (dotted config key, what it holds) a deploy needs and can find nowhere else
     required: tuple[tuple[str, str], ...] = ()
-    # (pattern of serving environment variable names, why; {target} is the target's name) the config refuses
+    # (pattern of serving environment variable names, why) the config refuses for this target
     refused_environment: tuple[tuple[str, str], ...] = ()
     settings: str = ""               # the config section holding its settings, dotted (deploy.aws.lambda)
     capture_reader: str = ""         # "module:Class" that decodes the platform's own captured requests
@@ -73,8 +74,6 @@ class Registry:
         return re.match(self.pattern, host.lower()) is not None
 
 
-_PLATFORM_AUTH = (("MLDEPLOY_API_KEYS_FILE", ("in image.environment would answer 401 to {target}'s own calls, which "
-                                              "carry no key: the platform authenticates callers itself")),)
 _ROLE = (("deploy.aws.role", "the ARN of the execution role it runs as (arn:aws:iam::<account>:role/<name>)"),)
 _SERVER_SETTINGS = r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|GRPC_PORT|" \
                    r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|(LIVENESS|READINESS|SCORING)_ROUTE)"
@@ -85,7 +84,7 @@ BUILTIN: tuple[Entry, ...] = (
           capabilities=Capabilities(pr_slots=False, capture=True)),
     Entry("aws", "sagemaker", "mldeploy.deploy.sagemaker", "SageMakerTarget", "SageMaker real-time endpoints",
           "production variants and their weights", extra="aws", required=_ROLE,
-          capabilities=Capabilities(capture=True, api_keys=False), refused_environment=_PLATFORM_AUTH,
+          capabilities=Capabilities(capture=True, api_keys=False),
           settings="deploy.aws.sagemaker", capture_reader="mldeploy.deploy.sagemaker_monitor:CapturedRecords"),
     Entry("aws", "lambda", "mldeploy.deploy.lambda_", "LambdaTarget", "AWS Lambda container functions",
           "versions behind the alias `live` and its AdditionalVersionWeights", extra="aws",
@@ -94,13 +93,13 @@ BUILTIN: tuple[Entry, ...] = (
                                                    "environment, no HTTP server of ours): remove it")),)),
     Entry("gcp", "vertex", "mldeploy.deploy.vertex", "VertexTarget", "Vertex AI endpoints",
           "deployed models and the endpoint's trafficSplit", extra="gcp",
-          capabilities=Capabilities(api_keys=False), refused_environment=_PLATFORM_AUTH,
+          capabilities=Capabilities(api_keys=False),
           settings="deploy.gcp.vertex"),
     Entry("gcp", "cloudrun", "mldeploy.deploy.cloudrun", "CloudRunTarget", "Cloud Run services",
           "revisions, tagged per slot, and the service's traffic", extra="gcp", settings="deploy.gcp.cloudrun"),
     Entry("azure", "azureml", "mldeploy.deploy.azureml", "AzureMLTarget", "Azure ML managed online endpoints",
           "deployments and the endpoint's traffic (or mirror traffic)", extra="azure",
-          capabilities=Capabilities(shadow=True, api_keys=False), refused_environment=_PLATFORM_AUTH,
+          capabilities=Capabilities(shadow=True, api_keys=False),
           settings="deploy.azure.azureml"),
 )
 
@@ -166,11 +165,13 @@ def registry_for(host: str) -> Registry | None:
 
 def markdown_table() -> str:
     """The docs' target table (README, between the `targets` markers)."""
-    rows = ["| `deploy.cloud` | `deploy.target` | deploys to | slots are | per-PR slots | extra |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| `deploy.cloud` | `deploy.target` | deploys to | slots are | per-PR slots | shadow traffic | "
+            "canary analysis compares predictions | API keys | extra |", "|---|---|---|---|---|---|---|---|---|"]
     for e in entries():
+        c = e.capabilities
         rows.append(f"| {e.cloud} | {e.name} | {e.title} | {e.slots} | "
-                    f"{'yes' if e.capabilities.pr_slots else 'one canary at a time'} | "
+                    f"{'yes' if c.pr_slots else 'one canary at a time'} | {'yes' if c.shadow else 'no'} | "
+                    f"{'yes' if c.capture else 'no'} | {'yes' if c.api_keys else 'no: the platform authenticates'} | "
                     f"{f'`{e.extra}`' if e.extra else '-'} |")
     return "\n".join(rows)
 
