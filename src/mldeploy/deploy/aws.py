@@ -36,13 +36,13 @@ ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.
 
 
 @functools.cache
-def _data_loader():
+def _data_loader() -> Any:
     import botocore.loaders
 
     return botocore.loaders.create_loader()
 
 
-def client(service: str, region: str | None):
+def client(service: str, region: str | None) -> Any:
     """A client from the standard credential chain, as it stands now (a fresh session each time);
     the service models are parsed once per process (parsing is most of a client's cost)."""
     import boto3

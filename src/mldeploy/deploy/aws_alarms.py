@@ -28,7 +28,7 @@ def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, s
     the (namespace, dimensions) of the endpoint's Invocations, for the anomaly alarm."""
     alerts = cfg.monitoring.alerts
     cw, sns = client("cloudwatch", region), client("sns", region)
-    topic = {"arn": None}   # filled at plan time when it exists, at apply time when created
+    topic: dict[str, str | None] = {"arn": None}   # filled at plan time when it exists, at apply time when created
     wanted = alerts.sns_topic or (resource_name("mldeploy", endpoint, "alerts", limit=256) if alerts.emails else None)
     if wanted and wanted.startswith("arn:"):
         topic["arn"] = wanted
@@ -39,8 +39,9 @@ def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, s
         if topic["arn"] is None:
             def create_topic() -> None:
                 with translated(f"create the SNS topic {wanted}"):
-                    topic["arn"] = sns.create_topic(Name=wanted, Tags=tag_list(tags(endpoint)))["TopicArn"]
-                result.outputs["sns-topic"] = topic["arn"]
+                    arn: str = sns.create_topic(Name=wanted, Tags=tag_list(tags(endpoint)))["TopicArn"]
+                topic["arn"] = arn
+                result.outputs["sns-topic"] = arn
             result.add("create", f"sns topic {wanted}", create_topic)
     if wanted:
         subscribed: set[str] = set()
@@ -50,9 +51,9 @@ def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, s
                     TopicArn=topic["arn"]) for s in page["Subscriptions"] if s["Protocol"] == "email"}
         for email in alerts.emails:
             if email not in subscribed:
-                result.add("create", f"sns email subscription {email}", lambda e=email: _call(
-                    sns, "subscribe", f"subscribe {e}", TopicArn=topic["arn"], Protocol="email", Endpoint=e),
-                    "topic", new=wanted)
+                def subscribe(e: str = email) -> None:
+                    _call(sns, "subscribe", f"subscribe {e}", TopicArn=topic["arn"], Protocol="email", Endpoint=e)
+                result.add("create", f"sns email subscription {email}", subscribe, "topic", new=wanted)
         result.outputs["sns-topic"] = topic["arn"] or wanted
 
     prefix = resource_name("mldeploy", endpoint, limit=255) + "-"
@@ -65,8 +66,10 @@ def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, s
                             "latency p99 alarms per slot)")
     for name, alarm in sorted(found.items()):
         if name != anomaly and wanted and topic["arn"] not in alarm.get("AlarmActions", []):
-            result.add("update", f"cloudwatch alarm {name}", lambda a=alarm: _notify(cw, a, topic["arn"]),
-                       "alarm actions", alarm.get("AlarmActions") or None, wanted)
+            def notify(a: dict[str, Any] = alarm) -> None:
+                _notify(cw, a, topic["arn"])
+            result.add("update", f"cloudwatch alarm {name}", notify, "alarm actions",
+                       alarm.get("AlarmActions") or None, wanted)
 
     if not alerts.invocations_anomaly:
         return
@@ -104,7 +107,7 @@ def _call(api: Any, call: str, doing: str, **kwargs: Any) -> Any:
         return getattr(api, call)(**kwargs)
 
 
-def _notify(cw: Any, alarm: dict[str, Any], topic: str) -> None:
+def _notify(cw: Any, alarm: dict[str, Any], topic: str | None) -> None:
     """Put the alarm again as it is, with the topic among its actions (PutMetricAlarm replaces it whole)."""
     spec = {k: alarm[k] for k in ALARM_FIELDS if alarm.get(k) not in (None, [], "")}
     spec["AlarmActions"] = [*alarm.get("AlarmActions", []), topic]

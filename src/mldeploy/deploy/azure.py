@@ -26,11 +26,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__
 from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import DeploySection
 
 SCOPE = "https://management.azure.com/.default"
 ACR_USERNAME = "00000000-0000-0000-0000-000000000000"  # what ACR expects with a refresh token
@@ -129,7 +132,7 @@ def _first_line(text: str) -> str:
 
 
 # -- the workspace, the credential, the client --------------------------------------------------------
-def workspace(deploy) -> tuple[str, str, str]:
+def workspace(deploy: DeploySection) -> tuple[str, str, str]:
     """(subscription id, resource group, workspace) from deploy.azure, else the environment."""
     az = deploy.azure
     found = {"deploy.azure.subscription_id (or AZURE_SUBSCRIPTION_ID)":
@@ -146,7 +149,7 @@ def workspace(deploy) -> tuple[str, str, str]:
     return str(sub), str(rg), str(ws)
 
 
-def credential():
+def credential() -> Any:
     """DefaultAzureCredential: azure/login's OIDC environment, workload identity, managed identity, az.
     Its own failure warnings are not logged (our one line says why); --debug shows them."""
     import logging
@@ -158,7 +161,7 @@ def credential():
     return DefaultAzureCredential()
 
 
-def transport():
+def transport() -> Any:
     """None (talk to Azure), or with MLDEPLOY_AZURE_ARM_ENDPOINT set, a transport that sends Azure's
     management and scoring hosts to that URL instead (see the module docstring)."""
     base = os.environ.get(ARM_ENDPOINT_ENV, "").strip().rstrip("/")
@@ -172,7 +175,7 @@ def transport():
     from azure.core.pipeline.transport import RequestsTransport
 
     class Redirect(requests.adapters.HTTPAdapter):
-        def send(self, request, **kwargs):
+        def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]  # passes requests' arguments on as they came
             url = urllib.parse.urlsplit(request.url)
             if url.hostname and (url.hostname == ARM_HOST or url.hostname.endswith((SCORING_SUFFIX, BLOB_SUFFIX))):
                 request.headers["Host"] = url.netloc
@@ -190,7 +193,7 @@ def transport():
 RETRIES = {"retry_total": int(os.environ.get("MLDEPLOY_AZURE_MAX_RETRIES", "10")), "retry_backoff_factor": 0.8}
 
 
-def ml_client(deploy, cred=None):
+def ml_client(deploy: DeploySection, cred: Any = None) -> Any:
     """An MLClient on the configured workspace: no telemetry, no progress bars, the SDK's INFO lines
     (it logs them to stderr) only with --debug, and long-running operations polled every
     MLDEPLOY_POLL_SECONDS (default 15) unless Azure says when (Retry-After)."""
@@ -284,7 +287,7 @@ def translated(doing: str) -> Iterator[None]:
 class _NoDots:
     """stdout without the lone dots azure-ai-ml's poller prints on every poll (our lines say more)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
@@ -294,7 +297,7 @@ class _NoDots:
         return getattr(self._stream, name)
 
 
-def wait(poller, what: str, seconds: int, poll: float = 10.0) -> Any:
+def wait(poller: Any, what: str, seconds: int, poll: float = 10.0) -> Any:
     """The result of a long-running operation, with a progress line every `poll` seconds; an operation
     still running after `seconds` is a failed check (it goes on in Azure; nothing here waits for it)."""
     import sys
@@ -326,7 +329,7 @@ def _claims(token: str) -> dict[str, Any]:
         return {}
 
 
-def doctor(deploy) -> list[tuple[str, bool, str]]:
+def doctor(deploy: DeploySection) -> list[tuple[str, bool, str]]:
     """Who we are and whether we may deploy: (check, passed, detail) rows; never prints a secret."""
     from azure.core.exceptions import ClientAuthenticationError
 
@@ -405,7 +408,7 @@ def capture_blobs(source: str, region: str | None,
 
 
 # -- Azure Monitor metrics (mldeploy canary analyze) -----------------------------------------------------
-def monitor_client(subscription: str):
+def monitor_client(subscription: str) -> Any:
     """An azure-mgmt-monitor MonitorManagementClient, through MLDEPLOY_AZURE_ARM_ENDPOINT when set."""
     from azure.mgmt.monitor import MonitorManagementClient
 

@@ -106,7 +106,7 @@ class AzureMLTarget(Target):
             found = list(self.ml.online_deployments.list(self.endpoint))
         traffic = {k: int(v) for k, v in (ep.traffic or {}).items() if int(v)}
         mirror = {k: int(v) for k, v in (ep.mirror_traffic or {}).items() if int(v)}
-        deployments = {}
+        deployments: dict[str, dict[str, Any]] = {}
         for dep in found:
             tags = dep.tags or {}
             match = SUFFIX.match(dep.name)
@@ -149,6 +149,7 @@ class AzureMLTarget(Target):
             new = self._deployment_name("production", desired.image)
             return self._plan(desired, current, "production", new, {new: 100}, {},
                               [n for n in (current or {}).get("deployments", {}) if n != new])
+        assert current is not None  # production serves in it
         old = slots.get(desired.slot, {}).get("deployment")
         others = {s: e for s, e in slots.items() if s not in ("production", desired.slot)}
         live = {e["deployment"]: e["traffic"] for e in others.values() if e["traffic"]}
@@ -215,6 +216,7 @@ class AzureMLTarget(Target):
     def promote(self, pr: int | None = None) -> Status:
         current = self.read()
         slot = self.canary(current, pr, "promote")
+        assert current is not None  # canary() found one in it
         return self.apply(self.plan(Desired(self.endpoint, current["slots"][slot]["image"], "production", 0, {})))
 
     def rollback(self, pr: int | None = None) -> Status:
@@ -251,7 +253,7 @@ class AzureMLTarget(Target):
         plan = Plan(self.name, d, traffic_before=self._by_slot((current or {}).get("traffic", {}), slot_of),
                     traffic_after=self._by_slot(traffic, slot_of))
         ep = f"azureml endpoint {self.endpoint}"
-        auth_changed = bool(current) and current["auth_mode"] != self.settings.auth_mode
+        auth_changed = bool(current and current["auth_mode"] != self.settings.auth_mode)
         build = False
         if current is None:
             plan.add("create", ep, "auth", new=self.settings.auth_mode)
@@ -358,7 +360,7 @@ class AzureMLTarget(Target):
     def _autoscale_name(self, deployment: str) -> str:
         return f"{self.endpoint}-{deployment}-autoscale"
 
-    def _monitor(self):
+    def _monitor(self) -> Any:
         return monitor_client(self.ml.subscription_id)
 
     def _autoscale_capacity(self, deployment: str) -> tuple[int, int] | None:

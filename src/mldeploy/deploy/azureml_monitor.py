@@ -13,7 +13,7 @@ reference data, which mldeploy does not make: left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy.azure import monitor_client, translated, workspace
@@ -84,7 +84,8 @@ def plan(cfg: Config, target: AzureMLTarget) -> SetupPlan:
                                                                    values=[dimension[1]])] if dimension else [])
         alert = m.MetricAlertResource(
             location="global", description=f"mldeploy: {metric} of {name}", severity=severity, enabled=True,
-            scopes=[scope], evaluation_frequency="PT1M", window_size="PT5M", auto_mitigate=True, tags=tags,
+            # the SDK's models say timedelta; they send an ISO 8601 duration string as it is
+            scopes=[scope], evaluation_frequency="PT1M", window_size="PT5M", auto_mitigate=True, tags=tags,  # type: ignore[arg-type]
             criteria=m.MetricAlertSingleResourceMultipleMetricCriteria(all_of=[criterion]),
             actions=[m.MetricAlertAction(action_group_id=group_id)] if group_id else [])
         with translated(f"read the metric alert {rule}"):
@@ -93,21 +94,21 @@ def plan(cfg: Config, target: AzureMLTarget) -> SetupPlan:
             except ResourceNotFoundError:
                 old = None
         if old is None:
-            result.add("create", f"azure metric alert {rule}", lambda r=rule, a=alert: _call(
-                f"create the metric alert {r}", monitor.metric_alerts.create_or_update, rg, r, a),
-                "metric", new=f"{metric} {operator} {threshold}")
+            def create(r: str = rule, a: Any = alert) -> None:
+                _call(f"create the metric alert {r}", monitor.metric_alerts.create_or_update, rg, r, a)
+            result.add("create", f"azure metric alert {rule}", create, "metric", new=f"{metric} {operator} {threshold}")
         else:
             changed = _changed(old.as_dict(), alert.as_dict())
             if changed:
-                result.add("update", f"azure metric alert {rule}", lambda r=rule, a=alert: _call(
-                    f"update the metric alert {r}", monitor.metric_alerts.create_or_update, rg, r, a),
-                    ", ".join(changed))
+                def update(r: str = rule, a: Any = alert) -> None:
+                    _call(f"update the metric alert {r}", monitor.metric_alerts.create_or_update, rg, r, a)
+                result.add("update", f"azure metric alert {rule}", update, ", ".join(changed))
     result.notes.append("Azure ML model monitoring (MonitorSchedule) is not set up: it needs the reference data "
                         "registered as an Azure ML data asset; use `mldeploy monitor drift` on a schedule")
     return result
 
 
-def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     def norm(value: Any) -> Any:
         if isinstance(value, dict):
             return {k.lower(): norm(v) for k, v in value.items() if v not in (None, [], {})}

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from mldeploy.deploy import Desired, Guard, Plan, pick_canary, restoring, rollback_layout
-from mldeploy.targets import Capabilities, Entry
 from mldeploy.errors import UsageError
+from mldeploy.targets import Capabilities, Entry
 
 if TYPE_CHECKING:
     from mldeploy.config import Config, DeploySection

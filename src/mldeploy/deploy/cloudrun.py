@@ -80,7 +80,7 @@ def _refused(doing: str, conflict: str, forbidden: str | None = None) -> Iterato
                              hint=forbidden) from None
 
 
-def _not_found():
+def _not_found() -> type[Exception]:
     from google.api_core.exceptions import NotFound
 
     return NotFound
@@ -122,7 +122,7 @@ class CloudRunTarget(Target):
         self._tokens: dict[str, str] = {}
         from google.cloud import run_v2
 
-        self.run = run_v2  # run.googleapis.com serves every region; MLDEPLOY_GCP_API_ENDPOINT overrides it
+        self.run: Any = run_v2  # run.googleapis.com serves every region; MLDEPLOY_GCP_API_ENDPOINT overrides it
         self.services = gcp.client(run_v2.ServicesClient, self.credentials, service="run")
         self.revisions = gcp.client(run_v2.RevisionsClient, self.credentials, service="run")
 
@@ -160,8 +160,8 @@ class CloudRunTarget(Target):
             containers = list(rev.containers) if rev else []
             entry["image"] = containers[0].image if containers else None
             entry["spec"] = rev.labels.get("mldeploy-spec") if rev else None
-            entry["healthy"] = bool(rev) and any(c.type_ == "Ready" and c.state == c.State.CONDITION_SUCCEEDED
-                                                 for c in rev.conditions)
+            entry["healthy"] = bool(rev and any(c.type_ == "Ready" and c.state == c.State.CONDITION_SUCCEEDED
+                                                for c in rev.conditions))
         slots = {s: slots[s] for s in sorted(slots, key=lambda s: (s != "production", s))}
         return {"service": svc, "url": svc.uri or None, "slots": slots, "ingress": svc.ingress, "kept": kept,
                 "foreign": foreign}
@@ -245,6 +245,7 @@ class CloudRunTarget(Target):
     def promote(self, pr: int | None = None) -> Status:
         current = self.read()
         slot = self.canary(current, pr, "promote")
+        assert current is not None  # canary() found one in it
         entry = current["slots"][slot]
         plan = self._plan(Desired(self.service, entry["image"], "production", 0, {}), current,
                           {"production": {**self._entry(entry), "traffic": 100}})
@@ -256,6 +257,7 @@ class CloudRunTarget(Target):
             {s for s in (current or {}).get("slots", {}) if s != "production"}
         if not gone:
             self.canary(current, None, "roll back")  # says why: no service, or no canary
+        assert current is not None  # canary() found one in it
         keep = {s: self._entry(e) for s, e in current["slots"].items() if s not in gone and s != "production"}
         production = current["slots"]["production"]
         after = {"production": {**self._entry(production), "traffic": 100 - sum(e["traffic"] for e in keep.values())},

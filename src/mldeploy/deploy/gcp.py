@@ -70,7 +70,7 @@ def credentials() -> tuple[Any, str | None]:
         raise UsageError(f"Google refused or could not issue a token: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
 
 
-def project(deploy, found: str | None = None) -> str:
+def project(deploy: DeploySection, found: str | None = None) -> str:
     """deploy.gcp.project, else the credentials' project (`found`, from credentials())."""
     chosen = deploy.gcp.project or found or _env_project()
     if not chosen:
@@ -81,7 +81,7 @@ def project(deploy, found: str | None = None) -> str:
     return chosen
 
 
-def region(deploy) -> str:
+def region(deploy: DeploySection) -> str:
     """deploy.region: the location (e.g. europe-west4) of every GCP resource we make."""
     if not deploy.region:
         raise UsageError("no GCP region is set", hint="set deploy.region in mldeploy.yaml (e.g. europe-west4) or pass --region")
@@ -97,7 +97,7 @@ def api_endpoint(region: str | None = None, service: str = "aiplatform") -> str:
     return override() or (f"{region}-{service}.googleapis.com" if region else f"{service}.googleapis.com")
 
 
-def client(cls, creds: Any = None, region: str | None = None, service: str = "aiplatform"):
+def client(cls: Any, creds: Any = None, region: str | None = None, service: str = "aiplatform") -> Any:
     """A low-level GAPIC client (REST transport) at the service's (regional) API endpoint."""
     from google.api_core.gapic_v1.client_info import ClientInfo
 
@@ -109,7 +109,7 @@ def client(cls, creds: Any = None, region: str | None = None, service: str = "ai
                client_info=ClientInfo(user_agent=f"mldeploy/{__version__}"))
 
 
-def read_retry():
+def read_retry() -> Any:
     """Retries for reads only (a retried write could act twice): throttling and unavailability."""
     from google.api_core import exceptions, retry
 
@@ -155,7 +155,7 @@ def translated(doing: str) -> Iterator[None]:
                           hint="check the network, the region and any proxy") from None
 
 
-def wait(operation, doing: str, timeout: float) -> Any:
+def wait(operation: Any, doing: str, timeout: float) -> Any:
     """Wait for a long-running operation, printing progress; its result, or CheckFailed (it failed or
     ran past `timeout` seconds)."""
     started = time.monotonic()
@@ -237,6 +237,7 @@ def artifact_registry_login(registry: str) -> dict[str, str]:
     except exceptions.GoogleAuthError as e:  # RefreshError, OAuthError (STS), TransportError
         raise UsageError(f"Google refused or could not issue a token for {registry}: {_first_line(e)}",
                          hint=CREDENTIALS_HINT) from None
+    assert credentials.token is not None  # refresh() issued it, or raised
     return {"username": "oauth2accesstoken", "password": credentials.token}
 
 
@@ -323,7 +324,7 @@ def capture_objects(source: str, region: str | None,
     MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
     bucket, prefix = storage_location(source)
     from google.api_core import exceptions
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no types
 
     creds, found = credentials()
     options = {"api_endpoint": override()} if override() else None
@@ -335,7 +336,7 @@ def capture_objects(source: str, region: str | None,
         except exceptions.NotFound:
             raise UsageError(f"the Cloud Storage bucket {bucket} does not exist",
                              hint="check monitoring.drift.capture") from None
-    def reader(blob) -> Callable[[], bytes]:
+    def reader(blob: Any) -> Callable[[], bytes]:
         def read() -> bytes:
             with translated(f"read gs://{bucket}/{blob.name}"):
                 return blob.download_as_bytes()
@@ -460,7 +461,9 @@ def cloud_monitoring_slot_stats(project_id: str, resource: str, slot_label: str,
     for series in time_series(project_id, f'metric.type = "{metric}" AND {which}{extra}', window,
                               [field(slot_label)], f"read {metric}"):
         slot = slot_of(series)
-        for distribution in series["values"] if slot else ():
+        if not slot:
+            continue
+        for distribution in series["values"]:
             for upper, count in distribution:
                 buckets[slot][upper] = buckets[slot].get(upper, 0) + count
     for slot, counts in buckets.items():

@@ -5,6 +5,7 @@ through the Monitoring REST API v3 (deploy/gcp.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import gcp
@@ -22,6 +23,7 @@ def policies(cfg: Config, endpoint: str, target: str, series: Series, resource: 
     """The policies wanted, without their notification channels (those are added when applied)."""
     alerts = cfg.monitoring.alerts
     found = []
+    threshold: float
     for kind, (metric, extra) in series.items():
         if kind == "5xx":
             title, threshold = f"{alerts.errors_5xx} or more 5xx answers in 5 minutes", alerts.errors_5xx - 1
@@ -51,15 +53,18 @@ def plan(cfg: Config, endpoint: str, project_id: str, target: str, series: Serie
     for policy in wanted:
         name, found = policy["displayName"], existing.get(policy["displayName"])
         if found is None:
-            result.add("create", f"cloud monitoring alert policy {name}", lambda p=policy: gcp.monitoring_call(
-                "POST", project_id, "alertPolicies", f"create the alert policy {p['displayName']}",
-                body={**p, "notificationChannels": channels()}), "threshold", new=_threshold(policy))
+            def create(p: dict[str, Any] = policy) -> None:
+                gcp.monitoring_call("POST", project_id, "alertPolicies", f"create the alert policy {p['displayName']}",
+                                    body={**p, "notificationChannels": channels()})
+            result.add("create", f"cloud monitoring alert policy {name}", create, "threshold", new=_threshold(policy))
         elif _essence(found) != _essence(policy) or sorted(found.get("notificationChannels", [])) != channels_now:
-            result.add("update", f"cloud monitoring alert policy {name}", lambda p=policy, f=found: gcp.monitoring_call(
-                "PATCH", project_id, f["name"].split("/", 2)[2], f"update the alert policy {p['displayName']}",
-                params={"updateMask": "conditions,notificationChannels,combiner,enabled,documentation,userLabels"},
-                body={**p, "notificationChannels": channels()}), "threshold or channels",
-                _threshold(found), _threshold(policy))
+            def update(p: dict[str, Any] = policy, f: dict[str, Any] = found) -> None:
+                gcp.monitoring_call(
+                    "PATCH", project_id, f["name"].split("/", 2)[2], f"update the alert policy {p['displayName']}",
+                    params={"updateMask": "conditions,notificationChannels,combiner,enabled,documentation,userLabels"},
+                    body={**p, "notificationChannels": channels()})
+            result.add("update", f"cloud monitoring alert policy {name}", update, "threshold or channels",
+                       _threshold(found), _threshold(policy))
     result.outputs["alert-policies"] = ", ".join(p["displayName"] for p in wanted)
 
 
@@ -68,7 +73,8 @@ def _threshold(policy: dict[str, Any]) -> float:
     return conditions[0].get("conditionThreshold", {}).get("thresholdValue", 0)  # proto3 JSON leaves 0 out
 
 
-def _channels(project_id: str, emails: list[str], result: SetupPlan):
+def _channels(project_id: str, emails: list[str], result: SetupPlan
+              ) -> tuple[list[str] | None, Callable[[], list[str]]]:
     """Plan an email channel for each address without one. Returns the channels' names as they are
     now (None when one is still to be made) and a function giving them once the plan has run."""
     found = _list(project_id, "notificationChannels", 'type = "email"')

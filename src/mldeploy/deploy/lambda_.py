@@ -57,8 +57,9 @@ ALIAS = "live"
 NEW = "(new)"          # a version the plan will publish; its number is known only then
 # a public URL (url_auth NONE) needs a resource policy letting anyone call it: since October 2025 both
 # InvokeFunctionUrl and InvokeFunction (through the URL only)
-PUBLIC = {"mldeploy-public-url": {"Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"},
-          "mldeploy-public-invoke": {"Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True}}
+PUBLIC: dict[str, dict[str, Any]] = {
+    "mldeploy-public-url": {"Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"},
+    "mldeploy-public-invoke": {"Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True}}
 
 
 def ecr_region_of(registry: str) -> str | None:
@@ -204,6 +205,7 @@ class LambdaTarget(Target):
     def promote(self, pr: int | None = None) -> Status:
         current = self.read()
         slot = self.canary(current, pr, "promote")
+        assert current is not None  # canary() found one in it
         entry = current["slots"][slot]
         plan = self._plan(Desired(self.function, entry["image"], "production", 0, {}), current,
                           {"production": entry["version"]}, {"production": 100})
@@ -212,6 +214,7 @@ class LambdaTarget(Target):
     def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
         self.canary(current, pr, "roll back")
+        assert current is not None  # canary() found one in it
         production = current["slots"]["production"]
         plan = self._plan(Desired(self.function, production["image"], "production", 0, {}), current,
                           {"production": production["version"]}, {"production": 100})
@@ -481,7 +484,7 @@ class LambdaTarget(Target):
     def _verify(self, after: dict[str, str], share: dict[str, int], images: dict[str, str]) -> None:
         current = self.read()
         alias = current["alias"] if current else None
-        if alias is None or alias["version"] != after["production"]:
+        if current is None or alias is None or alias["version"] != after["production"]:
             raise CheckFailed(f"{self.function}:{ALIAS} points at {alias and alias['version']}, "
                               f"not the planned version {after['production']}")
         served = {s: (e["version"], e["image"], e["weight"]) for s, e in current["slots"].items()}

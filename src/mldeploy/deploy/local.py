@@ -27,7 +27,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +57,7 @@ def capture_folder(endpoint: str) -> Path:
 
 
 @contextmanager
-def endpoint_lock(endpoint: str):
+def endpoint_lock(endpoint: str) -> Iterator[None]:
     """One command at a time changes an endpoint: two pull requests deploying at once take turns, and
     the second works from the routes the first left ($MLDEPLOY_LOCK_ROOT, else ~/.local/state/mldeploy/locks)."""
     root = Path(os.environ.get("MLDEPLOY_LOCK_ROOT") or Path.home() / ".local" / "state" / "mldeploy" / "locks")
@@ -123,7 +123,9 @@ class LocalTarget(Target):
         except Exception:  # no routes yet
             return {}
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            return json.loads(tar.extractfile(tar.getmembers()[0]).read())["slots"]
+            routes = tar.extractfile(tar.getmembers()[0])
+            assert routes is not None  # the archive of one regular file
+            return json.loads(routes.read())["slots"]
 
     def _write_routes(self, slots: dict[str, dict[str, Any]]) -> None:
         data = json.dumps({"slots": slots}, indent=2).encode()
@@ -308,7 +310,7 @@ class LocalTarget(Target):
                                 "MLDEPLOY_CAPTURE_SAMPLE_RATE": str(self.capture_rate)},
                 "volumes": {str(folder): {"bind": "/var/mldeploy/capture", "mode": "rw"}}}
 
-    def _check(self, container, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _check(self, container: Any, slot: str, d: Desired, slots: dict[str, dict[str, Any]]) -> dict[str, Any]:
         import docker
 
         deadline = time.monotonic() + READY_SECONDS
@@ -402,12 +404,13 @@ class LocalTarget(Target):
         deadline = time.monotonic() + window
         while (left := deadline - time.monotonic()) > 0:  # short steps: Ctrl-C and a timeout act at once
             sleep(min(POLL_SECONDS, left))
-        after = {s: self._scrape(s) for s in slots}
-        if after["production"] is None:
+        production, canary = (self._scrape(s) for s in slots)
+        if production is None:
             raise UsageError(f"the local endpoint on port {port} has no production slot", hint="deploy one first")
-        if after["canary"] is None:
+        if canary is None:
             raise NoCanary(f"the local endpoint on port {port} has no canary to analyze",
                            hint="deploy one with --stage canary")
+        after = {"production": production, "canary": canary}
         stats = {s: window_stats(s, before[s], after[s]) for s in slots}
         found = Collected(stats["production"], stats["canary"], window, f"local router 127.0.0.1:{port}")
         for slot, predictions in self._predictions(started).items():
@@ -437,7 +440,7 @@ class LocalTarget(Target):
                 container = None
             env = dict(e.split("=", 1) for e in (container.attrs["Config"].get("Env") or [])) if container else {}
             folder = env.get("MLDEPLOY_CAPTURE_DIR")
-            if not folder:
+            if container is None or not folder:
                 out[slot] = f"{slot} does not capture requests (MLDEPLOY_CAPTURE_DIR is not set in its container)"
                 continue
             try:
@@ -449,7 +452,9 @@ class LocalTarget(Target):
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 for member in tar.getmembers():
                     if member.isfile() and member.name.endswith(".jsonl"):
-                        for line in tar.extractfile(member).read().splitlines():
+                        captured = tar.extractfile(member)
+                        assert captured is not None  # a regular file
+                        for line in captured.read().splitlines():
                             try:
                                 record = json.loads(line)
                             except ValueError:

@@ -34,7 +34,7 @@ BODY_TIMEOUT = float(os.environ.get("MLDEPLOY_BODY_TIMEOUT") or 60)
 class Routes:
     def __init__(self, path: str):
         self.path = path
-        self.mtime = None
+        self.mtime: tuple[int, int, int] | None = None
         self.slots: dict[str, dict] = {}
 
     def current(self) -> dict[str, dict]:
@@ -128,7 +128,8 @@ def _headers(lines: list[str]) -> dict[str, str]:
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         line = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()  # size; extensions ignored
         if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", line):

@@ -287,10 +287,11 @@ class SageMakerTarget(Target):
 
     def _verify(self, images: dict[str, str], share: dict[str, int]) -> None:
         current = self.read()
-        serving = {s: e["image"] for s, e in current["slots"].items()}
+        slots = current["slots"] if current else {}  # (None: the endpoint is gone, said as serving nothing)
+        serving = {s: e["image"] for s, e in slots.items()}
         if serving != images:
             raise CheckFailed(f"the endpoint serves {serving}, not the planned {images}")
-        weights = {s: e["weight"] for s, e in current["slots"].items()}
+        weights = {s: e["weight"] for s, e in slots.items()}
         if any(abs(weights[s] - share[s]) > 1 for s in share):
             raise CheckFailed(f"the endpoint's traffic is {weights}, not the planned {share}")
 

@@ -25,7 +25,7 @@ from mldeploy.errors import UsageError
 
 if TYPE_CHECKING:
     from mldeploy.bundle import Signature
-    from mldeploy.config import Config
+    from mldeploy.config import Config, DriftSection
 from mldeploy.monitor.captured import Mismatch, loads, tensor, tensors
 from mldeploy.monitor.setup import SetupPlan, cron_hours, load_baseline
 
@@ -58,6 +58,7 @@ def _numbers(f: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     common = {"num_present": present, "num_missing": f["missing"]}
     if f["kind"] == "categorical":
         freq = _integer_categories(f["categories"])
+        assert freq is not None  # statistics() sends only categories that are all integers
         mean = sum(v * p for v, p in freq.items())
         std = math.sqrt(max(sum(p * (v - mean) ** 2 for v, p in freq.items()), 0.0))
         buckets = [{"lower_bound": v - 0.5, "upper_bound": v + 0.5, "count": round(p * present)}
@@ -94,7 +95,7 @@ def statistics(baseline: dict[str, Any]) -> dict[str, Any]:
     return {"version": 0.0, "dataset": {"item_count": baseline["records"]}, "features": features}
 
 
-def constraints(baseline: dict[str, Any], drift) -> dict[str, Any]:
+def constraints(baseline: dict[str, Any], drift: DriftSection) -> dict[str, Any]:
     """Model Monitor's constraints.json: each feature's type, completeness and range rules, and the
     distribution comparison at monitoring.drift.jensen_shannon."""
     features = []
@@ -173,7 +174,9 @@ def model_monitor(cfg: Config, endpoint: str, region: str, result: SetupPlan) ->
             except s3.exceptions.ClientError as e:
                 if error_code(e) not in ("404", "NoSuchKey", "NotFound"):
                     raise
-        result.add("create", f"s3 object {uri}", lambda b=bucket, k=key, f=file: _put(s3, b, k, files[f]))
+        def put(b: str = bucket, k: str = key, f: str = file) -> None:
+            _put(s3, b, k, files[f])
+        result.add("create", f"s3 object {uri}", put)
 
     spec = {
         "DataQualityBaselineConfig": {"ConstraintsResource": {"S3Uri": uris["constraints.json"]},
@@ -196,7 +199,7 @@ def model_monitor(cfg: Config, endpoint: str, region: str, result: SetupPlan) ->
             JobDefinitionName=definition, Tags=tag_list(tags(endpoint)), **spec), "baseline", new=version)
 
     schedule = resource_name(endpoint, "data-quality")
-    config = {"ScheduleConfig": {"ScheduleExpression": schedule_expression(cfg.monitoring.drift.schedule)},
+    config: dict[str, Any] = {"ScheduleConfig": {"ScheduleExpression": schedule_expression(cfg.monitoring.drift.schedule)},
               "MonitoringJobDefinitionName": definition, "MonitoringType": "DataQuality"}
     current = _exists(sm, "describe_monitoring_schedule", MonitoringScheduleName=schedule)
     if not current:
@@ -220,17 +223,17 @@ def model_monitor(cfg: Config, endpoint: str, region: str, result: SetupPlan) ->
     result.outputs |= {"monitoring-schedule": schedule, "job-definition": definition, "baseline-s3": prefix}
 
 
-def _put(s3, bucket: str, key: str, body: bytes) -> None:
+def _put(s3: Any, bucket: str, key: str, body: bytes) -> None:
     with translated(f"upload s3://{bucket}/{key}"):
         s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def _call(api, call: str, doing: str, **kwargs: Any) -> Any:
+def _call(api: Any, call: str, doing: str, **kwargs: Any) -> Any:
     with translated(doing):
         return getattr(api, call)(**kwargs)
 
 
-def _exists(sm, call: str, **kwargs: str) -> dict[str, Any] | None:
+def _exists(sm: Any, call: str, **kwargs: str) -> dict[str, Any] | None:
     """The description, or None when SageMaker knows no such resource."""
     with translated(f"{call.replace('_', ' ')} {next(iter(kwargs.values()))}"):
         try:
@@ -272,8 +275,7 @@ class CapturedRecords:
         from mldeploy.serve import codec
 
         data = doc.get("captureData")
-        request = data.get("endpointInput") if isinstance(data, dict) else None
-        if not isinstance(request, dict):
+        if not isinstance(data, dict) or not isinstance(request := data.get("endpointInput"), dict):
             raise Mismatch("SageMaker record without captureData.endpointInput")
         body, ctype = body_of(request)
         try:
@@ -282,8 +284,8 @@ class CapturedRecords:
             raise Mismatch(f"request body: {e.message}") from None
         response = data.get("endpointOutput")
         outputs = self._outputs(response, dtypes) if isinstance(response, dict) else None
-        meta = doc.get("eventMetadata") if isinstance(doc.get("eventMetadata"), dict) else {}
-        return feeds, outputs, meta.get("inferenceTime")
+        meta = doc.get("eventMetadata")
+        return feeds, outputs, meta.get("inferenceTime") if isinstance(meta, dict) else None
 
     def _outputs(self, response: dict[str, Any], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray] | None:
         """Outputs from the server's answer: {"predictions"}, {"outputs"} (columnar or v2), CSV."""
@@ -294,11 +296,11 @@ class CapturedRecords:
             if len(specs) != 1 or len(spec.shape) not in (1, 2):
                 return None
             try:
-                value = np.loadtxt(body.decode().splitlines(), delimiter=",", ndmin=2)
+                table = np.loadtxt(body.decode().splitlines(), delimiter=",", ndmin=2)
             except (ValueError, UnicodeDecodeError):
                 raise Mismatch("response body: not CSV numbers") from None
-            value = value[:, 0] if len(spec.shape) == 1 else value
-            return {spec.name: tensor(value, spec, dtypes[spec.name], "output")}
+            table = table[:, 0] if len(spec.shape) == 1 else table
+            return {spec.name: tensor(table, spec, dtypes[spec.name], "output")}
         try:
             doc = loads(body)
         except ValueError:

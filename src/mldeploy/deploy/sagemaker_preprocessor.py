@@ -8,20 +8,24 @@ value per row is `name`, n values `name[0]`..`name[n-1]`, more than 64 values `n
 
 import json
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # signatures quote their types: the analyzer's Python may predate list[...] at runtime
+    from typing import Any
 
 MAX_VALUES = 64
 
 
-def _flat(value):
+def _flat(value: "Any") -> "list[Any]":
     if isinstance(value, list):
-        out = []
+        out: list[Any] = []
         for v in value:
             out.extend(_flat(v))
         return out
     return [value]
 
 
-def _row(name, value, record):
+def _row(name: str, value: "Any", record: "dict[str, Any]") -> None:
     values = _flat(value)
     if not isinstance(value, list):
         record[name] = value
@@ -35,7 +39,7 @@ def _row(name, value, record):
             record[f"{name}[{i}]"] = v
 
 
-def rows(body):
+def rows(body: "Any") -> "list[dict[str, Any]]":
     """The feature records of one request body."""
     if isinstance(body, dict) and isinstance(body.get("instances"), list):
         instances = body["instances"]
@@ -45,12 +49,12 @@ def rows(body):
         instances = [{k: (v[i] if isinstance(v, list) else v) for k, v in inputs.items()} for i in range(n)]
     records = []
     for instance in instances:
-        record = {}
+        record: dict[str, Any] = {}
         for name, value in (instance.items() if isinstance(instance, dict) else [("input", instance)]):
             _row(name, value, record)
         records.append(record)
     return records
 
 
-def preprocess_handler(inference_record, logger=None):
+def preprocess_handler(inference_record: "Any", logger: "Any" = None) -> "list[dict[str, Any]]":
     return rows(json.loads(inference_record.endpoint_input.data))

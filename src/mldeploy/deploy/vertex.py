@@ -94,7 +94,7 @@ class VertexTarget(Target):
         self._images: dict[str, str] = {}
 
     # -- clients ----------------------------------------------------------------------------------
-    def _client(self, kind: str):
+    def _client(self, kind: str) -> Any:
         if kind not in self._clients:
             from google.cloud import aiplatform_v1
 
@@ -104,7 +104,7 @@ class VertexTarget(Target):
         return self._clients[kind]
 
     # -- what serves now --------------------------------------------------------------------------
-    def _find_endpoint(self):
+    def _find_endpoint(self) -> Any:
         with translated(f"look up the Vertex AI endpoint {self.endpoint}"):
             found = [e for e in self._client("endpoints").list_endpoints(
                 request={"parent": self.parent, "filter": f'display_name="{self.endpoint}"'}, retry=gcp.read_retry())
@@ -286,21 +286,22 @@ class VertexTarget(Target):
         return endpoint.name
 
     # -- traffic and deployed models ---------------------------------------------------------------
-    def _get(self, endpoint: str):
+    def _get(self, endpoint: str) -> Any:
         with translated(f"read the Vertex AI endpoint {self.endpoint}"):
             return self._client("endpoints").get_endpoint(name=endpoint, retry=gcp.read_retry())
 
-    def _resources(self):
+    def _resources(self) -> Any:
         from google.cloud import aiplatform_v1 as v1
 
         vx = self.vertex
-        known = sorted(a.name for a in v1.AcceleratorType if a.name != "ACCELERATOR_TYPE_UNSPECIFIED")
+        known = sorted(a.name for a in v1.AcceleratorType  # type: ignore[attr-defined]  # a proto-plus enum is iterable
+                       if a.name != "ACCELERATOR_TYPE_UNSPECIFIED")
         if vx.accelerator_type and vx.accelerator_type not in known:
             raise UsageError(f"deploy.gcp.vertex.accelerator_type {vx.accelerator_type!r} is not a Vertex AI "
                              "accelerator", hint=f"one of {', '.join(known)}")
         machine = v1.MachineSpec(machine_type=vx.machine_type)
         if vx.accelerator_type:
-            machine.accelerator_type = vx.accelerator_type
+            machine.accelerator_type = vx.accelerator_type  # type: ignore[assignment]  # proto-plus takes the name
             machine.accelerator_count = vx.accelerator_count or 1
         return v1.DedicatedResources(machine_spec=machine, min_replica_count=vx.min_replicas,
                                      max_replica_count=max(vx.max_replicas or vx.min_replicas, vx.min_replicas))

@@ -66,7 +66,7 @@ def monitoring_job(cfg: Config, endpoint: str, target: VertexTarget, current: di
         result.add("update", f"vertex model deployment monitoring job {display}", update, ", ".join(changed))
 
 
-def _job(v1, cfg, endpoint: str, current: dict[str, Any]):
+def _job(v1: Any, cfg: Config, endpoint: str, current: dict[str, Any]) -> Any:
     """The monitoring job as it should be."""
     monitoring = cfg.monitoring
     if monitoring.capture_sample_rate <= 0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,25 +157,26 @@ def predict(bundle: Bundle, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return {spec.name: out[:n] for spec, out in zip(signature.outputs, outputs) if out.ndim >= 1 and len(out) >= n}
 
 
-def input_features(signature: Signature, arrays: dict[str, np.ndarray]):
+def input_features(signature: Signature, arrays: dict[str, np.ndarray]
+                   ) -> Iterator[tuple[str, str, int | None, np.ndarray]]:
     for spec in signature.inputs:
         for name, index, values in columns(spec.name, arrays[spec.name]):
             yield name, spec.name, index, values
 
 
-def prediction_features(outputs: dict[str, np.ndarray]):
+def prediction_features(outputs: dict[str, np.ndarray]) -> Iterator[tuple[str, str, int | None, np.ndarray]]:
     for tensor, arr in outputs.items():
         for name, index, values in output_columns(tensor, arr):
             yield name, tensor, index, values
 
 
-def compute(bundle: Bundle, data: str | os.PathLike, bins: int = 10) -> dict[str, Any]:
+def compute(bundle: Bundle, data: str | os.PathLike[str], bins: int = 10) -> dict[str, Any]:
     """The baseline of the bundle's model on the reference inputs in `data` (.npz, .npy, .jsonl)."""
     from mldeploy.data import load
     from mldeploy.image import _model_name
 
     signature = bundle.signature
-    arrays = load(data, signature.inputs)
+    arrays = load(os.fspath(data), signature.inputs)
     return {
         "format": FORMAT, "created": now(), "model": _model_name(bundle),
         "signature_sha256": signature_sha256(bundle),

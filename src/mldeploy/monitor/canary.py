@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mldeploy.config import Config
+    from collections.abc import Sequence
+
+    from mldeploy.config import CanaryAnalysisSection, Config
     from mldeploy.monitor.metrics import Collected
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
@@ -109,8 +111,8 @@ class Analysis:
         return "\n".join(out) + "\n"
 
 
-def analyze(production: SlotStats, canary: SlotStats, thresholds, window_seconds: float, *,
-            source: str = "", unavailable: str | None = None, notes: list[str] = ()) -> Analysis:
+def analyze(production: SlotStats, canary: SlotStats, thresholds: CanaryAnalysisSection, window_seconds: float, *,
+            source: str = "", unavailable: str | None = None, notes: Sequence[str] = ()) -> Analysis:
     """The decision for this window. `thresholds`: a CanaryAnalysisSection (monitoring.canary);
     `unavailable`: why no metrics could be read at all (the decision is then hold)."""
     t = thresholds
@@ -128,13 +130,13 @@ def analyze(production: SlotStats, canary: SlotStats, thresholds, window_seconds
         return result
 
     breaches = []
-    rate = canary.error_rate
+    rate = canary.errors / canary.requests  # its error_rate: it answered min_requests (at least 1)
     if rate > t.max_error_rate:
         breaches.append(f"canary error rate {_pct(rate)} ({canary.errors} of {canary.requests}) is above "
                         f"max_error_rate {_pct(t.max_error_rate)}")
     comparable = production.requests >= t.min_requests
     if comparable:
-        increase = rate - production.error_rate
+        increase = rate - production.errors / production.requests  # as many again
         if increase > t.max_error_rate_increase:
             breaches.append(f"canary error rate {_pct(rate)} is {100 * increase:.2f} points above production's "
                             f"{_pct(production.error_rate)} (max_error_rate_increase {_pct(t.max_error_rate_increase)})")
@@ -186,7 +188,7 @@ def judge(cfg: Config, got: Collected) -> Analysis:
 
 
 # -- numbers from raw material --------------------------------------------------------------------
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     """Prometheus' histogram_quantile: buckets are (upper bound, cumulative count), +Inf last; linear
     within the bucket the rank falls in; a rank in the +Inf bucket answers the largest finite bound."""
     buckets = sorted(buckets)

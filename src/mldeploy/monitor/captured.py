@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,10 @@ SUFFIXES = (".jsonl", ".json", ".ndjson")
 MAX_BYTES = 1 << 30          # stop fetching after this much, whatever --max-records says
 MAX_PROBLEMS = 5             # examples of skipped lines kept for the report
 
+loads: Callable[[bytes | str], Any]
 try:  # orjson (the serve extra) parses about 3x faster; json does the same job
-    from orjson import loads as loads
+    import orjson
+    loads = orjson.loads
 except ImportError:  # pragma: no cover - depends on the extras installed
     loads = json.loads
 
@@ -90,7 +92,7 @@ def _features(tensors: dict[str, list[np.ndarray]], cut: Callable) -> dict[str, 
 
 # -- where the bytes come from ------------------------------------------------------------------------
 def objects(source: str, region: str | None = None,
-            max_bytes: int = MAX_BYTES) -> Iterator[tuple[str, float, bytes]]:
+            max_bytes: int = MAX_BYTES) -> Generator[tuple[str, float, bytes], None, None]:
     """(name, last modified as Unix time, bytes) of every capture file or object under `source`,
     newest first."""
     from mldeploy import targets as registry
@@ -116,7 +118,7 @@ def objects(source: str, region: str | None = None,
         yield name, _unix(modified), fetch()
 
 
-def _unix(modified) -> float:
+def _unix(modified: Any) -> float:
     """A listing's last-modified time (a datetime from a cloud, nanoseconds from a local file)."""
     return modified.timestamp() if hasattr(modified, "timestamp") else modified / 1e9
 
@@ -176,7 +178,8 @@ def read(source: str, signature: Signature, *, max_records: int = 100_000, regio
     return found
 
 
-def _add(found: Captured, inputs, outputs, when, version, kind, signature: Signature) -> None:
+def _add(found: Captured, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None, when: Any,
+         version: Any, kind: str, signature: Signature) -> None:
     for name, arr in inputs.items():
         found.inputs[name].append(arr)
     for name, arr in (outputs or {}).items():
@@ -191,7 +194,8 @@ def _add(found: Captured, inputs, outputs, when, version, kind, signature: Signa
         found.last = when if found.last is None else max(found.last, when)
 
 
-def _record(doc: dict, signature: Signature, dtypes: dict[str, np.dtype]):
+def _record(doc: dict[str, Any], signature: Signature, dtypes: dict[str, np.dtype]
+            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """(inputs, outputs) of a serving-runtime record, checked against the signature."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, dict):

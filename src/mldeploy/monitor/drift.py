@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from mldeploy.bundle import Bundle, now
 from mldeploy.errors import UsageError
 from mldeploy.monitor import baseline as base
 from mldeploy.monitor.captured import Captured, read
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config, DriftSection
 
 EPSILON = 1e-4          # the share given to an empty bin, so that PSI stays finite
 CHART_FEATURES = 30     # the chart shows the features with the highest PSI
@@ -79,7 +82,8 @@ def categorical(feature: dict[str, Any], values: np.ndarray, psi_limit: float, c
     return result
 
 
-def compare(features: list[dict[str, Any]], live: dict[str, np.ndarray], thresholds, psi_limit: float) -> list[dict]:
+def compare(features: list[dict[str, Any]], live: dict[str, np.ndarray], thresholds: DriftSection,
+            psi_limit: float) -> list[dict]:
     """One result per baseline feature, in the baseline's order."""
     results = []
     for feature in features:
@@ -104,7 +108,7 @@ def check_model(found: dict[str, Any], bundle: Bundle, where: str) -> None:
                          hint="make a baseline for this bundle: `mldeploy monitor baseline --data FILE`")
 
 
-def analyze(found: dict[str, Any], captured: Captured, thresholds) -> dict[str, Any]:
+def analyze(found: dict[str, Any], captured: Captured, thresholds: DriftSection) -> dict[str, Any]:
     """The drift report of captured traffic against a baseline (no I/O)."""
     report: dict[str, Any] = {
         "format": "mldeploy-drift/1", "created": now(), "model": found.get("model"), "capture": captured.source,
@@ -130,7 +134,7 @@ def analyze(found: dict[str, Any], captured: Captured, thresholds) -> dict[str, 
     return {**report, "status": "drift" if report["drift"] else "ok"}
 
 
-def run(cfg, *, baseline_path: str | None = None, capture: str | None = None, max_records: int = 100_000,
+def run(cfg: Config, *, baseline_path: str | None = None, capture: str | None = None, max_records: int = 100_000,
         json_out: str | None = None) -> dict[str, Any]:
     """mldeploy monitor drift: read the baseline and the captured traffic, judge, write --json. The caller
     prints, writes the step summary and outputs, and decides the exit code (drift and fail_on_drift)."""

@@ -15,10 +15,13 @@ import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mldeploy.changes import Change
 from mldeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from mldeploy.config import Config
 
 
 @dataclass
@@ -28,13 +31,13 @@ class SetupPlan:
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
-    steps: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    steps: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     @property
     def empty(self) -> bool:
         return not self.changes
 
-    def add(self, action: str, resource: str, run: Callable[[], None], field: str = "", old: Any = None,
+    def add(self, action: str, resource: str, run: Callable[[], object], field: str = "", old: Any = None,
             new: Any = None) -> None:
         self.changes.append(Change(action, resource, field, old, new))
         self.steps.append(run)
@@ -104,7 +107,7 @@ def cron_hours(schedule: str) -> tuple[int, int | None]:
     raise UsageError(f"monitoring.drift.schedule {schedule!r}: the hour field must be *, */N or one hour", hint=hint)
 
 
-def load_baseline(cfg) -> dict[str, Any] | None:
+def load_baseline(cfg: Config) -> dict[str, Any] | None:
     """The baseline (monitoring.baseline, else baseline.json in the bundle), or None when there is none."""
     from mldeploy.monitor.baseline import load
 
@@ -116,14 +119,14 @@ def load_baseline(cfg) -> dict[str, Any] | None:
 
 def drift_args(cfg_file: str | None, capture: str | None = None) -> list[str]:
     """The arguments of `mldeploy monitor drift` for a scheduled check."""
-    return ["--config", cfg_file] * bool(cfg_file) + ["--capture", capture] * bool(capture)
+    return (["--config", cfg_file] if cfg_file else []) + (["--capture", capture] if capture else [])
 
 
 def drift_command(cfg_file: str | None, capture: str | None = None) -> str:
     return shlex.join(["mldeploy", "monitor", "drift", *drift_args(cfg_file, capture)])
 
 
-def schedule_snippets(cfg, cfg_file: str | None, capture: str | None = None) -> list[str]:
+def schedule_snippets(cfg: Config, cfg_file: str | None, capture: str | None = None) -> list[str]:
     """A cron line and a GitHub Actions schedule that run the drift check (for targets the cloud does
     not monitor, and for local)."""
     schedule = cfg.monitoring.drift.schedule
