@@ -165,8 +165,8 @@ def registry_for(host: str) -> Registry | None:
 
 def markdown_table() -> str:
     """The docs' target table (README, between the `targets` markers)."""
-    rows = ["| `deploy.cloud` | `deploy.target` | deploys to | slots are | per-PR slots | shadow traffic | "
-            "canary analysis compares predictions | API keys | extra |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| `deploy.cloud` | `deploy.target` | deploys to | slots are | per-PR slots | shadow traffic | "
+             "canary analysis compares predictions | API keys | extra |"), "|---|---|---|---|---|---|---|---|---|"]
     for e in entries():
         c = e.capabilities
         rows.append(f"| {e.cloud} | {e.name} | {e.title} | {e.slots} | "

@@ -537,9 +537,10 @@ class AzureMLTarget(Target):
         from mldeploy.monitor.canary import SlotStats
         from mldeploy.monitor.metrics import Collected
 
-        current = self.read() or {"slots": {}}
+        current = self.read()
+        canary = self.compared(current, pr)  # no endpoint or no canary: NoCanary, in one line
+        assert current is not None
         slots = current["slots"]
-        canary = self.compared(current, pr)
         names = {slots[slot]["deployment"]: slot for slot in ("production", canary)}
         which = " or ".join(f"deployment eq '{name}'" for name in names)
         subscription = workspace(self.cfg)[0]

@@ -158,7 +158,7 @@ class Target(ABC):
     def compared(self, current: Any, pr: int | None) -> str:
         """The canary to analyze; production must be there to compare it with."""
         slots = self._status(current).slots
-        canary = self.canary(current, pr, "analyze")
+        canary = pick_canary(self.endpoint, slots, pr, "analyze")
         if "production" not in slots:
             raise UsageError(f"{self.endpoint} has {canary} but no production slot to compare it with",
                              hint="deploy production first (`mldeploy deploy --stage production`)")

@@ -534,8 +534,9 @@ class CloudRunTarget(Target):
         """Cloud Monitoring request_count (by response_code_class) and request_latencies per revision."""
         from mldeploy.monitor.metrics import Collected
 
-        current = self.read() or {"slots": {}}
-        canary = self.compared(current, pr)
+        current = self.read()
+        canary = self.compared(current, pr)  # no endpoint or no canary: NoCanary, in one line
+        assert current is not None
         stats = gcp.cloud_monitoring_slot_stats(
             self.project, self._resource(), "resource.labels.revision_name",
             {slot: current["slots"][slot]["revision"] for slot in ("production", canary)},

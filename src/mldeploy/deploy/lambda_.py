@@ -587,7 +587,7 @@ class LambdaTarget(Target):
         from mldeploy.monitor.metrics import Collected
 
         current = self.read()
-        slots, canary = self._status(current).slots, self.canary(current, pr, "analyze")
+        slots, canary = self._status(current).slots, self.compared(current, pr)
         # each version behind the alias on its own, so production's figures leave the canary's requests out
         dims = {slot: {"FunctionName": self.function, "Resource": f"{self.function}:{ALIAS}",
                        "ExecutedVersion": slots[slot].detail["version"]} for slot in ("production", canary)}

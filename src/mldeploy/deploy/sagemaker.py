@@ -398,7 +398,7 @@ class SageMakerTarget(Target):
         from mldeploy.deploy.sagemaker_monitor import variant_predictions
         from mldeploy.monitor.metrics import Collected
 
-        canary = self.canary(self.read(), pr, "analyze")
+        canary = self.compared(self.read(), pr)
         dims = {slot: {"EndpointName": self.endpoint, "VariantName": slot} for slot in ("production", canary)}
         stats = aws_cloud.cloudwatch_slot_stats(self.region, "AWS/SageMaker", dims,
                                                 ("Invocations", "Invocation5XXErrors", "ModelLatency"),

@@ -440,8 +440,9 @@ class VertexTarget(Target):
         deployed_model_id of the endpoint."""
         from mldeploy.monitor.metrics import Collected
 
-        current = self.read() or {"slots": {}}
-        canary = self.compared(current, pr)
+        current = self.read()
+        canary = self.compared(current, pr)  # no endpoint or no canary: NoCanary, in one line
+        assert current is not None
         stats = gcp.cloud_monitoring_slot_stats(
             self.project, self._resource(current), "metric.labels.deployed_model_id",
             {slot: current["slots"][slot]["id"] for slot in ("production", canary)},
