@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
-
-import boto3
-
 from mldeploy.deploy.aws import ensure_ecr_repository
-from tests.contract import moto_patches
-from tests.contract.conftest import REGISTRY, ROLE
+from tests.helpers.aws import REGISTRY, ROLE
+from tests.helpers.need import need
+
+need("moto", "the dev extra installs it")
+
+import boto3  # noqa: E402
+
+from tests.helpers import moto_patches  # noqa: E402
 
 
 def test_an_ecr_repository_is_created_once_scanned_and_immutable(aws):

@@ -1,21 +1,23 @@
 """`mldeploy deploy|promote|rollback|status --cloud aws --target lambda` against moto over HTTP.
 
-Invoking an image function runs our own Lambda handler on the test bundle (tests/contract/moto_lambda.py)."""
+Invoking an image function runs our own Lambda handler on the test bundle (tests/helpers/moto_lambda.py)."""
 
 from __future__ import annotations
-
-import pytest
-
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
 
 import json
 import threading
 import time
 
-import boto3
+import pytest
 
-from tests.contract import moto_lambda
-from tests.contract.conftest import ROLE, ecr_image
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.need import need
+
+need("moto", "the dev extra installs it")
+
+import boto3  # noqa: E402
+
+from tests.helpers import moto_lambda  # noqa: E402
 
 FUNCTION = "classifier"
 

@@ -2,53 +2,34 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
-
 import json
 import threading
 import time
 
-import boto3
+import pytest
 
-from tests.contract import moto_patches
-from tests.contract.conftest import ROLE, ecr_image
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.aws import sagemaker_serving as serving
+from tests.helpers.need import need
+
+need("moto", "the dev extra installs it")
+
+import boto3  # noqa: E402
+
+from tests.helpers import moto_patches  # noqa: E402
 
 ENDPOINT = "classifier"
 
 
 @pytest.fixture
-def project(tmp_path, bundle, aws):
+def project(sagemaker_project):
     """A model repo configured for SageMaker, and two images in ECR."""
-    (tmp_path / "mldeploy.yaml").write_text(f"""
-deploy:
-  cloud: aws
-  target: sagemaker
-  endpoint: {ENDPOINT}
-  aws:
-    role: {ROLE}
-    sagemaker:
-      instance_type: ml.m5.large
-""")
-    images = [ecr_image("models/classifier", c * 64) for c in "ab"]
-    return tmp_path, bundle, images
+    return sagemaker_project
 
 
 def deploy(mldeploy, project, image, *args):
     folder, bundle, _ = project
     return mldeploy("deploy", "--bundle", bundle, "--image", image, *args, cwd=folder)
-
-
-def serving() -> dict[str, tuple[str, int]]:
-    """What the endpoint serves, read straight from the API: variant -> (image, weight %)."""
-    sm = boto3.client("sagemaker")
-    ep = sm.describe_endpoint(EndpointName=ENDPOINT)
-    config = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
-    weights = {v["VariantName"]: v.get("CurrentWeight", 0.0) for v in ep["ProductionVariants"]}
-    total = sum(weights.values())
-    return {v["VariantName"]: (sm.describe_model(ModelName=v["ModelName"])["PrimaryContainer"]["Image"],
-                               round(100 * weights[v["VariantName"]] / total)) for v in config["ProductionVariants"]}
 
 
 def test_first_deploy_canary_promote_rollback(mldeploy, project, aws):
@@ -86,7 +67,7 @@ def test_first_deploy_canary_promote_rollback(mldeploy, project, aws):
 
 
 def test_every_resource_is_tagged_and_alarmed(mldeploy, project, monkeypatch):
-    _, _, (a, b) = project
+    _, _, (a, _b) = project
     monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
     monkeypatch.setenv("GITHUB_SHA", "f" * 40)
     assert deploy(mldeploy, project, a).code == 0
@@ -143,7 +124,7 @@ def test_a_failed_update_leaves_production_serving(mldeploy, project):
 
 
 def test_an_alarm_during_the_bake_rolls_the_canary_back(mldeploy, project, monkeypatch):
-    folder, _, (a, b) = project
+    _folder, _, (a, b) = project
     monkeypatch.setenv("MLDEPLOY_DEPLOY__AWS__BAKE_SECONDS", "3")
     assert deploy(mldeploy, project, a).code == 0
     alarm = "mldeploy-classifier-canary-5xx"

@@ -1,92 +1,29 @@
 """`mldeploy deploy|promote|rollback|status|doctor --cloud azure --target azureml` over HTTP.
 
-The real azure-ai-ml client talks to a small stateful fake of ARM (tests/contract/fakes/azureml.py),
+The real azure-ai-ml client talks to a small stateful fake of ARM (tests/helpers/fakes/azureml.py),
 reached through the product's one seam, MLDEPLOY_AZURE_ARM_ENDPOINT. The credential is the real
 DefaultAzureCredential: azure-identity's WorkloadIdentityCredential, from the environment azure/login
 leaves (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE), exchanges the federated token at
-a local TLS fake of Entra ID (AZURE_AUTHORITY_HOST, a throwaway CA: test_registry_login's helpers), and
+a local TLS fake of Entra ID (AZURE_AUTHORITY_HOST, a throwaway CA: tests/helpers/identity.py and tls.py), and
 the fake ARM accepts only the token it issued.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import threading
 import time
 
 import pytest
 
-pytest.importorskip("azure.ai.ml", reason="needs the azure extra (azure-ai-ml)")
-pytest.importorskip("azure.identity", reason="needs the azure extra (azure-identity)")
+from tests.helpers.azure_ml import CLIENT_ID, ENDPOINT, RG, SUB, WS, A, B, C, name, serving
+from tests.helpers.cli import deploy
+from tests.helpers.identity import FEDERATED_TOKEN, TENANT
+from tests.helpers.need import need
 
-from tests.contract.fakes.azureml import AzureMLFake  # noqa: E402
-from tests.contract import test_registry_login as registry_login  # noqa: E402
-from tests.contract.test_registry_login import FEDERATED_TOKEN, TENANT, Fake, azure_workload_identity  # noqa: E402
-
-tls = registry_login.tls   # its fixture: a throwaway CA, and a TLS context for 127.0.0.1 signed by it
-
-SUB, RG, WS = "00000000-1111-2222-3333-444444444444", "ml-rg", "ml-ws"
-ENDPOINT = "classifier"
-REGISTRY = "acme.azurecr.io/models/classifier"
-A, B, C = (f"{REGISTRY}@sha256:{c * 64}" for c in "abc")
-
-
-CLIENT_ID = "11111111-2222-3333-4444-555555555555"   # what azure_workload_identity sets
-
-
-def _b64(data: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-
-# an access token shaped like Entra ID's (a JWT; doctor reads its identity claims, never prints it)
-AAD_TOKEN = ".".join([_b64({"typ": "JWT", "alg": "RS256"}),
-                      _b64({"aud": "https://management.azure.com", "appid": CLIENT_ID, "tid": TENANT,
-                            "oid": "99999999-8888-7777-6666-555555555555"}), "SECRET-signature"])
-
-
-def name(slot: str, image: str) -> str:
-    return f"{slot}-{image[-64:][:8]}"
-
-
-@pytest.fixture(scope="module")
-def arm():
-    fake = AzureMLFake(SUB, RG, WS, token=AAD_TOKEN)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def authority(tls):
-    """Entra ID's token endpoint, over TLS: every federated-token exchange gets AAD_TOKEN."""
-    fake = Fake({f"/{TENANT}/oauth2/v2.0/token": (200, {"token_type": "Bearer", "expires_in": 3599,
-                                                         "ext_expires_in": 3599, "access_token": AAD_TOKEN})},
-                tls=tls[0])
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def azure(arm, authority, tls, monkeypatch, tmp_path):
-    """A clean workspace, reached by mldeploy's MLClient through MLDEPLOY_AZURE_ARM_ENDPOINT, with the
-    credentials azure/login (OIDC) would leave."""
-    for var in list(os.environ):
-        if var.startswith(("AZURE_", "AZUREML_", "IDENTITY_", "MSI_")):
-            monkeypatch.delenv(var, raising=False)
-    arm.reset()
-    authority.requests.clear()
-    azure_workload_identity(monkeypatch, tmp_path, f"https://{authority.host}")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls[1]))   # azure-identity trusts the fake authority
-    monkeypatch.setenv("SSL_CERT_FILE", str(tls[1]))
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    monkeypatch.setenv("MLDEPLOY_AZURE_ARM_ENDPOINT", arm.url)
-    monkeypatch.setenv("MLDEPLOY_POLL_SECONDS", "0.02")
-    from mldeploy.deploy import azureml
-
-    monkeypatch.setattr(azureml, "POLL_SECONDS", 0.05)
-    return arm
+need("azure.ai.ml", "the azure extra installs azure-ai-ml")
+need("azure.identity", "the azure extra installs azure-identity")
 
 
 @pytest.fixture
@@ -105,15 +42,6 @@ deploy:
       instance_count: 2
 """)
     return tmp_path, bundle
-
-
-def deploy(mldeploy, project, image, *args):
-    folder, bundle = project
-    return mldeploy("deploy", "--bundle", bundle, "--image", image, *args, cwd=folder)
-
-
-def serving(arm) -> dict:
-    return arm.serving(ENDPOINT)
 
 
 def test_first_deploy_canary_promote_rollback(mldeploy, project, azure):
@@ -364,7 +292,7 @@ def test_status_of_an_endpoint_that_does_not_exist(mldeploy, project):
      "no Azure credentials"),
 ])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(mldeploy, project, azure, monkeypatch, case, args, env, message):
-    folder, bundle = project
+    folder, _bundle = project
     config = folder / "mldeploy.yaml"
     for key, value in env.items():
         if key.isupper():

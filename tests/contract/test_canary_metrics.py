@@ -3,18 +3,20 @@ metrics put the way SageMaker and Lambda publish them (moto_patches answers the 
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
-
 import base64
 import datetime as dt
 import json
 
-import boto3
+import pytest
 
-from tests.contract import moto_lambda, moto_patches
-from tests.contract.conftest import ROLE, ecr_image
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.need import need
+
+need("moto", "the dev extra installs it")
+
+import boto3  # noqa: E402
+
+from tests.helpers import moto_lambda, moto_patches  # noqa: E402
 
 ENDPOINT = "classifier"
 
@@ -22,7 +24,7 @@ ENDPOINT = "classifier"
 def put(namespace: str, dims: dict[str, str], metric: str, values: list[float], unit: str = "Count") -> None:
     """Data points 30 s ago, 150 at a time (CloudWatch's limit per call)."""
     cw = boto3.client("cloudwatch")
-    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
     dimensions = [{"Name": k, "Value": v} for k, v in dims.items()]
     for i in range(0, len(values), 150):
         cw.put_metric_data(Namespace=namespace, MetricData=[
@@ -106,7 +108,7 @@ def test_sagemaker_failing_canary_rolls_back_with_exit_1(mldeploy, sagemaker, mo
 
 def captured(slot: str, rows: list[list[float]], seconds_ago: float = 30, base64_body: bool = False) -> None:
     """One data-capture file of a variant, where and as SageMaker writes it: one request per row."""
-    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds_ago)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
 
     def part(mode: str, doc: dict) -> dict:
         data = json.dumps(doc)

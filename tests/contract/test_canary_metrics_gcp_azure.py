@@ -15,18 +15,22 @@ import json
 
 import pytest
 
-pytest.importorskip("google.cloud.monitoring_v3", reason="the gcp extra (google-cloud-monitoring) is not installed")
-pytest.importorskip("azure.mgmt.monitor", reason="the azure extra (azure-mgmt-monitor) is not installed")
+from tests.helpers import azure_ml as az
+from tests.helpers import gcp_cloudrun as cr
+from tests.helpers import gcp_vertex as vx
+from tests.helpers.cli import deploy, one_line
+from tests.helpers.fakes.cloud_monitoring import distribution
+from tests.helpers.need import need
 
-from tests.contract import test_azure_ml as az  # noqa: E402
-from tests.contract import test_gcp_cloudrun as cr  # noqa: E402
-from tests.contract import test_gcp_vertex as vx  # noqa: E402
-from tests.contract.fakes.cloud_monitoring import distribution  # noqa: E402
+for module, extra in (("google.cloud.monitoring_v3", "gcp"), ("google.cloud.aiplatform_v1", "gcp"),
+                      ("google.cloud.run_v2", "gcp"), ("azure.mgmt.monitor", "azure"), ("azure.ai.ml", "azure"),
+                      ("azure.identity", "azure")):
+    need(module, f"the {extra} extra installs it")
 
-# the fixtures the deploy tests start the fakes and credential seams with
-server, vertex = vx.server, vx.vertex
-fake, gcp = cr.fake, cr.gcp
-arm, authority, azure, tls = az.arm, az.authority, az.azure, az.tls
+
+@pytest.fixture
+def gcp(cloudrun):
+    return cloudrun
 
 WINDOW = "600"
 VERTEX_BOUNDS = [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0]   # ms; bucket i holds values below bound i
@@ -57,7 +61,7 @@ def seconds_between(query: dict, start: str, end: str) -> float:
 def test_vertex_reads_each_deployed_model_and_decides(mldeploy, tmp_path, bundle, vertex):
     (tmp_path / "mldeploy.yaml").write_text(vx.CONFIG)
     for image, args in ((vx.A, ()), (vx.B, ("--stage", "canary", "--traffic", "20"))):
-        r = vx.deploy(mldeploy, (tmp_path, bundle), image, *args)
+        r = deploy(mldeploy, (tmp_path, bundle), image, *args)
         assert r.code == 0, r.err
     ids = vx.ids(vertex)
     endpoint_id = vertex.endpoint(vx.ENDPOINT)["name"].rsplit("/", 1)[-1]
@@ -94,8 +98,8 @@ def test_vertex_reads_each_deployed_model_and_decides(mldeploy, tmp_path, bundle
                 f'one_of("{ids["production"]}", "{ids["canary"]}")')
     assert counts["filter"] == [f'metric.type = "aiplatform.googleapis.com/prediction/online/response_count" AND {resource}']
     assert counts["aggregation.groupByFields"] == ["metric.label.deployed_model_id", "metric.label.response_code"]
-    assert latencies["filter"] == ['metric.type = "aiplatform.googleapis.com/prediction/online/prediction_latencies" '
-                                   f'AND {resource} AND metric.labels.latency_type = "total"']
+    assert latencies["filter"] == [('metric.type = "aiplatform.googleapis.com/prediction/online/prediction_latencies" '
+                                    f'AND {resource} AND metric.labels.latency_type = "total"')]
     assert latencies["aggregation.groupByFields"] == ["metric.label.deployed_model_id"]
     for query in (counts, latencies):
         assert (query["aggregation.alignmentPeriod"], query["aggregation.perSeriesAligner"],
@@ -122,20 +126,20 @@ def test_vertex_reads_each_deployed_model_and_decides(mldeploy, tmp_path, bundle
 def test_vertex_without_monitoring_viewer_is_one_line_exit_2(mldeploy, tmp_path, bundle, vertex):
     (tmp_path / "mldeploy.yaml").write_text(vx.CONFIG)
     for image, args in ((vx.A, ()), (vx.B, ("--stage", "canary"))):
-        assert vx.deploy(mldeploy, (tmp_path, bundle), image, *args).code == 0
+        assert deploy(mldeploy, (tmp_path, bundle), image, *args).code == 0
     vertex.denied.add("monitoring.timeSeries.list")
     r, found = analyze(mldeploy, tmp_path)
     assert r.code == 2 and found is None
     assert "Google Cloud refused to read aiplatform.googleapis.com/prediction/online/response_count " \
            "(PERMISSION_DENIED)" in r.err
-    assert "Traceback" not in r.err and vx.one_line(r)
+    assert "Traceback" not in r.err and one_line(r)
 
 
 # -- Cloud Run -----------------------------------------------------------------------------------------
 def test_cloudrun_reads_each_revision_and_decides(mldeploy, tmp_path, bundle, gcp):
     (tmp_path / "mldeploy.yaml").write_text(cr.CONFIG)
     for image, args in ((cr.A, ()), (cr.B, ("--stage", "canary", "--traffic", "20"))):
-        r = cr.deploy(mldeploy, (tmp_path, bundle), image, *args)
+        r = deploy(mldeploy, (tmp_path, bundle), image, *args)
         assert r.code == 0, r.err
     revisions = {t.get("tag") or "production": t["revision"] for t in gcp.services[cr.SERVICE]["trafficStatuses"]}
     assert set(revisions) == {"production", "canary"}
@@ -201,7 +205,7 @@ deploy:
 def test_azureml_reads_each_deployment_and_decides(mldeploy, tmp_path, bundle, azure):
     (tmp_path / "mldeploy.yaml").write_text(AZURE_CONFIG)
     for image, args in ((az.A, ()), (az.B, ("--stage", "canary", "--traffic", "20"))):
-        r = az.deploy(mldeploy, (tmp_path, bundle), image, *args)
+        r = deploy(mldeploy, (tmp_path, bundle), image, *args)
         assert r.code == 0, r.err
     production, canary = az.name("production", az.A), az.name("canary", az.B)
 
@@ -234,8 +238,8 @@ def test_azureml_reads_each_deployment_and_decides(mldeploy, tmp_path, bundle, a
         assert (end - start).total_seconds() == 600 and int(query["top"]) >= 100
         assert query["metricnamespace"] == "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
     metric_paths = [p for m, _, p in azure.requests if p.endswith("/providers/Microsoft.Insights/metrics")]
-    assert metric_paths == [f"/subscriptions/{az.SUB}/resourceGroups/{az.RG}/providers/Microsoft.MachineLearningServices"
-                            f"/workspaces/{az.WS}/onlineEndpoints/{az.ENDPOINT}/providers/Microsoft.Insights/metrics"] * 2
+    assert metric_paths == [(f"/subscriptions/{az.SUB}/resourceGroups/{az.RG}/providers/Microsoft.MachineLearningServices"
+                             f"/workspaces/{az.WS}/onlineEndpoints/{az.ENDPOINT}/providers/Microsoft.Insights/metrics")] * 2
 
     azure.metric_points.clear()
     seed(production, 90, 0, 20.0, 60.0)

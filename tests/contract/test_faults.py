@@ -19,17 +19,15 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from tests.contract.conftest import ROLE, ecr_image
-
-try:  # the Azure ML fake's fixtures: ARM, Entra ID over TLS, workload identity
-    from tests.contract.test_azure_ml import arm, authority, azure, tls  # noqa: F401
-except pytest.skip.Exception:  # no azure extra: its rows skip, the others run
-    pass
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.azure_ml import RG, SUB, WS
+from tests.helpers.need import need
 
 pytestmark = [pytest.mark.slow]
 TARGETS = ["sagemaker", "lambda", "vertex", "cloudrun", "azureml"]
@@ -62,7 +60,7 @@ class Backend:
 def aws_backend(target: str, aws, url: str, bundle) -> Backend:
     import boto3
 
-    from tests.contract import moto_lambda, moto_patches
+    from tests.helpers import moto_lambda, moto_patches
 
     def reset() -> tuple[str, str, str]:
         urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).read()
@@ -170,8 +168,7 @@ def cloudrun_backend(fake) -> Backend:
 
 
 def azureml_backend(arm) -> Backend:
-    from tests.contract.fakes.azureml import call_of
-    from tests.contract.test_azure_ml import RG, SUB, WS
+    from tests.helpers.fakes.azureml import call_of
 
     repository = "acme.azurecr.io/models/classifier"
 
@@ -198,8 +195,8 @@ def azureml_backend(arm) -> Backend:
 
 
 GCP_FAKES = {  # target -> (the client its fake needs, the fake's module and class)
-    "vertex": ("google.cloud.aiplatform_v1", "tests.contract.fakes.vertex", "FakeVertex"),
-    "cloudrun": ("google.cloud.run_v2", "tests.contract.fakes.cloudrun", "FakeCloudRun"),
+    "vertex": ("google.cloud.aiplatform_v1", "tests.helpers.fakes.vertex", "FakeVertex"),
+    "cloudrun": ("google.cloud.run_v2", "tests.helpers.fakes.cloudrun", "FakeCloudRun"),
 }
 
 
@@ -213,7 +210,7 @@ def gcp_fakes():
     def fake(target: str):
         if target not in started:
             client, module, cls = GCP_FAKES[target]
-            pytest.importorskip(client, reason=f"the gcp extra ({client}) is not installed")
+            need(client, "the gcp extra installs it")
             started[target] = getattr(importlib.import_module(module), cls)().start()
         return started[target]
 
@@ -231,7 +228,7 @@ def backend(request, monkeypatch, bundle) -> Backend:
     monkeypatch.setattr(deploy, "RESTORE_BACKOFF", (0.05, 0.05, 0.05))
     target = request.param
     if target in ("sagemaker", "lambda"):
-        pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
+        need("moto", "the dev extra installs it")
         from mldeploy.deploy import aws as aws_module
         from mldeploy.deploy import lambda_, sagemaker
 
@@ -241,7 +238,8 @@ def backend(request, monkeypatch, bundle) -> Backend:
         aws = request.getfixturevalue("aws")
         return aws_backend(target, aws, request.getfixturevalue("moto_server")[1], bundle)
     if target == "azureml":
-        pytest.importorskip("azure.ai.ml", reason="the azure extra (azure-ai-ml) is not installed")
+        need("azure.ai.ml", "the azure extra installs it")
+        need("azure.identity", "the azure extra installs it")
         from mldeploy.deploy import azure
 
         monkeypatch.setenv("MLDEPLOY_AZURE_MAX_RETRIES", "2")
@@ -390,8 +388,8 @@ def test_two_deploys_at_once_leave_what_one_of_them_asked(backend, mldeploy, tmp
         a, b, c = runner.fresh(False)
         first_asked, second_asked = {(a, 90), (b, 10)}, {(a, 80), (c, 20)}
         second: list[tuple[int, str]] = []
-        backend.faults.race = lambda: second.append(runner.run(["deploy", "--image", c, "--stage", "canary",
-                                                                "--traffic", "20"]))
+        backend.faults.race = lambda second=second, c=c: second.append(
+            runner.run(["deploy", "--image", c, "--stage", "canary", "--traffic", "20"]))
         backend.faults.rules = {call: ["race", skip, 1]}
         first = ["deploy", "--image", b, "--stage", "canary", "--traffic", "10"]
         try:

@@ -1,6 +1,6 @@
 """`mldeploy deploy|promote|rollback|status --cloud gcp --target cloudrun`: the real google-cloud-run
 clients (transport rest, anonymous credentials) against a small stateful fake of the Cloud Run Admin
-API v2 over HTTP (tests/contract/fakes/cloudrun.py), which also answers the service and tag URLs."""
+API v2 over HTTP (tests/helpers/fakes/cloudrun.py), which also answers the service and tag URLs."""
 
 from __future__ import annotations
 
@@ -10,61 +10,23 @@ import time
 
 import pytest
 
-pytest.importorskip("google.cloud.run_v2", reason="the gcp extra (google-cloud-run) is not installed")
+from tests.helpers.cli import deploy
+from tests.helpers.gcp_cloudrun import CONFIG, ENDPOINT, PROJECT, REGION, REPO, SERVICE, A, B, C
+from tests.helpers.need import need
 
-from tests.contract.fakes.cloudrun import FakeCloudRun  # noqa: E402
-
-ENDPOINT, PROJECT, REGION = "classifier", "acme-ml", "europe-west1"
-REPO = f"{REGION}-docker.pkg.dev/{PROJECT}/models/classifier"
-A, B, C = (f"{REPO}@sha256:{c * 64}" for c in "abc")
-SERVICE = f"projects/{PROJECT}/locations/{REGION}/services/{ENDPOINT}"
-CONFIG = f"""
-deploy:
-  cloud: gcp
-  target: cloudrun
-  endpoint: {ENDPOINT}
-  region: {REGION}
-  gcp:
-    project: {PROJECT}
-    cloudrun:
-      cpu: "2"
-      memory: 4Gi
-      concurrency: 8
-      min_instances: 1
-      max_instances: 5
-"""
-
-
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeCloudRun().start()
-    yield server
-    server.stop()
+need("google.cloud.run_v2", "the gcp extra installs google-cloud-run")
 
 
 @pytest.fixture
-def gcp(fake, monkeypatch):
-    """A clean fake Cloud Run, reached by every client the code makes (no Google credentials at all)."""
-    fake.reset()
-    monkeypatch.setenv("MLDEPLOY_GCP_API_ENDPOINT", fake.url)
-    for name in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS"):
-        monkeypatch.delenv(name, raising=False)
-    from mldeploy.deploy import cloudrun, gcp
-
-    monkeypatch.setattr(cloudrun, "POLL_SECONDS", 0.01)
-    monkeypatch.setattr(gcp, "POLL_SECONDS", 0.01)
-    return fake
+def gcp(cloudrun):
+    """A clean fake Cloud Run (tests/helpers/gcp_cloudrun.py)."""
+    return cloudrun
 
 
 @pytest.fixture
 def project(tmp_path, bundle, gcp):
     (tmp_path / "mldeploy.yaml").write_text(CONFIG)
     return tmp_path, bundle
-
-
-def deploy(mldeploy, project, image, *args):
-    folder, bundle = project
-    return mldeploy("deploy", "--bundle", bundle, "--image", image, *args, cwd=folder)
 
 
 def revisions(fake) -> set[str]:

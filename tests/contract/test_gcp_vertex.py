@@ -9,73 +9,17 @@ import time
 
 import pytest
 
-pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-cloud-aiplatform) is not installed")
+from tests.helpers.cli import deploy, one_line
+from tests.helpers.gcp_vertex import CONFIG, ENDPOINT, PROJECT, REGION, REPOSITORY, A, B, C, ids, serving
+from tests.helpers.need import need
 
-from tests.contract.fakes.vertex import FakeVertex  # noqa: E402
-
-ENDPOINT, PROJECT, REGION = "classifier", "acme-ml", "europe-west4"
-REPOSITORY = f"europe-docker.pkg.dev/{PROJECT}/models/classifier"
-A, B, C = (f"{REPOSITORY}@sha256:{c * 64}" for c in "abc")
-CONFIG = f"""
-deploy:
-  cloud: gcp
-  target: vertex
-  endpoint: {ENDPOINT}
-  region: {REGION}
-  gcp:
-    project: {PROJECT}
-    vertex:
-      machine_type: n1-standard-4
-      min_replicas: 1
-      max_replicas: 3
-"""
-
-
-@pytest.fixture(scope="module")
-def server():
-    fake = FakeVertex().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def vertex(server, monkeypatch):
-    """A clean Vertex AI project, reached by every GCP client the code makes (anonymous, plain http)."""
-    server.reset()
-    monkeypatch.setenv("MLDEPLOY_GCP_API_ENDPOINT", server.url)
-    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT",
-                 "GCP_PROJECT"):
-        monkeypatch.delenv(name, raising=False)
-    from mldeploy.deploy import gcp
-
-    monkeypatch.setattr(gcp, "POLL_SECONDS", 0.01)
-    return server
+need("google.cloud.aiplatform_v1", "the gcp extra installs google-cloud-aiplatform")
 
 
 @pytest.fixture
 def project(tmp_path, bundle, vertex):
     (tmp_path / "mldeploy.yaml").write_text(CONFIG)
     return tmp_path, bundle
-
-
-def deploy(mldeploy, project, image, *args):
-    folder, bundle = project
-    return mldeploy("deploy", "--bundle", bundle, "--image", image, *args, cwd=folder)
-
-
-def serving(vertex) -> dict[str, tuple[str, int]]:
-    """What the endpoint serves, read from the fake's state: slot -> (image, traffic %)."""
-    ep = vertex.endpoint(ENDPOINT)
-    split = ep.get("trafficSplit", {})
-    return {dm["displayName"]: (vertex.image_of(dm["model"]), split.get(dm["id"], 0)) for dm in ep.get("deployedModels", [])}
-
-
-def ids(vertex) -> dict[str, str]:
-    return {dm["displayName"]: dm["id"] for dm in vertex.endpoint(ENDPOINT).get("deployedModels", [])}
-
-
-def one_line(r) -> bool:
-    return len(r.err.strip().splitlines()) == 1
 
 
 def test_first_deploy_canary_promote_rollback(mldeploy, project, vertex):
@@ -113,7 +57,7 @@ def test_first_deploy_canary_promote_rollback(mldeploy, project, vertex):
     assert r.code == 0, r.err
     assert "traffic split: {'production': 90, 'canary': 10} -> {'production': 75, 'canary': 25}" in r.out
     assert serving(vertex) == {"production": (A, 75), "canary": (B, 25)}
-    assert [q for m, _, q in vertex.mutating() if m == "PATCH"][0].startswith("updateMask=trafficSplit")
+    assert next(q for m, _, q in vertex.mutating() if m == "PATCH").startswith("updateMask=trafficSplit")
 
     vertex.requests.clear()
     r = mldeploy("promote", cwd=project[0])

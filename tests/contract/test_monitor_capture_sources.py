@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from mldeploy.monitor import baseline as base
-from tests.serve.conftest import start_server
+from tests.helpers.identity import TENANT, Fake, azure_workload_identity
+from tests.helpers.need import need
+from tests.helpers.server import start_server
 
 N_NORMAL, N_SHIFTED = 90, 90
 
@@ -156,8 +158,8 @@ def test_s3(mldeploy, served, aws):
 # -- Cloud Storage (fake) ---------------------------------------------------------------------------
 @pytest.fixture
 def gcs(monkeypatch):
-    pytest.importorskip("google.cloud.storage", reason="needs the gcp extra (google-cloud-storage)")
-    from tests.contract.fakes.storage import StorageFake
+    need("google.cloud.storage", "the gcp extra installs it")
+    from tests.helpers.fakes.storage import StorageFake
 
     fake = StorageFake("gcs")
     monkeypatch.setenv("MLDEPLOY_GCP_API_ENDPOINT", fake.url)
@@ -180,18 +182,14 @@ def test_cloud_storage(mldeploy, served, gcs):
 
 
 # -- Azure Blob storage (fake) ----------------------------------------------------------------------
-pytest.importorskip("azure.identity", reason="needs the azure extra (azure-identity)")
-from tests.contract import test_registry_login as registry_login  # noqa: E402
-from tests.contract.test_registry_login import TENANT, Fake, azure_workload_identity  # noqa: E402
-
-tls = registry_login.tls   # its fixture: a throwaway CA, and a TLS context for 127.0.0.1 signed by it
 AAD_TOKEN = "aad-storage-SECRET-token"
 
 
 @pytest.fixture
 def blob(tls, monkeypatch, tmp_path):
-    pytest.importorskip("azure.storage.blob", reason="needs the azure extra (azure-storage-blob)")
-    from tests.contract.fakes.storage import StorageFake
+    need("azure.identity", "the azure extra installs it")
+    need("azure.storage.blob", "the azure extra installs it")
+    from tests.helpers.fakes.storage import StorageFake
 
     authority = Fake({f"/{TENANT}/oauth2/v2.0/token": (200, {"token_type": "Bearer", "expires_in": 3599,
                                                              "ext_expires_in": 3599, "access_token": AAD_TOKEN})},

@@ -3,42 +3,24 @@ real boto3 against moto over HTTP (Model Monitor schedules and anomaly detectors
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("moto", reason="moto (the dev extra) is not installed")
-
 import json
 
-import boto3
+import pytest
 
-from tests.contract import moto_patches
-from tests.contract.conftest import ROLE, ecr_image
-from tests.unit.test_sagemaker_constraints import baseline
+from tests.helpers.aws import CAPTURE_BUCKET as BUCKET
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.aws import SAGEMAKER_ENDPOINT as ENDPOINT
+from tests.helpers.aws import sagemaker_monitoring_config as config
+from tests.helpers.monitoring import baseline
+from tests.helpers.need import need
 
-ENDPOINT, BUCKET = "classifier", "acme-capture"
+need("moto", "the dev extra installs it")
+
+import boto3  # noqa: E402
+
+from tests.helpers import moto_patches  # noqa: E402
+
 ANALYZER = "156813124566.dkr.ecr.us-east-1.amazonaws.com/sagemaker-model-monitor-analyzer"
-
-
-def config(capture: int = 20, schedule: str = "0 */6 * * *", emails: str = "[ops@acme.example]") -> str:
-    return f"""
-deploy:
-  cloud: aws
-  target: sagemaker
-  endpoint: {ENDPOINT}
-  aws:
-    role: {ROLE}
-    sagemaker:
-      data_capture_percent: {capture}
-      data_capture_s3: s3://{BUCKET}/capture
-monitoring:
-  baseline: baseline.json
-  drift:
-    schedule: "{schedule}"
-    jensen_shannon: 0.15
-  alerts:
-    sns_topic: ml-alerts
-    emails: {emails}
-"""
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("azure.mgmt.monitor", reason="needs the azure extra (azure-mgmt-monitor)")
+from tests.helpers.azure_ml import ENDPOINT, RG, SUB, WS, A, B, name
+from tests.helpers.need import need
 
-from tests.contract.test_azure_ml import (A, B, ENDPOINT, RG, SUB, WS, arm, authority, azure, name,  # noqa: F401,E402
-                                          tls)
+for module in ("azure.mgmt.monitor", "azure.ai.ml", "azure.identity"):
+    need(module, "the azure extra installs it")
 
 CONFIG = f"""
 deploy:

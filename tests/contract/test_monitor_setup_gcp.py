@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-cloud-aiplatform) is not installed")
+from tests.helpers.cli import deploy
+from tests.helpers.gcp_vertex import CONFIG, ENDPOINT, A, B, ids
+from tests.helpers.monitoring import baseline
+from tests.helpers.need import need
 
-from tests.contract.test_gcp_vertex import A, B, CONFIG, ENDPOINT, deploy, ids, server, vertex  # noqa: F401,E402
-from tests.unit.test_sagemaker_constraints import baseline  # noqa: E402
+need("google.cloud.aiplatform_v1", "the gcp extra installs google-cloud-aiplatform")
 
 MONITORING = """
 monitoring:

@@ -16,71 +16,31 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import pytest
 
 from mldeploy.errors import UsageError
-from mldeploy.image import REGISTRY_LOGINS, registry_auth
-from tests.tls import throwaway_tls
+from mldeploy.image import registry_auth
+from mldeploy.targets import REGISTRIES
+from tests.helpers.identity import (
+    ACR_REFRESH,
+    FEDERATED_TOKEN,
+    GOOGLE_TOKEN,
+    STS_OK,
+    TENANT,
+    Fake,
+    azure_workload_identity,
+)
+from tests.helpers.need import need
 
-pytest.importorskip("google.auth", reason="needs the gcp extra (google-auth)")
-pytest.importorskip("azure.identity", reason="needs the azure extra (azure-identity)")
+need("google.auth", "the gcp extra installs google-auth")
+need("azure.identity", "the azure extra installs azure-identity")
 
 OIDC_TOKEN = "eyJ.github-oidc-SECRET.sig"
 REQUEST_TOKEN = "actions-request-SECRET"
-GOOGLE_TOKEN = "ya29.fake-access-token"
-FEDERATED_TOKEN = "eyJ.federated-SECRET.sig"
 AAD_TOKEN = "aad-SECRET-access-token"
-ACR_REFRESH = "acr-refresh-token-for-docker"
-TENANT = "72f988bf-0000-4000-8000-00000000cafe"
-
-
-class Fake:
-    """A tiny HTTP(S) server: answers paths from `routes` (path -> (status, json)), records every request."""
-
-    def __init__(self, routes: dict[str, tuple[int, dict]], tls: ssl.SSLContext | None = None):
-        self.routes = routes
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                fake.requests.append(("POST", self.path, dict(parse_qsl(body))))
-                self.answer()
-
-            def do_GET(self):
-                fake.requests.append(("GET", self.path, {"authorization": self.headers.get("Authorization", "")}))
-                self.answer()
-
-            def answer(self):
-                status, body = fake.routes.get(self.path.split("?")[0], (404, {"error": "not_found"}))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -104,13 +64,6 @@ def no_cloud_env(monkeypatch):
             monkeypatch.delenv(name, raising=False)
 
 
-# -- TLS: a throwaway CA and a server certificate for 127.0.0.1 ------------------------------------
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> tuple[ssl.SSLContext, Path]:
-    """A server-side TLS context and the CA file a client must trust."""
-    return throwaway_tls(tmp_path_factory.mktemp("tls"))
-
-
 @pytest.fixture
 def trust(monkeypatch, tls):
     """Clients trust the test CA the way users point them at a private CA: standard variables."""
@@ -123,9 +76,6 @@ def trust(monkeypatch, tls):
 
 # -- Artifact Registry -----------------------------------------------------------------------------
 AUDIENCE = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/github/providers/acme"
-STS_OK = (200, {"access_token": GOOGLE_TOKEN, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-                "token_type": "Bearer", "expires_in": 3599})
-
 
 def google_wif(monkeypatch, tmp_path: Path, fake: Fake) -> None:
     """The credentials file google-github-actions/auth writes for direct Workload Identity Federation,
@@ -212,16 +162,6 @@ def test_artifact_registry_without_credentials_says_how_to_get_them(monkeypatch,
 
 
 # -- ACR ---------------------------------------------------------------------------------------------
-def azure_workload_identity(monkeypatch, tmp_path: Path, authority: str) -> None:
-    """What azure/login (OIDC) or AKS workload identity leaves in the environment."""
-    token_file = tmp_path / "federated-token"
-    token_file.write_text(FEDERATED_TOKEN)
-    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555")
-    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
-    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
-    monkeypatch.setenv("AZURE_AUTHORITY_HOST", authority)
-
-
 AAD_OK = (200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": AAD_TOKEN})
 
 
@@ -326,7 +266,7 @@ def test_acr_without_any_azure_credential_says_how_to_get_one(monkeypatch):
 
 # -- ECR (moto) ---------------------------------------------------------------------------------------
 def test_ecr_registry_gets_its_token_from_boto3(monkeypatch):
-    moto_server = pytest.importorskip("moto.server", reason="needs moto (the dev extra)")
+    moto_server = need("moto.server", "the dev extra installs moto")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -360,7 +300,7 @@ def test_ecr_registry_gets_its_token_from_boto3(monkeypatch):
     ("123456789012.dkr.ecr.eu-west-1.amazonaws.com.attacker.example", None),
 ])
 def test_the_table_sends_each_host_to_its_cloud(host, login):
-    chosen = [function for pattern, _, function, _ in REGISTRY_LOGINS if pattern.match(host)]
+    chosen = [r.login for r in REGISTRIES if r.matches(host)]
     assert chosen == ([login] if login else [])
 
 

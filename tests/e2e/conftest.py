@@ -1,4 +1,4 @@
-"""What the e2e tests share across modules: the cloud registries' TLS front (one port 443)."""
+"""The e2e tier's fixture: the cloud registries' TLS front (one port 443)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import os
 
 import pytest
 
-from tests.e2e.cloud_registries import ACR_HOST, AR_HOST, ECR_HOST, CloudRegistries, name_hosts
-from tests.integration.conftest import docker_env  # noqa: F401  (a fixture)
-from tests.tls import throwaway_tls
+from tests.helpers.cloud_registries import ACR_HOST, AR_HOST, ECR_HOST, CloudRegistries, name_hosts
+from tests.helpers.need import unavailable as missing
+from tests.helpers.tls import throwaway_tls
 
 
 @pytest.fixture(scope="session")
-def cloud_registries(docker_env, tmp_path_factory):  # noqa: F811
+def cloud_registries(docker_env, tmp_path_factory):
     """ECR, Artifact Registry and ACR hosts the engine pushes to, and the CA that signed them."""
     def unavailable(why: str):
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no cloud registry fronts here: {why}")
+        missing(f"no cloud registry fronts here: {why}")
 
     if os.geteuid() != 0:
         unavailable("naming their hosts (/etc/hosts) and trusting their CA (/etc/docker/certs.d) needs root")

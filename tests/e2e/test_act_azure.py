@@ -7,20 +7,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.helpers.act import PR, act, logins, pipeline_repo, release_canary_rollback
+from tests.helpers.azure_ml import AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS, name
+from tests.helpers.cloud_registries import ACR_HOST, Registry
+from tests.helpers.identity import ACR_REFRESH, TENANT
+from tests.helpers.need import need
 
-pytest.importorskip("azure.ai.ml", reason="the azure extra (azure-ai-ml) is not installed")
+need("azure.ai.ml", "the azure extra installs azure-ai-ml")
+need("azure.identity", "the azure extra installs azure-identity")
 
-from tests.contract.conftest import bundle  # noqa: E402,F401  (fixture)
 from mldeploy.deploy.azure import ACR_USERNAME  # noqa: E402
-from tests.contract.test_azure_ml import (AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS, arm, authority, azure, name,  # noqa: E402,F401
-                                          tls)
-from tests.contract.test_registry_login import ACR_REFRESH, TENANT  # noqa: E402
-from tests.e2e.cloud_registries import ACR_HOST, Registry  # noqa: E402
-from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, github, logins, pipeline_repo, release_canary_rollback  # noqa: E402,F401
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WORKFLOW = Path(__file__).parent / "workflows" / "deploy-azure.yml"
 

@@ -8,19 +8,14 @@ import datetime
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.helpers.act import PR, act, logins, pipeline_repo, release_canary_rollback
+from tests.helpers.cloud_registries import AR_HOST, Registry
+from tests.helpers.fakes.vertex import FakeVertex
+from tests.helpers.gcp_vertex import ENDPOINT, PROJECT, REGION, REPOSITORY, serving
+from tests.helpers.identity import STS_OK, Fake
+from tests.helpers.need import need
 
-pytest.importorskip("google.cloud.aiplatform_v1", reason="the gcp extra (google-cloud-aiplatform) is not installed")
-
-from tests.contract.conftest import bundle  # noqa: E402,F401  (fixture)
-from tests.contract.fakes.vertex import FakeVertex  # noqa: E402
-from tests.contract.test_gcp_vertex import ENDPOINT, PROJECT, REGION, REPOSITORY, serving  # noqa: E402
-from tests.contract.test_registry_login import STS_OK, Fake  # noqa: E402
-from tests.e2e.cloud_registries import AR_HOST, Registry  # noqa: E402
-from tests.e2e.test_act import act, kit  # noqa: E402,F401  (fixture)
-from tests.e2e.test_act_reusable import PR, github, logins, pipeline_repo, release_canary_rollback  # noqa: E402,F401
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+need("google.cloud.aiplatform_v1", "the gcp extra installs google-cloud-aiplatform")
 
 WORKFLOW = Path(__file__).parent / "workflows" / "deploy-gcp.yml"
 
@@ -60,7 +55,7 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
     Identity Federation gives (a fake STS and IAM Credentials behind the real google-auth), creates
     the repository through the Artifact Registry API and pushes there (a TLS registry by its name);
     the deploy job deploys that digest to Vertex AI (the fake); the PR gets its comment."""
-    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     sts = Fake({"/v1/token": STS_OK, **{f"/v1/projects/-/serviceAccounts/{account}:generateAccessToken":
                                         (200, {"accessToken": PUSH_TOKEN, "expireTime": expires})
                                         for account in ACCOUNTS}})
@@ -94,7 +89,7 @@ image:
         assert serving(vertex) == {"production": (release, 100)}
         assert f"projects/{PROJECT}/locations/{location}/repositories/models" in vertex.repositories
         assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
-        assert ("POST", "/v1/token") == sts.requests[0][:2]  # the push login went through STS
+        assert sts.requests[0][:2] == ("POST", "/v1/token")  # the push login went through STS
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]

@@ -8,15 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.helpers.act import act
+from tests.helpers.aws import CAPTURE_BUCKET as BUCKET
+from tests.helpers.aws import ecr_image
+from tests.helpers.aws import sagemaker_monitoring_config as config
+from tests.helpers.monitoring import baseline
+from tests.helpers.need import need
 
-from tests.contract import moto_patches
-from tests.contract.conftest import aws, bundle, ecr_image, moto_server  # noqa: F401  (fixtures)
-from tests.contract.test_monitor_setup_aws import BUCKET, config
-from tests.e2e.test_act import act, kit  # noqa: F401  (fixture)
-from tests.unit.test_sagemaker_constraints import baseline
+need("moto", "the dev extra installs it")
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+from tests.helpers import moto_patches  # noqa: E402
 
 WORKFLOW = Path(__file__).parent / "workflows" / "monitor-aws.yml"
 

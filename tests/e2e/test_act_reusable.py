@@ -28,30 +28,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.e2e.fake_github import FakeGitHub
-from tests.e2e.test_act import act, kit  # noqa: F401  (kit is a fixture)
-from tests.integration.conftest import docker_env, free_port  # noqa: F401  (docker_env is a fixture)
-
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-PR = 7
-TOKEN = "ghs_fake0123456789abcdef"
-KIT_WORKFLOW = "acme/ml-deploy/.github/workflows/deploy.yml"  # the attest stand-in signs as this (@refs/tags/v2)
-
-
-def pull_request(action: str, head_repo: str = "acme/models") -> dict:
-    return {"action": action, "number": PR,
-            "pull_request": {"number": PR, "head": {"ref": "better-model", "repo": {"full_name": head_repo}},
-                             "base": {"ref": "main", "repo": {"full_name": "acme/models"}}},
-            "repository": {"full_name": "acme/models"}}
-
-
-@pytest.fixture(scope="module")
-def github():
-    fake = FakeGitHub(TOKEN)
-    yield fake
-    fake.close()
+from tests.helpers.act import KIT_WORKFLOW, PR, TOKEN, act, pull_request, retrain
+from tests.helpers.paths import ROOT
+from tests.helpers.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -80,74 +59,9 @@ def repo(tmp_path_factory):
     return repo
 
 
-def pipeline_repo(tmp_path, workflow, deploy_config: str):
-    """The example model repo calling the kit from `workflow` only, deploying as `deploy_config`
-    says (it replaces the example's deploy section)."""
-    repo = tmp_path / "model-repo"
-    shutil.copytree(ROOT / "examples" / "model-repo", repo, ignore=shutil.ignore_patterns(".mldeploy", ".github"))
-    (repo / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy(workflow, repo / ".github" / "workflows" / workflow.name)
-    config = repo / "mldeploy.yaml"
-    text = config.read_text()
-    config.write_text(text[:text.index("\ndeploy:")] + "\n" + deploy_config)
-    return repo
-
-
-SPIED = ("AWS_", "GOOGLE_", "CLOUDSDK_", "AZURE_", "STANDIN_", "ACTIONS_ID_TOKEN_")
-
-
-def spy_in_the_model_code(repo, spy) -> None:
-    """The model repo's factory (code a pull request controls, run by convert) writes down every
-    cloud-credential variable it can see to `spy`, as a hostile pull request would."""
-    code = repo / "classifier.py"
-    code.write_text(code.read_text().replace('    return Classifier()', f"""    import json, os
-    with open({str(spy)!r}, "a") as f:
-        f.write(json.dumps({{k: v for k, v in os.environ.items() if k.startswith({SPIED!r})}}) + "\\n")
-    return Classifier()"""))
-
-
-def seen_by_the_model_code(spy) -> list[dict[str, str]]:
-    """What the factory saw, one dict per time it ran; the file is emptied for the next run."""
-    seen = [json.loads(line) for line in spy.read_text().splitlines()] if spy.exists() else []
-    spy.write_text("")
-    return seen
-
-
-def logins(record) -> list[tuple[str, str, str]]:
-    """(job, cloud, identity) per cloud login the stand-ins made; the file is emptied for the next run."""
-    made = [tuple(line.split(" ", 2)) for line in record.read_text().splitlines()] if record.exists() else []
-    record.write_text("")
-    return made
-
-
-def release_canary_rollback(repo, kit, workflow: str, env: dict[str, str]):
-    """A cloud pipeline's act runs, in order, each yielded for the caller to check the cloud after it:
-    a release tag, a pull request with a retrained model, the rollback button."""
-    yield act(repo, kit, workflow, env, event="push", payload={"ref": "refs/tags/v1.0.0"},
-              secrets={"GITHUB_TOKEN": TOKEN})
-    retrain(repo, seed=1)
-    yield act(repo, kit, workflow, env, event="pull_request", payload=pull_request("opened"),
-              secrets={"GITHUB_TOKEN": TOKEN})
-    yield act(repo, kit, workflow, env, event="workflow_dispatch", payload={"inputs": {"stage": "rollback"}})
-
-
 def run(repo, kit, endpoint, workflow: str, event: str, payload: dict, **env: str):
     return act(repo, kit, workflow, {**endpoint[2], **env}, event=event, payload=payload,
                secrets={"GITHUB_TOKEN": TOKEN})
-
-
-def retrain(repo, seed: int, flip: bool = False) -> None:
-    """A new model version: the same network with nudged weights (a new image digest); flip: with
-    its logits negated, so it predicts another class for nearly every input."""
-    import torch
-
-    path = repo / "model" / "weights.pt"
-    state = torch.load(path, weights_only=True)
-    generator = torch.Generator().manual_seed(seed)
-    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
-    if flip:
-        state = {k: -v if k.startswith("net.2.") else v for k, v in state.items()}
-    torch.save(state, path)
 
 
 @contextlib.contextmanager

@@ -9,10 +9,9 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import free_port
-from tests.integration.test_local_target import BODY, images, mldeploy  # noqa: F401  (images is a fixture)
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.helpers.cli import run_cli as mldeploy
+from tests.helpers.models import PREDICT_BODY as BODY
+from tests.helpers.server import free_port
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def endpoint(images, tmp_path, monkeypatch):
 
 def test_local_canary_promotes_on_real_traffic_and_holds_on_an_empty_window(images, endpoint, tmp_path):
     bundle, a, b, _ = images
-    name, port, config = endpoint
+    _name, port, config = endpoint
     for image, stage in ((a, "production"), (b, "canary")):
         code, out = mldeploy("deploy", "--config", config, "--bundle", bundle, "--image", image,
                              "--stage", stage, "--traffic", "50")

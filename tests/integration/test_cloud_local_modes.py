@@ -32,11 +32,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import ROOT, THIS_VENV, share_identical_files
-from tests.integration.conftest import free_port, starting_line
-from tests.serve.conftest import _save, expected_probs
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.helpers.docker import starting_line
+from tests.helpers.models import expected_probs, save_bundle
+from tests.helpers.need import unavailable
+from tests.helpers.paths import ROOT, THIS_VENV, share_identical_files
+from tests.helpers.server import free_port
 
 VENVS = Path(os.environ.get("MLDEPLOY_SDK_VENVS", ROOT / ".sdk-venvs"))
 # Exactly representable in float32, so JSON and CSV carry them unchanged.
@@ -67,12 +67,10 @@ def assert_probs(answer, expected: np.ndarray, what: str) -> None:
 def sdk_venvs() -> Path:
     """The three SDK venvs (installed on first use: a few minutes; seconds after)."""
     run = subprocess.run(["bash", str(ROOT / "scripts" / "setup-cloud-sdks.sh")], capture_output=True, text=True,
-                         timeout=780, env={**os.environ, "MLDEPLOY_SDK_VENVS": str(VENVS)})
+                         timeout=780, env={**os.environ, "MLDEPLOY_SDK_VENVS": str(VENVS)}, check=False)
     if run.returncode:
         tail = "\n".join(run.stderr.strip().splitlines()[-20:])
-        if os.environ.get("CI"):
-            pytest.fail(f"scripts/setup-cloud-sdks.sh failed in CI:\n{tail}")
-        pytest.skip(f"scripts/setup-cloud-sdks.sh failed (the cloud SDKs could not be installed):\n{tail}")
+        unavailable(f"scripts/setup-cloud-sdks.sh failed (the cloud SDKs could not be installed):\n{tail}")
     share_identical_files(THIS_VENV, VENVS)
     return VENVS
 
@@ -86,7 +84,7 @@ def artifact_bundle(tmp_path_factory) -> Path:
         "linear2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(W2, "W"), numpy_helper.from_array(B2, "B")])
-    bundle = _save(graph, tmp_path_factory.mktemp("cloud-artifact"))
+    bundle = save_bundle(graph, tmp_path_factory.mktemp("cloud-artifact"))
     assert not np.allclose(artifact_probs(ROWS), expected_probs(ROWS), atol=1e-3)
     return bundle
 
@@ -117,7 +115,7 @@ def remove_marked(docker_client, run_id: str) -> tuple[int, int]:
             stopped += c.status != "running"
             try:
                 c.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:
                 pass
     return running, stopped
 

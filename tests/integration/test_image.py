@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from mldeploy.bundle import Bundle
-from tests.conftest import ROOT, git_tracked_copy
-from tests.integration.conftest import free_port, printed_image, starting_line, wait_http
-from tests.serve.conftest import expected_probs, need
+from tests.helpers.docker import printed_image, starting_line, wait_http
+from tests.helpers.models import expected_probs
+from tests.helpers.need import need
+from tests.helpers.paths import ROOT, git_tracked_copy
+from tests.helpers.server import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 X = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
 
 
@@ -65,7 +66,7 @@ def mldeploy_module():
 def container(pushed, docker_client):
     """The image pulled back by digest (local tags removed first) and run as SageMaker runs it."""
     image, _ = pushed
-    repository, digest = image.split("@")
+    _repository, digest = image.split("@")
     for tag in docker_client.images.get(image).tags:
         docker_client.images.remove(tag, force=True)  # untags only, if an earlier test left a container of this image
     pulled = docker_client.images.pull(image)
@@ -132,7 +133,7 @@ def test_every_protocol_against_the_container(container):
     status, ctype, out = call(port, "/invocations", csv, "text/csv")
     assert status == 200 and ctype == "text/csv"
     np.testing.assert_allclose(np.loadtxt(io.StringIO(out.decode()), delimiter=","), expected_probs(X), rtol=1e-5)
-    v2 = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": sum(X, [])}]}
+    v2 = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [v for row in X for v in row]}]}
     status, _, out = call(port, "/v2/models/model/infer", body(v2).encode())
     assert status == 200
     np.testing.assert_allclose(np.reshape(json.loads(out)["outputs"][0]["data"], (2, 3)), expected_probs(X), rtol=1e-5)
@@ -143,7 +144,7 @@ def test_every_protocol_against_the_container(container):
 
 
 def test_the_image_serves_grpc_to_tritons_client(container):
-    grpcclient = need("tritonclient.grpc")
+    grpcclient = need("tritonclient.grpc", "pip install -e '.[dev]' installs tritonclient")
     _, _, grpc_port = container
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     try:
@@ -164,8 +165,8 @@ def test_image_is_slim_labelled_and_unprivileged(container, docker_client, pushe
     assert labels["dev.mldeploy.model.sha256"] == Bundle.open(pushed[1]).manifest["model"]["sha256"]
     assert image.attrs["Config"]["User"] == "10001:10001"
     assert image.attrs["Config"]["Entrypoint"] == ["/opt/venv/bin/mldeploy", "serve"]
-    found = c.exec_run(["/opt/venv/bin/python", "-c", "import importlib.util as u, json; print(json.dumps("
-                        "{m: bool(u.find_spec(m)) for m in ('torch', 'tensorflow', 'onnx', 'pydantic', 'pip')}))"])
+    found = c.exec_run(["/opt/venv/bin/python", "-c", ("import importlib.util as u, json; print(json.dumps("
+                        "{m: bool(u.find_spec(m)) for m in ('torch', 'tensorflow', 'onnx', 'pydantic', 'pip')}))")])
     assert json.loads(found.output) == {"torch": False, "tensorflow": False, "onnx": False, "pydantic": False,
                                         "pip": False}
     assert c.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"]).exit_code == 0

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from mldeploy.cli import main
-from tests.integration.conftest import free_port, printed_image
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-BODY = json.dumps({"inputs": [[0.1, 0.2, 0.3, 0.4]]}).encode()
-
-
-def mldeploy(*args) -> tuple[int, str]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        code = main([str(a) for a in args])
-    return code, buf.getvalue()
+from tests.helpers.cli import run_cli as mldeploy
+from tests.helpers.docker import variant
+from tests.helpers.models import PREDICT_BODY as BODY
+from tests.helpers.server import free_port
 
 
 def predict(port: int) -> tuple[int, str]:
@@ -38,30 +27,6 @@ def predict(port: int) -> tuple[int, str]:
         return e.code, e.headers.get("x-mldeploy-slot", "")
     except OSError:
         return 0, ""
-
-
-@pytest.fixture(scope="module")
-def images(serving_image, docker_env, docker_client, tmp_path_factory) -> tuple[Path, str, str, str]:
-    """The bundle, its pushed digest, a second digest of the same model, and one that crashes on start."""
-    _, bundle = serving_image
-    code, out = mldeploy("build", "--bundle", bundle, "--base", docker_env["MLDEPLOY_IMAGE__BASE"], "--push",
-                         "--registry", docker_env["MLDEPLOY_IMAGE__REGISTRY"])
-    assert code == 0, out
-    good = printed_image(out)
-    second = variant(docker_client, good, "second", 'LABEL variant="second"', tmp_path_factory.mktemp("second"))
-    crashing = variant(docker_client, good, "crashing", 'ENTRYPOINT ["/bin/false"]', tmp_path_factory.mktemp("crash"))
-    return bundle, good, second, crashing
-
-
-def variant(docker_client, image: str, tag: str, extra: str, folder: Path) -> str:
-    """Another digest of `image` (a Dockerfile line more), pushed beside it: its repository@digest."""
-    repository = image.split("@")[0]
-    (folder / "Dockerfile").write_text(f"FROM {image}\n{extra}\n")
-    docker_client.images.build(path=str(folder), tag=f"{repository}:{tag}", rm=True)
-    digest = None
-    for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
-        digest = (chunk.get("aux") or {}).get("Digest") or digest
-    return f"{repository}@{digest}"
 
 
 @pytest.fixture
@@ -81,7 +46,8 @@ def test_canary_share_promote_rollback(images, endpoint):
     code, out = mldeploy("deploy", *where, "--image", good)
     assert code == 0 and "production 100%  healthy" in out, out
     code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20", "--plan")
-    assert code == 0 and f"create container mldeploy-{name}-canary image = {second}" in out and "canary" not in mldeploy("status", *where)[1].split("url")[1]
+    assert code == 0 and f"create container mldeploy-{name}-canary image = {second}" in out
+    assert "canary" not in mldeploy("status", *where)[1].split("url")[1]
     code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20")
     assert code == 0 and "canary      20%  healthy" in out, out
 
@@ -343,7 +309,7 @@ def test_the_engine_failing_never_harms_production(images, endpoint, docker_clie
     while it changes things (engine_proxy.py), with a client sending requests throughout. Each time
     production answers every request and keeps its container and share, a failure is one line (exit 0
     only with the canary in place), and a rerun converges."""
-    from tests.integration.engine_proxy import EngineProxy
+    from tests.helpers.engine_proxy import EngineProxy
 
     bundle, a, b, _ = images
     name, port = endpoint

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, expected_probs, start_server
+from tests.helpers.models import expected_probs
+from tests.helpers.server import Server, start_server
 
 CLIENTS = 48
 REQUESTS = 2_000

@@ -11,7 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from tests.serve.conftest import API_KEY, TABLE, B, W, need
+from tests.helpers.models import TABLE, B, W
+from tests.helpers.need import need
+from tests.helpers.server import API_KEY
 
 X = np.array([[1, 2, 3, 4], [0.5, -1, 0, 2], [0, 0, 0, 1]], np.float32)
 K = np.array([[3], [9], [0]], np.int64)
@@ -23,7 +25,7 @@ def auth() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def th():
-    return need("tritonclient.http")
+    return need("tritonclient.http", "pip install -e '.[dev]' installs tritonclient")
 
 
 @pytest.fixture(scope="module")

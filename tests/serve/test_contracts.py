@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mldeploy.serve import openapi
-from tests.serve.conftest import B, TABLE, W, expected_probs, free_port, start_server, wait_ready
+from tests.helpers.models import TABLE, B, W, expected_probs
+from tests.helpers.server import free_port, start_server, wait_ready
 
 ROOT_SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "serve.openapi.json"
 X = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
@@ -135,7 +136,7 @@ def test_v2_health_and_metadata(server):
     assert server.call("GET", "/v2/models/other").status == 404
 
 
-@pytest.mark.parametrize("data", [sum(X, []), X], ids=["flat", "nested"])
+@pytest.mark.parametrize("data", [[v for row in X for v in row], X], ids=["flat", "nested"])
 def test_v2_infer(server, data):
     body = {"id": "req-7", "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": data}]}
     r = server.call("POST", "/v2/models/model/infer", body)

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from tests.serve.conftest import start_server
-from tests.serve.test_security import run_serve
+from tests.helpers.server import run_serve, start_server
 
 WAIT = 20
 CAP = 8

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.serve.conftest import W, _save, start_server
+from tests.helpers.models import W, save_bundle
+from tests.helpers.server import start_server
 
 
 def _graph(nodes, inputs, outputs, weights=()):
@@ -42,7 +43,7 @@ def servers(tmp_path_factory):
     try:
         for name, graph in GRAPHS.items():
             folder = tmp_path_factory.mktemp(name)
-            started[name] = start_server(_save(graph, folder), folder)
+            started[name] = start_server(save_bundle(graph, folder), folder)
         yield started
     finally:
         for s in started.values():

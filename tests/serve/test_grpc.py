@@ -18,16 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.serve.conftest import (
-    API_KEY,
-    OIP_MAX_BODY,
-    TABLE,
-    B,
-    W,
-    free_port,
-    need,
-    start_server,
-)
+from tests.helpers.models import TABLE, B, W
+from tests.helpers.need import need
+from tests.helpers.server import API_KEY, OIP_MAX_BODY, free_port, start_server
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 X = np.array([[1, 2, 3, 4], [0.5, -1, 0, 2]], np.float32)
@@ -37,7 +30,7 @@ INTERNALS = re.compile(r"0x[0-9a-f]{6,}|\.cc:\d|onnxruntime|Traceback|\[ONNXRunt
 
 @pytest.fixture(scope="module")
 def tc():
-    return need("tritonclient.grpc")
+    return need("tritonclient.grpc", "pip install -e '.[dev]' installs tritonclient")
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +320,7 @@ def test_grpc_waits_for_the_model_and_drains_on_sigterm(tc, linear_bundle, tmp_p
             try:
                 if client.is_server_ready():
                     break
-            except Exception as e:  # noqa: BLE001  tritonclient's exception, or a refused connection
+            except Exception as e:
                 codes.append(str(e.status()) if hasattr(e, "status") else type(e).__name__)
             time.sleep(0.01)
         assert codes and set(codes) <= {"StatusCode.UNAVAILABLE"}, codes

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tests.serve.conftest import start_server
+from tests.helpers.server import start_server
 
 BODY = json.dumps({"instances": [[0.5, -1.0, 2.0, 0.25]]}).encode()
 MAX_BODY = 4096

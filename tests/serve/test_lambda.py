@@ -17,7 +17,7 @@ import pytest
 
 import mldeploy.serve.lambda_ as lambda_module
 from mldeploy.serve import lambda_handler
-from tests.serve.conftest import TABLE, B, W, expected_probs
+from tests.helpers.models import TABLE, B, W, expected_probs
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.75, 3.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
 

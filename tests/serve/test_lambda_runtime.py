@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serve.conftest import expected_probs
+from tests.helpers.models import expected_probs
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.75, 3.0]], np.float32)
 API = "/2018-06-01/runtime"
@@ -237,7 +237,7 @@ def test_api_keys_and_rate_limit_hold_on_the_runtime_api(linear_bundle, tmp_path
         ("id-key-2", function_url_event({"instances": X.tolist()}, {"authorization": f"Bearer {key}"})),
         ("id-over", function_url_event({"instances": X.tolist()}, {"x-api-key": key})),
     ])
-    posts, process, log = run_serve(fake, linear_bundle, tmp_path, posts=4, extra_env={
+    posts, _process, log = run_serve(fake, linear_bundle, tmp_path, posts=4, extra_env={
         "MLDEPLOY_API_KEYS": key, "MLDEPLOY_RATE_LIMIT": "1/min", "MLDEPLOY_RATE_BURST": "2"})
     results = {p.path.split("/")[-2]: p.json() for p in posts}
     assert [results[i]["statusCode"] for i in ("id-no-key", "id-key", "id-key-2", "id-over")] == [401, 200, 200, 429], log

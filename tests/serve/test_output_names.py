@@ -7,8 +7,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mldeploy.cli import main
-
-from tests.serve.conftest import W, start_server
+from tests.helpers.models import W
+from tests.helpers.server import start_server
 
 
 def test_renamed_and_scalar_outputs_are_served_under_their_names(tmp_path):

@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -48,8 +47,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serve import oip_fuzz
-from tests.serve.conftest import Server, expected_probs, free_port, start_server
+from tests.helpers import oip_fuzz
+from tests.helpers.models import expected_probs
+from tests.helpers.need import need
+from tests.helpers.server import Server, free_port, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -57,7 +58,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.load]
 LOAD_SECONDS = max(2, int(os.environ.get("MLDEPLOY_LOAD_SECONDS", "") or 60))
 
 FUZZ_MIN_REQUESTS = 10_000
-OIP_FUZZ_EXAMPLES = 2_500  # generated gRPC calls, and as many binary-tensor bodies (tests/serve/oip_fuzz.py)
+OIP_FUZZ_EXAMPLES = 2_500  # generated gRPC calls, and as many binary-tensor bodies (tests/helpers/oip_fuzz.py)
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
@@ -122,11 +123,11 @@ class _Tally:
         self.statuses[response.status_code] += 1
         if response.status_code >= 500:
             rid = response.headers.get("x-request-id", [None])[0]
-            self.failures.append((rid, f"{label} -> {response.status_code} {response.content[:300]!r}\n  "
-                                       f"{_describe(response.request)}"))
+            self.failures.append((rid, (f"{label} -> {response.status_code} {response.content[:300]!r}\n  "
+                                        f"{_describe(response.request)}")))
         return session
 
-    def merge(self, other: "_Tally") -> None:
+    def merge(self, other: _Tally) -> None:
         self.sent.update(other.sent)
         self.statuses.update(other.statuses)
         self.failures += other.failures
@@ -447,8 +448,7 @@ def run_wrk(port: int, lua: Path, seconds: int, connections: int = CONNECTIONS) 
 def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property):
     """A minute of wrk against POST /predict on 2 workers: every answer 2xx and the model's own, no
     socket error, and the process tree's RSS does not creep up."""
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk not installed: run scripts/setup-system.sh as root")
+    need("wrk", "run scripts/setup-system.sh as root", command=True)
     row = [0.5, -1.25, 2.0, 0.125]
     body = json.dumps({"instances": [row]}, separators=(",", ":"))
     server: Server = start_server(linear_bundle, tmp_path, workers=2)
@@ -465,7 +465,7 @@ def test_load_no_errors_bounded_memory(linear_bundle, tmp_path, record_property)
         # ONNX Runtime's buffers to their batched sizes, creates every metrics label once.
         warm = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{max(2, min(5, LOAD_SECONDS // 6))}s",
                                "-s", str(lua), f"http://127.0.0.1:{server.port}/predict"],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         warm_stats = parse_wrk(warm.stdout)
 
         samples: list[tuple[float, float]] = []

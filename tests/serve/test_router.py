@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.serve.conftest import expected_probs, free_port
+from tests.helpers.models import expected_probs
+from tests.helpers.server import free_port
 
 CAP = 4096
 ROWS = [[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.75, 3.0]]

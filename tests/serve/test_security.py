@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.serve.conftest import expected_probs, free_port, start_server
+from tests.helpers.models import expected_probs
+from tests.helpers.server import run_serve, start_server
 
 KEY1 = "k1-7f3a9c2e4b6d8f0a1c3e5b7d"        # 27 characters
 KEY2 = "k2-0123456789abcdef0123456789ab"     # 31 characters
@@ -25,15 +23,6 @@ def bearer(key: str) -> dict:
 def assert_prediction(reply) -> None:
     assert reply.status == 200, reply
     np.testing.assert_allclose(reply.json()["predictions"], expected_probs(np.array([ROW])), rtol=1e-5, atol=1e-6)
-
-
-def run_serve(bundle, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`mldeploy serve` as a subprocess that is expected to refuse to start."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("MLDEPLOY_", "GITHUB_"))}
-    full.update(env)
-    return subprocess.run([sys.executable, "-m", "mldeploy", "serve", "--bundle", str(bundle), "--host",
-                           "127.0.0.1", "--port", str(free_port())], env=full, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +142,10 @@ BURST = 5
 def burst_until_refused(s, headers: dict | None = None, limit: int = 50) -> tuple[int, object, float]:
     """Send predictions back to back until one is refused: (how many passed, the refusal, seconds)."""
     start = time.monotonic()
-    passed = 0
-    for _ in range(limit):
+    for passed in range(limit):
         reply = s.call("POST", "/predict", BODY, headers)
         if reply.status != 200:
             return passed, reply, time.monotonic() - start
-        passed += 1
     raise AssertionError(f"{limit} requests in a row passed a {RATE}/s limit")
 
 

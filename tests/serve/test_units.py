@@ -16,7 +16,7 @@ from mldeploy.serve.metrics import Metrics
 from mldeploy.serve.model import Model, ModelError
 from mldeploy.serve.security import Auth, RateLimiter
 from mldeploy.serve.settings import DEFAULT_MAX_BODY, find_bundle, from_env, locate_bundle
-from tests.serve.conftest import TABLE, expected_probs
+from tests.helpers.models import TABLE, expected_probs
 
 
 # -- settings ------------------------------------------------------------------------------------

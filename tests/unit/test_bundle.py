@@ -7,16 +7,27 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 import mldeploy
-from mldeploy.bundle import (MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, SIGNATURE_FILE, Bundle,
-                             Signature, TensorSpec, git_info, sha256_file, staged, tool_versions)
+from mldeploy.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SCHEMA_VERSION,
+    SIGNATURE_FILE,
+    Bundle,
+    Signature,
+    TensorSpec,
+    git_info,
+    sha256_file,
+    staged,
+    tool_versions,
+)
 from mldeploy.errors import UsageError
+from tests.helpers.need import need
 
 
 def make_signature() -> Signature:
@@ -160,10 +171,9 @@ def test_staged_creates_missing_parent(tmp_path):
 def test_staged_failure_keeps_old_and_moves_attempt_to_rejected(tmp_path):
     out = make_bundle(tmp_path / "bundle", model=b"old")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(RuntimeError, match="export failed"):
-        with staged(out) as b:
-            b.model_path.write_bytes(b"half-written")
-            raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError, match="export failed"), staged(out) as b:
+        b.model_path.write_bytes(b"half-written")
+        raise RuntimeError("export failed")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     rejected = tmp_path / "bundle.rejected"
     assert (rejected / MODEL_FILE).read_bytes() == b"half-written"
@@ -175,19 +185,17 @@ def test_staged_failure_replaces_an_older_rejected(tmp_path):
     rejected = tmp_path / "bundle.rejected"
     rejected.mkdir()
     (rejected / "older.txt").write_text("x")
-    with pytest.raises(KeyboardInterrupt):
-        with staged(out) as b:
-            (b.path / "newer.txt").write_text("y")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), staged(out) as b:
+        (b.path / "newer.txt").write_text("y")
+        raise KeyboardInterrupt
     assert sorted(p.name for p in rejected.iterdir()) == ["newer.txt"]
     assert not out.exists()
 
 
 def test_staged_empty_failure_leaves_no_rejected(tmp_path):
     out = make_bundle(tmp_path / "bundle", model=b"old")
-    with pytest.raises(ValueError):
-        with staged(out):
-            raise ValueError("before anything was written")
+    with pytest.raises(ValueError), staged(out):
+        raise ValueError("before anything was written")
     assert (out / MODEL_FILE).read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -229,8 +237,8 @@ def _git(cwd: Path, *args: str) -> str:
                           cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_start_manifest_records_git_commit(tmp_path, monkeypatch):
+    need("git", "apt-get install git", command=True)
     monkeypatch.delenv("GITHUB_SHA", raising=False)
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         monkeypatch.delenv(var, raising=False)
@@ -278,7 +286,7 @@ def test_add_step_appends_with_timestamp_and_model_hash(tmp_path):
     for s in steps:
         at = dt.datetime.fromisoformat(s["at"])
         assert at.tzinfo is not None
-        assert abs((dt.datetime.now(dt.timezone.utc) - at).total_seconds()) < 120
+        assert abs((dt.datetime.now(dt.UTC) - at).total_seconds()) < 120
     assert manifest["model"] == {"file": MODEL_FILE,
                                  "sha256": hashlib.sha256(b"optimized model!").hexdigest(),
                                  "bytes": len(b"optimized model!")}

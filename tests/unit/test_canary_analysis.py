@@ -9,8 +9,16 @@ import urllib.request
 import pytest
 
 from mldeploy.config import CanaryAnalysisSection, load_config
-from mldeploy.monitor.canary import (HOLD, PROMOTE, ROLLBACK, SlotStats, analyze, divergence, histogram_quantile,
-                                     prediction_values)
+from mldeploy.monitor.canary import (
+    HOLD,
+    PROMOTE,
+    ROLLBACK,
+    SlotStats,
+    analyze,
+    divergence,
+    histogram_quantile,
+    prediction_values,
+)
 from mldeploy.monitor.metrics import parse_prometheus, runtime_counts, window_stats
 
 T = CanaryAnalysisSection()  # the defaults: min 100 requests, 1% errors, +0.5 points, latency x1.5, JS 0.1
@@ -104,10 +112,11 @@ def test_predictions_from_capture_records_and_their_divergence():
 # -- a real serving runtime's /metrics -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    from tests.serve.conftest import _save, linear_graph, start_server
+    from tests.helpers.models import linear_graph, save_bundle
+    from tests.helpers.server import start_server
 
     tmp = tmp_path_factory.mktemp("canary-runtime")
-    server = start_server(_save(linear_graph(), tmp / "bundle"), tmp, workers=1)
+    server = start_server(save_bundle(linear_graph(), tmp / "bundle"), tmp, workers=1)
     yield server
     server.stop()
 
@@ -127,7 +136,7 @@ def test_counts_and_quantiles_from_a_real_runtime(runtime):
         runtime.call("GET", "/ping")
         scrape(runtime)
     after = scrape(runtime)
-    requests, errors, buckets = runtime_counts(after)
+    requests, _errors, buckets = runtime_counts(after)
     assert buckets[float("inf")] >= 35 and requests >= 35
     stats = window_stats("canary", before, after)
     assert (stats.requests, stats.errors) == (35, 0)  # a 400 is the client's, not a 5xx
@@ -148,7 +157,7 @@ def test_prometheus_parser_reads_labels_with_escapes():
 
 # -- the command -----------------------------------------------------------------------------------
 def test_cli_says_when_nothing_answers_locally(mldeploy, tmp_path):
-    from tests.serve.conftest import free_port
+    from tests.helpers.server import free_port
 
     r = mldeploy("canary", "analyze", "--cloud", "local", "--endpoint", "clf", "--port", free_port(),
                  "--window", "0", cwd=tmp_path)

@@ -10,6 +10,7 @@ import pytest
 
 from mldeploy.config import ConfigError, json_schema, load_config, require_deploy_keys
 from mldeploy.errors import UsageError
+from tests.helpers.need import need
 
 ROLE = "arn:aws:iam::123456789012:role/mldeploy"
 
@@ -334,7 +335,7 @@ def test_target_that_does_not_fit_the_cloud(tmp_path, cloud, target, allowed):
 
 def test_target_for_bad_cloud_reports_only_the_cloud(tmp_path):
     p = write(tmp_path, "deploy:\n  cloud: mars\n  target: docker\n")
-    file, line, message = only_problem(p)
+    _file, line, message = only_problem(p)
     assert line == 2
     assert "deploy.cloud" in message and '"mars"' in message
 
@@ -531,7 +532,7 @@ def test_json_schema_describes_constraints():
 
 
 def test_json_schema_validates_like_editors_do():
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (the dev extra has it)")
+    jsonschema = need("jsonschema", "the dev extra installs it")
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -566,8 +567,8 @@ def test_monitoring_paths_are_relative_to_the_config_file_and_uris_stay(tmp_path
     ("image", "{AIP_HTTP_PORT: '9000'}", "AIP_HTTP_PORT is set by the image or the cloud it runs on"),
     ("image", "{MLDEPLOY_API_KEYS: k0123456789abcdef}", "MLDEPLOY_API_KEYS would be readable by whoever pulls"),
     ("image", "{TZ: \"a\\nb\"}", "a value spans lines"),
-    ("image", "{OMP_WAIT_POLICY: PASSIVE}", "OMP_WAIT_POLICY is not a serving setting: the image's environment holds "
-                                            "MLDEPLOY_* settings only"),
+    ("image", "{OMP_WAIT_POLICY: PASSIVE}", ("OMP_WAIT_POLICY is not a serving setting: the image's environment holds "
+                                             "MLDEPLOY_* settings only")),
     ("deploy.aws.lambda", "{AWS_REGION: eu-west-1}", "AWS_REGION is set by Lambda itself"),
     ("deploy.aws.lambda", "{MLDEPLOY_MAX_BATCH: '0'}", "MLDEPLOY_MAX_BATCH=0 is out of range"),
     ("deploy.gcp.cloudrun", "{MLDEPLOY_ACCESS_LOG: maybe}", "MLDEPLOY_ACCESS_LOG='maybe' must be true or false"),
@@ -636,7 +637,7 @@ def test_an_aws_target_without_a_role_fails_before_a_deploy_plans(tmp_path, targ
 ])
 def test_settings_a_target_needs_together_fail_when_the_config_loads(tmp_path, section, text, message):
     # checked before any cloud call, so `deploy --plan` never prints a plan that apply would refuse
-    file, line, problem = only_problem(write(tmp_path, f"deploy:\n  cloud: {section}\n  {text}\n"))
+    _file, line, problem = only_problem(write(tmp_path, f"deploy:\n  cloud: {section}\n  {text}\n"))
     assert message in problem and line == 3, (line, problem)
 
 

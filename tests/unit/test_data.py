@@ -123,7 +123,7 @@ def test_load_jsonl_objects(tmp_path):
     p = tmp_path / "s.jsonl"
     lines = [{"ids": [1, 2, 3], "mask": [True, False, True]},
              {"ids": [4, 5, 6], "mask": [False, False, True], "ignored": 1}]
-    p.write_text("\n".join(json.dumps(l) for l in lines) + "\n\n")
+    p.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     mask = TensorSpec("mask", "bool", ("batch", "seq"))
     arrays = load(p, [IDS, mask])
     np.testing.assert_array_equal(arrays["ids"], [[1, 2, 3], [4, 5, 6]])

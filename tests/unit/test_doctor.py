@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 KIT = "acme/ml-deploy/.github/workflows/deploy.yml@refs/tags/v2"
 REPO = "acme/models"

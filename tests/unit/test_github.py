@@ -105,7 +105,7 @@ def test_multi_line_output_round_trips(actions, value):
     github.set_output("report", value)
     github.set_output("after", "2")
     text = read_raw(out)
-    header = next(l for l in text.split("\n") if l.startswith("report<<"))
+    header = next(line for line in text.split("\n") if line.startswith("report<<"))
     delim = header.removeprefix("report<<")
     assert delim and delim not in value
     assert parse_outputs(text) == {"before": "1", "report": value, "after": "2"}
@@ -115,7 +115,7 @@ def test_multi_line_output_delimiters_differ_per_call(actions):
     out, _ = actions
     github.set_output("a", "1\n2")
     github.set_output("b", "3\n4")
-    headers = [l for l in read_raw(out).split("\n") if "<<" in l]
+    headers = [line for line in read_raw(out).split("\n") if "<<" in line]
     assert len(headers) == 2
     assert headers[0].split("<<")[1] != headers[1].split("<<")[1]
 
@@ -183,10 +183,9 @@ def test_group_wraps_output(actions, capsys):
 
 
 def test_group_closes_when_body_raises(actions, capsys):
-    with pytest.raises(RuntimeError, match="boom"):
-        with github.group("Failing"):
-            print("before")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), github.group("Failing"):
+        print("before")
+        raise RuntimeError("boom")
     assert capsys.readouterr().out == "::group::Failing\nbefore\n::endgroup::\n"
 
 
@@ -249,10 +248,9 @@ def test_local_summary_writes_nothing(local, capsys):
 
 
 def test_local_group_has_no_workflow_commands(local, capsys):
-    with pytest.raises(ValueError):
-        with github.group("Title"):
-            print("body")
-            raise ValueError
+    with pytest.raises(ValueError), github.group("Title"):
+        print("body")
+        raise ValueError
     captured = capsys.readouterr()
     assert "::" not in captured.out + captured.err
     assert captured.out == "body\n"

@@ -18,20 +18,8 @@ from scipy import stats
 from mldeploy.bundle import Bundle
 from mldeploy.errors import UsageError
 from mldeploy.monitor import baseline as base
-from tests.serve.conftest import B, TABLE, W, _save, two_io_graph
-
-N = 4000
-
-
-def reference(folder):
-    """A converted bundle in `folder` and reference data for it: x ~ N(0, 1) [batch, 4], k uniform
-    over 0..4 [batch, 1], in ref.npz. Returns (bundle, ref.npz, x, k)."""
-    bundle = _save(two_io_graph(), folder)
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(N, 4)).astype(np.float32)
-    k = rng.integers(0, 5, size=(N, 1))
-    np.savez(folder / "ref.npz", x=x, k=k)
-    return bundle, folder / "ref.npz", x, k
+from tests.helpers.models import TABLE, B, W
+from tests.helpers.monitoring import N, reference
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +85,7 @@ def test_written_into_the_bundle_and_noted_in_the_manifest_once(model, bundle):
     assert steps[-1]["sha256"] == hashlib.sha256((bundle / "baseline.json").read_bytes()).hexdigest()
     assert steps[-1]["records"] == N and steps[-1]["features"] == 5 and steps[-1]["predictions"] == 6
     before = (bundle / "baseline.json").read_bytes()
-    again, _, written = base.create(bundle, data)      # same data, model and bins: nothing to do
+    _again, _, written = base.create(bundle, data)      # same data, model and bins: nothing to do
     assert not written and (bundle / "baseline.json").read_bytes() == before
     assert len(Bundle.open(bundle).manifest["steps"]) == len(steps)
     _, _, written = base.create(bundle, data, bins=20)  # other settings: computed again

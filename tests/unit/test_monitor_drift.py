@@ -20,8 +20,8 @@ from mldeploy.config import DriftSection
 from mldeploy.monitor import baseline as base
 from mldeploy.monitor import drift
 from mldeploy.serve.capture import Capture
-from tests.serve.conftest import B, TABLE, W, _save, linear_graph
-from tests.unit.test_monitor_baseline import reference
+from tests.helpers.models import TABLE, B, W, linear_graph, save_bundle
+from tests.helpers.monitoring import reference
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_small_shift_with_many_records_is_not_a_false_alarm(model, tmp_path):
 
 
 def test_new_category_is_flagged(model, tmp_path):
-    x, k, logits, picked = traffic(4, 2000)
+    x, k, logits, _picked = traffic(4, 2000)
     k[::50] = 7   # 2% of rows carry a value the baseline never saw
     report = judge(model, capture(tmp_path / "c", x, k, logits, TABLE[k].astype(np.float32)))
     k0 = rows_of(report)["k[0]"]
@@ -102,7 +102,7 @@ def test_new_category_is_flagged(model, tmp_path):
 
 
 def test_changed_category_mix_is_flagged_by_jensen_shannon(model, tmp_path):
-    x, k, logits, picked = traffic(5, 2000)
+    x, k, logits, _picked = traffic(5, 2000)
     k[: 1500] = 0   # the same categories, in a very different mix
     report = judge(model, capture(tmp_path / "c", x, k, logits, TABLE[k].astype(np.float32)))
     k0 = rows_of(report)["k[0]"]
@@ -250,7 +250,7 @@ def test_cli_no_records_is_exit_0_even_when_failing_on_drift(mldeploy, model, tm
 
 
 def test_cli_refuses_a_baseline_of_another_model(mldeploy, model, tmp_path):
-    other = _save(linear_graph(), tmp_path / "other")
+    other = save_bundle(linear_graph(), tmp_path / "other")
     folder = capture(tmp_path / "c", *traffic(14, 200))
     r = mldeploy("monitor", "drift", "--bundle", other, "--baseline", model / "baseline.json", "--capture", folder)
     assert r.code == 2 and "made for another model" in r.err
@@ -272,7 +272,7 @@ def test_100k_records_of_a_10_feature_model_take_seconds(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
                               [numpy_helper.from_array(weights, "W")])
-    bundle = _save(graph, tmp_path / "ten")
+    bundle = save_bundle(graph, tmp_path / "ten")
     np.save(tmp_path / "ref.npy", rng.normal(size=(20000, 10)).astype(np.float32))
     base.create(bundle, tmp_path / "ref.npy")
     x = rng.normal(size=(100_000, 10)).astype(np.float32)

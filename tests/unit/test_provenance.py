@@ -11,7 +11,7 @@ import pytest
 from mldeploy import provenance
 from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.trust import check_pull_request
-from tests.e2e.fake_github import FakeGitHub
+from tests.helpers.fake_github import FakeGitHub
 
 TOKEN = "ghs_provenance0123456789"
 REPO = "acme/models"

@@ -44,7 +44,7 @@ def test_config_and_cli_take_their_choices_from_the_registry():
         assert DeploySection(cloud=entry.cloud, target=entry.name).target == entry.name
     assert [DeploySection(cloud=c).target for c in registry.clouds()] == \
         [registry.targets_of(c)[0] for c in registry.clouds()]
-    r = subprocess.run([sys.executable, "-m", "mldeploy", "deploy", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "mldeploy", "deploy", "--help"], capture_output=True, text=True, check=False)
     assert "{" + ",".join(registry.clouds()) + "}" in r.stdout
 
 

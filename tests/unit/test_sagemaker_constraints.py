@@ -10,35 +10,11 @@ import types
 import pytest
 
 from mldeploy.config import DriftSection
+from mldeploy.deploy import sagemaker_preprocessor
+from mldeploy.deploy.sagemaker_monitor import analyzer_image, constraints, schedule_expression, statistics
 from mldeploy.errors import UsageError
-from mldeploy.monitor import sagemaker_preprocessor
-from mldeploy.monitor.sagemaker import analyzer_image, constraints, schedule_expression, statistics
 from mldeploy.monitor.setup import cron_hours
-
-SAMPLE = [round(-1 + 0.002 * i, 3) for i in range(1000)]
-
-
-def baseline() -> dict:
-    return {
-        "format": "mldeploy-baseline/1", "created": "2026-12-01T03:00:00Z", "model": "classifier",
-        "signature_sha256": "0" * 64, "records": 4000,
-        "features": [
-            {"name": "x[0]", "input": "x", "index": 0, "kind": "numeric", "count": 4000, "missing": 40,
-             "mean": 0.1, "std": 1.0, "min": -3.2, "max": 3.1,
-             "quantiles": {"0.5": 0.1}, "histogram": {"edges": [-3.2, -1.0, 0.0, 1.0, 3.1], "counts": [500, 1500, 1500, 460]},
-             "sample": SAMPLE},
-            {"name": "age", "input": "age", "index": None, "kind": "numeric", "count": 4000, "missing": 0,
-             "mean": 41.5, "std": 12.0, "min": 18.0, "max": 90.0, "quantiles": {},
-             "histogram": {"edges": [18.0, 50.0, 90.0], "counts": [3000, 1000]}, "sample": [18, 30, 41, 90]},
-            {"name": "color", "input": "color", "index": None, "kind": "categorical", "count": 4000, "missing": 0,
-             "categories": {"0": 0.5, "1": 0.3, "2": 0.2}},
-            {"name": "city", "input": "city", "index": None, "kind": "categorical", "count": 4000, "missing": 400,
-             "categories": {"paris": 0.6, "rome": 0.3, "__other__": 0.1}},
-            {"name": "tier", "input": "tier", "index": None, "kind": "categorical", "count": 4000, "missing": 0,
-             "categories": {"gold": 0.25, "silver": 0.75}},
-        ],
-        "predictions": [],
-    }
+from tests.helpers.monitoring import SAMPLE, baseline
 
 
 def test_statistics_follow_model_monitors_schema():
@@ -96,7 +72,7 @@ def test_schedule_becomes_sagemakers_cron(cron, expected):
 
 @pytest.mark.parametrize("cron", ["15 * * * *", "0 * * * 1", "0 1-5 * * *", "every hour", "0 */30 * * *"])
 def test_schedules_sagemaker_cannot_run_are_refused(cron):
-    with pytest.raises(UsageError, match="monitoring.drift.schedule"):
+    with pytest.raises(UsageError, match=r"monitoring\.drift\.schedule"):
         cron_hours(cron)
 
 

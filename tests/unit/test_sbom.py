@@ -6,18 +6,18 @@ import hashlib
 import json
 from importlib.metadata import version
 
-import pytest
+from tests.helpers.models import linear_graph, save_bundle
+from tests.helpers.need import need
 
-pytest.importorskip("jinja2", reason="the image extra is not installed")
-pytest.importorskip("uvloop", reason="the serve extra is not installed")
+need("jinja2", "the image extra installs it")
+need("uvloop", "the serve extra installs it")
 
 from mldeploy.bundle import Bundle  # noqa: E402
 from mldeploy.image import RUNTIME, make_context  # noqa: E402
-from tests.serve.conftest import _save, linear_graph  # noqa: E402
 
 
 def test_the_sbom_lists_exactly_the_wheels_in_the_image(tmp_path):
-    bundle = Bundle.open(_save(linear_graph(), tmp_path / "model"))
+    bundle = Bundle.open(save_bundle(linear_graph(), tmp_path / "model"))
     context = tmp_path / "context"
     context.mkdir()
     make_context(bundle, "python:3.11-slim", None, context)

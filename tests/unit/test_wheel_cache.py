@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("jinja2", reason="the image extra is not installed")
+from tests.helpers.models import linear_graph, save_bundle
+from tests.helpers.need import need
+from tests.helpers.paths import ROOT
+
+need("jinja2", "the image extra installs it")
 
 import mldeploy.image as image  # noqa: E402
 from mldeploy.bundle import Bundle  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
-from tests.serve.conftest import _save, linear_graph  # noqa: E402
 
 PACKAGE = ROOT / "src" / "mldeploy"
 
@@ -80,7 +82,7 @@ def test_a_planted_runtime_wheel_is_removed_and_the_locked_one_fetched(cache, tm
                                                  if n.endswith("/RECORD") else []))
     shutil.copy2(planted, cached)
     bad = sha256(cached)
-    bundle = Bundle.open(_save(linear_graph(), tmp_path / "model"))
+    bundle = Bundle.open(save_bundle(linear_graph(), tmp_path / "model"))
     context = tmp_path / "context"
     context.mkdir()
     image.make_context(bundle, "python:3.11-slim", None, context)

@@ -1,6 +1,6 @@
 """The zoo's shared parts: read tests/zoo/models.yaml, find each shipped model file, run the real
 `mldeploy convert` on it (the CLI's own entry point, in this process), and run the model in its own
-framework for the independent check. Used by tests/test_zoo.py and benchmarks/zoo.py."""
+framework for the independent check. Used by tests/zoo/test_zoo.py and benchmarks/zoo.py."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def shipped_file(m: dict) -> Path | None:
@@ -59,7 +59,7 @@ def source_path(m: dict, workdir: Path) -> Path:
 
 
 def write_config(m: dict, model_path: Path, bundle: Path, workdir: Path) -> Path:
-    cfg = {"version": 1, **{k: v for k, v in m.get("config", {}).items()}}
+    cfg = {"version": 1, **dict(m.get("config", {}).items())}
     cfg["model"] = {**cfg.get("model", {}), "path": str(model_path)}
     cfg["bundle"] = str(bundle)
     path = workdir / "mldeploy.yaml"

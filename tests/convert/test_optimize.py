@@ -16,43 +16,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from mldeploy.config import BudgetSection
 from mldeploy.optimize.select import budget_failures, choose
-
-
-def mlp(sizes=(64, 256, 256, 10), activation="Relu", seed=0) -> onnx.ModelProto:
-    """A MatMul-heavy classifier x[N, sizes[0]] -> probs[N, sizes[-1]]."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, last = [], [], "x"
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"),
-                  numpy_helper.from_array(rng.standard_normal(b).astype(np.float32) * 0.1, f"B{i}")]
-        nodes += [helper.make_node("MatMul", [last, f"W{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
-        last = f"a{i}"
-        if i < len(sizes) - 2:
-            nodes.append(helper.make_node(activation, [last], [f"h{i}"]))
-            last = f"h{i}"
-    nodes.append(helper.make_node("Softmax", [last], ["probs"], axis=-1))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", sizes[-1]])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-
-
-# Random weights give small class margins, so int8 flips a few argmaxes: budget 0.9 (default 0.99).
-FAST = "version: 1\noptimize:\n  latency_seconds: 0.02\n  batch_size: 16\n  samples: 64\n"
-BUDGET = "  budget:\n    top1_agreement: 0.9\n"
-
-
-@pytest.fixture
-def repo(tmp_path, mldeploy):
-    """A model repo with a converted MLP bundle and a quick-measuring config."""
-    onnx.save(mlp(), tmp_path / "mlp.onnx")
-    (tmp_path / "mldeploy.yaml").write_text(FAST + BUDGET)
-    assert mldeploy("convert", "mlp.onnx", cwd=tmp_path).code == 0
-    return tmp_path
+from tests.helpers.models import BUDGET, FAST
+from tests.helpers.models import deep_mlp as mlp
 
 
 def step(repo):
@@ -272,5 +240,5 @@ def test_optimize_never_imports_torch_or_tensorflow(repo):
         code = main(["optimize", "--objective", "size", "--candidates", "dynamic-int8"])
         print(code, sorted(m for m in ("torch", "tensorflow", "keras") if m in sys.modules))
     """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300, check=False)
     assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr

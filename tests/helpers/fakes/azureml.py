@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.contract.fakes.faults import Faults, fail
+from tests.helpers.fakes.faults import Faults, fail
 
 PROVIDER = "Microsoft.MachineLearningServices"
 WS = (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/" + PROVIDER +
@@ -60,12 +60,12 @@ ROUTES = [
     ("environment", WS + r"/environments/(?P<n>[^/]+)/versions/(?P<v>[^/]+)$"),
     ("operation", r"/subscriptions/[^/]+/providers/" + PROVIDER + r"/locations/[^/]+/mfeOperationsStatus/(?P<op>[^/]+)$"),
     # Azure Monitor (azure-mgmt-monitor): metric alerts and action groups, synchronous PUTs
-    ("metric_alert", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
-                     r"metricAlerts/(?P<n>[^/]+)$"),
-    ("action_group", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
-                     r"actionGroups/(?P<n>[^/]+)$"),
-    ("autoscale", r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
-                  r"autoscalesettings/(?P<n>[^/]+)$"),
+    ("metric_alert", (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                      r"metricAlerts/(?P<n>[^/]+)$")),
+    ("action_group", (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                      r"actionGroups/(?P<n>[^/]+)$")),
+    ("autoscale", (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
+                   r"autoscalesettings/(?P<n>[^/]+)$")),
     # Azure Monitor metrics of an online endpoint (canary analysis)
     ("metrics", WS + r"/onlineEndpoints/(?P<e>[^/]+)/providers/Microsoft\.Insights/metrics$"),
 ]

@@ -12,22 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-
-def mlp(batch="N", opset=18, with_gelu=False) -> onnx.ModelProto:
-    """x[batch, 4] -> softmax(x @ W + b) [batch, 3], optionally through com.microsoft Gelu."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "B")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"])]
-    last = "z"
-    if with_gelu:
-        nodes.append(helper.make_node("Gelu", ["z"], ["g"], domain="com.microsoft"))
-        last = "g"
-    nodes.append(helper.make_node("Softmax", [last], ["probs"], axis=-1))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 3])], [w, b])
-    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if with_gelu else [])
-    return helper.make_model(graph, opset_imports=imports, ir_version=9)
+from tests.helpers.models import small_mlp as mlp
 
 
 @pytest.fixture
@@ -195,7 +180,8 @@ CONSTRUCTS = {
                                [tensor("out:0", ["N", 3])], [numpy_helper.from_array(W, "W:0")]),
     "constant_weights": graph_model([helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(W, "W")),
                                      helper.make_node("MatMul", ["x", "W"], ["y"])], [tensor("x", ["N", 4])], [tensor("y", ["N", 3])]),
-    "scalar_output": graph_model([helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
+    "scalar_output": graph_model([helper.make_node("MatMul", ["x", "W"], ["y"]),
+                                  helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
                                  [tensor("x", ["N", 4])], [tensor("y", ["N", 3]), tensor("total", [])], [numpy_helper.from_array(W, "W")]),
     # Squeeze/Unsqueeze with axes as inputs: where ONNX's reference kernels have gone wrong
     "squeeze_axes": graph_model([helper.make_node("Unsqueeze", ["x", "a1"], ["u"]), helper.make_node("Squeeze", ["u", "a1"], ["y"])],

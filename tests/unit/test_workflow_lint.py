@@ -3,15 +3,14 @@ the reusable workflow keeps the model repo's code away from every cloud credenti
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers.need import need
+from tests.helpers.paths import ROOT
 
 BIN = Path(sys.executable).parent
 KIT_WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -24,15 +23,12 @@ LOGINS = ("aws-actions/configure-aws-credentials@", "google-github-actions/auth@
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed (the dev extra installs it)")
-    return found
+    return need(name, "the dev extra installs it", command=True, path=BIN)
 
 
 def zizmor(config: Path, files: list[Path]) -> None:
     r = subprocess.run([tool("zizmor"), "--offline", "--persona", "pedantic", "--config", str(config), *map(str, files)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "No findings" in r.stdout + r.stderr
 
@@ -96,5 +92,5 @@ def test_the_command_action_is_the_umbrella_action_at_a_path():
 
 def test_actionlint_finds_nothing():
     r = subprocess.run([tool("actionlint"), "-no-color", *map(str, WORKFLOWS)], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+                       timeout=120, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]

@@ -98,7 +98,8 @@ class CloudMonitoring:
             start, end = (dt.datetime.fromisoformat(one[f"interval.{k}"].replace("Z", "+00:00"))
                           for k in ("startTime", "endTime"))
         except (KeyError, ValueError):
-            raise BadRequest(400, "INVALID_ARGUMENT", "interval.startTime and interval.endTime must be RFC 3339 times")
+            raise BadRequest(400, "INVALID_ARGUMENT",
+                             "interval.startTime and interval.endTime must be RFC 3339 times") from None
         period = re.fullmatch(r"(\d+)s", one.get("aggregation.alignmentPeriod", ""))
         if not period or int(period.group(1)) < 60 or start >= end:
             raise BadRequest(400, "INVALID_ARGUMENT", "The alignment period must be at least 60s, the interval not empty")

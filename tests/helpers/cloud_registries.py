@@ -24,10 +24,10 @@ import re
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qsl
 
 ECR_HOST = "123456789012.dkr.ecr.us-east-1.amazonaws.com"   # moto's account and region

@@ -53,7 +53,7 @@ def _run_handler(fn: LambdaFunction, event: object) -> tuple[bytes, str | None]:
         handler._loaded = None  # a new execution environment for every invoke: its own env, fresh load
         try:
             return json.dumps(handler.handle(event, None)).encode(), None
-        except Exception as e:  # noqa: BLE001  what Lambda answers when the handler raises
+        except Exception as e:
             return json.dumps({"errorMessage": str(e), "errorType": type(e).__name__}).encode(), "Unhandled"
         finally:
             handler._loaded = None

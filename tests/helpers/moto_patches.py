@@ -191,7 +191,7 @@ def _recording(call):
                 params = {}
         try:
             action = self._get_action()
-        except Exception:  # noqa: BLE001 - a REST request without an action name
+        except Exception:
             action = ""
         BODIES.append((self.service_name, action, params))
         return call(self)

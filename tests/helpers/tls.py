@@ -1,4 +1,5 @@
-"""A throwaway certificate authority and a server certificate it signed, for local TLS fakes."""
+"""Plugin: a throwaway certificate authority and a server certificate it signed, for local TLS fakes
+(`throwaway_tls`), and the module-scoped `tls` fixture made with it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import datetime
 import ipaddress
 import ssl
 from pathlib import Path
+
+import pytest
 
 
 def throwaway_tls(folder: Path, names: tuple[str, ...] = ()) -> tuple[ssl.SSLContext, Path]:
@@ -16,7 +19,7 @@ def throwaway_tls(folder: Path, names: tuple[str, ...] = ()) -> tuple[ssl.SSLCon
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mldeploy test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -47,3 +50,9 @@ def throwaway_tls(folder: Path, names: tuple[str, ...] = ()) -> tuple[ssl.SSLCon
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(folder / "server.pem", folder / "server.key")
     return context, folder / "ca.pem"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> tuple[ssl.SSLContext, Path]:
+    """A server-side TLS context for 127.0.0.1 and the CA file a client must trust."""
+    return throwaway_tls(tmp_path_factory.mktemp("tls"))

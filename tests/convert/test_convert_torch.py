@@ -8,8 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
-ort = pytest.importorskip("onnxruntime")
+from tests.helpers.need import need
+
+torch = need("torch", "pip install -e '.[torch]' installs it")
+ort = need("onnxruntime", "the base install has it")
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

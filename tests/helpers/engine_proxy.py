@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from tests.contract.fakes.faults import Faults, fail
+from tests.helpers.fakes.faults import Faults, fail
 
 FAULT_BODY = b'{"message": "injected fault"}'  # what the engine answers when it fails inside
 KEEP = {"create", "json", "prune"}             # path words that are not an object's id or name

@@ -8,10 +8,12 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers.need import need
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed (pip install -e '.[tensorflow]')")
-keras = pytest.importorskip("keras")
-ort = pytest.importorskip("onnxruntime")
+tf = need("tensorflow", "pip install -e '.[tensorflow]' installs it")
+keras = need("keras", "pip install -e '.[tensorflow]' installs it")
+ort = need("onnxruntime", "the base install has it")
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 
@@ -91,7 +93,7 @@ def test_savedmodel_capturing_its_weights_converts_with_only_its_inputs(repo, tm
     out = tmp_path / "b"
     r = mldeploy("convert", "captures", "--out", out, cwd=repo)
     assert r.code == 0, r.err
-    manifest, signature = load_bundle(out)
+    _manifest, signature = load_bundle(out)
     assert [i["name"] for i in signature["inputs"]] == ["x"]
     x = np.random.default_rng(4).random((5, 4), np.float32)
     got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": x})[0]

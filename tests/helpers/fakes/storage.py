@@ -70,7 +70,7 @@ class StorageFake:
             return (200, {"Content-Type": "application/octet-stream"}, data) if data is not None else (404, {}, b"")
         prefix = parse_qs(url.query).get("prefix", [""])[0]
         items = [{"kind": "storage#object", "name": n, "bucket": parts[3], "size": str(len(d)), "generation": "1",
-                  "updated": dt.datetime.fromtimestamp(m, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+                  "updated": dt.datetime.fromtimestamp(m, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
                  for n, (d, m) in sorted(bucket.items()) if n.startswith(prefix)]
         return 200, {"Content-Type": "application/json"}, json.dumps({"kind": "storage#objects", "items": items}).encode()
 

@@ -30,12 +30,13 @@ import json
 import re
 import threading
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
-from tests.contract.fakes.cloud_monitoring import BadRequest, CloudMonitoring
-from tests.contract.fakes.faults import Faults, fail
+from tests.helpers.fakes.cloud_monitoring import BadRequest, CloudMonitoring
+from tests.helpers.fakes.faults import Faults, fail
 
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
 AR = "type.googleapis.com/google.devtools.artifactregistry.v1."
@@ -89,7 +90,7 @@ class FakeVertex:
             self.monitoring_jobs: dict[str, dict[str, Any]] = {}
             self.job_bodies: list[tuple[str, dict[str, Any]]] = []   # (method, body) of job writes
             self.ids = itertools.count(1001)
-            self.clock = datetime(2026, 11, 25, tzinfo=timezone.utc)
+            self.clock = datetime(2026, 11, 25, tzinfo=UTC)
             self.monitoring = CloudMonitoring()   # Cloud Monitoring's timeSeries.list, on the same address
             self.requests.clear()
 

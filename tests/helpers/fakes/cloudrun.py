@@ -37,9 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.contract.fakes.cloud_monitoring import PATH as MONITORING_PATH
-from tests.contract.fakes.cloud_monitoring import BadRequest, CloudMonitoring
-from tests.contract.fakes.faults import Faults, fail
+from tests.helpers.fakes.cloud_monitoring import PATH as MONITORING_PATH
+from tests.helpers.fakes.cloud_monitoring import BadRequest, CloudMonitoring
+from tests.helpers.fakes.faults import Faults, fail
 
 REVISION_TYPE = 2  # TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 LATEST_TYPE = 1

@@ -10,20 +10,19 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.test_convert_onnx import mlp
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.models import small_mlp as mlp
+from tests.helpers.paths import ROOT
 
 
 def run(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "mldeploy", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+                          env=env, cwd=cwd, timeout=120, check=False)
 
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "mldeploy"
     assert script.is_file(), "pip install -e . should create the `mldeploy` console script"
-    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and r.stdout.startswith("mldeploy ")
 
 
@@ -50,7 +49,7 @@ def test_no_command_or_unknown_flag_is_usage_error():
 def test_help_and_schema_import_no_framework():
     code = ("import sys; from mldeploy.cli import main; main(['config', 'schema', '--out', '/dev/null']); "
             "print(sorted(m for m in ('torch', 'tensorflow', 'onnxruntime') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert r.stdout.strip() == "[]"
 
 

@@ -14,8 +14,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from tests.contract import moto_patches  # noqa: F401  (patches moto's classes on import)
-from tests.contract.fakes.faults import Faults, drop
+from tests.helpers import moto_patches  # noqa: F401  (patches moto's classes on import)
+from tests.helpers.fakes.faults import Faults, drop
 
 MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Untag", "Set",
             "Subscribe", "Unsubscribe")

@@ -5,7 +5,7 @@ the model run in its own framework at two batch sizes (or its fixed batch), or i
 expects to be refused: exit 1 or 2 with one clear error line, no traceback. Exit 3 (a bug) never passes.
 scripts/setup-zoo.sh installs the wheels (scripts/test.sh runs it).
 
-    .venv/bin/python -m pytest -m zoo tests/test_zoo.py
+    .venv/bin/python -m pytest -m zoo tests/zoo/test_zoo.py
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import os
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("tensorflow")
+from tests.helpers.need import need, unavailable
+
+need("torch", "pip install -e '.[torch]' installs it (scripts/test.sh does)")
+need("tensorflow", "pip install -e '.[tensorflow]' installs it (scripts/test.sh does)")
 
 from tests.zoo import harness  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.zoo, pytest.mark.torch, pytest.mark.tensorflow]
+pytestmark = [pytest.mark.torch, pytest.mark.tensorflow]   # zoo and slow: by folder (tests/conftest.py)
 MODELS = harness.models()
 
 
@@ -52,10 +54,7 @@ def _record(m: dict, run: harness.Run, outcome: str, detail: str = "") -> None:
 @pytest.mark.parametrize("m", MODELS, ids=[m["id"] for m in MODELS])
 def test_zoo_model(m, tmp_path):
     if harness.shipped_file(m) is None:
-        reason = f"{m['package']} is not installed (scripts/setup-zoo.sh installs the zoo)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)  # CI installs the zoo: nothing may be skipped there
-        pytest.skip(reason)
+        unavailable(f"{m['package']} is not installed (scripts/setup-zoo.sh installs the zoo)")
     run, source, bundle = harness.convert(m, tmp_path)
     where = f"{run.command()} -> exit {run.rc}: {run.error or run.output[-1500:]}"
     if run.rc == 3 or (run.rc != 0 and "Traceback (most recent call last)" in run.output):

@@ -9,9 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.test_convert_onnx import mlp as small_mlp
-from tests.test_optimize import BUDGET, FAST, mlp
-from tests.test_optimize import repo  # noqa: F401 (a fixture: a repo with a converted MLP bundle)
+from tests.helpers.models import BUDGET, FAST, small_mlp
+from tests.helpers.models import deep_mlp as mlp
 
 
 def test_convert_never_replaces_a_folder_that_is_not_a_bundle(tmp_path, mldeploy):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.fake_github import FakeGitHub
+from tests.helpers.fake_github import FakeGitHub
 
 PR = 7
 MARKER = "<!-- mldeploy-report endpoint=classifier -->"
