@@ -11,14 +11,14 @@ once. Monitoring is the target's too: `slot_metrics` for canary analysis and `mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from mldeploy.deploy import Desired, Guard, Plan, pick_canary, restoring, rollback_layout
 from mldeploy.errors import UsageError
-from mldeploy.targets import Capabilities, Entry
+from mldeploy.targets import Entry
 
 if TYPE_CHECKING:
     from mldeploy.config import Config, DeploySection
@@ -69,10 +69,6 @@ class Target(ABC):
     def from_config(cls, endpoint: str, cfg: Config) -> Target:
         return cls(endpoint, cfg.deploy)
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.entry.capabilities
-
     # -- the cloud's mechanism ----------------------------------------------------------------------
     @abstractmethod
     def read(self) -> Any:
@@ -121,12 +117,12 @@ class Target(ABC):
         return self.apply(self.layout(Desired(self.endpoint, images["production"], "production", 0, {}), current,
                                       images, share))
 
-    def guard(self, current: Any, images: Iterator[str] | list[str] | set[str]) -> Guard:
+    def guard(self, current: Any, images: Iterable[str]) -> Guard:
         """Compare-and-set against what `current` served, for a command deploying `images`."""
         return Guard(self.endpoint, self.status, self._status(current).served(), frozenset(images))
 
     @contextmanager
-    def changing(self, current: Any, images: Iterator[str] | list[str] | set[str],
+    def changing(self, current: Any, images: Iterable[str],
                  restore: Callable[[], str]) -> Iterator[Guard]:
         """Around every change: a guard to check just before traffic moves, and on any failure the
         restore of what served before (never over another command's work), said in the error."""
