@@ -162,6 +162,18 @@ def _parser() -> argparse.ArgumentParser:
                      "job is about to use (exit 1 if it may not)")
     doc.set_defaults(func=cmd_doctor)
 
+    ini = sub.add_parser(
+        "init", formatter_class=fmt, epilog=EPILOG,
+        help="start a model repo: mldeploy.yaml, the starter workflows and a .gitignore entry",
+        description="Scaffold a model repo: detect the model's format, write mldeploy.yaml (with the inputs\n"
+                    "the model records, or TODOs where it records none), the starter workflows in\n"
+                    ".github/workflows and `.mldeploy/` in .gitignore. Overwrites nothing: exit 2 if a file exists.")
+    ini.add_argument("model", nargs="?", metavar="MODEL_FILE",
+                     help="the trained model (default: the one model file in the folder, if there is one)")
+    ini.add_argument("--dir", default=".", metavar="DIR", help="the model repo's folder (default: the current one)")
+    ini.add_argument("--debug", action="store_true", help="show tracebacks")
+    ini.set_defaults(func=cmd_init)
+
     run = sub.add_parser(
         "run", parents=[common], formatter_class=fmt, epilog=EPILOG,
         help="the whole pipeline from mldeploy.yaml: convert, optimize, build, push, deploy, smoke",
@@ -312,6 +324,22 @@ def _input_flag(text: str) -> dict:
         raise UsageError(f"--input {text!r} is not NAME:DTYPE:DIMS", hint="e.g. --input x:float32:batch,8")
     dims = [int(d) if d.strip().lstrip("-").isdigit() else d.strip() for d in parts[2].split(",")]
     return {"name": parts[0], "dtype": parts[1], "shape": dims}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mldeploy.scaffold import init
+
+    done = init(Path(args.dir), args.model)
+    for path in done.written:
+        print(f"wrote {path}")
+    if done.gitignore != "unchanged":
+        print(f"{done.gitignore} {Path(args.dir) / '.gitignore'} (.mldeploy/)")
+    if done.todo:
+        print(f"TODO in mldeploy.yaml: {', '.join(done.todo)} (see its comments)")
+    print("next:")
+    for step in done.next_steps:
+        print(f"  {step}")
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
