@@ -257,3 +257,19 @@ def test_status_before_any_deploy_and_doctor(mldeploy, project):
     assert r.code == 0 and "endpoint: classifier  url: -" in r.out
     r = mldeploy("doctor", cwd=folder)
     assert r.code == 0 and "ok    lambda:ListFunctions: allowed" in r.out, r.out
+
+
+def test_an_environment_value_change_is_planned_by_name_never_hidden_as_no_change(mldeploy, project, aws):
+    """Values may be secrets, so the plan shows names: a change of value alone (the same names) is named
+    as such, and applied, never read as `[names] -> [the same names]` and left out as no change."""
+    folder, _, (a, _) = project
+    assert deploy(mldeploy, project, a).code == 0
+    (folder / "mldeploy.yaml").write_text((folder / "mldeploy.yaml").read_text().replace(
+        "MLDEPLOY_NONFINITE: reject", "MLDEPLOY_NONFINITE: allow"))
+    r = deploy(mldeploy, project, a, "--stage", "production")
+    assert r.code == 0, r.err
+    assert "update lambda function classifier environment values of MLDEPLOY_NONFINITE" in r.out, r.out
+    assert "reject" not in r.out  # a value itself is never shown
+    lam = boto3.client("lambda")
+    config = lam.get_function_configuration(FunctionName=FUNCTION, Qualifier=serving().popitem()[0])
+    assert config["Environment"]["Variables"]["MLDEPLOY_NONFINITE"] == "allow"

@@ -58,6 +58,11 @@ class Plan:
         return not self.changes
 
     def add(self, action: str, resource: str, field: str = "", old: Any = None, new: Any = None) -> None:
+        """One change. An update whose old and new are both given and equal changes nothing, so it is
+        left out: a plan lists only what would change, and one with nothing left says "up to date". An
+        update that carries no old or new (a deployment strategy, a grant) is always kept."""
+        if action == "update" and old is not None and new is not None and old == new:
+            return
         self.changes.append(Change(action, resource, field, old, new))
 
     def _traffic(self, split: dict[str, int]) -> str:

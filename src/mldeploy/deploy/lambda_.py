@@ -292,7 +292,12 @@ class LambdaTarget(Target):
                     plan.add("update", fn, "image", current["latest"]["image"], d.image)
                 for key, value in wanted.items():
                     old = current["latest"]["settings"][key]
-                    if old != value:  # environment values may be secrets: only their names are shown
+                    if old != value and key == "environment" and sorted(old) == sorted(value):
+                        # values may be secrets: only the names whose values change are shown (an update
+                        # shown as names -> the same names would read as no change, and be left out)
+                        changed = sorted(k for k in value if old[k] != value[k])
+                        plan.add("update", fn, f"environment values of {', '.join(changed)}")
+                    elif old != value:  # environment values may be secrets: only their names are shown
                         shown = (sorted(old), sorted(value)) if key == "environment" else (old, value)
                         plan.add("update", fn, key, *shown)
             plan.add("create", f"lambda version {self.function}", "image", new=d.image)
