@@ -71,6 +71,24 @@ def test_canary_share_promote_rollback(images, endpoint):
     assert code == 2 and "has no canary to roll back" in out, out  # nothing to roll back to: exit 2
 
 
+def test_plans_list_no_update_that_changes_nothing(images, endpoint):
+    """A weight, an image or a share that stays as it is never shows as `X -> X`; with nothing else to
+    change the plan says up to date."""
+    bundle, good, second, third = images  # third is only planned (it crashes on start): never applied
+    name, port = endpoint
+    where = ("--bundle", bundle, "--endpoint", name, "--port", port)
+    assert mldeploy("deploy", *where, "--image", good)[0] == 0
+    code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "0", "--plan")
+    assert code == 0 and f"create container mldeploy-{name}-canary image = {second}" in out, out
+    assert "canary weight" not in out, out  # 0 -> 0 is no change
+    assert mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20")[0] == 0
+    code, out = mldeploy("deploy", *where, "--image", third, "--stage", "canary", "--traffic", "20", "--plan")
+    assert code == 0 and f"update container mldeploy-{name}-canary image: {second} -> {third}" in out, out
+    assert "canary weight" not in out and "20 -> 20" not in out, out
+    code, out = mldeploy("deploy", *where, "--image", second, "--stage", "canary", "--traffic", "20", "--plan")
+    assert code == 0 and "up to date, nothing to change" in out and " -> " not in out.split("traffic")[0], out
+
+
 def test_crashing_canary_is_rolled_back_while_production_answers(images, endpoint):
     bundle, good, _, crashing = images
     name, port = endpoint
@@ -96,7 +114,7 @@ def test_crashing_canary_is_rolled_back_while_production_answers(images, endpoin
     assert f"production 100%  healthy  {good}" in out and "canary" not in out.split("url")[1]
 
 
-def test_port_in_use_and_missing_digest(images, endpoint):
+def test_port_in_use_and_missing_digest(images, endpoint, docker_client):
     bundle, good, _, _ = images
     name, _ = endpoint
     import socket
@@ -106,7 +124,14 @@ def test_port_in_use_and_missing_digest(images, endpoint):
         busy.listen()
         port = busy.getsockname()[1]
         code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--port", port, "--image", good)
-    assert code == 2 and f"port {port} is already in use" in out, out
+        plan_code, plan_out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--port", port,
+                                       "--image", good, "--plan")
+    # one line naming who holds the port (this test's own process), and nothing left behind
+    assert code == 2 and f"port {port} is already in use on this machine: " in out, out
+    assert f"(pid {os.getpid()}) holds it; nothing was created" in out, out
+    assert plan_code == 2 and f"port {port} is already in use" in plan_out, plan_out  # no plan it cannot apply
+    assert [n.name for n in docker_client.networks.list(names=[f"mldeploy-{name}"])] == []
+    assert docker_client.containers.list(all=True, filters={"label": f"dev.mldeploy.endpoint={name}"}) == []
     code, out = mldeploy("deploy", "--bundle", bundle, "--endpoint", name, "--image", good.split("@")[0] + ":latest")
     assert code == 2 and "no image digest to deploy" in out
 

@@ -82,6 +82,58 @@ def endpoint_lock(endpoint: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound now, as the engine must bind it for the router (SO_REUSEADDR:
+    connections of an earlier router still in TIME_WAIT do not count)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on a TCP port on this machine, e.g. "python3 (pid 4242)": the listening socket's inode
+    in /proc/net/tcp{,6} matched to a process's open files, else `ss -ltnp`; None when neither says."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").glob("[0-9]*") if inodes else ():
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return f"{(proc / 'comm').read_text().strip()} (pid {proc.name})"
+        except OSError:  # another user's process, or one that just exited
+            continue
+    return _ss_holder(port)
+
+
+def _ss_holder(port: int) -> str | None:
+    import re
+    import shutil
+    import subprocess
+
+    if not (ss := shutil.which("ss")):
+        return None
+    try:
+        out = subprocess.run([ss, "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
+                             timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r'users:\(\("([^"]+)",pid=(\d+)', out)
+    return f"{m.group(1)} (pid {m.group(2)})" if m else None
+
+
 class LocalTarget(Target):
     name = "local"
 
@@ -139,6 +191,8 @@ class LocalTarget(Target):
     # -- the interface -------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
         slots = self.routes()
+        if not self._router_running():
+            self._check_port()  # a plan that could never be applied is never printed
         plan = Plan(self.name, desired, traffic_before={k: v["weight"] for k, v in slots.items()})
         container = f"container {self.prefix}-{{}}"
         if "production" not in slots:
@@ -181,10 +235,13 @@ class LocalTarget(Target):
             return self.changed(False)
         d = plan.desired
         with endpoint_lock(self.endpoint):
+            router_running = self._router_running()
+            if not router_running:
+                self._check_port()  # before the network or any container: a busy port leaves nothing behind
             self._ensure_network()
             slots = self.routes()  # again, under the lock: another command may have changed them
             before = copy.deepcopy(slots)
-            if self._router() is None or self._router().status != "running":
+            if not router_running:
                 self._start_router(d.image)
             with restoring(lambda: self._restore(before)):
                 self._deploy(d, slots)
@@ -254,6 +311,24 @@ class LocalTarget(Target):
             self._retire(name)
 
     # -- containers ----------------------------------------------------------------------------
+    def _router_running(self) -> bool:
+        router = self._router()
+        return router is not None and router.status == "running"
+
+    def _check_port(self) -> None:
+        """The router publishes 127.0.0.1:port; another program holding it fails the deploy (exit 2) before
+        anything is created, naming the program when this machine says which. An engine on another
+        machine (DOCKER_HOST tcp:// or ssh://) binds its own 127.0.0.1, which cannot be checked from here."""
+        if os.environ.get("DOCKER_HOST", "unix://").split("://")[0] not in ("unix", "npipe", ""):
+            return
+        if port_free(self.port):
+            return
+        holder = port_holder(self.port)
+        who = f"{holder}{' (a Docker container publishes it)' if holder.startswith('docker-proxy') else ''}" \
+            if holder else "another program"
+        raise UsageError(f"port {self.port} is already in use on this machine: {who} holds it; nothing was created",
+                         hint="stop what listens there, or set deploy.port / --port")
+
     def _ensure_network(self) -> None:
         if not self.client.networks.list(names=[self.network]):
             self.client.networks.create(self.network, driver="bridge", labels={"dev.mldeploy.endpoint": self.endpoint})
