@@ -4,7 +4,9 @@ Values come from four layers; a higher one wins:
   command-line flag / action input  >  MLDEPLOY_<SECTION>__<KEY> (and MLDEPLOY_BUNDLE) environment variables
   >  the config file  >  the defaults below.
 Paths written in the file are relative to the file's folder; paths given as flags or environment
-variables are relative to the working directory.
+variables are relative to the working directory. A factory (model.factory) follows the same rule: imported
+from the file's folder when the file names it, from the working directory when a flag or environment
+variable does (Config.import_root; model.custom_objects is not wired to it yet: the working directory).
 A bad config fails before any work starts, naming the file, line, key, the value found and what
 was expected.
 """
@@ -24,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -46,6 +49,8 @@ Dtype = Literal["float32", "float16", "float64", "int64", "int32", "int16", "int
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("bundle",), ("model", "path"), ("parity", "sample"), ("optimize", "data"), ("image", "dockerfile"),
     ("monitoring", "baseline"), ("monitoring", "drift", "capture"))  # a capture URI (s3://...) stays as is
+# Keys that name model code by module (`package.module:name`), imported from the config file's folder.
+CODE_KEYS: tuple[tuple[str, ...], ...] = (("model", "factory"), ("model", "custom_objects"))
 
 
 class Section(BaseModel):
@@ -95,7 +100,8 @@ class ModelSection(Section):
         "auto", description="Source framework; auto detects it from the file.")
     factory: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="For a PyTorch state_dict: `package.module:function` that builds the module.")
+        description="For a PyTorch state_dict: `package.module:function` that builds the module. Imported from "
+                    "the config file's folder (from the working directory when given as a flag or variable).")
     allow_pickle: bool = Field(
         False, description="Load a fully pickled PyTorch module. Loading a pickle runs its code.")
     opset: int = Field(18, ge=11, le=23, description="ONNX opset to export to.")
@@ -492,6 +498,12 @@ class Config(Section):
     image: ImageSection = Field(default_factory=ImageSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    _code_roots: dict[str, Path] = PrivateAttr(default_factory=dict)  # see import_root
+
+    def import_root(self, key: str) -> Path:
+        """The folder model code at a dotted key of CODE_KEYS (model.factory) is imported from: the config
+        file's folder when the file names it, else (a flag, the environment, no file) the working directory."""
+        return self._code_roots.get(key) or Path.cwd()
 
     @field_validator("inputs")
     @classmethod
@@ -687,6 +699,9 @@ def load_config(path: str | os.PathLike | None = None, *, overrides: Mapping[str
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError([_describe(err, raw, file, origin) for err in e.errors()]) from None
+    if file:
+        cfg._code_roots = {".".join(key): file.parent.resolve() for key in CODE_KEYS
+                           if _get_dotted(_plain(raw), key) and key not in origin}
     return cfg
 
 

@@ -15,7 +15,7 @@ ort = need("onnxruntime", "the base install has it")
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-# Model code as it would live in a model repo; factories are imported from the working directory.
+# Model code as it would live in a model repo; a --factory is imported from the working directory.
 NETDEFS = textwrap.dedent('''
     import torch
     from torch import nn
@@ -365,3 +365,40 @@ def test_opset_out_of_range_is_a_config_error(repo, tmp_path, mldeploy):
                  "--out", tmp_path / "b", cwd=repo)
     assert r.code == 2
     assert "--opset: model.opset: expected greater than or equal to 11; found 7" in r.err
+
+
+# ------------------------------------------------------------------ where a factory is imported from
+
+def test_a_factory_in_the_config_file_is_imported_from_the_files_folder(repo, tmp_path, mldeploy):
+    """model.factory written in mldeploy.yaml resolves against the file's folder, like every path in it,
+    whatever the working directory; --factory resolves against the working directory, like every flag."""
+    import shutil
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    shutil.copy(repo / "mlp.pt", sub / "mlp.pt")
+    (sub / "beside_config_defs.py").write_text(NETDEFS)
+    (sub / "flag_only_defs.py").write_text(NETDEFS)
+    (sub / "mldeploy.yaml").write_text(textwrap.dedent("""
+        bundle: bundle
+        model:
+          path: mlp.pt
+          factory: beside_config_defs:mlp
+        inputs: [{name: x, dtype: float32, shape: [batch, 8]}]
+    """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # a flag is the working directory's: the module beside the config file is not found from elsewhere
+    # (first: in this process, an import leaves its folder on sys.path, as a fresh process would not)
+    r = mldeploy("convert", "--config", sub / "mldeploy.yaml", "--factory", "flag_only_defs:mlp",
+                 "--out", tmp_path / "b2", cwd=elsewhere)
+    assert r.code == 2 and "cannot import factory flag_only_defs:mlp: ModuleNotFoundError" in r.err, r.err
+    assert f"imported from {elsewhere.resolve()}" in r.err, r.err
+    (elsewhere / "cwd_defs.py").write_text(NETDEFS)
+    r = mldeploy("convert", "--config", sub / "mldeploy.yaml", "--factory", "cwd_defs:mlp",
+                 "--out", tmp_path / "b3", cwd=elsewhere)
+    assert r.code == 0, r.err
+
+    r = mldeploy("convert", "--config", sub / "mldeploy.yaml", cwd=elsewhere)
+    assert r.code == 0, r.err
+    assert "parity passed" in r.out and (sub / "bundle" / "model.onnx").is_file()

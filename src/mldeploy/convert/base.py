@@ -128,17 +128,24 @@ def importable_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
-def import_object(spec: str, kind: str) -> Any:
-    """`package.module:name` from the model repo; whatever its import raises is the user's error."""
+def import_object(spec: str, kind: str, root: Path | None = None) -> Any:
+    """`package.module:name` from the model repo; whatever its import raises is the user's error. `root`
+    is the folder it is imported from (Config.import_root: the config file's folder when the file names
+    it, else the working directory, the default)."""
     import importlib
 
     module_name, name = spec.split(":")
-    importable_cwd()
+    where = Path(root).resolve() if root is not None else Path.cwd()
+    if str(where) in sys.path:
+        sys.path.remove(str(where))
+    sys.path.insert(0, str(where))  # first: a module of the same name elsewhere on the path does not win
+    importlib.invalidate_caches()
     try:
         return getattr(importlib.import_module(module_name), name)
     except BaseException as e:  # the model repo's code: SystemExit and KeyboardInterrupt are its errors too
         raise UsageError(f"cannot import {kind} {spec}: {type(e).__name__}: {first_line(e)}",
-                         hint=f"the {kind} is imported from the working directory; check the module path") from None
+                         hint=f"the {kind} is imported from {where}: the config file's folder when the file "
+                              "names it, the working directory when a flag or variable does") from None
 
 
 def resolve_inputs(found: list[TensorSpec] | None, declared: list[InputSpec], *,

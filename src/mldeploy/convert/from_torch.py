@@ -102,7 +102,7 @@ class TorchSource(Source):
         if not spec:
             raise UsageError(f"{self.path.name} is a state_dict: weights without the code that builds the model",
                              hint="give --factory package.module:function (model.factory in mldeploy.yaml)")
-        func = import_object(spec, "factory")
+        func = import_object(spec, "factory", self.cfg.import_root("model.factory"))
         try:
             module = func()
         except BaseException as e:
