@@ -6,7 +6,9 @@
 #   scripts/action-setup.sh [EXTRA...]       e.g. scripts/action-setup.sh torch
 #
 # Environment: MLDEPLOY_PYTHON (interpreter for the venv, default python3),
-#              MLDEPLOY_TORCH_INDEX_URL (extra index for CPU-only torch wheels, optional).
+#              MLDEPLOY_TORCH_INDEX_URL (the index torch alone is installed from, e.g. PyTorch's CPU
+#              index https://download.pytorch.org/whl/cpu; empty: pip's configured indexes, like the rest).
+# Says on stderr which extras it installed (and where torch came from) and which the venv had.
 set -Eeuo pipefail
 
 kit=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,6 +63,13 @@ for extra in "$@"; do
   if [ ! -e "$venv/.extra-$extra" ]; then
     install "$extra"
     touch "$venv/.extra-$extra"
+    from=""
+    # the index without any user:password@ it may carry (a private mirror's token stays out of the log)
+    [ "$extra" = torch ] && [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ] &&
+      from=" (torch from $(sed -E 's#://[^/@]*@#://#' <<< "$MLDEPLOY_TORCH_INDEX_URL"))"
+    echo "mldeploy: installed extra $extra$from" >&2
+  else
+    echo "mldeploy: extra $extra already installed" >&2
   fi
 done
 # an image build packs the kit's source: this copy, which exists while this action runs

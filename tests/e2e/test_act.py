@@ -41,6 +41,9 @@ def test_convert_and_optimize_actions_run_green_from_a_model_repo(kit, model_rep
     assert "warning" not in log.split("Run Main acme/ml-deploy/actions/optimize-model@v2", 1)[1].split(
         "optimize: chose")[0].lower()  # the repo gives real data: no generated-data warning
     assert "Job succeeded" in log
+    # only the framework the model needs: torch for this torch model, never TensorFlow too
+    assert re.search(r"mldeploy: (installed extra torch|extra torch already installed)", log), log[-4000:]
+    assert "extra tensorflow" not in log
 
 
 def test_bad_config_fails_the_job_with_an_annotation(kit, model_repo):
