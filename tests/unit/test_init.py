@@ -134,11 +134,10 @@ def test_an_unknown_file_is_a_one_line_usage_error(tmp_path, mldeploy):
 
 
 def test_the_packaged_workflows_are_the_kits_workflows():
-    """init writes the package's copy (what a wheel ships); it must be workflows/, file for file."""
+    """init writes the package's copy (what a wheel ships); workflows/ is that folder, so they cannot drift."""
+    assert (ROOT / "workflows").resolve() == (ROOT / "src" / "mldeploy" / "templates" / "workflows").resolve()
     assert sorted(WORKFLOWS) == sorted(p.name for p in (ROOT / "workflows").glob("*.yml"))
-    for name, text in workflow_templates().items():
-        assert text == (ROOT / "workflows" / name).read_text(encoding="utf-8"), (
-            f"src/mldeploy/templates/workflows/{name} differs from workflows/{name}: copy it over")
+    assert workflow_templates() == {name: (ROOT / "workflows" / name).read_text(encoding="utf-8") for name in WORKFLOWS}
 
 
 def test_the_wheel_ships_the_workflows():
