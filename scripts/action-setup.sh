@@ -5,6 +5,10 @@
 #
 #   scripts/action-setup.sh [EXTRA...]       e.g. scripts/action-setup.sh torch
 #
+# The extra `target` is the deploy target's own (from the target registry: aws, eks, kubernetes, ...),
+# for deploy.cloud and deploy.target as the config says them (MLDEPLOY_CONFIG, MLDEPLOY_DEPLOY__CLOUD
+# and MLDEPLOY_DEPLOY__TARGET override, as for every command).
+#
 # Environment: MLDEPLOY_PYTHON (interpreter for the venv, default python3),
 #              MLDEPLOY_TORCH_INDEX_URL (the index torch alone is installed from, e.g. PyTorch's CPU
 #              index https://download.pytorch.org/whl/cpu; empty: pip's configured indexes, like the rest).
@@ -59,6 +63,11 @@ fi
 known=" torch tensorflow serve image monitor $("$python" -I "$kit/src/mldeploy/targets.py" extras) "
 for extra in "$@"; do
   [ "$extra" = onnx ] && continue
+  if [ "$extra" = target ]; then  # what the config deploys to decides (target eks needs the kubernetes client too)
+    cloud=$("$venv/bin/mldeploy" config get deploy.cloud) && target=$("$venv/bin/mldeploy" config get deploy.target) \
+      && extra=$("$python" -I "$kit/src/mldeploy/targets.py" extra "$cloud" "$target") || exit 2
+    [ -n "$extra" ] || continue
+  fi
   case "$known" in *" $extra "*) ;; *) echo "::error::unknown extra '$extra' (one of:$known)" >&2; exit 2 ;; esac
   if [ ! -e "$venv/.extra-$extra" ]; then
     install "$extra"

@@ -21,8 +21,10 @@ pytest_plugins = [
     "tests.helpers.tls",
     "tests.helpers.aws",
     "tests.helpers.azure_ml",
+    "tests.helpers.azure_containerapps",
     "tests.helpers.gcp_vertex",
     "tests.helpers.gcp_cloudrun",
+    "tests.helpers.kubernetes",
     "tests.helpers.docker",
     "tests.helpers.act",
 ]

@@ -135,7 +135,22 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--image", metavar="REPO@DIGEST", help="image to deploy (default: the bundle's last build)")
     dep.add_argument("--plan", action="store_true", help="print what would change, change nothing")
     dep.add_argument("--plan-out", metavar="FILE", help="also write the plan as JSON to FILE")
+    dep.add_argument("--manifests", metavar="DIR", help="kubernetes: also write the objects the deploy would apply "
+                                                        "as YAML files in DIR")
     dep.set_defaults(func=cmd_deploy)
+    pub = sub.add_parser(
+        "publish", parents=[common, where], formatter_class=fmt, epilog=EPILOG,
+        help="upload the bundle's model to object storage (image.model: storage)",
+        description="Upload the bundle's served files (model.onnx, signature.json, manifest.json) and their\n"
+                    "sha256 listing to <storage.uri>/<model name>/<bundle sha256>/, never overwriting a key\n"
+                    "(other bytes under one: exit 1), and record the publish (uri, sha256, the store's\n"
+                    "version ids) in the manifest for `mldeploy deploy`. A re-run says up to date.\n"
+                    "--prune lists the artifacts no slot of the endpoint serves, other than this bundle's\n"
+                    "and the storage.keep newest; with --yes it deletes them.")
+    pub.add_argument("--storage", metavar="URI", help="where (default: storage.uri)")
+    pub.add_argument("--prune", action="store_true", help="list the artifacts retention would delete")
+    pub.add_argument("--yes", action="store_true", help="with --prune: delete them")
+    pub.set_defaults(func=cmd_publish)
     for verb, text in (("status", "print the endpoint's slots, images, traffic and health"),
                        ("promote", "make the canary production (all of the traffic)"),
                        ("rollback", "remove the canary; production takes all traffic")):
@@ -154,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="check the cloud credentials, identity and deploy permissions",
                          description="Check who the cloud credentials belong to and whether they may deploy;\n"
                                      "explain the usual OIDC role-assumption failures. Prints no secret.")
-    doc.add_argument("--trust", metavar="FILE", help="check this trust setup (README: Trust) against the job's OIDC "
+    doc.add_argument("--trust", metavar="FILE", help="check this trust setup (docs/security.md) against the job's OIDC "
                      "token claims instead: which identity this job may assume; exit 1 on a hole")
     doc.add_argument("--claims", metavar="FILE", help="with --trust: the token's claims (JSON or a JWT; default the "
                      "running job's token)")
@@ -174,6 +189,24 @@ def _parser() -> argparse.ArgumentParser:
     ini.add_argument("--debug", action="store_true", help="show tracebacks")
     ini.set_defaults(func=cmd_init)
 
+    reh = sub.add_parser(
+        "rehearse", formatter_class=fmt, epilog=EPILOG,
+        help="run the model repo's own workflow under act on this machine, against the local Docker engine",
+        description="Run a workflow of this model repo (.github/workflows) under act, offline: the kit mapped\n"
+                    "to its checkout, the remote actions to stand-ins, GitHub's API to a local fake that\n"
+                    "prints the pull request comment, the jobs on the local Docker engine and registry.\n"
+                    "Exit 1 when a job failed or none ran; 2 when it cannot be rehearsed (a cloud, no act).")
+    reh.add_argument("workflow", nargs="?", metavar="WORKFLOW",
+                     help="file in .github/workflows (default: the one --event runs)")
+    reh.add_argument("--event", choices=["pull_request", "release", "dispatch"],
+                     help="pull_request (default), release (a release tag) or dispatch (a button: promote, rollback)")
+    reh.add_argument("--pr", type=int, default=1, metavar="N", help="the pull request's number (default 1)")
+    reh.add_argument("--kit", metavar="PATH", help="checkout of acme/ml-deploy (default: $MLDEPLOY_KIT, else the "
+                                                   "checkout this mldeploy is installed from)")
+    reh.add_argument("--dir", default=".", metavar="DIR", help="the model repo (default: the current folder)")
+    reh.add_argument("--debug", action="store_true", help="show tracebacks")
+    reh.set_defaults(func=cmd_rehearse)
+
     run = sub.add_parser(
         "run", parents=[common], formatter_class=fmt, epilog=EPILOG,
         help="the whole pipeline from mldeploy.yaml: convert, optimize, build, push, deploy, smoke",
@@ -188,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a bundle over HTTP (the serving image's entrypoint)",
         description="Serve the bundle's model with ONNX Runtime behind one HTTP server that speaks\n"
                     "SageMaker's, Vertex AI's, Azure ML's and the v2 (KServe) protocols. Settings come\n"
-                    "from the environment (MLDEPLOY_*, and each cloud's own variables); see the README.")
+                    "from the environment (MLDEPLOY_*, and each cloud's own variables); see docs/serve.md.")
     srv.add_argument("ignored", nargs="?", choices=["serve"], help=argparse.SUPPRESS)  # SageMaker passes `serve`
     srv.add_argument("--bundle", metavar="DIR", help="bundle folder (default: $MLDEPLOY_BUNDLE, "
                      "$AZUREML_MODEL_DIR, /opt/ml/model or ./bundle, searched a few folders down)")
@@ -342,6 +375,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from mldeploy.rehearsal.rehearse import rehearse
+
+    return rehearse(Path(args.dir), args.workflow, args.event, args.pr, args.kit)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from mldeploy.config import load_config
 
@@ -399,13 +438,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         "image.registry": args.registry, "image.repository": args.repository})
     report = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
                             repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
-                            environment=cfg.image.environment, push_image=args.push, cache=not args.no_cache)
-    size = report["size"]
-    assert isinstance(size, int)  # the image's size in bytes, as the engine reports it
-    size_mb = f"{size / 1e6:.0f} MB"
+                            environment=cfg.image.environment, push_image=args.push, cache=not args.no_cache,
+                            model=cfg.image.model, storage_uri=cfg.storage.uri)
+    size = report["size"]  # the image's size in bytes, as the engine reports it; None: the registry's, not built
+    size_mb = f"{size / 1e6:.0f} MB" if isinstance(size, int) else "in the registry already"
     github.set_output("image", report["image"])
     github.set_output("digest", report.get("digest", ""))
-    github.set_output("image-size", report["size"])
+    github.set_output("image-size", report["size"] or "")
     github.add_summary(f"### Serving image\n\n| image | size |\n|---|---|\n| `{report['image']}` | {size_mb} |\n")
     return 0
 
@@ -452,13 +491,18 @@ def _model_name(bundle: Bundle) -> str:
 def _print_status(status: Status) -> None:
     print(f"endpoint: {status.endpoint}  url: {status.url or '-'}")
     for slot, s in status.slots.items():
-        print(f"  {slot:<10} {s.traffic:>3}%  {'healthy' if s.healthy else 'UNHEALTHY'}  {s.image}")
+        ready = f"{s.readiness}  " if s.readiness else ""   # where the target counts its instances
+        model = f"  model {s.model}" if s.model else ""      # image.model: storage
+        print(f"  {slot:<10} {s.traffic:>3}%  {'healthy' if s.healthy else 'UNHEALTHY'}  {ready}{s.image}{model}")
+    if isinstance(status.detail.get("traffic"), str):   # a target's word on how its shares are made
+        print(f"  traffic {status.detail['traffic']}")
     github.set_output("url", status.url or "")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from mldeploy import provenance
     from mldeploy.deploy import Desired, smoke_body
+    from mldeploy.publish import published_model
     from mldeploy.trust import check_pull_request
 
     cfg, bundle, target = _target(args)
@@ -471,11 +515,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     traffic = cfg.deploy.canary_traffic if args.traffic is None else args.traffic
     if not 0 <= traffic <= 100:
         raise UsageError(f"--traffic {traffic} is not a percentage (0 to 100)")
-    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke_body(bundle.signature), args.pr))
+    model = published_model(cfg, bundle)   # image.model: storage: the bundle's last publish
+    plan = target.plan(Desired(target.endpoint, image, args.stage, traffic, smoke_body(bundle.signature), args.pr,
+                               model))
     print(plan.text())
     github.add_summary(plan.markdown())
     if args.plan_out:
         Path(args.plan_out).write_text(plan.to_json() + "\n", encoding="utf-8")
+    if args.manifests:
+        if not hasattr(target, "write_manifests"):
+            raise UsageError(f"--manifests is for Kubernetes; {target.name} has no manifests to write")
+        print(f"wrote {len(target.write_manifests(plan, args.manifests))} manifests to {args.manifests}")
     if args.plan:
         return 0
     provenance.check(cfg.deploy.require_provenance, image)  # before anything changes: one line, exit 1
@@ -488,7 +538,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         expect[plan.desired.slot] = image
     def record(status: Status) -> None:  # the report shows what serves, read back, not what was planned
         if args.plan_out:
-            served = {slot: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy}
+            served = {slot: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy,
+                             **({"model": {"uri": s.model.uri, "sha256": s.model.sha256}} if s.model else {})}
                       for slot, s in status.slots.items()}
             Path(args.plan_out).write_text(json.dumps({**json.loads(plan.to_json()), "served": served}, indent=2)
                                            + "\n", encoding="utf-8")
@@ -496,6 +547,28 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     _truth(target, lambda: None if plan.empty else target.apply(plan),
            expect, {"production": production} if production else {}, record=record)
     github.set_output("image", image)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from mldeploy import publish
+
+    if args.yes and not args.prune:
+        raise UsageError("--yes deletes what --prune lists; pass both")
+    cfg, _, endpoint = _where(args, {"storage.uri": args.storage})
+    report = publish.publish(cfg)
+    for warning in report["warnings"]:
+        github.warning(warning, title="mldeploy publish")
+    print(f"{'up to date' if report['up_to_date'] else 'published'}: {report['uri']}  sha256 {report['sha256']}")
+    github.set_output("model-uri", report["uri"])
+    github.set_output("model-sha256", report["sha256"])
+    if args.prune:
+        from mldeploy.deploy import target_for
+
+        doomed, kept = publish.prune(cfg, target_for(cfg, endpoint).status(), delete=args.yes)
+        verb = "deleted" if args.yes else "would delete (pass --yes to delete)"
+        print(f"kept {len(kept)} serving or published by this bundle, and the {cfg.storage.keep} newest; "
+              f"{verb}: {', '.join(sha[:12] for sha in doomed) or 'nothing'}")
     return 0
 
 
@@ -560,8 +633,9 @@ def _truth(target: Target, command: Callable[[], Status | None], expect: Mapping
 
 
 def _read_back_markdown(status: Status) -> str:
-    rows = "\n".join(f"| {slot} | {s.traffic}% | {'healthy' if s.healthy else '**unhealthy**'} | `{s.image}` |"
-                     for slot, s in status.slots.items())
+    rows = "\n".join(f"| {slot} | {s.traffic}% | {'healthy' if s.healthy else '**unhealthy**'}"
+                     f"{f' ({s.readiness})' if s.readiness else ''} | `{s.image}`"
+                     f"{f' model `{s.model}`' if s.model else ''} |" for slot, s in status.slots.items())
     return (f"### What serves now: `{status.endpoint}`\n\nRead back after the command.\n\n"
             f"| slot | traffic | health | image |\n|---|---|---|---|\n{rows}\n")
 

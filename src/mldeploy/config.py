@@ -4,9 +4,9 @@ Values come from four layers; a higher one wins:
   command-line flag / action input  >  MLDEPLOY_<SECTION>__<KEY> (and MLDEPLOY_BUNDLE) environment variables
   >  the config file  >  the defaults below.
 Paths written in the file are relative to the file's folder; paths given as flags or environment
-variables are relative to the working directory. A factory (model.factory) follows the same rule: imported
-from the file's folder when the file names it, from the working directory when a flag or environment
-variable does (Config.import_root; model.custom_objects is not wired to it yet: the working directory).
+variables are relative to the working directory. Model code (model.factory, model.custom_objects) follows
+the same rule: imported from the file's folder when the file names it, from the working directory when a
+flag or environment variable does (Config.import_root).
 A bad config fails before any work starts, naming the file, line, key, the value found and what
 was expected.
 """
@@ -14,6 +14,7 @@ was expected.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -208,6 +209,10 @@ class ImageSection(Section):
                              "(lowercase path, no spaces or newlines)")
         return value
 
+    model: Literal["baked", "storage"] = Field(
+        "baked", description="Where the model travels: baked into the image (one image per model), or storage: "
+                             "published to storage.uri by `mldeploy publish` and fetched and verified by one "
+                             "runtime image per kit version (a model-only change builds nothing).")
     registry: str | None = Field(None, description="Registry host, e.g. 123.dkr.ecr.eu-west-1.amazonaws.com.")
     repository: str | None = Field(None, description="Repository name in the registry.")
     dockerfile: str | None = Field(None, description="Your own Dockerfile instead of ours.")
@@ -221,6 +226,9 @@ class ImageSection(Section):
         if "MLDEPLOY_API_KEYS" in value:
             raise ValueError("MLDEPLOY_API_KEYS would be readable by whoever pulls the image: give API keys to "
                              "the deploy (Lambda or Cloud Run environment, Cloud Run secrets)")
+        if model := sorted(n for n in value if n in ("MLDEPLOY_MODEL_URI", "MLDEPLOY_MODEL_SHA256")):
+            raise ValueError(f"{model[0]} is set by the deploy, from the bundle it serves: baked into the image it would "
+                             "pin every slot to one model (use image.model: storage and mldeploy publish)")
         if any(c in v for v in value.values() for c in "\n\r\0"):
             raise ValueError("a value spans lines: a Dockerfile ENV holds one line")
         container_environment(value, r"PATH|PYTHON\w*|PORT|K_\w*|AIP_\w*|SAGEMAKER_\w*|AZUREML_\w*|"
@@ -271,6 +279,26 @@ class SageMakerSection(Section):
         return self
 
 
+class ApiGatewaySection(Section):
+    """An API Gateway REST API in front of the function: a stage per slot, API keys and a usage plan."""
+    require_key: bool = Field(True, description="Callers must send x-api-key (apiKeyRequired on the method).")
+    api_keys: list[str] = Field(default_factory=list, description="Names of API keys API Gateway creates "
+                                                                  "(read their values in the console or CLI).")
+    key_secret: str | None = Field(None, description="A Secrets Manager secret (name or ARN) whose value is "
+                                                     "imported as the API key key_name; never printed.")
+    key_name: str = Field("mldeploy-imported", description="The name of the key imported from key_secret.")
+    throttle_rate: float = Field(10, gt=0, description="Usage plan: steady requests per second.")
+    throttle_burst: int = Field(20, ge=1, description="Usage plan: burst of requests.")
+    quota_limit: int | None = Field(None, ge=1, description="Usage plan: requests per quota_period per key.")
+    quota_period: Literal["DAY", "WEEK", "MONTH"] = "DAY"
+
+    @model_validator(mode="after")
+    def _keys(self) -> ApiGatewaySection:
+        if self.require_key and not self.api_keys and not self.key_secret:
+            raise ValueError("require_key is on but no api_keys or key_secret is given: no one could call the API")
+        return self
+
+
 class LambdaSection(Section):
     memory_mb: int = Field(2048, ge=128, le=10240)
     timeout_seconds: int = Field(30, ge=1, le=900)
@@ -278,6 +306,8 @@ class LambdaSection(Section):
     url_auth: Literal["AWS_IAM", "NONE"] = Field("AWS_IAM", description="Function URL auth; NONE makes it public.")
     provisioned_concurrency: int = Field(0, ge=0, description="Warm environments kept for the `live` alias.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment (MLDEPLOY_* settings).")
+    api_gateway: ApiGatewaySection | None = Field(None, description="A REST API in front of the function, with "
+                                                                    "API keys and a usage plan (absent: none).")
 
     @field_validator("environment")
     @classmethod
@@ -286,6 +316,63 @@ class LambdaSection(Section):
         return container_environment(value, r"_HANDLER|_X_AMZN_TRACE_ID|AWS_REGION|AWS_DEFAULT_REGION|"
                                             r"AWS_EXECUTION_ENV|AWS_LAMBDA_\w*|AWS_ACCESS_KEY(_ID)?|"
                                             r"AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|LAMBDA_\w*", "Lambda itself")
+
+
+# Fargate's task sizes: vCPU units -> the memory (MiB) each allows
+# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/fargate-tasks-services.html#fargate-tasks-size)
+FARGATE_SIZES = {256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)), 1024: tuple(range(2048, 8193, 1024)),
+                 2048: tuple(range(4096, 16385, 1024)), 4096: tuple(range(8192, 30721, 1024)),
+                 8192: tuple(range(16384, 61441, 4096)), 16384: tuple(range(32768, 122881, 8192))}
+
+
+class EcsSection(Section):
+    cluster: str | None = Field(None, description="The ECS cluster (name or ARN) the services run in.")
+    listener_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:elasticloadbalancing:",
+                                     description="The ALB listener whose rules route to the slots (given, not created).")
+    subnets: list[str] = Field(default_factory=list, description="Subnets of the tasks (awsvpc), in the ALB's VPC.")
+    security_groups: list[str] = Field(default_factory=list, description="Security groups of the tasks: let the "
+                                                                         "ALB's group reach port 8080.")
+    assign_public_ip: bool = Field(False, description="Public IPs for the tasks (subnets without a NAT gateway).")
+    execution_role: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+                                       description="Task execution role: pulls the image from ECR, writes the logs. "
+                                                   "The task role is deploy.aws.role.")
+    cpu: int = Field(1024, description="Task CPU units (1024 = 1 vCPU).")
+    memory: int = Field(2048, ge=512, description="Task memory (MiB); Fargate allows set sizes per CPU.")
+    architecture: Literal["X86_64", "ARM64"] = Field("X86_64", description="Must match the image's platform.")
+    capacity_provider: str | None = Field(None, description="An EC2 capacity provider instead of Fargate.")
+    desired_count: int = Field(1, ge=1, le=1000, description="Tasks per slot (the autoscaling minimum).")
+    autoscaling_max: int | None = Field(None, ge=1, le=1000, description="Target tracking up to this many tasks.")
+    autoscaling_metric: Literal["cpu", "requests"] = Field(
+        "cpu", description="cpu: ECSServiceAverageCPUUtilization; requests: ALBRequestCountPerTarget.")
+    autoscaling_target: float = Field(70, gt=0, description="The target: CPU percent, or requests per task per minute.")
+    host: str | None = Field(None, description="A host-header condition of the weighted rule (default: any host).")
+    path: str = Field("/*", description="The path-pattern condition of the weighted rule.")
+    rule_priority: int = Field(1000, ge=100, le=50000, description="The weighted rule's priority; each slot's "
+                                                                    "x-mldeploy-slot rule takes a free one below it.")
+    url: str | None = Field(None, pattern=r"^https?://", description="The listener's public URL (its DNS name or "
+                                                                     "your domain); default: the ALB's DNS name.")
+    log_retention_days: int = Field(30, ge=1, description="Retention of the log group /mldeploy/<endpoint>.")
+    environment: dict[str, str] = Field(default_factory=dict,
+                                        description="Extra environment of the container (MLDEPLOY_* settings).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EcsSection:
+        if self.capacity_provider is None and self.memory not in FARGATE_SIZES.get(self.cpu, ()):
+            raise ValueError(f"Fargate has no task size of cpu {self.cpu} with memory {self.memory} MiB: with cpu "
+                             f"{self.cpu} it allows {', '.join(map(str, FARGATE_SIZES.get(self.cpu, ())[:4])) or 'nothing'}"
+                             f"{' ...' if len(FARGATE_SIZES.get(self.cpu, ())) > 4 else ''} "
+                             f"(cpu is one of {', '.join(map(str, FARGATE_SIZES))})")
+        if self.autoscaling_max is not None and self.autoscaling_max < self.desired_count:
+            raise ValueError(f"autoscaling_max ({self.autoscaling_max}) is below desired_count ({self.desired_count})")
+        container_environment(self.environment, r"ECS_\w*|AWS_CONTAINER_\w*|AWS_EXECUTION_ENV", "ECS itself")
+        return self
+
+
+class EksSection(Section):
+    cluster: str | None = Field(None, pattern=r"^[0-9A-Za-z][A-Za-z0-9\-_]*$",
+                                description="The EKS cluster's name: its endpoint and CA come from DescribeCluster, "
+                                            "its token from the job's AWS credentials (no kubeconfig). The slots' "
+                                            "settings are deploy.kubernetes's.")
 
 
 class AwsSection(Section):
@@ -298,6 +385,8 @@ class AwsSection(Section):
     wait_seconds: int = Field(1800, ge=10, description="Give up waiting for an endpoint update after this long.")
     sagemaker: SageMakerSection = Field(default_factory=SageMakerSection)
     lambda_: LambdaSection = Field(default_factory=LambdaSection, alias="lambda")
+    ecs: EcsSection = Field(default_factory=EcsSection)
+    eks: EksSection = Field(default_factory=EksSection)
 
 
 class VertexSection(Section):
@@ -342,12 +431,21 @@ class CloudRunSection(Section):
         return self
 
 
+class GkeSection(Section):
+    cluster: str | None = Field(None, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+                                description="The GKE cluster's name: its endpoint and CA come from the Container API, "
+                                            "its token from the job's Google credentials (no kubeconfig). The slots' "
+                                            "settings are deploy.kubernetes's.")
+    location: str | None = Field(None, description="The cluster's region or zone (default: deploy.region).")
+
+
 class GcpSection(Section):
     project: str | None = Field(None, description="Project id (default: the credentials' project).")
     bake_seconds: int = Field(0, ge=0, le=3600, description="After a canary deploy, keep checking it this long.")
     wait_seconds: int = Field(1800, ge=10, description="Give up waiting for a long-running operation after this long.")
     vertex: VertexSection = Field(default_factory=VertexSection)
     cloudrun: CloudRunSection = Field(default_factory=CloudRunSection)
+    gke: GkeSection = Field(default_factory=GkeSection)
 
 
 class AzureMlSection(Section):
@@ -360,6 +458,60 @@ class AzureMlSection(Section):
     autoscale_max: int | None = Field(None, ge=1, le=100, description="Autoscale up to this many instances.")
 
 
+class ContainerAppsSection(Section):
+    managed_environment: str | None = Field(None, description="The Container Apps environment (a name in the "
+                                                              "resource group, or its resource id) the app runs in.")
+    identity: str = Field("system", description="The managed identity that pulls the image from ACR (AcrPull) "
+                                               "and reads Key Vault secrets: a user-assigned identity's resource "
+                                               "id, or system (the app's own, which needs AcrPull granted after "
+                                               "the app exists).")
+    cpu: float = Field(1.0, gt=0, le=8, description="vCPUs per replica (0.25 to 4 on consumption).")
+    memory: str = Field("2Gi", pattern=r"^\d+(\.\d+)?Gi$", description="Memory per replica: twice the CPU on "
+                                                                      "consumption, e.g. 2Gi for 1 vCPU.")
+    min_replicas: int = Field(0, ge=0, le=1000, description="Replicas always running (0: scale to zero).")
+    max_replicas: int = Field(10, ge=1, le=1000)
+    concurrency: int = Field(16, ge=1, le=10000, description="HTTP scale rule: concurrent requests per replica "
+                                                             "before another replica starts.")
+    allow_anonymous: bool = Field(False, description="Let anyone call the app. Off: the app must have built-in "
+                                                     "authentication (requiring it) or allowed_ips.")
+    allowed_ips: list[str] = Field(default_factory=list, description="CIDR ranges allowed to call the app "
+                                                                     "(ingress IP restrictions; all others denied).")
+    environment: dict[str, str] = Field(default_factory=dict,
+                                        description="Extra environment of the container (MLDEPLOY_* settings).")
+    secrets: dict[str, str] = Field(default_factory=dict, description="Environment variables from Key Vault: NAME: "
+                                                                      "https://VAULT.vault.azure.net/secrets/SECRET[/VERSION], "
+                                                                      "read with `identity`.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContainerAppsSection:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        if both := sorted(set(self.environment) & set(self.secrets)):
+            raise ValueError(f"{', '.join(both)} set in both environment and secrets")
+        if "MLDEPLOY_API_KEYS" in self.environment:
+            raise ValueError("MLDEPLOY_API_KEYS in environment shows the keys to whoever can read the app: "
+                             "keep them in Key Vault and name the secret under secrets")
+        for name, url in self.secrets.items():
+            if not re.fullmatch(r"https://[a-z0-9-]+\.vault\.azure\.net/secrets/[A-Za-z0-9-]+(/[0-9a-f]{32})?", url):
+                raise ValueError(f"secrets.{name}: {url!r} is not a Key Vault secret URL "
+                                 "(https://VAULT.vault.azure.net/secrets/NAME[/VERSION])")
+        for cidr in self.allowed_ips:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"allowed_ips: {cidr!r} is not an IP range like 203.0.113.0/24") from None
+        container_environment(self.environment, r"PORT|CONTAINER_APP_\w*", "Container Apps itself",
+                              secret_names=self.secrets)
+        return self
+
+
+class AksSection(Section):
+    cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9]([-_A-Za-z0-9]*[A-Za-z0-9])?$",
+                                description="The AKS cluster's name in deploy.azure.resource_group: its endpoint and "
+                                            "CA come from the managed cluster, its token from the job's Entra ID "
+                                            "login (no kubeconfig). The slots' settings are deploy.kubernetes's.")
+
+
 class AzureSection(Section):
     subscription_id: str | None = Field(None, description="Default: AZURE_SUBSCRIPTION_ID.")
     resource_group: str | None = Field(None, description="Default: AZURE_RESOURCE_GROUP.")
@@ -367,10 +519,59 @@ class AzureSection(Section):
     bake_seconds: int = Field(0, ge=0, le=3600, description="After a canary deploy, keep checking it this long.")
     wait_seconds: int = Field(1800, ge=10, description="Give up waiting for a long-running operation after this long.")
     azureml: AzureMlSection = Field(default_factory=AzureMlSection)
+    containerapps: ContainerAppsSection = Field(default_factory=ContainerAppsSection)
+    aks: AksSection = Field(default_factory=AksSection)
+
+
+class KubernetesSection(Section):
+    kubeconfig: str | None = Field(None, description="The kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")
+    context: str | None = Field(None, description="The kubeconfig context (default: its current-context).")
+    github_oidc_audience: str | None = Field(None, min_length=1, description="In GitHub Actions: authenticate with "
+                                             "the job's own OIDC token for this audience instead of the kubeconfig's "
+                                             "user (a cluster that trusts GitHub as issuer; no stored credential).")
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                           description="The namespace the slots' objects live in (it must exist).")
+    gateway: str | None = Field(None, pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                description="The Gateway API Gateway the HTTPRoute attaches to: NAME or "
+                                            "NAMESPACE/NAME (its controller splits the weights).")
+    hostnames: list[str] = Field(default_factory=list, description="The HTTPRoute's hostnames (default: the "
+                                                                   "Gateway's listeners decide).")
+    traffic: Literal["gateway", "replicas"] = Field(
+        "gateway", description="How the slots share traffic: gateway (an HTTPRoute's weights, exact) or replicas "
+                               "(no Gateway API: one Service <endpoint> over the serving slots' pods, shares "
+                               "rounded to whole replicas of `replicas`, no HPA; coarse).")
+    replicas: int = Field(2, ge=1, le=1000, description="Replicas per slot (the HPA's minimum); with traffic: "
+                                                       "replicas, the serving slots' total.")
+    max_replicas: int = Field(4, ge=1, le=1000, description="The HPA's maximum per slot.")
+    cpu_target: int = Field(70, ge=1, le=100, description="The HPA's average CPU utilization target (percent).")
+    cpu: Annotated[float, Field(gt=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?m?$")] = Field(
+        "1", description="CPU request and limit per replica (2, 0.5, 500m); the server's workers follow the limit.")
+    memory: str = Field("2Gi", pattern=r"^\d+(Mi|Gi)$", description="Memory request and limit per replica.")
+    gpus: int = Field(0, ge=0, le=16, description="GPUs per replica (limits of gpu_resource).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="The extended resource that GPUs are.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods need "
+                                                                            "(e.g. a GPU node pool's).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets the kubelet pulls the "
+                                                                            "image with (none: the nodes' own access).")
+    service_account: str | None = Field(None, description="The service account the pods run as.")
+    environment: dict[str, str] = Field(default_factory=dict,
+                                        description="Extra environment of the container (MLDEPLOY_* settings).")
+    wait_seconds: int = Field(600, ge=10, description="Give up waiting for a slot's rollout after this long "
+                                                      "(its progressDeadlineSeconds too).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KubernetesSection:
+        if self.traffic == "gateway" and self.max_replicas < self.replicas:   # (replicas: no HPA)
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        if "MLDEPLOY_API_KEYS" in self.environment:
+            raise ValueError("MLDEPLOY_API_KEYS in environment shows the keys to whoever can read the Deployment: "
+                             "keep them in a Secret mounted as a file (MLDEPLOY_API_KEYS_FILE)")
+        container_environment(self.environment, r"PORT|KUBERNETES_\w*", "Kubernetes itself")
+        return self
 
 
 class DeploySection(Section):
-    cloud: str = Field("local", description="Where: " + ", ".join(registry.clouds()) + ".",
+    cloud: str = Field(registry.EMBEDDED, description="Where: " + ", ".join(registry.clouds()) + ".",
                        json_schema_extra={"enum": list(registry.clouds())})
     target: str | None = Field(None, validate_default=True, description="Per cloud (the first is the default): " + "; ".join(
         f"{c} {'|'.join(registry.targets_of(c))}" for c in registry.clouds()) + ".")
@@ -388,6 +589,7 @@ class DeploySection(Section):
     aws: AwsSection = Field(default_factory=AwsSection)
     gcp: GcpSection = Field(default_factory=GcpSection)
     azure: AzureSection = Field(default_factory=AzureSection)
+    kubernetes: KubernetesSection = Field(default_factory=KubernetesSection)
 
     @field_validator("cloud")
     @classmethod
@@ -409,6 +611,33 @@ class DeploySection(Section):
             raise ValueError(f"target {target!r} does not run on cloud {cloud}; "
                              f"expected one of {', '.join(allowed)}")
         return target
+
+
+# The storage URI each cloud's identity can reach (kubernetes: any cluster, any store its pods can read).
+STORAGE_SCHEMES = {"aws": ("s3://",), "gcp": ("gs://",), "azure": ("https://",), "local": ("file://",),
+                   "kubernetes": ("s3://", "gs://", "https://", "file://")}
+STORAGE_URI = re.compile(r"^(?:s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]|gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
+                         r"|https://[a-z0-9]{3,24}\.blob\.core\.windows\.net/[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])"
+                         r"|file:///[^\s]*?)(?:/[^\s]*)?$")
+STORAGE_FORMS = ("s3://BUCKET/PREFIX (aws), gs://BUCKET/PREFIX (gcp), "
+                 "https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX (azure) or file:///DIR (local)")
+
+
+class StorageSection(Section):
+    """Where models live when image.model is storage: `mldeploy publish` uploads the bundle's served
+    files to `<uri>/<model name>/<bundle sha256>/` and never overwrites them."""
+
+    uri: str | None = Field(None, description=f"{STORAGE_FORMS}; the scheme must fit deploy.cloud. Turn object "
+                                              "versioning on for the bucket (the version ids are recorded).")
+    keep: PositiveInt = Field(10, description="`mldeploy publish --prune` keeps the artifacts of the last N "
+                                              "publishes, and any that a slot serves.")
+
+    @field_validator("uri")
+    @classmethod
+    def _storage_uri(cls, value: str | None) -> str | None:
+        if value is not None and not STORAGE_URI.match(value.rstrip("/")):
+            raise ValueError(f"expected {STORAGE_FORMS}")
+        return value.rstrip("/") if value else value
 
 
 class DriftSection(Section):
@@ -498,11 +727,13 @@ class Config(Section):
     image: ImageSection = Field(default_factory=ImageSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    storage: StorageSection = Field(default_factory=StorageSection, validate_default=True)
     _code_roots: dict[str, Path] = PrivateAttr(default_factory=dict)  # see import_root
 
     def import_root(self, key: str) -> Path:
-        """The folder model code at a dotted key of CODE_KEYS (model.factory) is imported from: the config
-        file's folder when the file names it, else (a flag, the environment, no file) the working directory."""
+        """The folder model code at a dotted key of CODE_KEYS (model.factory, model.custom_objects) is
+        imported from: the config file's folder when the file names it, else (a flag, the environment, no
+        file) the working directory."""
         return self._code_roots.get(key) or Path.cwd()
 
     @field_validator("inputs")
@@ -522,13 +753,25 @@ class Config(Section):
             raise ValueError(f"output names must be unique; repeated: {', '.join(dupes)}")
         return outputs
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_fits(cls, storage: StorageSection, info: ValidationInfo) -> StorageSection:
+        """image.model: storage needs storage.uri, and the URI must be one the cloud's identity reaches."""
+        image, deploy = info.data.get("image"), info.data.get("deploy")
+        if image is not None and image.model == "storage" and not storage.uri:
+            raise ValueError("image.model is storage but storage.uri is not set: set it to " + STORAGE_FORMS)
+        if storage.uri and deploy is not None and not storage.uri.startswith(STORAGE_SCHEMES[deploy.cloud]):
+            raise ValueError(f"uri {storage.uri} does not fit deploy.cloud {deploy.cloud}: expected "
+                             f"{' or '.join(s + '...' for s in STORAGE_SCHEMES[deploy.cloud])}")
+        return storage
+
     @model_validator(mode="after")
     def _settings_the_target_reads(self) -> Config:
         """A serving setting the target's runtime would ignore, or one that would lock its platform out,
         is refused rather than deployed to do nothing (or to answer 401 to every call)."""
         entry = registry.find(self.deploy.cloud, self.deploy.target)
-        own = _get_dotted(self.model_dump(by_alias=True), tuple(entry.settings.split("."))) if entry.settings else None
-        given = {**self.image.environment, **((own or {}).get("environment") or {})}
+        own = _value_at(self, entry.settings) if entry.settings else None
+        given = {**self.image.environment, **(getattr(own, "environment", None) or {})}
         for pattern, why in entry.refused_environment:
             if refused := sorted(n for n in given if re.fullmatch(pattern, n)):
                 raise ValueError(f"{refused[0]} {why}")
@@ -656,6 +899,18 @@ def _get_dotted(data: dict, path: tuple[str, ...]) -> Any:
     return data
 
 
+def _value_at(section: Any, key: str) -> Any:
+    """The value at a dotted key as the file spells it (aliases: deploy.aws.lambda), read from the
+    attributes: no dump of the whole config to read one key. None when a part is missing."""
+    for part in key.split("."):
+        fields = getattr(type(section), "model_fields", {})
+        name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
+        if name is None:
+            return None
+        section = getattr(section, name)
+    return section
+
+
 def _parse_env_value(text: str) -> Any:
     """Lists and mappings are read as YAML flow ([1, 2], {a: 1}); anything else stays a string,
     which pydantic converts where the key wants a number or a bool ("1e-5", "true")."""
@@ -711,7 +966,7 @@ def require_deploy_keys(cfg: Config, path: str | os.PathLike | None = None) -> N
     printed. Commands that only read (status, doctor, drift) do not need them."""
     entry = registry.find(cfg.deploy.cloud, cfg.deploy.target)
     for key, what in entry.required:
-        if not _get_dotted(cfg.model_dump(by_alias=True), tuple(key.split("."))):
+        if not _value_at(cfg, key):
             file = find_config_file(path)
             raise UsageError(f"{key} is not set: {entry.name} needs {what}",
                              file=str(file) if file else None,
@@ -754,7 +1009,7 @@ def _describe(err: ErrorDetails, raw: Any, file: Path | None, origin: dict) -> t
         message = f"{key}: unknown key ({hint})"
     else:
         expected = err["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-        shown = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
+        shown = json.dumps(found, default=str) if not isinstance(found, dict | BaseModel) else "a mapping"
         message = f"{key}: {expected}; found {shown}"
     for key, source in origin.items():  # set by a flag or env var, at this key, above or below it
         if loc[:len(key)] == key or key[:len(loc)] == loc:

@@ -1,6 +1,6 @@
 """`mldeploy doctor --trust FILE`: check a cloud's trust setup against a job's OIDC token claims.
 
-The trust file holds what the README's "Trust" section sets up, for one cloud: per identity (push,
+The trust file holds what docs/security.md ("Trust") sets up, for one cloud: per identity (push,
 canary, production) the AWS role's trust policy, the GCP service account's principal sets (with the
 pool's attribute condition and mapping), or the Azure app's federated credentials. Given the claims
 of a GitHub Actions OIDC token (the running job's, or a file), it says which identities this job may
@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ ISSUER = "token.actions.githubusercontent.com"
 
 def subject(claims: dict[str, Any]) -> str:
     """The `sub` GitHub would issue for these claims, in the template `claims["sub"]` uses: the default
-    (repo, context) or with job_workflow_ref as well (README: customize the subject)."""
+    (repo, context) or with job_workflow_ref as well (docs/security.md: the subject)."""
     context = (f"environment:{claims['environment']}" if claims.get("environment") else
                "pull_request" if claims.get("event_name") in ("pull_request", "pull_request_target")
                else f"ref:{claims.get('ref', '')}")
@@ -242,7 +241,7 @@ def check(trust: dict, claims: dict, identity: str | None = None) -> list[str]:
                           f"environment:production (and that environment must not allow pull request refs)")
     if identity and identity not in may:
         raise CheckFailed(f"this job may not assume the {identity} identity (sub {claims['sub']}): "
-                          f"its trust does not match this job (README: Trust)")
+                          f"its trust does not match this job (docs/security.md)")
     # the token as a job of the pull request's own workflow file would present it
     own = f"{repo}/.github/workflows/pr.yml@refs/pull/1/merge"
     for other in (_as(claims, job_workflow_ref=own), _as(claims, job_workflow_ref=own, environment=None,
@@ -272,7 +271,7 @@ def load_trust(path: str) -> dict:
     if not isinstance(trust, dict) or trust.get("cloud") not in ("aws", "gcp", "azure") \
             or not isinstance(trust.get("identities"), dict) or not set(trust["identities"]) <= set(IDENTITIES):
         raise UsageError(f"{path}: expected `cloud: aws|gcp|azure` and `identities:` with push, canary, production",
-                         hint="the README's Trust section has one per cloud")
+                         hint="docs/security.md has one per cloud")
     return trust
 
 
@@ -298,21 +297,9 @@ def load_claims(path: str | None, audience: str = "mldeploy-doctor") -> dict:
 
 
 def _job_token(audience: str) -> str:
-    import urllib.request
-
     from mldeploy import github
 
-    url, bearer = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"), os.environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
-    if not (url and bearer):
-        raise UsageError("no OIDC token here: pass --claims FILE, or run in a job with `permissions: id-token: write`")
-    request = urllib.request.Request(f"{url}&audience={audience}", headers={"authorization": f"Bearer {bearer}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            token = json.loads(answer.read())["value"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"could not get the job's OIDC token: {e}") from None
-    github.mask(token)
-    return token
+    return github.id_token(audience, "pass --claims FILE")
 
 
 def run(trust_path: str | None, claims_path: str | None, identity: str | None) -> int:

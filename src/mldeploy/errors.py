@@ -48,3 +48,12 @@ class CheckFailed(MldeployError):
     """A check ran and did not pass: exit 1."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+def one_line(e: BaseException) -> str:
+    """An error in one line, as a restore or a read-back goes on from it: ours as it reads, another
+    (an SDK's, the network's) named by its type."""
+    if isinstance(e, MldeployError):
+        return e.message
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__

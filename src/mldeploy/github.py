@@ -115,6 +115,30 @@ def group(title: str) -> Iterator[None]:
         yield
 
 
+def id_token(audience: str, why: str = "") -> str:
+    """The running job's GitHub OIDC token for `audience` (the job needs `permissions: id-token: write`),
+    masked. `why` names what wanted it, for the error when there is none."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from mldeploy.errors import UsageError
+
+    url, bearer = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"), os.environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    if not (url and bearer):
+        raise UsageError(f"no OIDC token here{f': {why}' if why else ''}",
+                         hint="run in a GitHub Actions job with `permissions: id-token: write`")
+    request = urllib.request.Request(f"{url}&audience={urllib.parse.quote(audience, safe='')}",
+                                     headers={"authorization": f"Bearer {bearer}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            token = json.loads(answer.read())["value"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"could not get the job's OIDC token: {e}") from None
+    mask(token)
+    return str(token)
+
+
 def upsert_comment(pr: int, body: str, marker: str) -> str:
     """Create the pull request's comment that starts with `marker`, or update it in place.
 

@@ -32,9 +32,11 @@ def run(cfg: Config, *, promote: bool = False) -> tuple[Status, dict[str, Any]]:
     from mldeploy.deploy import Desired, smoke_body, target_for
     from mldeploy.image import _model_name, build_and_push
     from mldeploy.optimize import optimize
+    from mldeploy.publish import publish, published_model
 
     require_deploy_keys(cfg)
-    steps = ["convert", *(["optimize"] if cfg.optimize.enabled else []), "build and push", "deploy", "smoke",
+    steps = ["convert", *(["optimize"] if cfg.optimize.enabled else []), "build and push",
+             *(["publish"] if cfg.image.model == "storage" else []), "deploy", "smoke",
              *(["promote"] if promote else [])]
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -62,14 +64,23 @@ def run(cfg: Config, *, promote: bool = False) -> tuple[Status, dict[str, Any]]:
     with step("build and push"):
         built = build_and_push(cfg.bundle, base=cfg.image.base, registry=cfg.image.registry,
                                repository=cfg.image.repository, dockerfile=cfg.image.dockerfile,
-                               environment=cfg.image.environment, push_image=True)
+                               environment=cfg.image.environment, push_image=True,
+                               model=cfg.image.model, storage_uri=cfg.storage.uri)
     done("build and push")
 
+    model = None
+    if cfg.image.model == "storage":   # the model travels beside the runtime image, not in it
+        with step("publish"):
+            published = publish(cfg)
+            print(f"{'up to date' if published['up_to_date'] else 'published'}: {published['uri']}")
+        done("publish")
+        model = published_model(cfg, Bundle.open(cfg.bundle))
     bundle = Bundle.open(cfg.bundle)
     target = target_for(cfg, cfg.deploy.endpoint or _model_name(bundle))
     body = smoke_body(bundle.signature)
     with step("deploy"):
-        plan = target.plan(Desired(target.endpoint, str(built["image"]), "canary", cfg.deploy.canary_traffic, body))
+        plan = target.plan(Desired(target.endpoint, str(built["image"]), "canary", cfg.deploy.canary_traffic, body,
+                                   model=model))
         print(plan.text())
         report = target.apply(plan)
         _production_serves(report)

@@ -11,7 +11,7 @@ digest only when one of them is a SLSA provenance statement that
   `job_workflow_ref`, at any ref), and
 - was built from this repository (`buildDefinition.externalParameters.workflow.repository`).
 What it does not check is the Sigstore signature chain of the bundle (that needs the Sigstore trust
-root: `gh attestation verify` does it, README "Provenance"): the statement is trusted because GitHub's
+root: `gh attestation verify` does it, docs/security.md "Provenance"): the statement is trusted because GitHub's
 API returns it for this repository, where only a job holding `attestations: write` can store one.
 """
 

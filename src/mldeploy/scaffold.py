@@ -91,7 +91,7 @@ def _config_text(folder: Path, model_file: Path | None, done: Scaffold) -> str:
     lines = [
         "# yaml-language-server: $schema=https://raw.githubusercontent.com/acme/ml-deploy/v2/schema/mldeploy.schema.json",
         "# The config of this model repo (written by `mldeploy init`). Check it: mldeploy config validate",
-        "# Every key and its default: mldeploy config schema, or the README of acme/ml-deploy.",
+        "# Every key and its default: mldeploy config schema, or docs/reference/config.md in acme/ml-deploy.",
         "version: 1",
     ]
     if model_file is None:
@@ -125,7 +125,7 @@ def _config_text(folder: Path, model_file: Path | None, done: Scaffold) -> str:
                       "#     shape: [batch, 3, 224, 224]"]
     lines += [
         "deploy:",
-        "  cloud: local          # aws | gcp | azure: where the endpoint runs (README: Deploy targets)",
+        "  cloud: local          # aws | gcp | azure: where the endpoint runs (docs: Deploy, the targets table)",
         "  canary_traffic: 10    # percent of traffic a pull request's canary takes",
         "",
     ]
@@ -220,6 +220,7 @@ def _next_steps(done: Scaffold) -> list[str]:
     return [
         f"{where}mldeploy config validate",
         convert,
-        (f"{where}mldeploy run   # rehearse the whole pipeline on a local Docker engine (deploy.cloud: local); "
-         "then commit these files and open a pull request: pr-canary deploys it as a canary"),
+        (f"{where}mldeploy run   # the whole pipeline on a local Docker engine (deploy.cloud: local); then "
+         "commit these files and `mldeploy rehearse` runs pr-canary.yml under act as a pull request would "
+         "(--event release: the release tag's), before you push"),
     ]

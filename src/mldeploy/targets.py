@@ -6,7 +6,7 @@ and a docs page; nothing else names it.
 
 Module paths are strings and this file imports only the standard library, so the serving image,
 config validation and `scripts/action-setup.sh` (which runs this file before the kit is installed:
-`python3 registry.py extras`) read it without importing any target or SDK.
+`python3 targets.py extras`, `extra CLOUD TARGET`) read it without importing any target or SDK.
 
 Targets outside the kit register themselves with an entry point in the group `mldeploy.targets`
 whose object is an `Entry`.
@@ -78,8 +78,10 @@ _ROLE = (("deploy.aws.role", "the ARN of the execution role it runs as (arn:aws:
 _SERVER_SETTINGS = r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKERS|HOST|DRAIN_SECONDS|GRPC_PORT|" \
                    r"BATCHING|MAX_BATCH|BATCH_WAIT_MS|INFER_THREAD|CAPTURE_\w+|ACCESS_LOG|(LIVENESS|READINESS|SCORING)_ROUTE)"
 
+EMBEDDED = "local"  # the embedded default cloud: everything on this machine's Docker engine
+
 BUILTIN: tuple[Entry, ...] = (
-    Entry("local", "docker", "mldeploy.deploy.local", "LocalTarget", "a local Docker engine",
+    Entry(EMBEDDED, "docker", "mldeploy.deploy.local", "LocalTarget", "a local Docker engine",
           "one container per slot behind a weighted router on 127.0.0.1", extra="image",
           capabilities=Capabilities(pr_slots=False, capture=True)),
     Entry("aws", "sagemaker", "mldeploy.deploy.sagemaker", "SageMakerTarget", "SageMaker real-time endpoints",
@@ -91,6 +93,13 @@ BUILTIN: tuple[Entry, ...] = (
           required=_ROLE, capabilities=Capabilities(pr_slots=False), settings="deploy.aws.lambda",
           refused_environment=((_SERVER_SETTINGS, ("does nothing on Lambda (one request at a time per execution "
                                                    "environment, no HTTP server of ours): remove it")),)),
+    Entry("aws", "ecs", "mldeploy.deploy.ecs", "EcsTarget", "Amazon ECS services behind an ALB (Fargate by default)",
+          "one service and target group per slot, weighted in one listener rule", extra="aws",
+          required=(*_ROLE, ("deploy.aws.ecs.cluster", "the ECS cluster the services run in"),
+                    ("deploy.aws.ecs.listener_arn", "the ALB listener that routes to the slots"),
+                    ("deploy.aws.ecs.subnets", "the subnets of the tasks, in the ALB's VPC"),
+                    ("deploy.aws.ecs.execution_role", "the task execution role (pulls from ECR, writes logs)")),
+          settings="deploy.aws.ecs"),
     Entry("gcp", "vertex", "mldeploy.deploy.vertex", "VertexTarget", "Vertex AI endpoints",
           "deployed models and the endpoint's trafficSplit", extra="gcp",
           capabilities=Capabilities(api_keys=False),
@@ -101,6 +110,35 @@ BUILTIN: tuple[Entry, ...] = (
           "deployments and the endpoint's traffic (or mirror traffic)", extra="azure",
           capabilities=Capabilities(shadow=True, api_keys=False),
           settings="deploy.azure.azureml"),
+    Entry("azure", "containerapps", "mldeploy.deploy.containerapps", "ContainerAppsTarget",
+          "Azure Container Apps (multiple-revision mode)",
+          "revisions, labelled per slot, and the app's ingress traffic", extra="azure",
+          required=(("deploy.azure.containerapps.managed_environment",
+                     "the Container Apps environment the app runs in (a name or a resource id)"),),
+          settings="deploy.azure.containerapps"),
+    Entry("aws", "eks", "mldeploy.deploy.kubernetes", "EksTarget",
+          "Amazon EKS clusters (as kubernetes, credentials from the job's AWS role)",
+          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          extra="eks",
+          required=(("deploy.aws.eks.cluster", "the EKS cluster's name"),),
+          settings="deploy.kubernetes"),
+    Entry("gcp", "gke", "mldeploy.deploy.kubernetes", "GkeTarget",
+          "Google Kubernetes Engine clusters (as kubernetes, credentials from the job's Google identity)",
+          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          extra="gke",
+          required=(("deploy.gcp.gke.cluster", "the GKE cluster's name"),),
+          settings="deploy.kubernetes"),
+    Entry("azure", "aks", "mldeploy.deploy.kubernetes", "AksTarget",
+          "Azure Kubernetes Service clusters (as kubernetes, credentials from the job's Entra ID login)",
+          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          extra="aks",
+          required=(("deploy.azure.aks.cluster", "the AKS cluster's name"),),
+          settings="deploy.kubernetes"),
+    Entry("kubernetes", "kubernetes", "mldeploy.deploy.kubernetes", "KubernetesTarget",
+          "any Kubernetes cluster (a kubeconfig context) with a Gateway API controller",
+          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          extra="kubernetes",
+          settings="deploy.kubernetes"),
 )
 
 REGISTRIES: tuple[Registry, ...] = (
@@ -164,7 +202,7 @@ def registry_for(host: str) -> Registry | None:
 
 
 def markdown_table() -> str:
-    """The docs' target table (README, between the `targets` markers)."""
+    """The docs' target table (docs/deploy.md, between the `targets` markers; scripts/gen-docs.py writes it)."""
     rows = [("| `deploy.cloud` | `deploy.target` | deploys to | slots are | per-PR slots | shadow traffic | "
              "canary analysis compares predictions | API keys | extra |"), "|---|---|---|---|---|---|---|---|---|"]
     for e in entries():
@@ -179,7 +217,14 @@ def markdown_table() -> str:
 if __name__ == "__main__":  # scripts/action-setup.sh: the extras a composite action may install
     if sys.argv[1:] == ["extras"]:
         print(" ".join(extras()))
+    elif sys.argv[1:2] == ["extra"] and len(sys.argv) in (3, 4):  # the one a deploy to CLOUD [TARGET] needs
+        try:
+            print(find(sys.argv[2], sys.argv[3] if len(sys.argv) == 4 and sys.argv[3] else None).extra)
+        except KeyError:
+            print(f"no target {' '.join(sys.argv[2:])!r}: deploy.cloud and deploy.target are one of "
+                  + ", ".join(f"{e.cloud} {e.name}" for e in entries()), file=sys.stderr)
+            sys.exit(2)
     elif sys.argv[1:] == ["table"]:
         print(markdown_table())
     else:
-        sys.exit("usage: registry.py extras|table")
+        sys.exit("usage: targets.py extras | extra CLOUD [TARGET] | table")

@@ -1,6 +1,6 @@
 """What a pull request's run may do to an endpoint, whatever its config and workflow file say.
 
-No cloud's IAM can keep the canary identity off the production slot of the same endpoint (README,
+No cloud's IAM can keep the canary identity off the production slot of the same endpoint (docs/security.md,
 "What the canary identity can do"), and a pull request edits both mldeploy.yaml and, on
 `pull_request`, the workflow file that calls the kit. So the kit itself refuses, on a run started by
 a pull request (pull_request, pull_request_target, workflow_run), anything that changes production

@@ -273,3 +273,29 @@ def test_an_environment_value_change_is_planned_by_name_never_hidden_as_no_chang
     lam = boto3.client("lambda")
     config = lam.get_function_configuration(FunctionName=FUNCTION, Qualifier=serving().popitem()[0])
     assert config["Environment"]["Variables"]["MLDEPLOY_NONFINITE"] == "allow"
+
+
+def test_storage_mode_hands_the_artifact_over_in_the_environment(project, aws, tmp_path, monkeypatch):
+    """image.model: storage: a version's environment names the artifact (MLDEPLOY_MODEL_URI + _SHA256); the
+    handler downloads it from S3 and verifies it at init (the smoke request runs it); a model-only change
+    publishes a new version, and the re-run reuses it."""
+    from mldeploy.bundle import Bundle
+    from mldeploy.deploy import smoke_body
+    from mldeploy.deploy.base import model_from_env
+    from tests.helpers.storage_mode import deploys_a_model_only_change, two_models
+
+    folder, bundle, (a, _b) = project
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLDEPLOY_MODEL_CACHE", str(cache))  # the handler's download folder (Lambda: /tmp)
+    boto3.client("s3").create_bucket(Bucket="acme-models")
+    models = two_models(bundle, tmp_path, "s3://acme-models/models")
+    lam = boto3.client("lambda")
+
+    def served():
+        alias = lam.get_alias(FunctionName=FUNCTION, Name="live")
+        env = lam.get_function(FunctionName=FUNCTION, Qualifier=alias["FunctionVersion"])["Configuration"]
+        assert env["Environment"]["Variables"]["MLDEPLOY_NONFINITE"] == "reject"  # the config's own are kept
+        return {"production": model_from_env(env["Environment"]["Variables"])}
+
+    deploys_a_model_only_change(folder, a, models, served, smoke=smoke_body(Bundle.open(bundle).signature))
+    assert sorted(p.name for p in cache.iterdir()) == sorted(m.sha256 for m in models)  # each one downloaded

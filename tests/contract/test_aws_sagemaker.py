@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import threading
 import time
 
@@ -16,6 +18,7 @@ need("moto", "the dev extra installs it")
 
 import boto3  # noqa: E402
 
+from mldeploy.deploy.base import MODEL_SHA256, Model  # noqa: E402
 from tests.helpers import moto_patches  # noqa: E402
 
 ENDPOINT = "classifier"
@@ -274,3 +277,43 @@ def test_doctor_names_the_identity_and_permissions(mldeploy, project):
     assert r.code == 0, r.out
     assert "ok    identity: arn:aws:sts::123456789012:user/moto" in r.out
     assert "ok    sagemaker:ListEndpoints: allowed" in r.out
+
+
+def test_storage_mode_mounts_the_artifact_and_a_model_only_change_is_a_new_model(mldeploy, project, tmp_path):
+    """image.model: storage: the variant's model mounts the S3 prefix (ModelDataSource, uncompressed) and
+    the server verifies it with MLDEPLOY_MODEL_SHA256; the same image with another artifact is a change."""
+    from tests.helpers.storage_mode import deploys_a_model_only_change, two_models
+
+    folder, bundle, (a, _b) = project
+    boto3.client("s3").create_bucket(Bucket="acme-models")
+    models = two_models(bundle, tmp_path, "s3://acme-models/models")
+
+    def served():
+        sm = boto3.client("sagemaker")
+        config = sm.describe_endpoint_config(
+            EndpointConfigName=sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"])
+        found = {}
+        for v in config["ProductionVariants"]:
+            container = sm.describe_model(ModelName=v["ModelName"])["PrimaryContainer"]
+            source = container["ModelDataSource"]["S3DataSource"]
+            assert source["S3DataType"] == "S3Prefix" and source["CompressionType"] == "None"
+            found[v["VariantName"]] = Model(source["S3Uri"].rstrip("/"), container["Environment"][MODEL_SHA256])
+        return found
+
+    deploys_a_model_only_change(folder, a, models, served)
+    r = mldeploy("status", cwd=folder)
+    assert f"production 100%  healthy  {a}  model sha256:{models[1].sha256[:12]}" in r.out, r.out
+
+    # the CLI's own path: `mldeploy publish` records the artifact in the bundle, `mldeploy deploy` hands it over
+    published = shutil.copytree(bundle, tmp_path / "published")   # (the session's bundle stays unpublished)
+    with (folder / "mldeploy.yaml").open("a") as config:
+        config.write("image:\n  model: storage\nstorage:\n  uri: s3://acme-models/models\n")
+    r = mldeploy("publish", "--bundle", published, cwd=folder)
+    assert r.code == 0, r.out + r.err
+    uri, sha = re.search(r"^published: (\S+)  sha256 ([0-9a-f]{64})$", r.out, re.M).groups()
+    r = mldeploy("deploy", "--bundle", published, "--image", a, "--stage", "production", "--plan-out",
+                 tmp_path / "plan.json", cwd=folder)
+    assert r.code == 0 and f"model: {models[1]} -> sha256:{sha[:12]}" in r.out, r.out + r.err
+    assert served()["production"] == Model(uri, sha)
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["served"]["production"]["model"] == {"uri": uri, "sha256": sha}

@@ -389,3 +389,27 @@ def test_doctor_explains_a_federated_credential_mismatch(mldeploy, project, auth
     assert line.startswith("FAIL  credential: AADSTS700213")
     assert "subject equal to the token's sub" in line and "repo:OWNER/REPO:pull_request" in line
     assert FEDERATED_TOKEN not in r.out
+
+
+def test_storage_mode_deploys_a_registered_model_and_a_model_only_change_is_blue_green(project, azure, tmp_path):
+    """image.model: storage: each deployment mounts a registered model version (the artifact's Blob prefix,
+    at AZUREML_MODEL_DIR) and verifies it with MLDEPLOY_MODEL_SHA256; the same image with another artifact
+    is a new deployment that takes the traffic once it is read back, the old one deleted."""
+    from mldeploy.deploy.base import MODEL_SHA256, Model
+    from tests.helpers.storage_mode import deploys_a_model_only_change, two_models
+
+    folder, bundle = project[0], project[1]
+    models = two_models(bundle, tmp_path, "https://acmemodels.blob.core.windows.net/models", publish=False)
+
+    def served():
+        found = {}
+        for dep in azure.deployments[ENDPOINT].values():
+            n, v = re.search(r"/models/([^/]+)/versions/([^/]+)$", dep["properties"]["model"]).groups()
+            registered = azure.models[(n, v)]["properties"]
+            assert registered["tags"]["mldeploy:sha256"] == registered["tags"]["mldeploy:uri"].rsplit("/", 1)[1]
+            found[dep["tags"]["mldeploy:slot"]] = Model(registered["modelUri"],
+                                                        dep["properties"]["environmentVariables"][MODEL_SHA256])
+        return found
+
+    deploys_a_model_only_change(folder, A, models, served)
+    assert len(azure.deployments[ENDPOINT]) == 1 and len(azure.models) == 2

@@ -260,3 +260,20 @@ def test_azureml_without_a_workspace_is_one_line_exit_2(mldeploy, tmp_path, azur
     r, found = analyze(mldeploy, tmp_path, "--cloud", "azure", "--endpoint", "clf")
     assert r.code == 2 and found is None
     assert "no Azure ML workspace" in r.err and "Traceback" not in r.err
+
+
+# -- no canary -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cloud", ["vertex", "cloudrun", "azureml"])
+def test_no_endpoint_or_no_canary_is_one_line_exit_2(mldeploy, tmp_path, bundle, request, cloud):
+    """A canary analysis of an endpoint that is not there (never deployed, or deleted since), then of one
+    that serves production alone: the decision is not made up, the command says there is no canary."""
+    image, config = {"vertex": (vx.A, vx.CONFIG), "cloudrun": (cr.A, cr.CONFIG),
+                      "azureml": (az.A, AZURE_CONFIG)}[cloud]
+    request.getfixturevalue({"vertex": "vertex", "cloudrun": "gcp", "azureml": "azure"}[cloud])
+    (tmp_path / "mldeploy.yaml").write_text(config)
+    for deployed in (False, True):
+        if deployed:
+            assert deploy(mldeploy, (tmp_path, bundle), image).code == 0
+        r, found = analyze(mldeploy, tmp_path)
+        assert r.code == 2 and found is None, r.err
+        assert "has no canary to analyze" in r.err and one_line(r) and "Traceback" not in r.err, r.err

@@ -1,5 +1,5 @@
-"""Fault injection over HTTP: production is never harmed and never misreported, on SageMaker and Lambda
-(moto), Vertex AI, Cloud Run and Azure ML (the fakes in fakes/).
+"""Fault injection over HTTP: production is never harmed and never misreported, on SageMaker, Lambda and
+ECS (moto), Vertex AI, Cloud Run, Azure ML, Azure Container Apps and Kubernetes (the fakes in fakes/).
 
 For each command (a canary deploy, promote, rollback) the calls a clean run makes while it changes
 things are recorded; then, for every one of them and a fault (fakes/faults.py: the API answering 500,
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -30,7 +30,8 @@ from tests.helpers.azure_ml import RG, SUB, WS
 from tests.helpers.need import need
 
 pytestmark = [pytest.mark.slow]
-TARGETS = ["sagemaker", "lambda", "vertex", "cloudrun", "azureml"]
+TARGETS = ["sagemaker", "lambda", "ecs", "vertex", "cloudrun", "azureml", "containerapps", "kubernetes",
+           "kubernetes-replicas"]   # (deploy.kubernetes.traffic: replicas: the Service over the slots' ready pods)
 KINDS = ("500", "throttle", "drop", "kill")
 FULL = os.environ.get("MLDEPLOY_FAULTS") == "all"
 ENDPOINT = "classifier"
@@ -52,9 +53,25 @@ class Backend:
     clear: Callable[[], None]
     faults: Any                                         # fakes.faults.Faults
     breaks: dict[str, Callable[[str], None]]            # a slot fault -> what makes an image fail that way
+    read_faults: tuple[str, ...] = tuple(COMMANDS)      # the commands whose reads fail too (ecs: the deploy's
+                                                        # alone; promote and rollback read through the same code)
+    commands: tuple[str, ...] = tuple(COMMANDS)         # the commands tabled (a variant of a target: those whose
+                                                        # path differs from the target's own rows)
+    reads: tuple[str, ...] | None = None                # the reads that fail and race (None: every one)
+    covered: dict[str, tuple[str, ...]] = field(default_factory=dict)  # command -> its changes whose code
+                                                        # another command's rows run (no fault there)
 
     def production(self) -> tuple[str, int] | None:
         return self.serving().get("production")
+
+    def meets(self, command: str, call: str, mutating: bool) -> bool:
+        """Whether a fault or a race is made at this call of the command (every change but those `covered`;
+        the reads in `reads`); MLDEPLOY_FAULTS=all: every call."""
+        if FULL:
+            return True
+        if mutating:
+            return call not in self.covered.get(command, ())
+        return self.reads is None or call in self.reads
 
 
 def aws_backend(target: str, aws, url: str, bundle) -> Backend:
@@ -108,6 +125,39 @@ def aws_backend(target: str, aws, url: str, bundle) -> Backend:
     return Backend(target, f"deploy:\n  cloud: aws\n  target: {target}\n  endpoint: {ENDPOINT}\n"
                            f"  aws:\n    role: {ROLE}\n", reset, sagemaker if target == "sagemaker" else lambda_,
                    requests, aws.requests.clear, aws.faults, breaks)
+
+
+def ecs_backend(aws, url: str, folder, request) -> Backend:
+
+    from tests.helpers import aws_ecs, moto_ecs, moto_patches
+    from tests.helpers.aws import ACCOUNT, REGION
+
+    alb = moto_ecs.Alb(ACCOUNT, REGION)  # in front of whichever listener the account has now
+    request.addfinalizer(alb.close)
+
+    def reset() -> tuple[str, str, str]:  # the listener's ARN is new after every reset: so is the config
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).read()
+        moto_patches.reset()
+        (folder / "mldeploy.yaml").write_text(aws_ecs.config(aws_ecs.setup(stray=False), alb.url))
+        a, b, c = (ecr_image("models/classifier", c * 64) for c in "abc")
+        return a, b, c
+
+    def requests() -> list[tuple[str, bool, bool]]:  # the smoke request goes to the stand-in ALB, not to moto
+        mutating = set(aws.mutating())
+        return [(op or f"{method} {path}", (op, method, path) in mutating, False) for op, method, path in aws.requests]
+
+    # moto's ECR has no registry endpoint: the image's platform is not read (its ECR host never reaches AWS)
+    request.getfixturevalue("monkeypatch").setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    # the reads on a path of their own: the rollout's poll (a race there: ECS rolled another deployment),
+    # the running tasks' digests (a race: another image) and the guard's read before the weights move (a
+    # race within it: read again). The others fail through the same retries and restore as these and
+    # race between the same two changes as a kept row (DescribeRules, DescribeTasks, DescribeAlarms,
+    # DescribeTaskDefinition). A rollback's removal of the canary (DeleteRule, DeleteService,
+    # DeleteTargetGroup, DeleteAlarms) is the promote's _retire, whose rows meet all four faults
+    return Backend("ecs", "", reset, aws_ecs.serving, requests, aws.requests.clear, aws.faults,
+                   {"never healthy": moto_ecs.FAILING_IMAGES.add, "smoke fails": moto_ecs.FAILING_SMOKE.add},
+                   read_faults=("deploy canary",), reads=("DescribeServices", "ListTasks", "DescribeTags"),
+                   covered={"rollback": ("DeleteRule", "DeleteService", "DeleteTargetGroup", "DeleteAlarms")})
 
 
 def images_in(repository: str) -> tuple[str, str, str]:
@@ -194,6 +244,67 @@ def azureml_backend(arm) -> Backend:
                    {"never healthy": arm.failing_images.add, "smoke fails": arm.failing_scores.add})
 
 
+def containerapps_backend(fake) -> Backend:
+    from tests.helpers.azure_containerapps import CONFIG
+    from tests.helpers.fakes.azureml import call_of
+
+    def reset() -> tuple[str, str, str]:
+        fake.reset()
+        return images_in("acme.azurecr.io/models/classifier")
+
+    def serving() -> dict[str, tuple[str, int]]:  # slots are the app's labels
+        try:
+            found = fake.serving(ENDPOINT)
+        except KeyError:  # no app
+            return {}
+        return {label: got for label, got in found.items() if got[1]}
+
+    def requests() -> list[tuple[str, bool, bool]]:
+        mutating = set(fake.mutating())
+        return [(call_of(method, path), (method, host, path) in mutating, path == "/predict")
+                for method, host, path in fake.requests]
+
+    return Backend("containerapps", CONFIG, reset, serving, requests, lambda: fake.requests.clear(), fake.faults,
+                   {"never healthy": fake.failing_images.add, "smoke fails": fake.failing_smoke.add})
+
+
+def kubernetes_backend(fake, replicas: bool) -> Backend:
+    from tests.helpers.kubernetes import CONFIG, REPLICAS_CONFIG
+
+    def reset() -> tuple[str, str, str]:
+        fake.reset()
+        fake.gateway_api = not replicas   # (replicas: the mode of a cluster without the Gateway API)
+        return images_in("registry.example.com/models/classifier")
+
+    def serving() -> dict[str, tuple[str, int]]:  # the HTTPRoute's weighted slots and their Deployments' images;
+        if replicas:                              # replicas: the slots' shares of the ready pods the Service selects
+            return fake.spread(ENDPOINT)
+        return {slot: got for slot, got in fake.serving(ENDPOINT).items() if got[1]}
+
+    def requests() -> list[tuple[str, bool, bool]]:
+        mutating = set(fake.mutating())
+        return [(f"{method} {path}", (method, path) in mutating, "/proxy/" in path and path.endswith("/predict"))
+                for method, path in fake.requests]
+
+    # replicas: a canary deploy (its staging, the front Service) and a promote (the retired slot deleted before
+    # the front changes, restored on failure); its rollback takes the promote's path. Its reads that fail and race
+    # are the read-back of the shares (the Service, the Deployments' ready counts); the rollout's poll and the
+    # pods' digests are the gateway rows' code, and so is the removal of the canary's -next copy once the shares
+    # were read back (gateway removes its own there)
+    nexts = {f"DELETE {path}/{ENDPOINT}-canary-next" for path in (
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets", "/api/v1/namespaces/default/services",
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers", "/apis/apps/v1/namespaces/default/deployments")}
+    return Backend("kubernetes-replicas" if replicas else "kubernetes", REPLICAS_CONFIG if replicas else CONFIG, reset,
+                   serving, requests, lambda: fake.requests.clear(), fake.faults,
+                   {"never healthy": lambda i: fake.never_available.add(i),
+                    "smoke fails": lambda i: fake.failing_smoke.add(i)},
+                   read_faults=("deploy canary",) if replicas else tuple(COMMANDS),
+                   commands=("deploy canary", "promote") if replicas else tuple(COMMANDS),
+                   reads=(f"GET /api/v1/namespaces/default/services/{ENDPOINT}",
+                          "GET /apis/apps/v1/namespaces/default/deployments") if replicas else None,
+                   covered={"deploy canary": tuple(sorted(nexts))} if replicas else {})
+
+
 GCP_FAKES = {  # target -> (the client its fake needs, the fake's module and class)
     "vertex": ("google.cloud.aiplatform_v1", "tests.helpers.fakes.vertex", "FakeVertex"),
     "cloudrun": ("google.cloud.run_v2", "tests.helpers.fakes.cloudrun", "FakeCloudRun"),
@@ -227,15 +338,19 @@ def backend(request, monkeypatch, bundle) -> Backend:
 
     monkeypatch.setattr(deploy, "RESTORE_BACKOFF", (0.05, 0.05, 0.05))
     target = request.param
-    if target in ("sagemaker", "lambda"):
+    if target in ("sagemaker", "lambda", "ecs"):
         need("moto", "the dev extra installs it")
-        from mldeploy.deploy import aws as aws_module
-        from mldeploy.deploy import lambda_, sagemaker
+        from mldeploy.clouds import aws as aws_module  # where client() reads RETRIES
+        from mldeploy.deploy import ecs, lambda_, sagemaker
 
         monkeypatch.setattr(aws_module, "RETRIES", {"max_attempts": 2, "mode": "adaptive"})  # 3 attempts in all
         monkeypatch.setattr(lambda_, "POLL_SECONDS", 0.02)
         monkeypatch.setattr(sagemaker, "POLL_SECONDS", 0.02)
+        monkeypatch.setattr(ecs, "POLL_SECONDS", 0.02)
         aws = request.getfixturevalue("aws")
+        if target == "ecs":
+            return ecs_backend(aws, request.getfixturevalue("moto_server")[1], request.getfixturevalue("tmp_path"),
+                               request)
         return aws_backend(target, aws, request.getfixturevalue("moto_server")[1], bundle)
     if target == "azureml":
         need("azure.ai.ml", "the azure extra installs it")
@@ -245,6 +360,16 @@ def backend(request, monkeypatch, bundle) -> Backend:
         monkeypatch.setenv("MLDEPLOY_AZURE_MAX_RETRIES", "2")
         monkeypatch.setattr(azure, "RETRIES", {"retry_total": 2, "retry_backoff_factor": 0.01})
         return azureml_backend(request.getfixturevalue("azure"))
+    if target == "containerapps":
+        need("azure.mgmt.appcontainers", "the azure extra installs it")
+        from mldeploy.deploy import azure
+
+        monkeypatch.setenv("MLDEPLOY_AZURE_MAX_RETRIES", "2")
+        monkeypatch.setattr(azure, "RETRIES", {"retry_total": 2, "retry_backoff_factor": 0.01})
+        return containerapps_backend(request.getfixturevalue("containerapps"))
+    if target in ("kubernetes", "kubernetes-replicas"):
+        need("kubernetes", "the kubernetes extra installs the client")
+        return kubernetes_backend(request.getfixturevalue("kube"), target == "kubernetes-replicas")
     from mldeploy.deploy import cloudrun, gcp
 
     fake = request.getfixturevalue("gcp_fakes")(target)
@@ -276,7 +401,8 @@ class Row:
 class Runner:
     def __init__(self, backend: Backend, mldeploy, folder, bundle):
         self.b, self.mldeploy, self.folder, self.bundle = backend, mldeploy, folder, bundle
-        (folder / "mldeploy.yaml").write_text(backend.config)
+        if backend.config:  # "": the backend writes it on reset
+            (folder / "mldeploy.yaml").write_text(backend.config)
 
     def fresh(self, canary: bool) -> tuple[str, str, str]:
         """A clean account whose endpoint serves A (and B as a 10% canary where asked); the images A, B, C."""
@@ -323,12 +449,16 @@ def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_pat
     rows: list[Row] = []
     turn = itertools.count()
     for command, (args, canary, after, share) in COMMANDS.items():
+        if command not in backend.commands:
+            continue
         for call, skip, mutating in runner.calls(command):
             # at a call that changes things, every fault with MLDEPLOY_FAULTS=all, else the next in turn (each
             # call meets one, each command all four); a read that fails (the client sees an exception either
             # way) is the 500 alone. That keeps CI's table minutes long.
             kinds = KINDS if FULL else (KINDS[next(turn) % len(KINDS)],)
-            for kind in kinds if mutating else ("500",):
+            if not backend.meets(command, call, mutating):
+                continue
+            for kind in kinds if mutating else ("500",) if command in backend.read_faults else ():
                 a, b, _ = runner.fresh(canary)
                 before, asked = (a, 90 if canary else 100), ({"a": a, "b": b}[after], share)
                 image_args = args + (["--image", b] if args[0] == "deploy" else [])
@@ -337,7 +467,7 @@ def test_no_fault_harms_production_or_reports_success(backend, mldeploy, tmp_pat
                     code, err = runner.run(image_args, kill=kind == "kill")
                 finally:
                     rule, backend.faults.rules = backend.faults.rules[call], {}
-                assert rule[2] < 3, f"{backend.target} {command}: {call} was never made, so never failed"
+                assert rule[2] < 3, f"{backend.target} {command}: {call} was never made, so never failed: {err[-600:]}"
                 serves = backend.production()
                 if code == 0:
                     harmed = "" if serves == asked else f"exit 0, but production is {serves}"
@@ -381,10 +511,13 @@ def test_two_deploys_at_once_leave_what_one_of_them_asked(backend, mldeploy, tmp
     """Two canary deploys at once (two pull requests): just before each call the first makes while it
     changes things, the second runs to its end. The endpoint is then what one of them asked, never a mix
     (a canary at 0%, two canaries, the second's canary restored away), and the first exits 0 only when it
-    is its own: it ran last. A first that failed says so in one line, and run again it converges."""
+    is its own: it ran last, or the second refused (one line: another command is changing it). A first
+    that failed says so in one line, and run again it converges."""
     runner = Runner(backend, mldeploy, tmp_path, bundle)
     rows = []
-    for call, skip, _ in runner.calls("deploy canary"):
+    for call, skip, mutating in runner.calls("deploy canary"):
+        if not backend.meets("deploy canary", call, mutating):
+            continue
         a, b, c = runner.fresh(False)
         first_asked, second_asked = {(a, 90), (b, 10)}, {(a, 80), (c, 20)}
         second: list[tuple[int, str]] = []
@@ -398,10 +531,16 @@ def test_two_deploys_at_once_leave_what_one_of_them_asked(backend, mldeploy, tmp
             rule, backend.faults.rules, backend.faults.race = backend.faults.rules[call], {}, None
         serves = set(backend.serving().values())
         wrong = []
+        # a second that finds traffic moving under it (traffic: replicas: the first's canary pods joining the
+        # Service as they become ready) refuses in one line, and then the first's deploy stands
+        refused = bool(second) and second[0][0] == 1 and "another command" in second[0][1] and \
+            len([ln for ln in second[0][1].splitlines() if ln.startswith("error:")]) == 1
         if rule[2]:
             wrong.append("the call was never made: no race")
-        elif not second or second[0][0] != 0:
+        elif not second or (second[0][0] != 0 and not refused):
             wrong.append(f"the second deploy failed: {second and second[0][1].strip()[-200:]}")
+        elif refused and code != 0:
+            wrong.append(f"the second refused, and the first failed too: {err.strip()[-200:]}")
         if serves != (first_asked if code == 0 else second_asked):
             wrong.append(f"exit {code}, and it serves {sorted(serves)}")
         if code != 0 and (code == 3 or len([ln for ln in err.splitlines() if ln.startswith("error:")]) != 1):

@@ -346,3 +346,26 @@ def test_doctor_names_the_identity_and_probes_cloud_run(mldeploy, project, gcp):
     assert f"identity: anonymous (MLDEPLOY_GCP_API_ENDPOINT is plain http), project {PROJECT}" in r.out
     assert "ok    run.services.list: allowed" in r.out
     assert ("GET", f"/v2/projects/{PROJECT}/locations/{REGION}/services") in gcp.requests
+
+
+def test_storage_mode_names_the_artifact_in_the_revision_and_a_model_only_change_is_a_new_revision(project, gcp,
+                                                                                                    tmp_path):
+    """image.model: storage: the revision's container gets MLDEPLOY_MODEL_URI + MLDEPLOY_MODEL_SHA256 (the
+    server downloads it with the service account); the same image with another artifact is a new revision."""
+    from mldeploy.deploy.base import model_from_env
+    from tests.helpers.storage_mode import deploys_a_model_only_change, two_models
+
+    folder, bundle = project
+    models = two_models(bundle, tmp_path, "gs://acme-models/models", publish=False)  # the server reads it, not us
+
+    def served():
+        service = gcp.services[next(iter(gcp.services))]
+        found = {}
+        for target in service["traffic"]:
+            revision = gcp.revisions[f"{next(iter(gcp.services))}/revisions/{target['revision']}"]
+            found[target.get("tag") or "production"] = model_from_env(
+                {e["name"]: e["value"] for e in revision["containers"][0]["env"]})
+        return found
+
+    deploys_a_model_only_change(folder, A, models, served)
+    assert len(gcp.revisions) == 2

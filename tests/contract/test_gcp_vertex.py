@@ -260,3 +260,32 @@ def test_artifact_registry_repository_is_created_once(vertex):
     assert created["format"] in ("DOCKER", 1) and created["dockerConfig"] == {"immutableTags": True}
     assert ensure_artifact_repository(f"{REPOSITORY}") is False
     assert ensure_artifact_repository("gcr.io/acme-ml/classifier") is False  # gcr.io: left alone
+
+
+def test_storage_mode_hands_the_artifact_over_and_a_model_only_change_redeploys(mldeploy, project, vertex, tmp_path):
+    """image.model: storage: the Vertex AI model's artifactUri (AIP_STORAGE_URI in the container) and
+    MLDEPLOY_MODEL_SHA256; the same image with another artifact is a new model deployed beside the old."""
+    from mldeploy.deploy import Desired
+    from mldeploy.deploy.base import MODEL_SHA256, Model
+    from mldeploy.errors import UsageError
+    from tests.helpers.storage_mode import deploys_a_model_only_change, target_of, two_models
+
+    folder, bundle = project
+    models = two_models(bundle, tmp_path, "gs://acme-models/models", publish=False)  # Vertex fetches it, not us
+
+    def served():
+        found = {}
+        for dm in vertex.endpoint(ENDPOINT)["deployedModels"]:
+            model = vertex.models[dm["model"].split("@", 1)[0]]
+            env = {e["name"]: e["value"] for e in model["containerSpec"].get("env", [])}
+            if model.get("artifactUri"):
+                found[dm["displayName"]] = Model(model["artifactUri"], env[MODEL_SHA256])
+        return found
+
+    deploys_a_model_only_change(folder, A, models, served)
+    assert len(ids(vertex)) == 1  # the old deployed model was undeployed
+    bad = Model("s3://acme-models/models/classifier/" + models[0].sha256, models[0].sha256)
+    r = deploy(mldeploy, project, A, "--stage", "production")  # baked: back to the image's own model
+    assert r.code == 0 and f"model: {models[1]} -> None" in r.out and served() == {}, r.out
+    with pytest.raises(UsageError, match="Cloud Storage only"):
+        target_of(folder).plan(Desired(ENDPOINT, A, "production", 0, {}, model=bad))

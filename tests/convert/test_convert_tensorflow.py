@@ -108,15 +108,20 @@ def test_savedmodel_with_a_lookup_table_is_refused_naming_it(repo, tmp_path, mld
 
 
 def test_keras_custom_layer_loads_with_custom_objects(repo, tmp_path, mldeploy):
-    (tmp_path / "mldeploy.yaml").write_text(f"version: 1\nmodel:\n  path: {repo / 'custom.keras'}\n")
-    r = mldeploy("convert", "--config", tmp_path / "mldeploy.yaml", "--out", tmp_path / "b", cwd=repo)
-    assert r.code == 2
-    line = r.err.strip()
-    assert "custom.keras uses the custom Keras class Scale" in line and "custom_objects" in line
-    assert len(line) <= 200 + len("error: ") and "\n" not in line
-    (tmp_path / "mldeploy.yaml").write_text(f"version: 1\nmodel:\n  path: {repo / 'custom.keras'}\n"
-                                            "  custom_objects: ['customlayers:Scale']\n")
-    r = mldeploy("convert", "--config", tmp_path / "mldeploy.yaml", "--out", tmp_path / "b", cwd=repo)
+    """custom_objects written in mldeploy.yaml are imported from the file's folder (the repo here), not
+    from the working directory, like model.factory."""
+    config = repo / "mldeploy.yaml"
+    try:
+        config.write_text("version: 1\nmodel:\n  path: custom.keras\n")
+        r = mldeploy("convert", "--config", config, "--out", tmp_path / "b", cwd=tmp_path)
+        assert r.code == 2
+        line = r.err.strip()
+        assert "custom.keras uses the custom Keras class Scale" in line and "custom_objects" in line
+        assert len(line) <= 200 + len("error: ") and "\n" not in line
+        config.write_text("version: 1\nmodel:\n  path: custom.keras\n  custom_objects: ['customlayers:Scale']\n")
+        r = mldeploy("convert", "--config", config, "--out", tmp_path / "b", cwd=tmp_path)
+    finally:
+        config.unlink()  # the module's repo is shared by its tests
     assert r.code == 0, r.err
     x = np.ones((3, 4), np.float32)
     got = ort.InferenceSession(str(tmp_path / "b" / "model.onnx")).run(None, {"x": x})[0]

@@ -165,14 +165,19 @@ def test_latency_choice_has_hysteresis_so_noise_cannot_flip_it():
 
 
 def test_optimize_is_deterministic_and_records_the_cpu(repo, mldeploy):
-    """Forced re-runs on the same machine choose the same candidate and write the same model bytes."""
-    (repo / "mldeploy.yaml").write_text(FAST.replace("0.02", "0.1") + BUDGET)
+    """Forced re-runs write the same model bytes; a latency run records the CPU and its side-by-side steps.
+
+    Determinism is checked on the size objective: a latency choice whose true speedup sits at min_speedup
+    can go either way on a busy machine (two test processes on 2 cores flipped it in CI), and the
+    hysteresis that keeps it stable otherwise is tested with fixed timings above."""
     seen = set()
     for _ in range(3):
-        assert mldeploy("optimize", "--force", cwd=repo).code == 0
-        report = step(repo)
-        seen.add((report["chosen"], (repo / ".mldeploy" / "bundle" / "model.onnx").read_bytes()))
+        assert mldeploy("optimize", "--force", "--objective", "size", cwd=repo).code == 0
+        seen.add((step(repo)["chosen"], (repo / ".mldeploy" / "bundle" / "model.onnx").read_bytes()))
     assert len(seen) == 1, [chosen for chosen, _ in seen]
+    (repo / "mldeploy.yaml").write_text(FAST + BUDGET)
+    assert mldeploy("optimize", "--force", cwd=repo).code == 0
+    report = step(repo)
     assert report["cpu"]["model"] and isinstance(report["cpu"]["isa"], list)
     measured = [r for r in report["candidates"] if "side_by_side" in r]
     assert measured and all(r["side_by_side"]["against"] in ("fp32", *[m["name"] for m in measured]) for r in measured)

@@ -3,7 +3,7 @@
 The example repo's workflow says `uses: acme/ml-deploy/actions/convert-model@v2`; act maps that to a
 clean copy of this checkout (`--local-repository`), and runs the job on this host. Remote actions
 cannot be cloned here, so actions/setup-python (and configure-aws-credentials) are replaced by the
-stand-ins in tests/e2e/standins (tests/helpers/act.py runs act).
+stand-ins in src/mldeploy/rehearsal/standins (tests/helpers/act.py runs act).
 """
 
 from __future__ import annotations

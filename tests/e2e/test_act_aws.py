@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import shutil
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import aws_ecs
 from tests.helpers.act import (
     KIT_WORKFLOW,
     PR,
@@ -22,12 +25,14 @@ from tests.helpers.act import (
     seen_by_the_model_code,
     spy_in_the_model_code,
 )
-from tests.helpers.aws import ROLE, ecr_image
+from tests.helpers.aws import ACCOUNT, REGION, ROLE, ecr_image
 from tests.helpers.aws import sagemaker_serving as serving
 from tests.helpers.cloud_registries import ECR_HOST, Registry
 from tests.helpers.need import need
 
 need("moto", "the dev extra installs it")
+
+from tests.helpers import moto_ecs  # noqa: E402  (patches moto's ECS in this process, where its server runs)
 
 
 @pytest.fixture
@@ -102,25 +107,97 @@ def ecr(registries) -> Registry:
     return registries[ECR_HOST]
 
 
-def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_sagemaker(
-        kit, tmp_path, aws, moto_server, cloud_registries, docker_env, github):
-    """The whole path on AWS: the push job pushes to ECR (a TLS registry by ECR's name that wants
-    ECR's login), the deploy job deploys that digest to SageMaker (moto), the PR gets its comment.
-    Each job gets only its own identity: the model repo's code (convert's factory, which here writes
-    down every cloud variable it sees) none at all; a pull request's deploy the canary role."""
+def sagemaker_world(request) -> tuple[str, Callable[[], dict]]:
+    """mldeploy.yaml's deploy section for SageMaker (the endpoint needs nothing made first)."""
+    return f"deploy:\n  cloud: aws\n  target: sagemaker\n  endpoint: classifier\n  aws:\n    role: {ROLE}\n", serving
+
+
+def ecs_world(request) -> tuple[str, Callable[[], dict]]:
+    """The cluster, roles and network docs/targets/ecs.md has the user make, in moto; the stand-in ALB
+    in front of the listener (the smoke request goes through it); moto_ecs's patches run the
+    deployments, in this process, where the threaded moto server the act jobs talk to runs."""
+    net = aws_ecs.setup()
+    alb = moto_ecs.Alb(ACCOUNT, REGION, net["listener"])
+    request.addfinalizer(alb.close)
+    return aws_ecs.config(net, alb.url).lstrip(), lambda: aws_ecs.serving(net)
+
+
+FRONT = """    lambda:
+      api_gateway:
+        api_keys: [partner-a]
+        throttle_rate: 5
+        throttle_burst: 10
+"""
+
+
+def lambda_world(request) -> tuple[str, Callable[[], dict]]:
+    """A Lambda function behind its API Gateway front: the execution role in moto; invoking the function
+    runs our handler (moto_lambda) on a bundle of the example model's signature (16 features), which the
+    smoke request is made for. Slots are read from the versions the alias live weights."""
+    import boto3
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.helpers import moto_lambda
+    from tests.helpers.models import save_bundle
+
+    weights = numpy_helper.from_array(np.ones((16, 3), "float32"), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["features", "W"], ["logits"])], "example",
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [weights])
+    moto_lambda.reset(save_bundle(graph, request.getfixturevalue("tmp_path") / "example-bundle"))
+    boto3.client("iam").create_role(RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument="{}")
+
+    def serving() -> dict[str, tuple[str, int]]:
+        lam = boto3.client("lambda")
+        alias = lam.get_alias(FunctionName="classifier", Name="live")
+        extra = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+        out = {}
+        for version, pct in {alias["FunctionVersion"]: 100 - round(100 * sum(extra.values())),
+                             **{v: round(100 * w) for v, w in extra.items()}}.items():
+            fn = lam.get_function(FunctionName="classifier", Qualifier=version)
+            slot = fn["Configuration"]["Description"].split("slot=", 1)[1].split()[0]  # mldeploy slot=S image=D
+            out[slot] = (fn["Code"]["ImageUri"], pct)
+        return out
+
+    deploy = f"deploy:\n  cloud: aws\n  target: lambda\n  endpoint: classifier\n  aws:\n    role: {ROLE}\n"
+    return deploy + FRONT, serving
+
+
+def api_front() -> tuple[dict[str, str], bool]:
+    """The REST API's stages -> the alias or version each invokes, and whether the method wants a key."""
     import boto3
 
-    front, _ = cloud_registries
+    api = boto3.client("apigateway")
+    rest = next(a for a in api.get_rest_apis()["items"] if a["name"] == "mldeploy-classifier")
+    proxy = next(r for r in api.get_resources(restApiId=rest["id"])["items"] if r.get("pathPart") == "{proxy+}")
+    method = api.get_method(restApiId=rest["id"], resourceId=proxy["id"], httpMethod="ANY")
+    return ({s["stageName"]: s["variables"]["alias"] for s in api.get_stages(restApiId=rest["id"])["item"]},
+            method["apiKeyRequired"])
+
+
+# per target: its deploy section and what serves {slot: (image, %)}, after its world is made in moto
+TARGETS = {"sagemaker": sagemaker_world, "ecs": ecs_world, "lambda": lambda_world}
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_aws(
+        kit, tmp_path, aws, moto_server, cloud_registries, docker_env, github, target, request):
+    """The whole path on AWS: the push job pushes to ECR (a TLS registry by ECR's name that wants
+    ECR's login), the deploy job deploys that digest to SageMaker or ECS (moto), the PR gets its
+    comment. Each job gets only its own identity: the model repo's code (convert's factory, which here
+    writes down every cloud variable it sees) none at all; a pull request's deploy the canary role.
+    ECS and Lambda (behind its API Gateway front: stages and keys read back) stop after the PR's
+    canary: the rollback run is the same workflow path, and CI's minutes go to what differs."""
+    import boto3
+
+    front, ca = cloud_registries
     registry = ecr(front.registries)
-    repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
-  cloud: aws
-  target: sagemaker
-  endpoint: classifier
-  aws:
-    role: {ROLE}
-image:
-  repository: models/classifier
-""")
+    deploy, serving = TARGETS[target](request)
+    trusted = tmp_path / "ca-bundle.pem"  # the deploy job reads the image's platform from the ECR front
+    system = Path(ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile)
+    trusted.write_bytes((system.read_bytes() if system.is_file() else b"") + ca.read_bytes())
+    repo = pipeline_repo(tmp_path, PIPELINE, deploy + "image:\n  repository: models/classifier\n")
     spy, record = tmp_path / "seen-by-the-model-code.jsonl", tmp_path / "logins.txt"
     spy_in_the_model_code(repo, spy)
     env = {**docker_env, "MLDEPLOY_IMAGE__REGISTRY": ECR_HOST, "AWS_ENDPOINT_URL": moto_server[1],
@@ -128,7 +205,8 @@ image:
            "MLDEPLOY_ACT_ARTIFACTS": str(tmp_path / "artifacts"), "MLDEPLOY_ACT_LOGINS": str(record),
            # the push job attests each image (the stand-in stores it at the fake GitHub), and the deploy
            # job deploys only what the kit's workflow attested in acme/models
-           "MLDEPLOY_DEPLOY__REQUIRE_PROVENANCE": "true", "MLDEPLOY_SIGNER_WORKFLOW": KIT_WORKFLOW}
+           "MLDEPLOY_DEPLOY__REQUIRE_PROVENANCE": "true", "MLDEPLOY_SIGNER_WORKFLOW": KIT_WORKFLOW,
+           "SSL_CERT_FILE": str(trusted)}
     role = "arn:aws:iam::123456789012:role/mldeploy-{}".format
 
     def no_credential_in_the_model_code():
@@ -149,6 +227,8 @@ image:
     assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
     assert f"provenance: {release.split('@')[1]} was built by {KIT_WORKFLOW}@refs/tags/v2 from acme/models" in r.stdout
     assert "stand-in-secret-key" not in r.stdout
+    if target == "lambda":  # the front the release made: the production stage invokes the alias, keys wanted
+        assert api_front() == ({"production": "live"}, True)
 
     r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
@@ -158,6 +238,17 @@ image:
     assert canary != release and serving() == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
     [comment] = [c for c in github.comments.values() if c["pr"] == PR]
     assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
+    if target == "ecs":  # checked through its own header rule before the weights moved
+        assert moto_ecs.HITS[-1] == (f"canary-pr{PR}", canary.split("@")[1])
+        # the image's platform was read from ECR (its login, the manifest, the config blob) before the plan
+        assert "Image platform: linux/amd64 (linux/amd64 in the registry)" in r.stdout, r.stdout[-6000:]
+        return
+    if target == "lambda":  # the PR's stage invokes its canary's version, the split stays on the alias
+        from tests.helpers import moto_lambda
+
+        version = next(v for v, image, _ in reversed(moto_lambda.INVOCATIONS) if image == canary)  # its smoke
+        assert api_front() == ({"production": "live", f"canary-pr{PR}": version}, True)
+        return
 
     r = next(runs)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]

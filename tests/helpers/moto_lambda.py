@@ -4,7 +4,8 @@ ThreadedMotoServer runs in this process, so patching moto's classes here changes
 server answers. Each patch imitates AWS's documented behaviour only as far as the tests need:
 - Invoke of a PackageType=Image function (moto would start it in Docker): OUR handler,
   mldeploy.serve.lambda_.handle, runs on the test bundle (BUNDLE) with the function's environment,
-  as the serving image would on Lambda; an image in FAILING_IMAGES answers like a function that
+  as the serving image would on Lambda (with MLDEPLOY_MODEL_URI in it, as the model-free runtime
+  image: no bundle, the handler downloads the artifact); an image in FAILING_IMAGES answers like a function that
   crashed (X-Amz-Function-Error: Unhandled).
 - Invoke ?Qualifier=N: moto reads a lower-case `qualifier` and so always ran $LATEST.
 - PublishVersion: moto's version shared its code dict with $LATEST, so a later UpdateFunctionCode
@@ -46,7 +47,9 @@ def _run_handler(fn: LambdaFunction, event: object) -> tuple[bytes, str | None]:
     """The serving image's handler with the function's environment; (payload, function error)."""
     from mldeploy.serve import lambda_ as handler
 
-    env = {**fn.environment_vars, "MLDEPLOY_BUNDLE": str(BUNDLE[0])}
+    env = dict(fn.environment_vars)
+    if "MLDEPLOY_MODEL_URI" not in env:  # a baked image's bundle; image.model: storage's runtime image has none
+        env["MLDEPLOY_BUNDLE"] = str(BUNDLE[0])
     with _lock:  # the handler reads os.environ: set it for this invoke only, one invoke at a time
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)

@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 from tests.helpers import moto_patches  # noqa: F401  (patches moto's classes on import)
 from tests.helpers.fakes.faults import Faults, drop
 
-MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Untag", "Set",
+MUTATING = ("Create", "Update", "Put", "Delete", "Register", "Deregister", "Publish", "Tag", "Untag", "Set", "Modify",
             "Subscribe", "Unsubscribe")
 
 

@@ -1,4 +1,5 @@
-"""Where things are (this checkout, this venv), and copies of the checkout as a clean clone holds it."""
+"""Where things are (this checkout, this venv). (Copies of the checkout as a clean clone holds it:
+mldeploy.rehearsal.kit.git_tracked_copy.)"""
 
 from __future__ import annotations
 
@@ -9,17 +10,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 THIS_VENV = Path(sys.prefix)
-
-
-def git_tracked_copy(src: Path, dest: Path) -> Path:
-    """Copy the files git would ship (tracked and new, not ignored): what a clean clone holds."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (src / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, dest / rel)
-    return dest
 
 
 def share_identical_files(*folders: Path) -> None:

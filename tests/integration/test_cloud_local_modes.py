@@ -9,9 +9,12 @@ The SDKs live in their own venvs (scripts/setup-cloud-sdks.sh): their pins confl
 with each other, so they are never imported here. Each test writes a small driver script, runs it
 with that venv's python and asserts on the JSON it leaves.
 
-The model each cloud mounts is NOT the one baked into the image: it has other weights, so a right
-answer also proves the server serves the model the cloud handed it (SageMaker's /opt/ml/model mount,
-Vertex's AIP_STORAGE_URI, Azure's AZUREML_MODEL_DIR), not the image's own.
+The image is the model-free runtime image of image.model: storage (issue 26), and what each cloud
+mounts is the published artifact (mldeploy.artifacts.publish: the served files and their mldeploy.files
+listing) of a model with other weights than the test bundle's, handed over the cloud's way (SageMaker's
+/opt/ml/model, Vertex's AIP_STORAGE_URI, Azure's AZUREML_MODEL_DIR) with MLDEPLOY_MODEL_SHA256, as the
+deploy sets it: the server verifies the mount against the hash before it reports ready, and a right
+answer proves it serves the artifact (the image holds no model).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
 import uuid
@@ -32,7 +34,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers.docker import starting_line
+from tests.helpers.cli import run_cli
+from tests.helpers.docker import printed_image, starting_line
 from tests.helpers.models import expected_probs, save_bundle
 from tests.helpers.need import unavailable
 from tests.helpers.paths import ROOT, THIS_VENV, share_identical_files
@@ -55,6 +58,12 @@ def artifact_probs(x) -> np.ndarray:
     logits = np.asarray(x, np.float32) @ W2 + B2
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def assert_verified(log: str, sha256: str) -> None:
+    """The server checked the mounted artifact against the hash the cloud handed it (MLDEPLOY_MODEL_SHA256)."""
+    verified = [line for line in log.splitlines() if '"model verified"' in line]
+    assert verified and json.loads(verified[0][verified[0].index("{"):])["sha256"] == sha256, log[-3000:]
 
 
 def assert_probs(answer, expected: np.ndarray, what: str) -> None:
@@ -87,6 +96,30 @@ def artifact_bundle(tmp_path_factory) -> Path:
     bundle = save_bundle(graph, tmp_path_factory.mktemp("cloud-artifact"))
     assert not np.allclose(artifact_probs(ROWS), expected_probs(ROWS), atol=1e-3)
     return bundle
+
+
+@pytest.fixture(scope="module")
+def runtime_image(serving_image, docker_env) -> str:
+    """The model-free runtime image (image.model: storage, a file:// store: no SDK step), built once."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"MLDEPLOY_IMAGE__MODEL": "storage", "MLDEPLOY_STORAGE__URI": "file:///models",
+                            "MLDEPLOY_IMAGE__REPOSITORY": "mldeploy-test/runtime-file"}.items():
+            mp.setenv(name, value)
+        code, out = run_cli("build", "--bundle", serving_image[1], "--base", docker_env["MLDEPLOY_IMAGE__BASE"])
+    assert code == 0, out
+    return printed_image(out)
+
+
+@pytest.fixture(scope="module")
+def artifact(artifact_bundle, tmp_path_factory) -> tuple[Path, str]:
+    """artifact_bundle published to a file:// store: (the artifact's folder, its sha256)."""
+    from mldeploy.artifacts import publish
+
+    store = tmp_path_factory.mktemp("store")
+    published = publish(artifact_bundle, f"file://{store}", "linear2")
+    folder = Path(published.uri.removeprefix("file://"))
+    assert {"model.onnx", "signature.json", "mldeploy.files"} <= {f.name for f in folder.iterdir()}
+    return folder, published.sha256
 
 
 def readable_copy(bundle: Path, dest: Path, top: Path) -> Path:
@@ -191,6 +224,21 @@ def finish():
 
 SAGEMAKER_DRIVER = """\
 try:
+    import os
+
+    os.environ["AWS_ENDPOINT_URL"] = args["s3_endpoint"]  # moto's S3, where the artifact was published
+    # Local mode downloads the S3 prefix into a mkdtemp folder (0700, root's) and mounts it at /opt/ml/model,
+    # which the image's non-root user could not read (SageMaker's own mount is readable): open those up.
+    import tempfile
+
+    _mkdtemp = tempfile.mkdtemp
+
+    def readable_mkdtemp(*a, **k):
+        made = _mkdtemp(*a, **k)
+        os.chmod(made, 0o755)
+        return made
+
+    tempfile.mkdtemp = readable_mkdtemp
     import boto3
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.local import LocalSession
@@ -206,9 +254,10 @@ try:
     sess.config = local
     sess.sagemaker_runtime_client.config = local  # it keeps the config it was made with
     name = args["name"]
-    model = Model(image_uri=args["image"], model_data="file://" + args["tarball"],
+    model = Model(image_uri=args["image"], model_data=args["model_data"],
                   role="arn:aws:iam::111122223333:role/mldeploy-local", predictor_cls=Predictor,
-                  env={args["mark"][0]: args["mark"][1]}, name=name, sagemaker_session=sess)
+                  env={args["mark"][0]: args["mark"][1], "MLDEPLOY_MODEL_SHA256": args["sha256"]}, name=name,
+                  sagemaker_session=sess)
     try:
         # Local mode starts `docker-compose up` and returns once GET /ping answers 200.
         predictor = model.deploy(initial_instance_count=1, instance_type="local", endpoint_name=name, wait=False,
@@ -245,7 +294,8 @@ try:
                        serving_container_predict_route=args["predict_route"],
                        serving_container_health_route=args["health_route"],
                        serving_container_ports=[args["port"]],
-                       serving_container_environment_variables={args["mark"][0]: args["mark"][1]})
+                       serving_container_environment_variables={args["mark"][0]: args["mark"][1],
+                                                                "MLDEPLOY_MODEL_SHA256": args["sha256"]})
     endpoint = model.deploy_to_local_endpoint(artifact_uri=args["artifacts"], container_ready_timeout=90)
     try:
         endpoint.serve()  # returns once the health route answers 200
@@ -328,23 +378,27 @@ finish()
 """
 
 
-def test_sagemaker_local_mode(sdk_venvs, serving_image, artifact_bundle, docker_env, docker_client, tmp_path,
-                              capsys):
-    tag, _ = serving_image
-    # model.tar.gz with the bundle's files at its root, alone in its folder: local mode extracts it there
-    # and mounts that folder at /opt/ml/model.
-    model_dir = readable_copy(artifact_bundle, tmp_path / "s3" / "staging", tmp_path)
-    data = tmp_path / "s3" / "model"
-    data.mkdir()
-    data.chmod(0o755)
-    with tarfile.open(data / "model.tar.gz", "w:gz") as tar:
-        for f in sorted(model_dir.iterdir()):
-            tar.add(f, arcname=f.name)
-    assert {"model.onnx", "signature.json", "manifest.json"} <= {f.name for f in model_dir.iterdir()}
+def test_sagemaker_local_mode(sdk_venvs, runtime_image, artifact_bundle, moto_server, docker_env, docker_client,
+                              tmp_path, capsys):
+    """The artifact published to moto's S3, uncompressed, as ModelDataSource mounts it in the cloud: local mode
+    downloads the S3 prefix (model_data) and mounts it at /opt/ml/model."""
+    import boto3
+
+    from mldeploy.artifacts import publish
+
+    tag, (_, url) = runtime_image, moto_server
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="acme-models")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+            mp.setenv(name, value)
+        published = publish(artifact_bundle, "s3://acme-models/models", "linear2")
+    sha256 = published.sha256
 
     r = run_driver("sagemaker", sdk_venvs, SAGEMAKER_DRIVER,
-                   {"image": tag, "tarball": str(data / "model.tar.gz"), "port": free_port(),
-                    "name": f"mldeploy-{uuid.uuid4().hex[:8]}"},
+                   {"image": tag, "model_data": f"{published.uri}/", "s3_endpoint": url, "port": free_port(),
+                    "name": f"mldeploy-{uuid.uuid4().hex[:8]}", "sha256": sha256},
                    tmp_path, docker_env, docker_client, capsys)
 
     want = artifact_probs(ROWS)
@@ -357,16 +411,18 @@ def test_sagemaker_local_mode(sdk_venvs, serving_image, artifact_bundle, docker_
     status, _, body = r["status_bad"]
     assert status == 400 and "error" in body, r["status_bad"]
     assert starting_line(r["log"])["bundle"] == "/opt/ml/model"
+    assert_verified(r["log"], sha256)
 
 
-def test_vertex_local_model(sdk_venvs, serving_image, artifact_bundle, docker_env, docker_client, tmp_path, capsys):
-    tag, _ = serving_image
-    artifacts = readable_copy(artifact_bundle, tmp_path / "gcs" / "model", tmp_path)
+def test_vertex_local_model(sdk_venvs, runtime_image, artifact, docker_env, docker_client, tmp_path, capsys):
+    tag, (folder, sha256) = runtime_image, artifact
+    artifacts = readable_copy(folder, tmp_path / "gcs" / "model", tmp_path)
     # Custom routes and port, as a Model resource may declare them: the server must take them from AIP_*.
     routes = {"predict_route": "/v1/endpoints/local/deployedModels/linear:predict",
               "health_route": "/v1/endpoints/local/deployedModels/linear", "port": 7080}
 
-    r = run_driver("vertex", sdk_venvs, VERTEX_DRIVER, {"image": tag, "artifacts": str(artifacts), **routes},
+    r = run_driver("vertex", sdk_venvs, VERTEX_DRIVER,
+                   {"image": tag, "artifacts": str(artifacts), "sha256": sha256, **routes},
                    tmp_path, docker_env, docker_client, capsys)
 
     assert r["env"]["AIP_HTTP_PORT"] == "7080" and r["env"]["AIP_PREDICT_ROUTE"] == routes["predict_route"], r["env"]
@@ -380,14 +436,14 @@ def test_vertex_local_model(sdk_venvs, serving_image, artifact_bundle, docker_en
     assert r["bad"][0] == 400 and "error" in r["bad"][1], r["bad"]
     start = starting_line(r["logs"])
     assert start["port"] == 7080 and start["bundle"] == r["env"]["AIP_STORAGE_URI"], start
+    assert_verified(r["logs"], sha256)
 
 
-def test_azure_ml_local_endpoint(sdk_venvs, serving_image, artifact_bundle, docker_env, docker_client, tmp_path,
-                                 capsys):
-    tag, _ = serving_image
+def test_azure_ml_local_endpoint(sdk_venvs, runtime_image, artifact, docker_env, docker_client, tmp_path, capsys):
+    tag, (folder, sha256) = runtime_image, artifact
     work = tmp_path / "azureml"
     # The model folder as a registered model's: mounted (its parent, by the SDK) below AZUREML_MODEL_DIR.
-    readable_copy(artifact_bundle, work / "model" / "linear", tmp_path)
+    readable_copy(folder, work / "model" / "linear", tmp_path)
     # An unused code folder and scoring script: without code_configuration azure-ai-ml 1.35 crashes on a
     # custom container (Azure/azure-sdk-for-python#42995). The image serves /score itself.
     (work / "code").mkdir()
@@ -412,6 +468,8 @@ def test_azure_ml_local_endpoint(sdk_venvs, serving_image, artifact_bundle, dock
         code_configuration:
           code: ./code
           scoring_script: score.py
+        environment_variables:
+          MLDEPLOY_MODEL_SHA256: {sha256}
         instance_type: Standard_DS3_v2
         instance_count: 1
         """))
@@ -431,3 +489,4 @@ def test_azure_ml_local_endpoint(sdk_venvs, serving_image, artifact_bundle, dock
     assert_probs(next(iter(answers["data"].values())), want, "Azure ML invoke {'data': ...}")
     bundle = starting_line(r["logs"])["bundle"]
     assert bundle.startswith("/var/azureml-app/azureml-models/") and bundle.endswith("/linear"), bundle
+    assert_verified(r["logs"], sha256)

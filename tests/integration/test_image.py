@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from mldeploy.bundle import Bundle
+from mldeploy.rehearsal.kit import git_tracked_copy
 from tests.helpers.docker import printed_image, starting_line, wait_http
 from tests.helpers.models import expected_probs
 from tests.helpers.need import need
-from tests.helpers.paths import ROOT, git_tracked_copy
+from tests.helpers.paths import ROOT
 from tests.helpers.server import free_port
 
 X = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]]
@@ -67,10 +68,13 @@ def container(pushed, docker_client):
     """The image pulled back by digest (local tags removed first) and run as SageMaker runs it."""
     image, _ = pushed
     _repository, digest = image.split("@")
-    for tag in docker_client.images.get(image).tags:
+    tags = docker_client.images.get(image).tags
+    for tag in tags:
         docker_client.images.remove(tag, force=True)  # untags only, if an earlier test left a container of this image
     pulled = docker_client.images.pull(image)
     assert digest in pulled.attrs["RepoDigests"][0]
+    for tag in tags:  # tagged again: later modules run the session's serving image by its tag
+        pulled.tag(*tag.rsplit(":", 1))
     port, grpc_port = free_port(), free_port()
     c = docker_client.containers.run(image, ["serve"], detach=True, environment={"MLDEPLOY_BATCH_WAIT_MS": "0",
                                                                                  "MLDEPLOY_GRPC_PORT": "8081"},

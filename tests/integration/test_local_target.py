@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -379,3 +381,77 @@ def test_the_engine_failing_never_harms_production(images, endpoint, docker_clie
     assert len(rows) >= 3, calls
     assert all("harmed: no  rerun: ok" in row and "NOT ONE LINE" not in row and "NEVER" not in row
                for row in rows), rows
+
+
+def test_storage_mode_serves_the_artifact_from_a_file_store_mounted_read_only(images, endpoint, tmp_path,
+                                                                               docker_client):
+    """image.model: storage on the local engine: the slot container gets MLDEPLOY_MODEL_URI + _SHA256 and the
+    file:// artifact mounted read-only; the server downloads, verifies and serves IT (other weights than the
+    image's own bundle), and a model-only change starts a new container that answers with the new model."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mldeploy.bundle import Bundle
+    from mldeploy.deploy import smoke_body
+    from mldeploy.deploy.base import model_from_env
+    from tests.helpers.models import B, W, save_bundle
+    from tests.helpers.storage_mode import deploys_a_model_only_change, two_models
+
+    bundle, good, _, _ = images
+    name, port = endpoint
+    (tmp_path / "mldeploy.yaml").write_text(f"deploy:\n  endpoint: {name}\n  port: {port}\n")
+    other = save_bundle(helper.make_graph(  # the linear model with -W: another answer for the same input
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
+        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(-W, "W"), numpy_helper.from_array(B, "B")]), tmp_path / "other")
+    store = tmp_path / "store"
+    store.mkdir()
+    models = two_models(other, tmp_path, f"file://{store}")  # [0]: -W, [1]: -W with another signature file
+
+    def answer() -> np.ndarray:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=BODY,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            outputs = json.loads(r.read())["outputs"]
+        return np.asarray(outputs["probs"] if isinstance(outputs, dict) else outputs, dtype=np.float64)
+
+    def served():
+        found = {}
+        for c in docker_client.containers.list(filters={"label": [f"dev.mldeploy.endpoint={name}", "dev.mldeploy.slot"]}):
+            env = dict(e.partition("=")[::2] for e in c.attrs["Config"]["Env"])
+            mounts = {m["Destination"]: m["RW"] for m in c.attrs["Mounts"]}
+            model = model_from_env(env)
+            assert model and mounts[model.uri.removeprefix("file://")] is False  # read-only
+            found[c.labels["dev.mldeploy.slot"]] = model
+        return found
+
+    x = np.asarray(json.loads(BODY)["inputs"], dtype=np.float32)
+    logits = x @ -W + B
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    smoke = smoke_body(Bundle.open(bundle).signature)
+    deploys_a_model_only_change(tmp_path, good, models, served, smoke=smoke)
+    np.testing.assert_allclose(answer(), expected, rtol=1e-5, atol=1e-6)  # the artifact's answer, not the image's
+
+    # an artifact changed after publishing: the canary's server says it will never be ready, and the deploy
+    # stops at once (not at the ready deadline) with production serving as it was
+    from mldeploy.deploy import Desired
+    from mldeploy.deploy.base import Model
+    from mldeploy.errors import CheckFailed
+    from tests.helpers.storage_mode import target_of
+
+    model = models[0]
+    onnx_file = Path(model.uri.removeprefix("file://")) / "model.onnx"
+    tampered = store / "tampered" / model.sha256
+    shutil.copytree(onnx_file.parent, tampered)
+    (tampered / "model.onnx").chmod(0o644)
+    (tampered / "model.onnx").write_bytes(onnx_file.read_bytes()[:-1] + bytes([onnx_file.read_bytes()[-1] ^ 1]))
+    target = target_of(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(CheckFailed, match="the canary container will never be ready: the model is not served: "):
+        target.apply(target.plan(Desired(name, good, "canary", 10, smoke, model=Model(tampered.as_uri(), model.sha256))))
+    assert time.monotonic() - started < 60  # READY_SECONDS is 120
+    assert set(served()) == {"production"} and served()["production"] == models[1]
+    np.testing.assert_allclose(answer(), expected, rtol=1e-5, atol=1e-6)

@@ -109,8 +109,9 @@ def start_fake(fake: FakeRuntimeApi) -> ThreadingHTTPServer:
 
 
 def run_serve(fake: FakeRuntimeApi, bundle: Path, tmp: Path, posts: int,
-              extra_env: dict | None = None) -> tuple[list[Post], subprocess.Popen, str]:
-    """`mldeploy serve`, the image's entrypoint, with Lambda's variable; returns once `posts` came back."""
+              extra_env: dict | None = None, exits: bool = False) -> tuple[list[Post], subprocess.Popen, str]:
+    """`mldeploy serve`, the image's entrypoint, with Lambda's variable; returns once `posts` came back
+    (and, with `exits`, once the process ended on its own: on a busy machine that takes more than 0.1 s)."""
     server = start_fake(fake)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLDEPLOY_", "AWS_", "_X_AMZN"))}
     env.update(AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}", MLDEPLOY_BUNDLE=str(bundle),
@@ -125,6 +126,11 @@ def run_serve(fake: FakeRuntimeApi, bundle: Path, tmp: Path, posts: int,
         with fake.changed:
             got = list(fake.posts)
     finally:
+        if exits:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                pass  # it did not exit: terminated below, and the test's exit code check says so
         if process.poll() is None:
             process.terminate()
         process.wait(10)
@@ -204,7 +210,7 @@ def test_a_bundle_that_cannot_load_posts_init_error_and_exits_2(linear_bundle, t
     shutil.copytree(linear_bundle, broken)
     (broken / "model.onnx").write_bytes(b"not an onnx model")
     fake = FakeRuntimeApi(events=[("id-never", direct({"instances": X.tolist()}))])
-    posts, process, log = run_serve(fake, broken, tmp_path, posts=1)
+    posts, process, log = run_serve(fake, broken, tmp_path, posts=1, exits=True)
 
     assert process.returncode == 2, log
     assert [p.path for p in posts] == [f"{API}/init/error"], log

@@ -171,6 +171,8 @@ def test_cli_reads_a_local_runtime_since_start(mldeploy, tmp_path, runtime, monk
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    for _ in range(30):  # its own traffic: the module's runtime may have answered nothing before this test
+        assert runtime.call("POST", "/predict", {"inputs": [[0.1, 0.2, 0.3, 0.4]]}).status == 200
     r = mldeploy("canary", "analyze", "--cloud", "local", "--endpoint", "clf", "--port", runtime.port,
                  "--window", "0", "--json", tmp_path / "d.json", cwd=tmp_path)
     assert r.code == 0, r.err

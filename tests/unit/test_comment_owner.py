@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.fake_github import FakeGitHub
+from mldeploy.rehearsal.fake_github import FakeGitHub
 
 PR = 7
 MARKER = "<!-- mldeploy-report endpoint=classifier -->"

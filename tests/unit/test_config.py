@@ -528,7 +528,7 @@ def test_json_schema_describes_constraints():
     assert input_spec["additionalProperties"] is False
     assert "float32" in json.dumps(input_spec)
     deploy = defs["DeploySection"]["properties"]
-    assert set(deploy["cloud"]["enum"]) == {"local", "aws", "gcp", "azure"}
+    assert set(deploy["cloud"]["enum"]) == {"local", "aws", "gcp", "azure", "kubernetes"}
 
 
 def test_json_schema_validates_like_editors_do():
@@ -566,6 +566,7 @@ def test_monitoring_paths_are_relative_to_the_config_file_and_uris_stay(tmp_path
     ("image", "{PORT: '9000'}", "PORT is set by the image or the cloud it runs on"),
     ("image", "{AIP_HTTP_PORT: '9000'}", "AIP_HTTP_PORT is set by the image or the cloud it runs on"),
     ("image", "{MLDEPLOY_API_KEYS: k0123456789abcdef}", "MLDEPLOY_API_KEYS would be readable by whoever pulls"),
+    ("image", "{MLDEPLOY_MODEL_URI: 's3://b/m'}", "MLDEPLOY_MODEL_URI is set by the deploy, from the bundle it serves"),
     ("image", "{TZ: \"a\\nb\"}", "a value spans lines"),
     ("image", "{OMP_WAIT_POLICY: PASSIVE}", ("OMP_WAIT_POLICY is not a serving setting: the image's environment holds "
                                              "MLDEPLOY_* settings only")),
@@ -659,3 +660,18 @@ def test_settings_a_target_reads_are_kept(tmp_path):
     p = write(tmp_path, "deploy: {cloud: aws, target: lambda, aws: {lambda: {environment: "
                         "{MLDEPLOY_RATE_LIMIT: 5/s, MLDEPLOY_NONFINITE: reject}}}}\n")
     assert load_config(p, environ={}).deploy.aws.lambda_.environment["MLDEPLOY_RATE_LIMIT"] == "5/s"
+
+
+# ---------------------------------------------------------------------------- models in object storage
+def test_storage_mode_needs_a_uri_that_fits_the_cloud(tmp_path):
+    assert load_config(None, environ={}).image.model == "baked"   # today's behaviour stays the default
+    file, line, message = only_problem(write(tmp_path, "image:\n  model: storage\n"))
+    assert file.endswith("mldeploy.yaml") and "image.model is storage but storage.uri is not set" in message
+    file, line, message = only_problem(write(tmp_path, "deploy:\n  cloud: gcp\nstorage:\n  uri: s3://models/team\n"))
+    assert line == 3 and "uri s3://models/team does not fit deploy.cloud gcp: expected gs://..." in message
+    file, line, message = only_problem(write(tmp_path, "storage:\n  uri: ftp://models\n  keep: 3\n"))
+    assert line == 2 and message.startswith("storage.uri: expected s3://BUCKET/PREFIX")
+    cfg = load_config(write(tmp_path, "deploy:\n  cloud: azure\nimage:\n  model: storage\nstorage:\n"
+                                      "  uri: https://acme.blob.core.windows.net/models/team/\n  keep: 3\n"), environ={})
+    assert (cfg.image.model, cfg.storage.uri, cfg.storage.keep) == (
+        "storage", "https://acme.blob.core.windows.net/models/team", 3)

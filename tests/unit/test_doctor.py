@@ -1,6 +1,6 @@
-"""`mldeploy doctor --trust`: the README's trust setup, per cloud, against the OIDC token claims of
+"""`mldeploy doctor --trust`: the docs' trust setup (docs/security.md), per cloud, against the OIDC token claims of
 every job of the reusable workflow (and of the jobs that must get nothing), through the real CLI.
-Setups with the holes the README's earlier policy had fail in one line, exit 1."""
+Setups with the holes the docs' earlier policy had fail in one line, exit 1."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ REPO = "acme/models"
 
 
 def readme_trust(cloud: str) -> str:
-    """The README's trust block for `cloud`, as it stands."""
-    [block] = re.findall(rf"```yaml\n(# mldeploy doctor --trust: {cloud}\n.*?)```", (ROOT / "README.md").read_text(),
-                         re.S)
+    """The docs' trust block for `cloud`, as it stands."""
+    [block] = re.findall(rf"```yaml\n(# mldeploy doctor --trust: {cloud}\n.*?)```",
+                         (ROOT / "docs" / "security.md").read_text(), re.S)
     return block
 
 
 def token(event: str, ref: str, environment: str | None = None, workflow: str = KIT,
           default_subject: bool = False) -> dict:
-    """A GitHub Actions OIDC token's claims, with the README's subject template (repo, context,
+    """A GitHub Actions OIDC token's claims, with the docs' subject template (repo, context,
     job_workflow_ref) unless `default_subject`."""
     context = (f"environment:{environment}" if environment else
                "pull_request" if event in ("pull_request", "pull_request_target") else f"ref:{ref}")
@@ -83,7 +83,7 @@ def test_a_job_the_pull_request_writes_itself_may_assume_nothing(doctor, cloud):
 @pytest.mark.parametrize("cloud", CLOUDS)
 def test_a_pull_request_job_never_gets_production(doctor, cloud):
     """Asking for it fails; and so does a pull request's job in the production environment, which
-    only the environment's protection rules (README: Trust, 2) keep from existing."""
+    only the environment's protection rules (docs/security.md: Trust, 2) keep from existing."""
     r = doctor(readme_trust(cloud), PR, "--identity", "production")
     assert r.code == 1 and "may not assume the production identity" in r.err
     r = doctor(readme_trust(cloud), token("pull_request", "refs/pull/7/merge", "production"))

@@ -36,3 +36,14 @@ def test_real_updates_creates_deletes_and_updates_without_old_or_new_stay():
         ("update", "from nothing"), ("create", "image"), ("delete", ""), ("replace", "container")]
     assert "canary weight: 10 -> 20" in p.text()
     assert "0 -> 0" not in p.text()
+
+
+def test_a_target_that_deploys_by_digest_refuses_a_tag_or_a_short_digest():
+    import pytest
+
+    from mldeploy.errors import UsageError
+
+    Desired("e", "r@sha256:" + "a" * 64, "canary", 20, {}).require_digest()
+    for image in ("r:latest", "r@sha256:abc", "r@sha256:" + "a" * 64 + " ", "@sha256:" + "a" * 64):
+        with pytest.raises(UsageError, match="is not REPOSITORY@sha256:DIGEST"):
+            Desired("e", image, "canary", 20, {}).require_digest()

@@ -10,8 +10,8 @@ import pytest
 
 from mldeploy import provenance
 from mldeploy.errors import CheckFailed, UsageError
+from mldeploy.rehearsal.fake_github import FakeGitHub
 from mldeploy.trust import check_pull_request
-from tests.helpers.fake_github import FakeGitHub
 
 TOKEN = "ghs_provenance0123456789"
 REPO = "acme/models"

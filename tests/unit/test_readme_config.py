@@ -1,4 +1,4 @@
-"""The README's config table (Configuration: mldeploy.yaml) names every deploy.* key the schema has;
+"""The docs' config table (docs/config.md) names every deploy.* key the schema has;
 the reusable workflow's rollback button passes --missing-ok, so a second press stays green."""
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from tests.helpers.paths import ROOT
 
 
 def config_table() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Configuration: `mldeploy.yaml`", 1)[1]
-    return section.split("\n## ", 1)[0]
+    return (ROOT / "docs" / "config.md").read_text()
 
 
 def test_every_plain_deploy_key_has_a_row_in_the_readme_config_table():
@@ -23,7 +21,7 @@ def test_every_plain_deploy_key_has_a_row_in_the_readme_config_table():
     plain = {f"deploy.{name}" for name, f in DeploySection.model_fields.items()
              if not (isinstance(f.annotation, type) and issubclass(f.annotation, Section))}
     assert "deploy.port" in plain
-    assert plain <= named, f"missing from the README's config table: {sorted(plain - named)}"
+    assert plain <= named, f"missing from the config table in docs/config.md: {sorted(plain - named)}"
 
 
 def test_the_rollback_button_tolerates_nothing_to_roll_back():

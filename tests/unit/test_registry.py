@@ -23,10 +23,10 @@ def test_every_entry_names_a_target_class(entry):
     assert issubclass(cls, Target) and not getattr(cls, "__abstractmethods__", None)
 
 
-def test_the_readme_table_is_the_registrys():
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- targets:start -->\n(.*?)\n<!-- targets:end -->", readme, re.S)
-    assert table and table.group(1) == registry.markdown_table(), "regenerate: python3 src/mldeploy/targets.py table"
+def test_the_docs_targets_table_is_the_registrys():
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    table = re.search(r"<!-- targets:start -->\n(.*?)\n<!-- targets:end -->", page, re.S)
+    assert table and table.group(1) == registry.markdown_table(), "regenerate: python3 scripts/gen-docs.py"
 
 
 def test_the_actions_install_every_targets_extra_and_nothing_else_is_needed_to_list_them():
@@ -35,6 +35,21 @@ def test_the_actions_install_every_targets_extra_and_nothing_else_is_needed_to_l
                        text=True, check=True, cwd="/")
     assert set(r.stdout.split()) == {e.extra for e in registry.BUILTIN if e.extra} | {"aws", "gcp", "azure"}
     assert "targets.py\" extras" in (ROOT / "scripts" / "action-setup.sh").read_text()
+
+
+def test_the_actions_install_the_extra_of_the_target_they_deploy_to():
+    """`targets.py extra CLOUD TARGET` (action-setup.sh's extra `target`): the target's own, the cloud's
+    default target's when TARGET is empty; an unknown one is exit 2 naming the targets."""
+    def extra(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-I", str(SRC / "targets.py"), "extra", *args], capture_output=True,
+                              text=True, check=False, cwd="/")
+
+    assert extra("aws", "eks").stdout.strip() == registry.find("aws", "eks").extra == "eks"   # not the cloud's
+    assert extra("kubernetes", "").stdout.strip() == registry.find("kubernetes", None).extra
+    assert extra("local").stdout.strip() == registry.find("local", None).extra
+    bad = extra("aws", "gke")
+    assert bad.returncode == 2 and "aws eks" in bad.stderr and not bad.stdout
+    assert 'targets.py" extra "$cloud" "$target"' in (ROOT / "scripts" / "action-setup.sh").read_text()
 
 
 def test_config_and_cli_take_their_choices_from_the_registry():
@@ -65,3 +80,13 @@ def test_no_module_branches_on_a_targets_name():
             if not relative.startswith(f"deploy/{module}") and re.search(rf"[\"']{name}[\"']", text):
                 found.append(f"{relative} names {name!r}")
     assert not found, found
+
+
+def test_the_test_run_and_the_all_extra_install_every_targets_extra():
+    """A target whose SDK the test venv lacks fails CI's type gate (or skips its tests): scripts/test.sh
+    and the `all` extra install every extra the registry names."""
+    installed = re.search(r"^scripts/setup-venv\.sh (\S+)$", (ROOT / "scripts" / "test.sh").read_text(), re.M)
+    all_extra = re.search(r'^all = \["mldeploy\[([\w,]+)\]"\]$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert installed and all_extra
+    for extras in (installed[1], all_extra[1]):
+        assert set(registry.extras()) <= set(extras.split(",")), extras

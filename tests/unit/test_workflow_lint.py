@@ -18,7 +18,7 @@ CALLER_WORKFLOWS = sorted(p for d in (ROOT / "workflows", ROOT / "examples" / "m
                                       ROOT / "tests" / "e2e" / "workflows") if d.is_dir() for p in d.glob("*.yml"))
 WORKFLOWS = KIT_WORKFLOWS + CALLER_WORKFLOWS
 KIT_ACTIONS = sorted([ROOT / "action.yml", *ROOT.glob("actions/*/action.yml")])
-ACTIONS = KIT_ACTIONS + sorted(ROOT.glob("tests/e2e/standins/*/action.yml"))
+ACTIONS = KIT_ACTIONS + sorted(ROOT.glob("src/mldeploy/rehearsal/standins/*/action.yml"))
 LOGINS = ("aws-actions/configure-aws-credentials@", "google-github-actions/auth@", "azure/login@")
 
 
@@ -73,6 +73,17 @@ def test_each_kit_job_logs_in_with_its_own_identity():
     for stage in ("canary", "production"):
         assert all(f"{cloud}-{stage}-" in named["deploy"] for cloud in ("aws", "gcp", "azure"))
     assert "-push-" not in named["deploy"]
+
+
+def test_the_push_job_publishes_the_model_into_the_bundle_the_deploy_job_gets():
+    """image.model: storage: the push identity publishes (never the build job, which runs the model
+    repo's code), after the image is built, and before the bundle the deploy job reads is uploaded."""
+    assert {name for name, job in jobs().items() if "$/actions/publish-model" in uses(job)} == {"push"}
+    steps = jobs()["push"]["steps"]
+    at = {step.get("uses", "").split("@")[0]: i for i, step in enumerate(steps)}
+    assert at["$/actions/build-push-image"] < at["$/actions/publish-model"] < at["actions/upload-artifact"]
+    published, uploaded = steps[at["$/actions/publish-model"]]["with"], steps[at["actions/upload-artifact"]]["with"]
+    assert uploaded["path"] == "${{ inputs.working-directory }}/" + published["bundle"]
 
 
 def test_the_kit_reaches_its_own_actions_at_the_commit_the_caller_resolved():

@@ -45,11 +45,11 @@ def _natural(key: str) -> list[int | str]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
-def _custom_objects(specs: list[str]) -> dict:
-    """`package.module:Name` each, imported from the model repo like a PyTorch factory, under both names."""
+def _custom_objects(specs: list[str], root: Path) -> dict:
+    """`package.module:Name` each, imported from `root` like a PyTorch factory, under both names."""
     found = {}
     for spec in specs:
-        obj = import_object(spec, "custom object")
+        obj = import_object(spec, "custom object", root)
         found[spec.split(":")[1]] = found[getattr(obj, "__name__", spec.split(":")[1])] = obj
     return found
 
@@ -66,7 +66,7 @@ class TensorFlowSource(Source):
                 if fmt in ("keras", "h5"):
                     import keras
 
-                    custom = _custom_objects(cfg.model.custom_objects)
+                    custom = _custom_objects(cfg.model.custom_objects, cfg.import_root("model.custom_objects"))
                     self.keras_model = keras.saving.load_model(str(path), compile=False, custom_objects=custom)
                     self.keras_model.export(str(self.saved_model), format="tf_saved_model", verbose=False)
                 else:

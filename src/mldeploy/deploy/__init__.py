@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from mldeploy.changes import Change
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
+from mldeploy.errors import one_line as one_line
 
 if TYPE_CHECKING:  # the serving image runs deploy.router without pydantic
     from mldeploy.bundle import Signature
     from mldeploy.config import Config, DeploySection
-    from mldeploy.deploy.base import Status, Target
+    from mldeploy.deploy.base import Model, Status, Target
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Desired:
     traffic: int               # percent of requests to the canary
     smoke: dict[str, Any]      # a request body the model must answer with 200
     pr: int | None = None      # a pull request's canary gets its own slot: parallel PRs never collide
+    model: Model | None = None  # image.model: storage: the artifact the slot serves (None: baked in the image)
 
     @property
     def slot(self) -> str:
@@ -41,6 +44,12 @@ class Desired:
         if self.stage == "production":
             return "production"
         return f"canary-pr{self.pr}" if self.pr else "canary"
+
+    def require_digest(self) -> None:
+        """A target that deploys only by digest refuses anything else (a tag can move under a deploy)."""
+        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", self.image):
+            raise UsageError(f"the image {self.image} is not REPOSITORY@sha256:DIGEST",
+                             hint="deploy by digest: `mldeploy build --push` records it")
 
 
 @dataclass
@@ -178,13 +187,17 @@ def storage_location(source: str) -> tuple[str, str]:
     return bucket, prefix.lstrip("/")
 
 
-def one_line(e: BaseException) -> str:
-    """An error in one line, as a restore or a read-back goes on from it: ours as it reads, another
-    (an SDK's, the network's) named by its type."""
-    if isinstance(e, MldeployError):
-        return e.message
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+def dns_label(endpoint: str, limit: int) -> str:
+    """The endpoint as lowercase letters, digits and single hyphens, a letter first, at most `limit`
+    characters (a long name keeps its start and gains 8 hex of its hash, so two never collide)."""
+    import hashlib
+
+    name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", endpoint.lower())).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"m-{name}".rstrip("-")
+    if len(name) > limit:
+        name = f"{name[:limit - 9].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def read_back_problems(status: Status, expect: Mapping[str, str | None]) -> list[str]:

@@ -2,23 +2,27 @@
 
 Credentials come from boto3's standard chain (in GitHub Actions: OIDC through
 aws-actions/configure-aws-credentials; no stored keys). `AWS_ENDPOINT_URL` (boto3's own setting)
-points every client elsewhere, which is how the tests reach moto. Only this package's AWS modules
-import boto3, and only inside functions.
+points every client elsewhere, which is how the tests reach moto. The client and the error
+translation live in mldeploy.clouds.aws (the model artifacts in S3 use them too) and are re-exported
+here. Only this package's AWS modules and mldeploy.clouds / mldeploy.artifacts import boto3, and only
+inside functions.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import functools
 import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mldeploy import __version__
+from mldeploy.clouds.aws import CREDENTIALS_HINT as CREDENTIALS_HINT
+from mldeploy.clouds.aws import RETRIES as RETRIES
+from mldeploy.clouds.aws import client as client
+from mldeploy.clouds.aws import error_code as error_code
+from mldeploy.clouds.aws import translated as translated
 from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, UsageError
 
@@ -26,71 +30,7 @@ if TYPE_CHECKING:
     from mldeploy.config import DeploySection
     from mldeploy.monitor.canary import SlotStats
 
-# Throttling and transient errors are retried with exponential backoff and client-side rate limiting.
-RETRIES = {"max_attempts": int(os.environ.get("MLDEPLOY_AWS_MAX_ATTEMPTS", "10")), "mode": "adaptive"}
-DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
-          "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "InvalidIdentityToken"}
-CREDENTIALS_HINT = ("in GitHub Actions, use aws-actions/configure-aws-credentials with role-to-assume "
-                    "(OIDC, permissions: id-token: write); locally, AWS_PROFILE or `aws sso login`")
 ECR_HOST = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
-
-
-@functools.cache
-def _data_loader() -> Any:
-    import botocore.loaders
-
-    return botocore.loaders.create_loader()
-
-
-def client(service: str, region: str | None) -> Any:
-    """A client from the standard credential chain, as it stands now (a fresh session each time);
-    the service models are parsed once per process (parsing is most of a client's cost)."""
-    import boto3
-    import botocore.session
-    from botocore.config import Config
-
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _data_loader())
-    session = boto3.session.Session(region_name=region, botocore_session=core)
-    if not session.region_name:
-        raise UsageError("no AWS region is set", hint="set deploy.region in mldeploy.yaml or AWS_REGION")
-    return session.client(service, config=Config(retries=RETRIES, user_agent_extra=f"mldeploy/{__version__}"))
-
-
-def error_code(err: Exception) -> str:
-    return getattr(err, "response", {}).get("Error", {}).get("Code", "")
-
-
-@contextlib.contextmanager
-def translated(doing: str) -> Iterator[None]:
-    """Turn botocore's errors into one line naming what we were doing and what to do."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        NoRegionError,
-    )
-
-    try:
-        yield
-    except NoCredentialsError:
-        raise UsageError(f"no AWS credentials while trying to {doing}", hint=CREDENTIALS_HINT) from None
-    except NoRegionError:
-        raise UsageError("no AWS region is set", hint="set deploy.region in mldeploy.yaml or AWS_REGION") from None
-    except EndpointConnectionError as e:
-        raise CheckFailed(f"cannot reach AWS to {doing}: {e}", hint="check the network and the region") from None
-    except ClientError as e:
-        code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
-        if code in DENIED:
-            raise UsageError(f"AWS refused to {doing} ({code}): {message}",
-                             hint="the deploy role lacks a permission: see the README's AWS role policy; "
-                                  "`mldeploy doctor --cloud aws` checks them") from None
-        if code in ("ValidationException", "InvalidParameterValueException", "ResourceNotFoundException"):
-            raise UsageError(f"AWS rejected the request to {doing}: {message}") from None
-        raise CheckFailed(f"AWS could not {doing} ({code}): {message}") from None
-    except BotoCoreError as e:
-        raise CheckFailed(f"AWS could not {doing}: {e}") from None
 
 
 def resource_name(*parts: str, limit: int = 63) -> str:
@@ -200,7 +140,7 @@ def doctor(deploy: DeploySection, probes: dict[str, tuple[str, str, dict[str, An
             getattr(client(service, region), call)(**kwargs)
             rows.append((permission, True, "allowed"))
         except (ClientError, BotoCoreError) as e:
-            rows.append((permission, False, f"{error_code(e) or type(e).__name__}: see the README's role policy"))
+            rows.append((permission, False, f"{error_code(e) or type(e).__name__}: see the role policy in docs/clouds/aws.md"))
     return rows
 
 

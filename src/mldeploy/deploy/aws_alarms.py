@@ -23,9 +23,10 @@ ALARM_FIELDS = ("AlarmName", "AlarmDescription", "ActionsEnabled", "OKActions", 
                 "EvaluateLowSampleCountPercentile", "Metrics", "ThresholdMetricId")
 
 
-def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, str]], result: SetupPlan) -> None:
+def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, str]], result: SetupPlan,
+         metric_name: str = "Invocations") -> None:
     """Add to `result` the topic, subscriptions and alarm actions monitoring.alerts asks for; metric is
-    the (namespace, dimensions) of the endpoint's Invocations, for the anomaly alarm."""
+    the (namespace, dimensions) of the endpoint's request count (metric_name), for the anomaly alarm."""
     alerts = cfg.monitoring.alerts
     cw, sns = client("cloudwatch", region), client("sns", region)
     topic: dict[str, str | None] = {"arn": None}   # filled at plan time when it exists, at apply time when created
@@ -74,13 +75,13 @@ def plan(cfg: Config, endpoint: str, region: str, metric: tuple[str, dict[str, s
     if not alerts.invocations_anomaly:
         return
     namespace, dims = metric
-    detector = {"Namespace": namespace, "MetricName": "Invocations", "Stat": "Sum",
+    detector = {"Namespace": namespace, "MetricName": metric_name, "Stat": "Sum",
                 "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()]}
     with translated("read the CloudWatch anomaly detectors"):
-        detectors = cw.describe_anomaly_detectors(Namespace=namespace, MetricName="Invocations",
+        detectors = cw.describe_anomaly_detectors(Namespace=namespace, MetricName=metric_name,
                                                   Dimensions=detector["Dimensions"])["AnomalyDetectors"]
     if not any(d.get("SingleMetricAnomalyDetector", {}).get("Stat", d.get("Stat")) == "Sum" for d in detectors):
-        result.add("create", f"cloudwatch anomaly detector {namespace} Invocations", lambda: _call(
+        result.add("create", f"cloudwatch anomaly detector {namespace} {metric_name}", lambda: _call(
             cw, "put_anomaly_detector", "create the invocations anomaly detector", SingleMetricAnomalyDetector=detector))
     spec = {"AlarmName": anomaly, "AlarmDescription": f"mldeploy: invocations of {endpoint} outside the expected band",
             "Metrics": [{"Id": "m1", "ReturnData": True, "MetricStat": {

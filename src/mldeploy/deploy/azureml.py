@@ -34,7 +34,7 @@ from mldeploy import github
 from mldeploy.deploy import Desired, NoCanary, Plan
 from mldeploy.deploy import azure as azure_cloud
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import MODEL_SHA256, Model, Slot, Status, Target, model_env, plan_model, verify_models
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
 PORT = 8080
-# the Azure ML routes our server answers (README, `mldeploy serve`)
+# the Azure ML routes our server answers (docs/serve.md)
 INFERENCE_CONFIG = {"liveness_route": {"path": "/", "port": PORT},
                     "readiness_route": {"path": "/v2/health/ready", "port": PORT},
                     "scoring_route": {"path": "/score", "port": PORT}}
@@ -89,6 +89,7 @@ class AzureMLTarget(Target):
         self.settings = cfg.azure.azureml
         self.ml = ml_client(cfg)   # the workspace's coordinates are checked here (UsageError when missing)
         self._environments: dict[str, str | None] = {}
+        self._models: dict[str, str] = {}    # registered model id -> its path (the artifact's URI)
 
     # -- what serves now --------------------------------------------------------------------------
     def read(self) -> dict[str, Any] | None:
@@ -111,7 +112,8 @@ class AzureMLTarget(Target):
             tags = dep.tags or {}
             match = SUFFIX.match(dep.name)
             deployments[dep.name] = {"slot": tags.get("mldeploy:slot") or (match.group("slot") if match else dep.name),
-                                     "image": self._image(dep.environment), "state": str(dep.provisioning_state or ""),
+                                     "image": self._image(dep.environment), "artifact": self._artifact(dep),
+                                     "state": str(dep.provisioning_state or ""),
                                      "traffic": traffic.get(dep.name, 0), "mirror": mirror.get(dep.name, 0)}
         slots: dict[str, dict[str, Any]] = {}
         stale = []
@@ -137,16 +139,33 @@ class AzureMLTarget(Target):
             self._environments[env_id] = image
         return self._environments[env_id]
 
+    def _artifact(self, dep: Any) -> Model | None:
+        """The artifact a deployment mounts (its registered model's path, at AZUREML_MODEL_DIR) and the
+        hash its server verifies (MLDEPLOY_MODEL_SHA256)."""
+        sha = (dep.environment_variables or {}).get(MODEL_SHA256)
+        model_id = str(getattr(dep.model, "id", None) or dep.model or "")
+        if model_id and model_id not in self._models:
+            match = (re.search(r"/models/([^/]+)/versions/([^/]+)$", model_id)
+                     or re.match(r"^azureml:([^:]+):([^:]+)$", model_id))
+            path = ""
+            if match:
+                with translated(f"read the model {match.group(1)}:{match.group(2)}"):
+                    path = str(self.ml.models.get(match.group(1), version=match.group(2)).path or "")
+            self._models[model_id] = path
+        return Model(self._models.get(model_id, ""), sha or "") if model_id or sha else None
+
     # -- the interface ----------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
-        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", desired.image):
-            raise UsageError(f"the image {desired.image} is not REPOSITORY@sha256:DIGEST",
-                             hint="deploy by digest: `mldeploy build --push` records it")
+        desired.require_digest()
+        if desired.model and not desired.model.uri.startswith("https://"):
+            raise UsageError(f"Azure ML mounts a registered model from Blob storage, not {desired.model.uri}",
+                             hint="set storage.uri to https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX "
+                                  "and publish again")
         current = self.read()
         slots = current["slots"] if current else {}
-        new = self._deployment_name(desired.slot, desired.image)
+        new = self._deployment_name(desired.slot, desired.image, desired.model)
         if "production" not in slots or desired.slot == "production":
-            new = self._deployment_name("production", desired.image)
+            new = self._deployment_name("production", desired.image, desired.model)
             return self._plan(desired, current, "production", new, {new: 100}, {},
                               [n for n in (current or {}).get("deployments", {}) if n != new])
         assert current is not None  # production serves in it
@@ -187,9 +206,9 @@ class AzureMLTarget(Target):
                 self._put_endpoint(current, current["traffic"], current["mirror"])
             if s["build"]:
                 done["deployment"] = s["new"] not in (current or {}).get("deployments", {})
-                self._put_deployment(s["new"], s["slot"], d.image)
+                self._put_deployment(s["new"], s["slot"], d.image, d.model)
             if s["new"]:
-                deployment_id = self._check_deployment(s["new"], d.image)
+                deployment_id = self._check_deployment(s["new"], d.image, d.model)
                 if d.smoke:
                     self._smoke(s["new"], d.smoke)
                 if s["autoscale"]:
@@ -209,7 +228,8 @@ class AzureMLTarget(Target):
             return Status(self.endpoint)
         return Status(self.endpoint, current["url"], {
             slot: Slot(e["image"], e["traffic"], e["state"].lower().endswith("succeeded"),
-                       {"deployment": e["deployment"], **({"mirror": e["mirror"]} if e["mirror"] else {})})
+                       {"deployment": e["deployment"], **({"mirror": e["mirror"]} if e["mirror"] else {})},
+                       model=e["artifact"])
             for slot, e in current["slots"].items()}, {"status": current["state"]})
 
     # promote and rollback move traffic between deployments (a mirrored canary holds no live share)
@@ -217,7 +237,9 @@ class AzureMLTarget(Target):
         current = self.read()
         slot = self.canary(current, pr, "promote")
         assert current is not None  # canary() found one in it
-        return self.apply(self.plan(Desired(self.endpoint, current["slots"][slot]["image"], "production", 0, {})))
+        canary = current["slots"][slot]
+        return self.apply(self.plan(Desired(self.endpoint, canary["image"], "production", 0, {},
+                                            model=canary["artifact"])))
 
     def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
@@ -231,13 +253,18 @@ class AzureMLTarget(Target):
         mirror = {e["deployment"]: e["mirror"] for e in keep.values() if e["mirror"]}
         production = slots["production"]
         traffic = {production["deployment"]: 100 - sum(live.values()), **live}
-        desired = Desired(self.endpoint, production["image"], "production", 0, {})
+        desired = Desired(self.endpoint, production["image"], "production", 0, {}, model=production["artifact"])
         return self.apply(self._plan(desired, current, "production", None, traffic, mirror,
                                      [slots[s]["deployment"] for s in sorted(gone)] + current["stale"]))
 
     # -- planning ---------------------------------------------------------------------------------
-    def _deployment_name(self, slot: str, image: str) -> str:
-        return f"{azure_name(slot, limit=23)}-{digest_of(image)[:8]}"
+    def _deployment_name(self, slot: str, image: str, model: Model | None = None) -> str:
+        """slot-<digest8>; with a model in storage the 8 hex are of the image and the artifact together (a
+        model-only change is a new deployment, blue/green, like a new image)."""
+        if model is None:
+            return f"{azure_name(slot, limit=23)}-{digest_of(image)[:8]}"
+        both = hashlib.sha256(f"{digest_of(image)}:{model.sha256}".encode()).hexdigest()
+        return f"{azure_name(slot, limit=23)}-{both[:8]}"
 
     def _environment(self, image: str) -> tuple[str, str]:
         return azure_name("mldeploy", self.endpoint, limit=64), hashlib.sha256(image.encode()).hexdigest()[:16]
@@ -259,6 +286,8 @@ class AzureMLTarget(Target):
             plan.add("create", ep, "auth", new=self.settings.auth_mode)
         elif auth_changed:
             plan.add("update", ep, "auth", current["auth_mode"], self.settings.auth_mode)
+        if new and (was := (current or {}).get("slots", {}).get(slot)):
+            plan_model(plan, f"azureml slot {slot}", was["artifact"], d.model)
         if new:
             found = existing.get(new)
             if found is None:
@@ -267,6 +296,9 @@ class AzureMLTarget(Target):
             elif found["image"] != d.image:
                 build = True
                 plan.add("update", f"azureml deployment {new}", "image", found["image"], d.image)
+            elif found["artifact"] != d.model:
+                build = True
+                plan_model(plan, f"azureml deployment {new}", found["artifact"], d.model)
             elif not found["state"].lower().endswith("succeeded"):
                 build = True
                 plan.add("update", f"azureml deployment {new}", "state", found["state"], "Succeeded")
@@ -288,7 +320,9 @@ class AzureMLTarget(Target):
                       "autoscale": autoscale,
                       "traffic": traffic, "mirror": mirror, "delete": delete,
                       "images": {n: e["image"] for n, e in existing.items() if n not in delete} | (
-                          {new: d.image} if new else {})}
+                          {new: d.image} if new else {}),
+                      "models": {n: e["artifact"] for n, e in existing.items() if n not in delete} | (
+                          {new: d.model} if new else {})}
         return plan
 
     # -- applying ---------------------------------------------------------------------------------
@@ -320,7 +354,25 @@ class AzureMLTarget(Target):
             wait(self.ml.online_endpoints.begin_create_or_update(entity), f"endpoint {self.endpoint}",
                  self.azure.wait_seconds, POLL_SECONDS)
 
-    def _put_deployment(self, name: str, slot: str, image: str) -> None:
+    def _register(self, model: Model) -> str:
+        """The artifact as a registered model version (Azure ML mounts it at AZUREML_MODEL_DIR): named
+        for the endpoint, versioned by the bundle sha256, its URI and hash in the tags. Returns its id."""
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model as RegisteredModel
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name, version = azure_name("mldeploy", self.endpoint, limit=64), model.sha256[:32]
+        with translated(f"register the model {name}:{version}"):
+            try:
+                found = self.ml.models.get(name, version=version)
+            except ResourceNotFoundError:
+                found = self.ml.models.create_or_update(RegisteredModel(
+                    name=name, version=version, path=model.uri, type=AssetTypes.CUSTOM_MODEL,
+                    description=f"mldeploy: {model.uri} (bundle sha256 {model.sha256})",
+                    tags={**self._tags(), "mldeploy:uri": model.uri, "mldeploy:sha256": model.sha256}))
+        return str(found.id)
+
+    def _put_deployment(self, name: str, slot: str, image: str, model: Model | None = None) -> None:
         from azure.ai.ml.entities import Environment, ManagedOnlineDeployment, OnlineRequestSettings
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -336,6 +388,7 @@ class AzureMLTarget(Target):
         deployment = ManagedOnlineDeployment(
             name=name, endpoint_name=self.endpoint, environment=env.id, instance_type=s.instance_type,
             instance_count=s.instance_count, tags=self._tags(slot, image),
+            model=self._register(model) if model else None, environment_variables=model_env(model, uri=False) or None,
             request_settings=OnlineRequestSettings(request_timeout_ms=s.request_timeout_ms,
                                                    max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance))
         print(f"  Deploying {image} as {name} ({s.instance_count} x {s.instance_type})", flush=True)
@@ -343,8 +396,8 @@ class AzureMLTarget(Target):
             wait(self.ml.online_deployments.begin_create_or_update(deployment), f"deployment {name}",
                  self.azure.wait_seconds, POLL_SECONDS)
 
-    def _check_deployment(self, name: str, image: str) -> str:
-        """Check the deployment is provisioned with the image; returns its ARM id."""
+    def _check_deployment(self, name: str, image: str, model: Model | None = None) -> str:
+        """Check the deployment is provisioned with the image and the model; returns its ARM id."""
         with translated(f"read the deployment {name}"):
             dep = self.ml.online_deployments.get(name, self.endpoint)
         state = str(dep.provisioning_state or "")
@@ -354,6 +407,7 @@ class AzureMLTarget(Target):
         served = self._image(dep.environment)
         if served != image:
             raise CheckFailed(f"the deployment {name} runs {served}, not the planned {image}")
+        verify_models({name: self._artifact(dep)}, {name: model})
         return dep.id
 
     # -- autoscale --------------------------------------------------------------------------------
@@ -460,6 +514,7 @@ class AzureMLTarget(Target):
             served = after["deployments"].get(name, {}).get("image")
             if served != image:
                 raise CheckFailed(f"the deployment {name} serves {served}, not the planned {image}")
+        verify_models({n: e["artifact"] for n, e in after["deployments"].items()}, s["models"])
         if after["traffic"] != s["traffic"]:
             raise CheckFailed(f"the endpoint's traffic is {after['traffic']}, not the planned {s['traffic']}")
         if after["mirror"] != s["mirror"]:

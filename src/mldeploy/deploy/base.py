@@ -11,13 +11,13 @@ once. Monitoring is the target's too: `slot_metrics` for canary analysis and `mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from mldeploy.deploy import Desired, Guard, Plan, pick_canary, restoring, rollback_layout
-from mldeploy.errors import UsageError
+from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.targets import Entry
 
 if TYPE_CHECKING:
@@ -26,12 +26,92 @@ if TYPE_CHECKING:
     from mldeploy.monitor.setup import SetupPlan
 
 
+# -- models in object storage (image.model: storage) --------------------------------------------------
+MODEL_URI, MODEL_SHA256 = "MLDEPLOY_MODEL_URI", "MLDEPLOY_MODEL_SHA256"   # what the server reads (serve/)
+
+
+@dataclass(frozen=True)
+class Model:
+    """The artifact a slot serves: its prefix in object storage and its bundle sha256 (the content address)."""
+    uri: str       # <storage.uri>/<model>/<sha256>, no trailing slash
+    sha256: str
+
+    def __str__(self) -> str:   # how plans and status name it
+        return f"sha256:{self.sha256[:12]}"
+
+
+def model_env(model: Model | None, uri: bool = True) -> dict[str, str]:
+    """The server's environment for a model (uri=False where the platform hands the artifact over itself:
+    a mount, AIP_STORAGE_URI; the hash alone then makes the server verify what it was given)."""
+    if model is None:
+        return {}
+    return {MODEL_URI: model.uri, MODEL_SHA256: model.sha256} if uri else {MODEL_SHA256: model.sha256}
+
+
+def model_from_env(env: Mapping[str, str], uri: str | None = None) -> Model | None:
+    """The model a slot's environment names (uri: where the platform set the location instead)."""
+    sha = env.get(MODEL_SHA256)
+    return Model(uri if uri is not None else env.get(MODEL_URI, ""), sha) if sha else None
+
+
+def without_model(env: Mapping[str, str]) -> dict[str, str]:
+    """An environment without the model's variables: what a deploy compares apart from the model."""
+    return {k: v for k, v in env.items() if k not in (MODEL_URI, MODEL_SHA256)}
+
+
+def slot_models(desired: Desired, current: Mapping[str, Model | None], slots: Iterable[str]) -> dict[str, Model | None]:
+    """Each slot's model after a deploy: the deployed slot gets the desired one (none: baked in the
+    image), every other slot keeps its own."""
+    return {s: desired.model if s == desired.slot else current.get(s) for s in slots}
+
+
+def plan_model(plan: Plan, resource: str, old: Model | None, new: Model | None) -> None:
+    """A slot's model change in a plan ("model: sha256:.. -> sha256:.."); none when it stays (baked
+    stays baked: Plan.add would keep an update of None to None)."""
+    if old != new:
+        plan.add("update", resource, "model", old, new)
+
+
+def model_problems(serving: Mapping[str, Model | None], wanted: Mapping[str, Model | None]) -> list[str]:
+    """What the read-back finds wrong with the models, slot by slot (uri and hash both compared)."""
+    problems = []
+    for slot, want in wanted.items():
+        got = serving.get(slot)
+        if got != want:
+            problems.append(f"{slot} serves the model {_named(got)}, not {_named(want)}")
+    return problems
+
+
+def verify_models(serving: Mapping[str, Model | None], wanted: Mapping[str, Model | None]) -> None:
+    """The read-back of the models a deploy set: a mismatch is not serving what was asked (exit 1)."""
+    if problems := model_problems(serving, wanted):
+        raise CheckFailed("; ".join(problems))
+
+
+def _named(model: Model | None) -> str:
+    return f"{model} at {model.uri}" if model else "baked into its image"
+
+
+@dataclass
+class Readiness:
+    """A slot's instances as its cloud counts them (replicas, tasks...): ready of desired, and a rollout the
+    cloud is still making (or gave up on), in its words: "in progress", "stopped: <reason>"."""
+    ready: int
+    desired: int
+    rollout: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.ready}/{self.desired} ready" + (f", rollout {self.rollout}" if self.rollout else "")
+
+
 @dataclass
 class Slot:
     image: str | None
     traffic: int                                          # percent of live requests
     healthy: bool
     detail: dict[str, Any] = field(default_factory=dict)  # the cloud's own names: version, revision, deployment...
+    readiness: Readiness | None = None                    # where the target counts its instances
+    model: Model | None = None                            # image.model: storage: the artifact it serves
 
 
 @dataclass
@@ -50,7 +130,9 @@ class Status:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {} if self.changed is None else {"changed": self.changed}
         out |= {"endpoint": self.endpoint, "url": self.url, **self.detail, "slots": {
-            name: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy, **s.detail}
+            name: {"image": s.image, "traffic": s.traffic, "healthy": s.healthy, **s.detail,
+                   **({"readiness": asdict(s.readiness)} if s.readiness else {}),
+                   **({"model": asdict(s.model)} if s.model else {})}
             for name, s in self.slots.items()}}
         return out
 
@@ -106,16 +188,17 @@ class Target(ABC):
 
     def promote(self, pr: int | None = None) -> Status:
         current = self.read()
-        image = self._status(current).slots[self.canary(current, pr, "promote")].image or ""
-        return self.apply(self.layout(Desired(self.endpoint, image, "production", 0, {}), current,
-                                      {"production": image}, {"production": 100}))
+        slots = self._status(current).slots
+        canary = slots[pick_canary(self.endpoint, slots, pr, "promote")]
+        return self.apply(self.layout(production(self.endpoint, canary), current,
+                                      {"production": canary.image or ""}, {"production": 100}))
 
     def rollback(self, pr: int | None = None) -> Status:
         current = self.read()
-        slots = {s: (e.image or "", e.traffic) for s, e in self._status(current).slots.items()}
+        served = self._status(current).slots
+        slots = {s: (e.image or "", e.traffic) for s, e in served.items()}
         images, share = rollback_layout(self.endpoint, slots, pr)
-        return self.apply(self.layout(Desired(self.endpoint, images["production"], "production", 0, {}), current,
-                                      images, share))
+        return self.apply(self.layout(production(self.endpoint, served["production"]), current, images, share))
 
     def guard(self, current: Any, images: Iterable[str]) -> Guard:
         """Compare-and-set against what `current` served, for a command deploying `images`."""
@@ -164,6 +247,11 @@ class Target(ABC):
     def doctor(cls, deploy: DeploySection) -> list[tuple[str, bool, str]]:
         """The cloud's preflight: identity and permission rows (check, passed, detail)."""
         return []
+
+
+def production(endpoint: str, slot: Slot) -> Desired:
+    """A production deploy of what a slot serves (its image and its model): a promote, a rollback."""
+    return Desired(endpoint, slot.image or "", "production", 0, {}, model=slot.model)
 
 
 @runtime_checkable

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__
 from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import Model, Slot, Status, Target, model_env, model_from_env, plan_model, verify_models
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ class CloudRunTarget(Target):
             rev = self._revision(entry["revision"])
             containers = list(rev.containers) if rev else []
             entry["image"] = containers[0].image if containers else None
+            entry["model"] = model_from_env({e.name: e.value for e in containers[0].env}) if containers else None
             entry["spec"] = rev.labels.get("mldeploy-spec") if rev else None
             entry["healthy"] = bool(rev and any(c.type_ == "Ready" and c.state == c.State.CONDITION_SUCCEEDED
                                                 for c in rev.conditions))
@@ -181,11 +182,13 @@ class CloudRunTarget(Target):
                              hint="deploy REPOSITORY@sha256:... as `mldeploy build --push` records it")
         current = self.read()
         slots = current["slots"] if current else {}
-        spec = self._spec()
+        spec = self._spec(desired.model)
         if "production" not in slots or desired.slot == "production":
             revision = next((e["revision"] for s, e in slots.items() if e["image"] == desired.image
-                             and e["spec"] == spec), None) or self._revision_name("production", desired.image)
-            after = {"production": {"revision": revision, "traffic": 100, "image": desired.image}}
+                             and e["spec"] == spec), None) or self._revision_name("production", desired.image,
+                                                                                  desired.model)
+            after = {"production": {"revision": revision, "traffic": 100, "image": desired.image,
+                                    "model": desired.model}}
         else:
             others = {s: e for s, e in slots.items() if s not in ("production", desired.slot)}
             taken = sum(e["traffic"] for e in others.values())
@@ -194,11 +197,12 @@ class CloudRunTarget(Target):
                                  hint=f"lower --traffic or roll back one of {', '.join(others)}")
             own = slots.get(desired.slot)
             revision = own["revision"] if own and own["image"] == desired.image and own["spec"] == spec \
-                else self._revision_name(desired.slot, desired.image)
+                else self._revision_name(desired.slot, desired.image, desired.model)
             production = slots["production"]
             after = {"production": {**self._entry(production), "traffic": 100 - taken - desired.traffic},
                      **{s: self._entry(e) for s, e in others.items()},
-                     desired.slot: {"revision": revision, "traffic": desired.traffic, "image": desired.image}}
+                     desired.slot: {"revision": revision, "traffic": desired.traffic, "image": desired.image,
+                                    "model": desired.model}}
         return self._plan(desired, current, after)
 
     def apply(self, plan: Plan) -> Status:
@@ -237,7 +241,8 @@ class CloudRunTarget(Target):
             return Status(self.service)
         return Status(self.service, current["url"], {
             slot: Slot(s["image"], s["traffic"], s["healthy"],
-                       {"revision": s["revision"], "url": s["url"] if slot != "production" else current["url"]})
+                       {"revision": s["revision"], "url": s["url"] if slot != "production" else current["url"]},
+                       model=s["model"])
             for slot, s in current["slots"].items()})
 
     # promote and rollback keep each slot's revision (an image can run as two revisions with different
@@ -247,7 +252,7 @@ class CloudRunTarget(Target):
         slot = self.canary(current, pr, "promote")
         assert current is not None  # canary() found one in it
         entry = current["slots"][slot]
-        plan = self._plan(Desired(self.service, entry["image"], "production", 0, {}), current,
+        plan = self._plan(Desired(self.service, entry["image"], "production", 0, {}, model=entry["model"]), current,
                           {"production": {**self._entry(entry), "traffic": 100}})
         return self.apply(plan)
 
@@ -262,13 +267,14 @@ class CloudRunTarget(Target):
         production = current["slots"]["production"]
         after = {"production": {**self._entry(production), "traffic": 100 - sum(e["traffic"] for e in keep.values())},
                  **keep}
-        plan = self._plan(Desired(self.service, production["image"], "production", 0, {}), current, after)
+        plan = self._plan(Desired(self.service, production["image"], "production", 0, {}, model=production["model"]),
+                          current, after)
         return self.apply(plan)
 
     # -- planning ---------------------------------------------------------------------------------
     @staticmethod
     def _entry(e: dict[str, Any]) -> dict[str, Any]:
-        return {"revision": e["revision"], "traffic": e["traffic"], "image": e["image"]}
+        return {"revision": e["revision"], "traffic": e["traffic"], "image": e["image"], "model": e["model"]}
 
     def canary(self, current: dict[str, Any] | None, pr: int | None, verb: str) -> str:
         if current is None:
@@ -276,16 +282,19 @@ class CloudRunTarget(Target):
                              hint="deploy it first with `mldeploy deploy`")
         return pick_canary(self.service, current["slots"], pr, verb)
 
-    def _spec(self) -> str:
-        """A short hash of what a revision runs besides its image: a change of settings is a new revision."""
+    def _spec(self, model: Model | None = None) -> str:
+        """A short hash of what a revision runs besides its image: a change of settings or of the model in
+        storage is a new revision."""
         s = self.settings
-        spec = [s.cpu, s.memory, s.concurrency, s.min_instances, s.max_instances, s.service_account, PORT]
+        spec: list[Any] = [s.cpu, s.memory, s.concurrency, s.min_instances, s.max_instances, s.service_account, PORT]
         if s.environment or s.secrets:  # only then: revisions deployed before these keys keep their names
             spec += [s.environment, s.secrets]
+        if model:  # likewise: a baked revision keeps its name
+            spec += [model.uri, model.sha256]
         return _hash(json.dumps(spec, sort_keys=True), 4)
 
-    def _revision_name(self, slot: str, image: str) -> str:
-        name = f"{self.service}-{slot}-{digest_of(image)[:10]}-{self._spec()}"
+    def _revision_name(self, slot: str, image: str, model: Model | None) -> str:
+        name = f"{self.service}-{slot}-{digest_of(image)[:10]}-{self._spec(model)}"
         if len(name) > 63:  # service ids are at most 49 characters: 13 are left for a unique suffix
             name = f"{self.service}-{_hash(name, 62 - len(self.service))}"
         return name
@@ -303,7 +312,7 @@ class CloudRunTarget(Target):
         new = {}
         for slot, e in after.items():
             if e["revision"] not in serving and e["revision"] not in new and self._revision(e["revision"]) is None:
-                new[e["revision"]] = (slot, e["image"])
+                new[e["revision"]] = (slot, e["image"], e["model"])
                 plan.add("create", f"cloud run revision {e['revision']}", f"{slot} image", new=e["image"])
         if current is None:
             plan.add("create", f"cloud run service {self.service}", "ingress", new=self.settings.ingress)
@@ -312,7 +321,9 @@ class CloudRunTarget(Target):
             if slot not in slots:
                 if current is not None:
                     plan.add("create", f"cloud run tag {slot}", "traffic", new=what)
-            elif (slots[slot]["revision"], slots[slot]["traffic"]) != (e["revision"], e["traffic"]):
+            else:
+                plan_model(plan, f"cloud run slot {slot}", slots[slot]["model"], e["model"])
+            if slot in slots and (slots[slot]["revision"], slots[slot]["traffic"]) != (e["revision"], e["traffic"]):
                 plan.add("update", f"cloud run service {self.service}", f"traffic {slot}",
                          f"{slots[slot]['revision']} {slots[slot]['traffic']}%", what)
         for slot in slots:
@@ -341,13 +352,14 @@ class CloudRunTarget(Target):
                  "internal-and-cloud-load-balancing": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"}
         return self.run.IngressTraffic[names[self.settings.ingress]]
 
-    def _labels(self, slot: str | None = None, image: str | None = None) -> dict[str, str]:
+    def _labels(self, slot: str | None = None, image: str | None = None, model: Model | None = None) -> dict[str, str]:
         found = gcp.labels(self.service, slot, image)
-        return found | {"mldeploy-spec": self._spec()} if image else found
+        return found | {"mldeploy-spec": self._spec(model)} if image else found
 
-    def _template(self, revision: str, slot: str, image: str) -> Any:
+    def _template(self, revision: str, slot: str, image: str, model: Model | None) -> Any:
         run, s = self.run, self.settings
-        env = [run.EnvVar(name=k, value=v) for k, v in sorted(s.environment.items())]
+        # a model in storage: the server downloads it with the service account's identity (storage.objects.get)
+        env = [run.EnvVar(name=k, value=v) for k, v in sorted({**s.environment, **model_env(model)}.items())]
         for name, ref in sorted(s.secrets.items()):  # SECRET or SECRET:VERSION (a name or projects/P/secrets/S)
             secret, _, version = ref.partition(":")
             env.append(run.EnvVar(name=name, value_source=run.EnvVarSource(
@@ -355,7 +367,7 @@ class CloudRunTarget(Target):
         container = run.Container(image=image, ports=[run.ContainerPort(name="http1", container_port=PORT)],
                                   resources=run.ResourceRequirements(limits={"cpu": s.cpu, "memory": s.memory}),
                                   env=env)
-        return run.RevisionTemplate(revision=revision, labels=self._labels(slot, image), containers=[container],
+        return run.RevisionTemplate(revision=revision, labels=self._labels(slot, image, model), containers=[container],
                                     scaling=run.RevisionScaling(min_instance_count=s.min_instances,
                                                                 max_instance_count=s.max_instances),
                                     max_instance_request_concurrency=s.concurrency,
@@ -367,12 +379,12 @@ class CloudRunTarget(Target):
                                        tag="" if slot == "production" else slot) for slot, e in after.items()]
 
     def _service_spec(self, current: dict[str, Any] | None, after: dict[str, dict[str, Any]],
-                      new: dict[str, tuple[str, str]]) -> Any:
+                      new: dict[str, tuple[str, str, Model | None]]) -> Any:
         """The whole service as it should be: the read one (etag included) with a new template and traffic."""
         svc = self.run.Service() if current is None else type(current["service"]).deserialize(
             type(current["service"]).serialize(current["service"]))
-        for revision, (slot, image) in new.items():
-            svc.template = self._template(revision, slot, image)
+        for revision, (slot, image, model) in new.items():
+            svc.template = self._template(revision, slot, image, model)
         svc.traffic = self._traffic(after) + (current["kept"] if current else [])
         svc.ingress = self._ingress()
         svc.labels.update(self._labels())
@@ -414,6 +426,7 @@ class CloudRunTarget(Target):
                 raise CheckFailed(f"the revision {e['revision']} ({slot}) runs {image}, not the planned {e['image']}")
             if not current["slots"][slot]["healthy"]:
                 raise CheckFailed(f"the revision {e['revision']} ({slot}) is not ready")
+        verify_models({s: e["model"] for s, e in current["slots"].items()}, {s: e["model"] for s, e in after.items()})
         self._read_back = current
 
     def _url(self, slot: str) -> str:

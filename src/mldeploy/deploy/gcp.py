@@ -12,18 +12,32 @@ or the credentials' own).
   - a plain http:// URL (a local fake, as in the contract tests) gets AnonymousCredentials, so that
     no bearer token ever travels unencrypted; ADC is then not read at all, and the project must
     come from deploy.gcp.project or GOOGLE_CLOUD_PROJECT.
-Only this package's GCP modules import google.*, and only inside functions.
+The credentials, the retry and the error translation live in mldeploy.clouds.gcp (the model artifacts
+in Cloud Storage use them too) and are re-exported here. Only this package's GCP modules and
+mldeploy.clouds / mldeploy.artifacts import google.*, and only inside functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mldeploy.clouds.gcp import CREDENTIALS_HINT as CREDENTIALS_HINT
+from mldeploy.clouds.gcp import ENDPOINT_ENV as ENDPOINT_ENV
+from mldeploy.clouds.gcp import PERMISSION_HINT as PERMISSION_HINT
+from mldeploy.clouds.gcp import SCOPES as SCOPES
+from mldeploy.clouds.gcp import _env_project, _first_line
+from mldeploy.clouds.gcp import credentials as credentials
+from mldeploy.clouds.gcp import message_of as message_of
+from mldeploy.clouds.gcp import override as override
+from mldeploy.clouds.gcp import plain_http as plain_http
+from mldeploy.clouds.gcp import read_retry as read_retry
+from mldeploy.clouds.gcp import status_of as status_of
+from mldeploy.clouds.gcp import storage_client as storage_client
+from mldeploy.clouds.gcp import translated as translated
 from mldeploy.deploy import storage_location
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -31,45 +45,12 @@ if TYPE_CHECKING:
     from mldeploy.config import DeploySection
     from mldeploy.monitor.canary import SlotStats
 
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-CREDENTIALS_HINT = ("in GitHub Actions, use google-github-actions/auth with Workload Identity Federation "
-                    "(permissions: id-token: write); locally, `gcloud auth application-default login`")
-PERMISSION_HINT = ("the deploy service account lacks a role: see the README's GCP roles; "
-                   "`mldeploy doctor --cloud gcp` checks them")
-ENDPOINT_ENV = "MLDEPLOY_GCP_API_ENDPOINT"
-PROJECT_ENVS = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT", "GCP_PROJECT")
 POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
 REGION = re.compile(r"^[a-z]+(-[a-z]+)+\d+$")
 AR_HOST = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev$")
 
 
-# -- credentials, project, endpoints, clients --------------------------------------------------------
-def override() -> str | None:
-    """MLDEPLOY_GCP_API_ENDPOINT, if set: every GCP client talks to it instead of Google's hosts."""
-    return os.environ.get(ENDPOINT_ENV, "").strip().rstrip("/") or None
-
-
-def plain_http() -> bool:
-    return (override() or "").startswith("http://")
-
-
-def credentials() -> tuple[Any, str | None]:
-    """(credentials, the project they name or None): ADC, or anonymous for a plain-http endpoint."""
-    if plain_http():
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials(), _env_project()
-    import google.auth
-    from google.auth import exceptions
-
-    try:
-        return google.auth.default(scopes=SCOPES)
-    except exceptions.DefaultCredentialsError as e:
-        raise UsageError(f"no Google credentials: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
-    except exceptions.GoogleAuthError as e:
-        raise UsageError(f"Google refused or could not issue a token: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
-
-
+# -- project, endpoints, clients (credentials: mldeploy.clouds.gcp) ------------------------------------
 def project(deploy: DeploySection, found: str | None = None) -> str:
     """deploy.gcp.project, else the credentials' project (`found`, from credentials())."""
     chosen = deploy.gcp.project or found or _env_project()
@@ -109,52 +90,7 @@ def client(cls: Any, creds: Any = None, region: str | None = None, service: str 
                client_info=ClientInfo(user_agent=f"mldeploy/{__version__}"))
 
 
-def read_retry() -> Any:
-    """Retries for reads only (a retried write could act twice): throttling and unavailability."""
-    from google.api_core import exceptions, retry
-
-    return retry.Retry(predicate=retry.if_exception_type(exceptions.ServiceUnavailable, exceptions.TooManyRequests),
-                       initial=1.0, maximum=10.0, timeout=60.0)
-
-
 # -- errors and long-running operations --------------------------------------------------------------
-@contextlib.contextmanager
-def translated(doing: str) -> Iterator[None]:
-    """Turn google.api_core / google.auth errors into one line naming what we were doing: refusals and
-    rejections (400, 401, 403, 404) are exit 2, the rest (server errors, timeouts, network) exit 1."""
-    from google.api_core import exceptions
-    from google.auth import exceptions as auth
-
-    try:
-        yield
-    except MldeployError:
-        raise
-    except auth.DefaultCredentialsError as e:
-        raise UsageError(f"no Google credentials to {doing}: {_first_line(e)}", hint=CREDENTIALS_HINT) from None
-    except auth.GoogleAuthError as e:  # RefreshError, OAuthError (STS), TransportError
-        raise UsageError(f"Google refused or could not issue a token to {doing}: {_first_line(e)}",
-                         hint=CREDENTIALS_HINT) from None
-    except (exceptions.Unauthorized, exceptions.Forbidden) as e:  # Unauthenticated, PermissionDenied
-        disabled = "SERVICE_DISABLED" in str(getattr(e, "reason", "")) or "has not been used in project" in str(e)
-        raise UsageError(f"Google Cloud refused to {doing} ({status_of(e)}): {message_of(e)}",
-                         hint="enable the API in the project (`gcloud services enable SERVICE.googleapis.com`)"
-                         if disabled else PERMISSION_HINT) from None
-    except (exceptions.BadRequest, exceptions.NotFound) as e:  # InvalidArgument, FailedPrecondition, OutOfRange
-        raise UsageError(f"Google Cloud rejected the request to {doing} ({status_of(e)}): {message_of(e)}") from None
-    except exceptions.MethodNotImplemented as e:
-        raise CheckFailed(f"the API does not implement the call to {doing}: {message_of(e)}",
-                          hint=f"check {ENDPOINT_ENV}" if override() else None) from None
-    except exceptions.GoogleAPICallError as e:
-        raise CheckFailed(f"Google Cloud could not {doing} ({status_of(e)}): {message_of(e)}") from None
-    except exceptions.GoogleAPIError as e:  # RetryError and the like
-        raise CheckFailed(f"Google Cloud could not {doing}: {_first_line(e)}") from None
-    except OSError as e:  # requests' ConnectionError and timeouts are OSErrors
-        where = f" at {override()}" if override() else ""
-        reason = re.search(r"\[Errno -?\d+\] [^'\")]+|timed out|Name or service not known", str(e))
-        raise CheckFailed(f"cannot reach Google Cloud{where} to {doing}: {reason.group(0) if reason else type(e).__name__}",
-                          hint="check the network, the region and any proxy") from None
-
-
 def wait(operation: Any, doing: str, timeout: float) -> Any:
     """Wait for a long-running operation, printing progress; its result, or CheckFailed (it failed or
     ran past `timeout` seconds)."""
@@ -175,36 +111,6 @@ def wait(operation: Any, doing: str, timeout: float) -> Any:
     if error is not None:
         raise CheckFailed(f"{doing} failed ({status_of(error)}): {message_of(error)}")
     return operation.result()
-
-
-def status_of(error: Exception) -> str:
-    """The error's status in Google's words (PERMISSION_DENIED, ...), else its HTTP code."""
-    code = getattr(error, "grpc_status_code", None)
-    if code is not None:
-        return code.name
-    response = getattr(error, "response", None)
-    try:
-        status = response.json().get("error", {}).get("status") if response is not None else None
-    except Exception:  # a body that is not JSON
-        status = None
-    return status or str(getattr(error, "code", None) or type(error).__name__)
-
-
-def message_of(error: Exception) -> str:
-    """The server's own words, one line, without the 'METHOD URL: ' the REST transport puts first."""
-    text = str(getattr(error, "message", None) or _first_line(error))
-    text = re.sub(r"^[A-Z]+ \S+: ", "", text.strip())
-    return (text.splitlines() or [type(error).__name__])[0][:300]
-
-
-def _first_line(error: Exception) -> str:
-    """The error's own words, one line: the server's error code and description (never a token)."""
-    text = str(error.args[0] if error.args else error)
-    return (text.strip().splitlines() or [type(error).__name__])[0][:200]
-
-
-def _env_project() -> str | None:
-    return next((os.environ[v] for v in PROJECT_ENVS if os.environ.get(v)), None)
 
 
 # -- labels ------------------------------------------------------------------------------------------
@@ -324,11 +230,8 @@ def capture_objects(source: str, region: str | None,
     MLDEPLOY_GCP_API_ENDPOINT reaches another storage API (a fake)."""
     bucket, prefix = storage_location(source)
     from google.api_core import exceptions
-    from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no types
 
-    creds, found = credentials()
-    options = {"api_endpoint": override()} if override() else None
-    gcs = storage.Client(project=found or _env_project() or "<none>", credentials=creds, client_options=options)
+    gcs = storage_client()
     with translated(f"list gs://{bucket}/{prefix}"):
         try:
             blobs = [b for b in gcs.list_blobs(bucket, prefix=prefix or None, retry=read_retry())

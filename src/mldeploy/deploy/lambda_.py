@@ -44,7 +44,17 @@ from mldeploy.deploy.aws import (
     tags,
     translated,
 )
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import (
+    Model,
+    Slot,
+    Status,
+    Target,
+    model_env,
+    model_from_env,
+    plan_model,
+    verify_models,
+    without_model,
+)
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -103,7 +113,9 @@ class LambdaTarget(Target):
         if got is None:
             raise CheckFailed(f"version {version} of {self.function} does not exist (the alias {ALIAS} names it)")
         cfg = got["Configuration"]
-        return {"version": version, "image": got.get("Code", {}).get("ImageUri"), "settings": self._settings_of(cfg),
+        settings = self._settings_of(cfg)
+        return {"version": version, "image": got.get("Code", {}).get("ImageUri"), "settings": settings,
+                "model": model_from_env(settings["environment"]),
                 "slot": _description_field(cfg.get("Description"), "slot"),
                 "healthy": cfg.get("State", "Active") == "Active" and cfg.get("LastUpdateStatus") != "Failed"}
 
@@ -114,7 +126,8 @@ class LambdaTarget(Target):
             return None
         latest = {"image": fn.get("Code", {}).get("ImageUri"), "settings": self._settings_of(fn["Configuration"])}
         alias = self._get(f"read the alias {ALIAS} of {self.function}", "get_alias", Name=ALIAS)
-        current: dict[str, Any] = {"latest": latest, "alias": None, "slots": {}, "url": None}
+        current: dict[str, Any] = {"latest": latest, "alias": None, "slots": {}, "url": None,
+                                   "api": self._front().read() if self.settings.api_gateway else None}
         if alias is None:
             return current
         weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
@@ -147,7 +160,7 @@ class LambdaTarget(Target):
                              hint="push it first: `mldeploy build --push` with image.registry set to your ECR registry")
         current = self.read()
         slots = current["slots"] if current else {}
-        version = self._reusable(current, desired.image)
+        version = self._reusable(current, desired.image, desired.model)
         if "production" not in slots or desired.slot == "production":
             after = {"production": version or NEW}
             share = {"production": 100}
@@ -186,8 +199,10 @@ class LambdaTarget(Target):
         with restoring(lambda: self._restore(before, current, ours.get("revision")), guard):  # e.g. no URL permission
             ours["revision"] = self._set_alias(after, share, before)
             self._ensure_url()
+            if self.settings.api_gateway:
+                self._front().ensure(after, self._function_arn())
             self._ensure_provisioned_concurrency()
-            self._verify(after, share, plan.state["images"])
+            self._verify(after, share, plan.state["images"], plan.state["models"])
             canary = next((s for s in after if s != "production"), None)
             if canary and canary == d.slot and self.aws.bake_seconds:
                 bake(self.region, self._alarm_names(canary), self.aws.bake_seconds, canary, POLL_SECONDS)
@@ -196,9 +211,22 @@ class LambdaTarget(Target):
     def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
             return Status(self.function)
+        api = current.get("api")
+        detail = {"api_gateway": {"url": api["url"], "stages": api["stages"], "key_required": api["key_required"],
+                                  "keys": api["keys"], "usage_plan": api["usage_plan"]}} if api else {}
         return Status(self.function, current["url"] and current["url"]["url"],
-                      {slot: Slot(s["image"], s["weight"], s["healthy"], {"version": s["version"]})
-                       for slot, s in current["slots"].items()})
+                      {slot: Slot(s["image"], s["weight"], s["healthy"], {"version": s["version"]}, model=s["model"])
+                       for slot, s in current["slots"].items()}, detail)
+
+    def _front(self) -> Any:
+        from mldeploy.deploy.lambda_api import ApiGatewayFront
+
+        assert self.settings.api_gateway is not None
+        return ApiGatewayFront(self.function, self.region, self.settings.api_gateway)
+
+    def _function_arn(self) -> str:
+        with translated(f"read the Lambda function {self.function}"):
+            return str(self.lam.get_function(FunctionName=self.function)["Configuration"]["FunctionArn"])
 
     # promote and rollback move the alias between published versions (one image can run as two
     # versions with different settings), so they are planned by version, not by image
@@ -207,7 +235,7 @@ class LambdaTarget(Target):
         slot = self.canary(current, pr, "promote")
         assert current is not None  # canary() found one in it
         entry = current["slots"][slot]
-        plan = self._plan(Desired(self.function, entry["image"], "production", 0, {}), current,
+        plan = self._plan(Desired(self.function, entry["image"], "production", 0, {}, model=entry["model"]), current,
                           {"production": entry["version"]}, {"production": 100})
         return self.apply(plan)
 
@@ -216,15 +244,18 @@ class LambdaTarget(Target):
         self.canary(current, pr, "roll back")
         assert current is not None  # canary() found one in it
         production = current["slots"]["production"]
-        plan = self._plan(Desired(self.function, production["image"], "production", 0, {}), current,
+        plan = self._plan(Desired(self.function, production["image"], "production", 0, {}, model=production["model"]),
+                          current,
                           {"production": production["version"]}, {"production": 100})
         return self.apply(plan)
 
     # -- planning ---------------------------------------------------------------------------------
-    def _wanted_settings(self) -> dict[str, Any]:
+    def _wanted_settings(self, model: Model | None) -> dict[str, Any]:
+        """The settings a new version gets; a model in storage is handed over in its environment (the
+        function's role reads it from S3 at init)."""
         s = self.settings
         return {"memory": s.memory_mb, "timeout": s.timeout_seconds, "architecture": s.architecture,
-                "environment": dict(s.environment), "role": self.aws.role}
+                "environment": {**s.environment, **model_env(model)}, "role": self.aws.role}
 
     @staticmethod
     def _settings_of(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -238,11 +269,11 @@ class LambdaTarget(Target):
             numbers = [int(v["Version"]) for page in pages for v in page["Versions"] if v["Version"].isdigit()]
         return str(max(numbers)) if numbers else None
 
-    def _reusable(self, current: dict[str, Any] | None, image: str) -> str | None:
-        """A published version that runs this image with these settings: re-runs reuse it."""
+    def _reusable(self, current: dict[str, Any] | None, image: str, model: Model | None) -> str | None:
+        """A published version that runs this image and model with these settings: re-runs reuse it."""
         if current is None:
             return None
-        wanted = self._wanted_settings()
+        wanted = self._wanted_settings(model)
         candidates = list(current["slots"].values())
         for c in candidates:
             if c["image"] == image and c["settings"] == wanted:
@@ -279,10 +310,11 @@ class LambdaTarget(Target):
         slots = current["slots"] if current else {}
         plan = Plan(self.name, d, traffic_before={s: e["weight"] for s, e in slots.items()}, traffic_after=share)
         images = {s: slots[s]["image"] if s in slots and slots[s]["version"] == v else d.image for s, v in after.items()}
-        plan.state = {"current": current, "after": after, "images": images}
+        models = {s: slots[s]["model"] if s in slots and slots[s]["version"] == v else d.model for s, v in after.items()}
+        plan.state = {"current": current, "after": after, "images": images, "models": models}
         fn = f"lambda function {self.function}"
         if NEW in after.values():
-            wanted = self._wanted_settings()
+            wanted = self._wanted_settings(d.model)
             if current is None:
                 plan.add("create", fn, "image", new=d.image)
                 for key in ("memory", "timeout", "architecture"):
@@ -290,8 +322,11 @@ class LambdaTarget(Target):
             else:
                 if current["latest"]["image"] != d.image:
                     plan.add("update", fn, "image", current["latest"]["image"], d.image)
+                plan_model(plan, fn, model_from_env(current["latest"]["settings"]["environment"]), d.model)
                 for key, value in wanted.items():
                     old = current["latest"]["settings"][key]
+                    if key == "environment":   # the model's variables are the line above
+                        old, value = without_model(old), without_model(value)
                     if old != value and key == "environment" and sorted(old) == sorted(value):
                         # values may be secrets: only the names whose values change are shown (an update
                         # shown as names -> the same names would read as no change, and be left out)
@@ -312,6 +347,8 @@ class LambdaTarget(Target):
             if {v: round(100 * w) for v, w in alias["weights"].items()} != {v: round(100 * w) for v, w in weights.items()}:
                 plan.add("update", f"lambda alias {self.function}:{ALIAS}", "weights", alias["weights"], weights)
         self._plan_url(plan, current)
+        if self.settings.api_gateway:
+            self._front().plan(plan, after, current["api"] if current else None)
         self._plan_provisioned_concurrency(plan, alias is not None)
         self._plan_alarms(plan, after)
         return plan
@@ -352,9 +389,9 @@ class LambdaTarget(Target):
     # -- applying ---------------------------------------------------------------------------------
     def _publish(self, d: Desired, current: dict[str, Any] | None, slot: str) -> str:
         """Bring $LATEST to the image and settings wanted, then publish it as a version; its number."""
-        s, wanted = self.settings, self._wanted_settings()
+        s, wanted = self.settings, self._wanted_settings(d.model)
         config = {"Role": self.aws.role, "MemorySize": s.memory_mb, "Timeout": s.timeout_seconds,
-                  "Environment": {"Variables": dict(s.environment)}}
+                  "Environment": {"Variables": wanted["environment"]}}
         if current is None:
             with translated(f"create the Lambda function {self.function}"):
                 self.lam.create_function(FunctionName=self.function, PackageType="Image",
@@ -380,8 +417,9 @@ class LambdaTarget(Target):
                 FunctionName=self.function, Description=f"mldeploy slot={slot} image=sha256:{digest_of(d.image)}")["Version"]
         self._wait(version, f"publish version {version}")
         published = self._version(version)
-        if published["image"] != d.image:  # another deploy changed $LATEST between our update and the publish
-            raise CheckFailed(f"version {version} of {self.function} runs {published['image']}, not {d.image}; "
+        if (published["image"], published["model"]) != (d.image, d.model):  # another deploy changed $LATEST
+            raise CheckFailed(f"version {version} of {self.function} runs {published['image']} "  # in between
+                              f"(model {published['model']}), not {d.image} (model {d.model}); "
                               "nothing moved (was another deploy running?)")
         print(f"  {self.function}: published version {version}", flush=True)
         return version
@@ -486,7 +524,8 @@ class LambdaTarget(Target):
             print(f"  {self.function}:{ALIAS}: provisioned concurrency {status}", flush=True)
             time.sleep(POLL_SECONDS)
 
-    def _verify(self, after: dict[str, str], share: dict[str, int], images: dict[str, str]) -> None:
+    def _verify(self, after: dict[str, str], share: dict[str, int], images: dict[str, str],
+                models: dict[str, Model | None]) -> None:
         current = self.read()
         alias = current["alias"] if current else None
         if current is None or alias is None or alias["version"] != after["production"]:
@@ -496,6 +535,7 @@ class LambdaTarget(Target):
         planned = {s: (v, images[s], share[s]) for s, v in after.items()}
         if served != planned:
             raise CheckFailed(f"{self.function}:{ALIAS} serves {served}, not the planned {planned}")
+        verify_models({s: e["model"] for s, e in current["slots"].items()}, models)
 
     def _restore(self, before: dict[str, Any] | None, current: dict[str, Any] | None, ours: str | None) -> str:
         """Put the alias back as it was, only if it is still as this command left it (ours: its revision

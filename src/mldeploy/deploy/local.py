@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mldeploy.deploy import Desired, NoCanary, Plan, restoring
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import Model, Slot, Status, Target, model_env, model_from_env, plan_model, verify_models
 from mldeploy.errors import CheckFailed, UsageError
 from mldeploy.image import engine
 
@@ -54,6 +54,29 @@ def capture_folder(endpoint: str) -> Path:
     ~/.local/state/mldeploy/capture)."""
     root = os.environ.get("MLDEPLOY_CAPTURE_ROOT") or Path.home() / ".local" / "state" / "mldeploy" / "capture"
     return Path(root, endpoint).resolve()
+
+
+def model_of(entry: dict[str, Any]) -> Model | None:
+    """The model a routes entry serves (image.model: storage), None when baked in its image."""
+    found = entry.get("model")
+    return Model(found["uri"], found["sha256"]) if found else None
+
+
+def serves(entry: dict[str, Any], d: Desired) -> bool:
+    """Whether a slot's container runs what a deploy asks for: its image and its model."""
+    return bool(entry["image"] == d.image and model_of(entry) == d.model)
+
+
+def model_mount(model: Model | None) -> dict[str, Any]:
+    """The server's environment for a model, and a file:// store's artifact mounted read-only at the
+    same path in the container (the server reads it there; a cloud store it reaches itself)."""
+    if model is None:
+        return {}
+    found: dict[str, Any] = {"environment": model_env(model)}
+    if model.uri.startswith("file://"):
+        folder = model.uri.removeprefix("file://")
+        found["volumes"] = {folder: {"bind": folder, "mode": "ro"}}
+    return found
 
 
 @contextmanager
@@ -198,19 +221,22 @@ class LocalTarget(Target):
         if "production" not in slots:
             # the first deploy goes straight to production: there is nothing to compare a canary with
             plan.add("create", container.format("production"), "image", new=desired.image)
+            if desired.model:
+                plan.add("create", container.format("production"), "model", new=desired.model)
             plan.add("create", f"router {self.prefix}-router", "address", new=f"127.0.0.1:{self.port}")
             plan.traffic_after = {"production": 100}
             return plan
         production, canary = slots["production"], slots.get("canary")
-        if desired.stage != "production" and production["image"] == desired.image:
+        if desired.stage != "production" and serves(production, desired):
             plan.note = "the canary is production's own image: there is nothing to compare"
             if canary is not None:
                 plan.add("delete", container.format("canary"))
                 plan.traffic_after = {"production": 100}
             return plan
         if desired.stage == "production":
-            if production["image"] != desired.image:
+            if not serves(production, desired):
                 plan.add("update", container.format("production"), "image", production["image"], desired.image)
+                plan_model(plan, container.format("production"), model_of(production), desired.model)
             elif not self._healthy("production"):
                 plan.add("replace", container.format("production"), "container", "unhealthy", "a new one")
             if canary is not None:
@@ -219,8 +245,9 @@ class LocalTarget(Target):
             return plan
         if canary is None:
             plan.add("create", container.format("canary"), "image", new=desired.image)
-        elif canary["image"] != desired.image:
+        elif not serves(canary, desired):
             plan.add("update", container.format("canary"), "image", canary["image"], desired.image)
+            plan_model(plan, container.format("canary"), model_of(canary), desired.model)
         if canary is None or canary["weight"] != desired.traffic:
             plan.add("update", f"router {self.prefix}-router", "canary weight",
                      canary["weight"] if canary else 0, desired.traffic)
@@ -248,13 +275,13 @@ class LocalTarget(Target):
         return self.changed(True)
 
     def _deploy(self, d: Desired, slots: dict[str, dict[str, Any]]) -> None:
-        if "production" in slots and d.stage != "production" and slots["production"]["image"] == d.image:
+        if "production" in slots and d.stage != "production" and serves(slots["production"], d):
             slots.pop("canary", None)  # a canary of production's own image compares nothing
             slots["production"]["weight"] = 100
         else:
             slot = "production" if "production" not in slots or d.stage == "production" else "canary"
             # a container that already serves this digest healthily is reused (a canary becoming production)
-            entry = next((s for name, s in slots.items() if s["image"] == d.image and self._healthy(name)),
+            entry = next((s for name, s in slots.items() if serves(s, d) and self._healthy(name)),
                          None) or self._start_slot(slot, d, slots)
             if slot == "production":
                 slots = {"production": {**entry, "weight": 100}}
@@ -271,7 +298,7 @@ class LocalTarget(Target):
 
     def _status(self, current: dict[str, dict[str, Any]]) -> Status:
         return Status(self.endpoint, f"http://127.0.0.1:{self.port}" if current else None, {
-            name: Slot(s["image"], s["weight"], self._healthy(name), {"container": s["container"]})
+            name: Slot(s["image"], s["weight"], self._healthy(name), {"container": s["container"]}, model=model_of(s))
             for name, s in current.items()})
 
     # one canary here (pr names nothing else), changed under the endpoint's lock
@@ -360,12 +387,13 @@ class LocalTarget(Target):
         digest = d.image.rsplit("@", 1)[-1]
         # new for every container: never the name of one that serves (a promoted canary keeps its name)
         name = f"{self.prefix}-{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(3)}"
+        extra, model = self._capture(name), model_mount(d.model)
+        extra = {key: {**extra.get(key, {}), **model.get(key, {})} for key in extra.keys() | model.keys()}
         try:
             container = self.client.containers.run(
                 d.image, ["serve"], name=name, detach=True, network=self.network,
                 restart_policy={"Name": "unless-stopped"},  # the endpoint comes back with the engine
-                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot},
-                **self._capture(name))
+                labels={"dev.mldeploy.endpoint": self.endpoint, "dev.mldeploy.slot": slot}, **extra)
         except docker.errors.ImageNotFound:
             raise UsageError(f"the image {d.image} is not on the engine and cannot be pulled",
                              hint="run `mldeploy build --push` first") from None
@@ -396,10 +424,13 @@ class LocalTarget(Target):
                 raise CheckFailed(f"the {slot} container exited on start ({container.attrs['State']['ExitCode']}): "
                                   f"{logs[-1] if logs else 'no output'}; traffic was not moved")
             try:
-                if container.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"]).exit_code == 0:
-                    break
+                probe = container.exec_run(["/opt/venv/bin/python", "-m", "mldeploy.serve.healthcheck"])
             except docker.errors.APIError:
                 continue  # it stopped between the two calls: the reload above says how
+            if probe.exit_code == 0:
+                break
+            if (said := probe.output.decode(errors="replace").strip()).startswith("final: "):
+                raise CheckFailed(f"the {slot} container will never be ready: {said[7:]}; traffic was not moved")
             if time.monotonic() > deadline:
                 raise CheckFailed(f"the {slot} container was not ready after {READY_SECONDS} s; traffic was not moved")
             time.sleep(0.25)
@@ -407,8 +438,11 @@ class LocalTarget(Target):
         digest = d.image.rsplit("@", 1)[-1]
         if not any(r.endswith(digest) for r in served):
             raise CheckFailed(f"the {slot} container runs {served or container.image.id}, not {digest}")
+        env = dict(e.partition("=")[::2] for e in container.attrs.get("Config", {}).get("Env") or [])
+        verify_models({slot: model_from_env(env)}, {slot: d.model})
         # by name: the network's DNS follows the container across engine restarts, an IP might not
-        entry = {"container": container.name, "image": d.image, "addr": f"{container.name}:8080", "weight": 0}
+        entry = {"container": container.name, "image": d.image, "addr": f"{container.name}:8080", "weight": 0,
+                 "model": {"uri": d.model.uri, "sha256": d.model.sha256} if d.model else None}
         self._write_routes({**slots, f"{slot}-next": entry})  # addressable by header, no traffic yet
         code, body = self._post("/invocations", d.smoke, f"{slot}-next")
         if code != 200:

@@ -37,7 +37,17 @@ from mldeploy.deploy.aws import (
     tags,
     translated,
 )
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import (
+    MODEL_SHA256,
+    Model,
+    Slot,
+    Status,
+    Target,
+    model_env,
+    plan_model,
+    slot_models,
+    verify_models,
+)
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -51,6 +61,13 @@ POLL_SECONDS = float(os.environ.get("MLDEPLOY_POLL_SECONDS", "15"))
 def percentages(weights: dict[str, float]) -> dict[str, int]:
     total = sum(weights.values()) or 1.0
     return {slot: round(100 * w / total) for slot, w in weights.items()}
+
+
+def artifact_of(container: dict[str, Any]) -> Model | None:
+    """The artifact a SageMaker model mounts (ModelDataSource) with the hash its server verifies."""
+    uri = container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri")
+    sha = container.get("Environment", {}).get(MODEL_SHA256)
+    return Model((uri or "").rstrip("/"), sha or "") if uri or sha else None
 
 
 class SageMakerTarget(Target):
@@ -78,8 +95,9 @@ class SageMakerTarget(Target):
                        for v in ep.get("ProductionVariants", [])}
             slots = {}
             for v in config["ProductionVariants"]:
-                model = self.sm.describe_model(ModelName=v["ModelName"])
-                slots[v["VariantName"]] = {"model": v["ModelName"], "image": model["PrimaryContainer"]["Image"]}
+                container = self.sm.describe_model(ModelName=v["ModelName"])["PrimaryContainer"]
+                slots[v["VariantName"]] = {"model": v["ModelName"], "image": container["Image"],
+                                           "artifact": artifact_of(container)}
                 weights.setdefault(v["VariantName"], v.get("InitialVariantWeight", 1.0))
         share = percentages({s: weights[s] for s in slots})
         for slot, entry in slots.items():
@@ -106,17 +124,17 @@ class SageMakerTarget(Target):
         if plan.empty:
             return self.changed(False)
         d, current = plan.desired, plan.state["current"]
-        images, share = plan.state["images"], plan.traffic_after
+        images, models, share = plan.state["images"], plan.state["models"], plan.traffic_after
         for slot, image in images.items():
-            self._ensure_model(slot, image)
-        was = {s: e["image"] for s, e in (current or {}).get("slots", {}).items()}
-        self._ensure_alarms(images, fresh={s for s, image in images.items() if was.get(s) != image})
+            self._ensure_model(slot, image, models[slot])
+        was = {s: (e["image"], e["artifact"]) for s, e in (current or {}).get("slots", {}).items()}
+        self._ensure_alarms(images, fresh={s for s, image in images.items() if was.get(s) != (image, models[s])})
         with self.changing(current, images.values(), lambda: self._restore(current)) as guard:
             if plan.state["weights_only"]:
                 guard.check()
                 self._set_weights(share)
             else:
-                config = self._ensure_config(images, share)
+                config = self._ensure_config(images, models, share)
                 guard.check()  # UpdateEndpoint takes no precondition: this is the closest to one
                 with translated(f"update the SageMaker endpoint {self.endpoint}"):
                     if current is None:
@@ -127,7 +145,7 @@ class SageMakerTarget(Target):
                         self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=config,
                                                 **self._deployment_config(d, current))
             self._wait(plan.state.get("config"))
-            self._verify(images, share)
+            self._verify(images, models, share)
             if d.smoke:
                 self._smoke(d.slot, d.smoke)
             self._ensure_scaling(images)
@@ -141,7 +159,8 @@ class SageMakerTarget(Target):
         healthy = current["status"] == "InService"
         return Status(self.endpoint, f"https://runtime.sagemaker.{self.region}.amazonaws.com/endpoints/"
                                      f"{self.endpoint}/invocations",
-                      {slot: Slot(s["image"], s["weight"], healthy) for slot, s in current["slots"].items()},
+                      {slot: Slot(s["image"], s["weight"], healthy, model=s["artifact"])
+                       for slot, s in current["slots"].items()},
                       {"status": current["status"]})
 
     # -- planning ---------------------------------------------------------------------------------
@@ -149,16 +168,19 @@ class SageMakerTarget(Target):
                share: dict[str, int]) -> Plan:
         slots = current["slots"] if current else {}
         plan = Plan(self.name, d, traffic_before={s: e["weight"] for s, e in slots.items()}, traffic_after=share)
-        same_images = {s: e["image"] for s, e in slots.items()} == images
-        plan.state = {"current": current, "images": images, "weights_only": bool(current) and same_images}
-        for image in images.values():
-            if not self._exists("describe_model", ModelName=self._model_name(image)):
-                plan.add("create", f"sagemaker model {self._model_name(image)}", "image", new=image)
+        models = slot_models(d, {s: e["artifact"] for s, e in slots.items()}, images)
+        same_images = ({s: e["image"] for s, e in slots.items()} == images
+                       and {s: e["artifact"] for s, e in slots.items()} == models)
+        plan.state = {"current": current, "images": images, "models": models,
+                      "weights_only": bool(current) and same_images}
+        for slot, image in images.items():
+            if not self._exists("describe_model", ModelName=self._model_name(image, models[slot])):
+                plan.add("create", f"sagemaker model {self._model_name(image, models[slot])}", "image", new=image)
         for name in self._alarm_names(images):
             if name not in self._existing_alarms(images):
                 plan.add("create", f"cloudwatch alarm {name}")
         if current is None:
-            plan.state["config"] = self._config_name(images, share)
+            plan.state["config"] = self._config_name(images, models, share)
             plan.add("create", f"sagemaker endpoint-config {plan.state['config']}", "variants", new=share)
             plan.add("create", f"sagemaker endpoint {self.endpoint}")
         elif same_images:
@@ -167,7 +189,7 @@ class SageMakerTarget(Target):
                     plan.add("update", f"sagemaker endpoint {self.endpoint}", f"variant {slot} weight",
                              slots[slot]["weight"], pct)
         else:
-            plan.state["config"] = self._config_name(images, share)
+            plan.state["config"] = self._config_name(images, models, share)
             if not self._exists("describe_endpoint_config", EndpointConfigName=plan.state["config"]):
                 plan.add("create", f"sagemaker endpoint-config {plan.state['config']}", "variants", new=share)
             plan.add("update", f"sagemaker endpoint {self.endpoint}", "endpoint config",
@@ -175,6 +197,8 @@ class SageMakerTarget(Target):
             for slot in images:
                 if slot in slots and slots[slot]["image"] != images[slot]:
                     plan.add("update", f"sagemaker variant {slot}", "image", slots[slot]["image"], images[slot])
+                if slot in slots:
+                    plan_model(plan, f"sagemaker variant {slot}", slots[slot]["artifact"], models[slot])
             for slot in set(slots) - set(images):
                 plan.add("delete", f"sagemaker variant {slot}")
             if self._deployment_config(d, current):
@@ -193,14 +217,16 @@ class SageMakerTarget(Target):
                     return False
                 raise
 
-    def _model_name(self, image: str) -> str:
-        return resource_name(self.endpoint, digest_of(image)[:12])
+    def _model_name(self, image: str, model: Model | None) -> str:
+        """One SageMaker model per image and artifact (a model-only change is a new SageMaker model)."""
+        return resource_name(self.endpoint, digest_of(image)[:12], model.sha256[:12] if model else "")
 
-    def _variants(self, images: dict[str, str], share: dict[str, int]) -> list[dict[str, Any]]:
+    def _variants(self, images: dict[str, str], models: dict[str, Model | None],
+                  share: dict[str, int]) -> list[dict[str, Any]]:
         sm = self.aws.sagemaker
         variants = []
         for slot, image in images.items():
-            v: dict[str, Any] = {"VariantName": slot, "ModelName": self._model_name(image),
+            v: dict[str, Any] = {"VariantName": slot, "ModelName": self._model_name(image, models[slot]),
                                  "InitialVariantWeight": float(share[slot])}
             if sm.serverless_memory_mb:
                 v["ServerlessConfig"] = {"MemorySizeInMB": sm.serverless_memory_mb,
@@ -220,8 +246,8 @@ class SageMakerTarget(Target):
             "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
             "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}}
 
-    def _config_name(self, images: dict[str, str], share: dict[str, int]) -> str:
-        spec = json.dumps([self._variants(images, share), self._data_capture()], sort_keys=True)
+    def _config_name(self, images: dict[str, str], models: dict[str, Model | None], share: dict[str, int]) -> str:
+        spec = json.dumps([self._variants(images, models, share), self._data_capture()], sort_keys=True)
         return resource_name(self.endpoint, hashlib.sha256(spec.encode()).hexdigest()[:12])
 
     def _canary_step(self) -> int:
@@ -243,20 +269,25 @@ class SageMakerTarget(Target):
             "RetainAllVariantProperties": False}
 
     # -- applying ---------------------------------------------------------------------------------
-    def _ensure_model(self, slot: str, image: str) -> None:
-        name = self._model_name(image)
+    def _ensure_model(self, slot: str, image: str, model: Model | None) -> None:
+        name = self._model_name(image, model)
         if self._exists("describe_model", ModelName=name):
             return
+        container: dict[str, Any] = {"Image": image, "Mode": "SingleModel"}
+        if model:  # SageMaker mounts the uncompressed prefix at /opt/ml/model; the hash makes the server verify it
+            container |= {"ModelDataSource": {"S3DataSource": {"S3Uri": f"{model.uri}/", "S3DataType": "S3Prefix",
+                                                                "CompressionType": "None"}},
+                          "Environment": model_env(model, uri=False)}
         with translated(f"create the SageMaker model {name}"):
-            self.sm.create_model(ModelName=name, ExecutionRoleArn=self.aws.role,
-                                 PrimaryContainer={"Image": image, "Mode": "SingleModel"},
+            self.sm.create_model(ModelName=name, ExecutionRoleArn=self.aws.role, PrimaryContainer=container,
                                  Tags=tag_list(tags(self.endpoint, slot, image)))
 
-    def _ensure_config(self, images: dict[str, str], share: dict[str, int]) -> str:
-        name = self._config_name(images, share)
+    def _ensure_config(self, images: dict[str, str], models: dict[str, Model | None], share: dict[str, int]) -> str:
+        name = self._config_name(images, models, share)
         if not self._exists("describe_endpoint_config", EndpointConfigName=name):
             with translated(f"create the SageMaker endpoint config {name}"):
-                self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=self._variants(images, share),
+                self.sm.create_endpoint_config(EndpointConfigName=name,
+                                               ProductionVariants=self._variants(images, models, share),
                                                Tags=tag_list(tags(self.endpoint)), **self._data_capture())
         return name
 
@@ -285,12 +316,13 @@ class SageMakerTarget(Target):
         if config and ep["EndpointConfigName"] != config:
             raise CheckFailed(f"SageMaker did not apply {config} ({ep.get('FailureReason') or 'it rolled the update back'})")
 
-    def _verify(self, images: dict[str, str], share: dict[str, int]) -> None:
+    def _verify(self, images: dict[str, str], models: dict[str, Model | None], share: dict[str, int]) -> None:
         current = self.read()
         slots = current["slots"] if current else {}  # (None: the endpoint is gone, said as serving nothing)
         serving = {s: e["image"] for s, e in slots.items()}
         if serving != images:
             raise CheckFailed(f"the endpoint serves {serving}, not the planned {images}")
+        verify_models({s: e["artifact"] for s, e in slots.items()}, models)
         weights = {s: e["weight"] for s, e in slots.items()}
         if any(abs(weights[s] - share[s]) > 1 for s in share):
             raise CheckFailed(f"the endpoint's traffic is {weights}, not the planned {share}")

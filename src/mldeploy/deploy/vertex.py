@@ -37,7 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 from mldeploy import github
 from mldeploy.deploy import Desired, Plan, canary_shares, gcp
-from mldeploy.deploy.base import Slot, Status, Target
+from mldeploy.deploy.base import (
+    MODEL_SHA256,
+    Model,
+    Slot,
+    Status,
+    Target,
+    model_env,
+    plan_model,
+    slot_models,
+    verify_models,
+)
 from mldeploy.deploy.gcp import translated
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
@@ -79,6 +89,12 @@ def instances_of(body: dict[str, Any]) -> list[Any]:
              for name, value in inputs.items()} for i in range(rows)]
 
 
+def artifact_of(model: Any) -> Model | None:
+    """The artifact a Vertex AI model is handed (artifactUri, AIP_STORAGE_URI) and the hash its server checks."""
+    env = {e.name: e.value for e in model.container_spec.env}
+    return Model(model.artifact_uri, env.get(MODEL_SHA256, "")) if model.artifact_uri or MODEL_SHA256 in env else None
+
+
 class VertexTarget(Target):
     name = "vertex"
 
@@ -92,6 +108,7 @@ class VertexTarget(Target):
         self.parent = f"projects/{self.project}/locations/{self.region}"
         self._clients: dict[str, Any] = {}
         self._images: dict[str, str] = {}
+        self._artifacts: dict[str, Model | None] = {}   # model resource -> the artifact it is handed
 
     # -- clients ----------------------------------------------------------------------------------
     def _client(self, kind: str) -> Any:
@@ -120,7 +137,12 @@ class VertexTarget(Target):
             with translated(f"read the Vertex AI model {model}"):
                 found = self._client("models").get_model(name=model, retry=gcp.read_retry())
             self._images[model] = found.container_spec.image_uri
+            self._artifacts[model] = artifact_of(found)
         return self._images[model]
+
+    def _artifact(self, model: str) -> Model | None:
+        self._image(model)
+        return self._artifacts[model]
 
     def read(self) -> dict[str, Any] | None:
         """The endpoint: per slot its deployed model, model, image and share; leftovers (a second
@@ -135,6 +157,7 @@ class VertexTarget(Target):
                                                             if d.create_time else 0), reverse=True)
         for dm in ordered:
             entry = {"id": dm.id, "slot": dm.display_name, "model": dm.model, "image": self._image(dm.model),
+                     "artifact": self._artifact(dm.model),
                      "traffic": split.get(dm.id, 0),
                      "healthy": not ("status" in dm and dm.status.available_replica_count == 0)}
             if not SLOT.match(dm.display_name):
@@ -147,6 +170,9 @@ class VertexTarget(Target):
 
     # -- the interface ----------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
+        if desired.model and not desired.model.uri.startswith("gs://"):
+            raise UsageError(f"Vertex AI hands a model over from Cloud Storage only, not {desired.model.uri}",
+                             hint="set storage.uri to gs://BUCKET/PREFIX and publish again")
         if not IMAGE.match(desired.image):
             raise UsageError(f"the image {desired.image} is not in Artifact Registry; Vertex AI runs custom "
                              "containers from Artifact Registry (or gcr.io)",
@@ -167,10 +193,11 @@ class VertexTarget(Target):
             return self.changed(False)
         d, current = plan.desired, plan.state["current"]
         images, share, deploy = plan.state["images"], plan.traffic_after, plan.state["deploy"]
-        models = {slot: self._ensure_model(slot, images[slot]) for slot in deploy}
+        artifacts = plan.state["models"]
+        models = {slot: self._ensure_model(slot, images[slot], artifacts[slot]) for slot in deploy}
         endpoint = current["name"] if current else self._create_endpoint()
         added: dict[str, str] = {}   # slot -> deployed model id deployed now
-        kept = self._kept(current, images)
+        kept = self._kept(current, images, artifacts)
         with self.changing(current, images.values(), lambda: self._restore(current, endpoint)) as guard:
             guard.check()  # deployModel and a traffic update take no etag that covers both
             ep = self._get(endpoint)
@@ -182,7 +209,7 @@ class VertexTarget(Target):
             elif split != {k: int(v) for k, v in ep.traffic_split.items()}:
                 self._set_traffic(endpoint, split)
             ids = {**kept, **added}
-            self._verify(endpoint, images, share, ids)
+            self._verify(endpoint, images, share, ids, artifacts)
             if d.smoke:
                 slot = d.slot if d.slot in share else next(iter(deploy), "production")
                 self._smoke(endpoint, slot, ids[slot], share[slot], d.smoke)
@@ -194,22 +221,25 @@ class VertexTarget(Target):
             except MldeployError as e:
                 github.warning(f"{entry['slot']} ({entry['id']}) is still deployed, taking no traffic: {e.message}; "
                                "the next deploy removes it", title="mldeploy deploy")
-        self._verify(endpoint, images, share, {s: i for s, i in ids.items() if s in images})
+        self._verify(endpoint, images, share, {s: i for s, i in ids.items() if s in images}, artifacts)
         return self.changed(True)
 
     def _status(self, current: dict[str, Any] | None) -> Status:
         if current is None:
             return Status(self.endpoint)
         return Status(self.endpoint, f"https://{self.region}-aiplatform.googleapis.com/v1/{current['name']}:predict",
-                      {slot: Slot(s["image"], s["traffic"], s["healthy"], {"deployed_model": s["id"]})
+                      {slot: Slot(s["image"], s["traffic"], s["healthy"], {"deployed_model": s["id"]},
+                                  model=s["artifact"])
                        for slot, s in current["slots"].items()}, {"name": current["name"]})
 
     # -- planning ---------------------------------------------------------------------------------
     @staticmethod
-    def _kept(current: dict[str, Any] | None, images: dict[str, str]) -> dict[str, str]:
-        """slot -> the id of its deployed model that stays (same slot, same image)."""
+    def _kept(current: dict[str, Any] | None, images: dict[str, str],
+              artifacts: dict[str, Model | None]) -> dict[str, str]:
+        """slot -> the id of its deployed model that stays (same slot, same image, same artifact)."""
         slots = current["slots"] if current else {}
-        return {s: slots[s]["id"] for s in images if s in slots and slots[s]["image"] == images[s]}
+        return {s: slots[s]["id"] for s in images
+                if s in slots and slots[s]["image"] == images[s] and slots[s]["artifact"] == artifacts[s]}
 
     def layout(self, d: Desired, current: dict[str, Any] | None, images: dict[str, str],
                share: dict[str, int]) -> Plan:
@@ -219,17 +249,22 @@ class VertexTarget(Target):
                              f"manage: {names}", hint="undeploy them, or deploy under another endpoint name")
         slots = current["slots"] if current else {}
         plan = Plan(self.name, d, traffic_before={s: e["traffic"] for s, e in slots.items()}, traffic_after=share)
-        kept = self._kept(current, images)
+        artifacts = slot_models(d, {s: e["artifact"] for s, e in slots.items()}, images)
+        kept = self._kept(current, images, artifacts)
         deploy = [s for s in images if s not in kept]
         remove = [e for s, e in slots.items() if kept.get(s) != e["id"]] + (current["stale"] if current else [])
-        plan.state = {"current": current, "images": images, "deploy": deploy, "remove": remove}
+        plan.state = {"current": current, "images": images, "models": artifacts, "deploy": deploy, "remove": remove}
         for slot in deploy:
-            if self._find_model(images[slot]) is None:
-                plan.add("create", f"vertex model {self._model_name(images[slot])}", "image", new=images[slot])
+            name = self._model_name(images[slot], artifacts[slot])
+            if self._find_model(images[slot], artifacts[slot]) is None:
+                plan.add("create", f"vertex model {name}", "image", new=images[slot])
         if current is None:
             plan.add("create", f"vertex endpoint {self.endpoint}", "region", new=self.region)
         for slot in deploy:
-            plan.add("create", f"vertex deployed model {slot}", "model", new=self._model_name(images[slot]))
+            plan.add("create", f"vertex deployed model {slot}", "model",
+                     new=self._model_name(images[slot], artifacts[slot]))
+            if slot in slots:
+                plan_model(plan, f"vertex slot {slot}", slots[slot]["artifact"], artifacts[slot])
         split_before = {s: e["traffic"] for s, e in slots.items()}
         if current is not None and split_before != share:
             plan.add("update", f"vertex endpoint {self.endpoint}", "traffic split", split_before, share)
@@ -238,11 +273,13 @@ class VertexTarget(Target):
         return plan
 
     # -- models and endpoint ----------------------------------------------------------------------
-    def _model_name(self, image: str) -> str:
-        return f"{self.endpoint}-{image.rsplit('@', 1)[-1].removeprefix('sha256:')[:12]}"[:128]
+    def _model_name(self, image: str, artifact: Model | None) -> str:
+        name = f"{self.endpoint}-{image.rsplit('@', 1)[-1].removeprefix('sha256:')[:12]}"
+        return f"{name[:115]}-{artifact.sha256[:12]}" if artifact else name[:128]
 
-    def _find_model(self, image: str) -> str | None:
-        """The resource name of our model of this image for this endpoint (labels, then the image itself)."""
+    def _find_model(self, image: str, artifact: Model | None) -> str | None:
+        """The resource name of our model of this image and artifact for this endpoint (labels, then the
+        image itself and the artifact it is handed)."""
         mine = gcp.labels(self.endpoint, image=image)
         query = " AND ".join(f'labels.{k}="{mine[k]}"' for k in ("mldeploy-endpoint", "mldeploy-image"))
         with translated(f"look up the Vertex AI model of {image}"):
@@ -250,27 +287,29 @@ class VertexTarget(Target):
                                                             retry=gcp.read_retry()):
                 spec = model.container_spec
                 if (spec.image_uri == image and spec.predict_route == PREDICT_ROUTE and spec.health_route == HEALTH_ROUTE
-                        and [p.container_port for p in spec.ports] == [PORT]):
-                    self._images[model.name] = image
+                        and [p.container_port for p in spec.ports] == [PORT] and artifact_of(model) == artifact):
+                    self._images[model.name], self._artifacts[model.name] = image, artifact
                     return model.name
         return None
 
-    def _ensure_model(self, slot: str, image: str) -> str:
-        found = self._find_model(image)
+    def _ensure_model(self, slot: str, image: str, artifact: Model | None) -> str:
+        found = self._find_model(image, artifact)
         if found:
             return found
         from google.cloud import aiplatform_v1 as v1
 
-        name = self._model_name(image)
+        name = self._model_name(image, artifact)
+        env = {"MLDEPLOY_MODEL_NAME": self.endpoint, **model_env(artifact, uri=False)}
         spec = v1.ModelContainerSpec(image_uri=image, ports=[v1.Port(container_port=PORT)],
                                      predict_route=PREDICT_ROUTE, health_route=HEALTH_ROUTE,
-                                     env=[v1.EnvVar(name="MLDEPLOY_MODEL_NAME", value=self.endpoint)])
+                                     env=[v1.EnvVar(name=k, value=v) for k, v in env.items()])
+        # artifactUri: Vertex hands the server AIP_STORAGE_URI (the server fetches and verifies it by the hash)
         with translated(f"upload the Vertex AI model {name}"):
             operation = self._client("models").upload_model(parent=self.parent, model=v1.Model(
                 display_name=name, labels=gcp.labels(self.endpoint, slot, image), container_spec=spec,
-                description=f"mldeploy: {image}"))
+                artifact_uri=artifact.uri if artifact else "", description=f"mldeploy: {image}"))
         model = gcp.wait(operation, f"upload the Vertex AI model {name}", self.gcp.wait_seconds).model
-        self._images[model] = image
+        self._images[model], self._artifacts[model] = image, artifact
         print(f"  uploaded Vertex AI model {name} ({model})", flush=True)
         return model
 
@@ -338,7 +377,7 @@ class VertexTarget(Target):
 
     # -- checks -----------------------------------------------------------------------------------
     def _verify(self, endpoint: str, images: dict[str, str], share: dict[str, int],
-                ids: dict[str, str] | None = None) -> None:
+                ids: dict[str, str] | None = None, artifacts: dict[str, Model | None] | None = None) -> None:
         """The endpoint serves the planned digest in every slot at the planned share (by deployed
         model id while old ones are still deployed at 0%); every other deployed model takes 0%."""
         ep = self._get(endpoint)
@@ -359,6 +398,8 @@ class VertexTarget(Target):
             raise CheckFailed(f"the endpoint serves {served}, not the planned {images}")
         if traffic != share:
             raise CheckFailed(f"the endpoint's traffic is {traffic}, not the planned {share}")
+        if artifacts is not None:
+            verify_models({slot: self._artifact(by_id[dm_id].model) for slot, dm_id in ids.items()}, artifacts)
         extra = {k: v for k, v in split.items() if k not in ids.values() and v}
         if extra:
             raise CheckFailed(f"deployed models {sorted(extra)} of {self.endpoint} still take traffic ({extra})")

@@ -4,6 +4,10 @@ The build context is made here, on the host: the rendered Dockerfile (or the mod
 the bundle's serving files, and the runtime's wheels fetched once into a cache. The build itself
 then needs no network and sees no credential. The runtime is exactly onnxruntime, numpy, orjson,
 uvloop, httptools and mldeploy, installed without their optional dependencies (never torch or TensorFlow).
+
+With `image.model: storage` the same template builds the runtime image instead: no bundle, plus the SDK of
+the model store (its section of runtime.lock); the server downloads the model at start. Its tag comes from a
+content digest of everything that goes into it, so it is built, and pushed, only when one of those changes.
 """
 
 from __future__ import annotations
@@ -100,7 +104,10 @@ def _source_url() -> str:
     return f"{server}/{repo}" if server and repo else ""
 
 
-def render(base: str, labels: dict[str, str], requirements: list[str], environment: dict[str, str]) -> str:
+def render(base: str, labels: dict[str, str], requirements: list[str], environment: dict[str, str],
+           bundle: bool = True, sdk: list[str] | None = None) -> str:
+    """The Dockerfile; bundle=False: the runtime image of image.model: storage (the model comes at start),
+    with its store's SDK (sdk) installed in a layer of its own."""
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -108,7 +115,7 @@ def render(base: str, labels: dict[str, str], requirements: list[str], environme
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     return template.render(base=base, labels=labels, requirements=" ".join(requirements),
                            environment=[f"{k}={_env_quoted(v)}" for k, v in sorted(environment.items())],
-                           mldeploy_version=__version__)
+                           mldeploy_version=__version__, bundle=bundle, sdk=" ".join(sdk or []))
 
 
 def _env_quoted(value: str) -> str:
@@ -121,11 +128,19 @@ PLATFORM = ("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--pla
             "--python-version", "3.11", "--implementation", "cp")
 
 
-def locked() -> dict[str, tuple[str, frozenset[str]]]:
-    """runtime.lock: name -> (version, the sha256 hashes its wheel may have)."""
-    pins = {}
+# The model stores whose SDK the runtime image of image.model: storage carries (artifacts.store_kind; file://
+# needs none): each a [section] of runtime.lock.
+STORES = ("s3", "gcs", "blob")
+
+
+def locked(store: str | None = None) -> dict[str, tuple[str, frozenset[str]]]:
+    """runtime.lock: name -> (version, the sha256 hashes its wheel may have); the runtime's, or with store, the
+    pins of that store's SDK (its [store] section)."""
+    pins, section = {}, None
     for line in LOCK.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
+        if line.startswith("["):
+            section = line[1:line.index("]")]
+        elif line.strip() and not line.startswith("#") and section == store:
             pin, *hashes = line.split()
             name, version = pin.split("==")
             pins[name] = (version, frozenset(h.removeprefix("--hash=sha256:") for h in hashes))
@@ -157,6 +172,21 @@ def runtime_wheels(dest: Path) -> list[str]:
     """The runtime's wheels in dest: the versions runtime.lock pins (the tested set), each checked against the
     hashes it lists, whether it comes from the cache (which any earlier job could write) or the index."""
     pins = locked()
+    for wheel in [*_locked_wheels(pins), _mldeploy_wheel()]:
+        shutil.copy2(wheel, dest / wheel.name)
+    return [f"{name}=={version}" for name, (version, _) in pins.items()] + [f"mldeploy=={__version__}"]
+
+
+def store_wheels(dest: Path, store: str) -> list[str]:
+    """The model store's SDK wheels in dest (image.model: storage), checked as the runtime's are."""
+    pins = locked(store)
+    for wheel in _locked_wheels(pins):
+        shutil.copy2(wheel, dest / wheel.name)
+    return [f"{name}=={version}" for name, (version, _) in pins.items()]
+
+
+def _locked_wheels(pins: dict[str, tuple[str, frozenset[str]]]) -> list[Path]:
+    """The cached wheel of each pin, fetched with pip --require-hashes where the cache has none."""
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     wheels = {name: _cached(name, version, hashes) for name, (version, hashes) in pins.items()}
     if missing := [name for name, wheel in wheels.items() if wheel is None]:
@@ -172,11 +202,9 @@ def runtime_wheels(dest: Path) -> list[str]:
     found: list[Path] = []
     for name, cached in wheels.items():
         if cached is None:  # pip verified what it fetched: this is a bug, or a cache changed under us
-            raise UsageError(f"wheel cache: no wheel of {name}=={pins[name][0]} with a hash runtime.lock lists")
+            raise UsageError(f"wheel cache: no wheel of {name}=={pins[name][0]} with a hash the lock lists")
         found.append(cached)
-    for wheel in [*found, _mldeploy_wheel()]:
-        shutil.copy2(wheel, dest / wheel.name)
-    return [f"{name}=={version}" for name, (version, _) in pins.items()] + [f"mldeploy=={__version__}"]
+    return found
 
 
 def _mldeploy_wheel() -> Path:
@@ -283,23 +311,31 @@ def _pip(*args: str) -> None:
 
 
 def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Path,
-                 environment: dict[str, str] | None = None) -> dict[str, str]:
-    """Fill folder with Dockerfile, .dockerignore, bundle/ and wheels/; returns the labels."""
-    (folder / "bundle").mkdir()
-    for name in (MODEL_FILE, SIGNATURE_FILE):  # what serving reads; not fp32 copies or exports
-        shutil.copy2(bundle.path / name, folder / "bundle" / name)
-    (folder / "bundle" / MANIFEST_FILE).write_text(json.dumps(image_manifest(bundle), indent=2) + "\n",
-                                                   encoding="utf-8")
+                 environment: dict[str, str] | None = None, runtime: Runtime | None = None) -> dict[str, str]:
+    """Fill folder with Dockerfile, .dockerignore, bundle/ and wheels/; returns the labels. With a runtime
+    (image.model: storage): no bundle/, and the wheels of its store's SDK."""
+    if runtime is None:
+        (folder / "bundle").mkdir()
+        for name in (MODEL_FILE, SIGNATURE_FILE):  # what serving reads; not fp32 copies or exports
+            shutil.copy2(bundle.path / name, folder / "bundle" / name)
+        (folder / "bundle" / MANIFEST_FILE).write_text(json.dumps(image_manifest(bundle), indent=2) + "\n",
+                                                       encoding="utf-8")
     (folder / "wheels").mkdir()
-    labels = labels_for(bundle)
+    labels = labels_for(bundle) if runtime is None else runtime.labels()
     if dockerfile is not None:
         if not dockerfile.is_file():
             raise UsageError(f"image.dockerfile {dockerfile} does not exist")
         shutil.copy2(dockerfile, folder / "Dockerfile")
     else:
         requirements = runtime_wheels(folder / "wheels")
-        (folder / "Dockerfile").write_text(render(base, labels, requirements, environment or {}), encoding="utf-8")
-        sbom = json.dumps(cyclonedx(sorted((folder / "wheels").glob("*.whl")), f"mldeploy/{_model_name(bundle)}"),
+        sdk: list[str] = []
+        if runtime and runtime.store in STORES:
+            (folder / "sdk-wheels").mkdir()
+            sdk = store_wheels(folder / "sdk-wheels", runtime.store)
+        (folder / "Dockerfile").write_text(render(base, labels, requirements, environment or {}, runtime is None, sdk),
+                                           encoding="utf-8")
+        name = f"mldeploy/{_model_name(bundle)}" if runtime is None else "mldeploy/runtime"
+        sbom = json.dumps(cyclonedx(sorted([*folder.glob("wheels/*.whl"), *folder.glob("sdk-wheels/*.whl")]), name),
                           indent=2) + "\n"
         if not (bundle.path / SBOM_FILE).is_file() or (bundle.path / SBOM_FILE).read_text() != sbom:
             (bundle.path / SBOM_FILE).write_text(sbom, encoding="utf-8")
@@ -307,13 +343,49 @@ def make_context(bundle: Bundle, base: str, dockerfile: Path | None, folder: Pat
     return labels
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """The runtime image of image.model: storage: what goes into it, and the digest of that."""
+
+    store: str | None    # artifacts.store_kind of storage.uri: s3 | gcs | blob | file
+    digest: str          # sha256 over the kit, the locks, the template, the base and the environment
+
+    @property
+    def tag(self) -> str:
+        return f"runtime-{self.digest[:24]}"
+
+    def labels(self) -> dict[str, str]:
+        return {"org.opencontainers.image.title": "mldeploy runtime",
+                "org.opencontainers.image.description": "ONNX Runtime behind mldeploy serve; the model is "
+                                                        "downloaded at start (MLDEPLOY_MODEL_URI)",
+                "org.opencontainers.image.version": __version__,
+                "dev.mldeploy.runtime.digest": self.digest,
+                "dev.mldeploy.runtime.store": self.store or "none",
+                "com.amazonaws.sagemaker.capabilities.accept-bind-to-port": "true"}
+
+
+def runtime_for(base: str, base_id: str, store: str | None, environment: dict[str, str]) -> Runtime:
+    """The runtime image's identity: a digest of what goes into it (the kit's code, runtime.lock and the store's
+    SDK lock, the Dockerfile template, the base image's id, the environment), never of a model."""
+    import hashlib
+
+    source = _source_tree()
+    what = {"mldeploy": __version__,
+            "source": _tree_hash(source / "src" / "mldeploy") if source else None,  # unreleased changes count
+            "locks": [{n: [v, sorted(h)] for n, (v, h) in pins.items()} for pins in (locked(), locked(store))],
+            "platform": PLATFORM, "template": TEMPLATE.read_text(encoding="utf-8"),
+            "base": [base, base_id], "store": store, "environment": sorted(environment.items())}
+    return Runtime(store, hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest())
+
+
 def build(bundle_dir: str | os.PathLike, base: str, tag: str, dockerfile: str | None = None,
-          environment: dict[str, str] | None = None, cache: bool = True) -> Built:
+          environment: dict[str, str] | None = None, cache: bool = True, runtime: Runtime | None = None) -> Built:
     bundle = Bundle.open(bundle_dir)
     client = engine()
     _ensure_base(client, base, dockerfile)
     with tempfile.TemporaryDirectory(prefix="mldeploy-build-") as tmp:
-        labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp), environment)
+        labels = make_context(bundle, base, Path(dockerfile) if dockerfile else None, Path(tmp), environment,
+                              runtime)
         image_id = _docker_build(client, Path(tmp), tag, labels if dockerfile else None, cache)
     if not dockerfile:  # with your own Dockerfile, its base layers are unknown to us: built as the engine does
         image_id = normalize(client, image_id, client.images.get(base).attrs["RootFS"]["Layers"], tag)
@@ -475,8 +547,12 @@ def _scrub(text: str, auth: dict | None) -> str:
 
 def build_and_push(bundle_dir: str | os.PathLike, *, base: str, registry: str | None, repository: str | None,
                    dockerfile: str | None, push_image: bool, environment: dict[str, str] | None = None,
-                   cache: bool = True) -> dict[str, object]:
+                   cache: bool = True, model: str = "baked", storage_uri: str | None = None) -> dict[str, object]:
     """The build-push-image step: build, push by digest when asked, record it in the manifest."""
+    if model == "storage":
+        return build_runtime(bundle_dir, base=base, registry=registry, repository=repository, dockerfile=dockerfile,
+                             push_image=push_image, environment=environment or {}, cache=cache,
+                             storage_uri=storage_uri)
     bundle = Bundle.open(bundle_dir)
     name = repository or f"mldeploy/{_model_name(bundle)}"
     local_tag = f"{name}:model-{bundle.manifest.get('model', {}).get('sha256', 'unknown')[:12]}"
@@ -501,3 +577,63 @@ def _model_name(bundle: Bundle) -> str:
     stem = Path(str(bundle.manifest.get("source", {}).get("path", "model"))).stem or "model"
     clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip("._-")
     return clean or "model"
+
+
+RUNTIME_REPOSITORY = "mldeploy/runtime"
+
+
+def build_runtime(bundle_dir: str | os.PathLike, *, base: str, registry: str | None, repository: str | None,
+                  dockerfile: str | None, push_image: bool, environment: dict[str, str], cache: bool,
+                  storage_uri: str | None) -> dict[str, object]:
+    """image.model: storage: the runtime image, built only when what goes into it changed. Its tag is its
+    digest: with --push, a registry that has that tag already is asked first (the engine's manifest lookup)
+    and nothing is built or pushed; without, an engine that has it builds nothing. Recorded in the bundle's
+    manifest as a build step, like a baked image."""
+    from mldeploy.artifacts import store_kind
+
+    if dockerfile:
+        raise UsageError("image.dockerfile cannot be used with image.model: storage: the runtime image is "
+                         "mldeploy's own, with no model in it", hint="remove image.dockerfile, or set image.model: baked")
+    if push_image and not registry:
+        raise UsageError("nowhere to push: set image.registry (or --registry), e.g. 127.0.0.1:5000 or ghcr.io/acme")
+    bundle = Bundle.open(bundle_dir)
+    store = store_kind(storage_uri) if storage_uri else None
+    client = engine()
+    _ensure_base(client, base, None)
+    runtime = runtime_for(base, client.images.get(base).id, store, environment)
+    name = repository or RUNTIME_REPOSITORY
+    local_tag = f"{name}:{runtime.tag}"
+    report: dict[str, object] = {"status": "passed", "model": "storage", "runtime_digest": runtime.digest,
+                                 "store": store, "local_tag": local_tag, "base": base,
+                                 "dockerfile": "mldeploy template", "sbom": SBOM_FILE, "built": False}
+    remote = f"{registry.rstrip('/')}/{name}" if registry else None
+    if push_image and remote:
+        host = remote.split("/", 1)[0]
+        if found := _remote_digest(client, f"{remote}:{runtime.tag}", registry_auth(host)):
+            print(f"{remote}:{runtime.tag} is in the registry already ({found}): nothing to build or push")
+            report.update(image_id=None, size=None, repository=remote, digest=found, tags=[runtime.tag],
+                          image=f"{remote}@{found}")
+            bundle.add_step("build", report)
+            return report
+    image = _local_image(client, local_tag) if cache else None
+    if image is None:
+        built = build(bundle_dir, base, local_tag, None, environment, cache, runtime)
+        image_id, size, report["built"] = built.image_id, built.size, True
+    else:
+        print(f"{local_tag} is on the engine already: nothing to build")
+        image_id, size = image.id, int(image.attrs.get("Size", 0))
+    report.update(image_id=image_id, size=size, image=local_tag)
+    if push_image and remote:
+        pushed = push(client, local_tag, remote, [runtime.tag])
+        report.update(repository=pushed.repository, digest=pushed.digest, tags=pushed.tags, image=pushed.reference)
+    bundle.add_step("build", report)
+    return report
+
+
+def _local_image(client: docker.DockerClient, tag: str) -> Any:
+    import docker
+
+    try:
+        return client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None

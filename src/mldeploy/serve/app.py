@@ -85,6 +85,8 @@ class App:
                                    self.s.capture_files, model.version, self.metrics.count)
         self.model = model
         self.metrics.set("mldeploy_model_ready", self.metrics.model, 1)
+        if self.s.download_seconds is not None:  # the artifact's download: part of this start's cold start
+            self.metrics.set("mldeploy_model_download_seconds", self.metrics.model, round(self.s.download_seconds, 3))
         log("info", "model ready", pid=os.getpid(), bundle=str(self.s.bundle), version=model.version,
             seconds=round(time.perf_counter() - start, 3), threads=self.s.threads,
             batching=self.batcher.max_batch, inline=self.batcher.executor is None,

@@ -32,6 +32,7 @@ from mldeploy.serve.logs import log
 from mldeploy.serve.model import Model, ModelError
 from mldeploy.serve.security import Gate
 from mldeploy.serve.settings import Settings, from_env
+from mldeploy.serve.source import prepare
 
 _loaded: tuple[Settings, Model, Gate] | None = None
 DIRECT = "direct invoke"  # the rate-limit bucket of direct invokes (they have no key and no address)
@@ -40,7 +41,9 @@ DIRECT = "direct invoke"  # the rate-limit bucket of direct invokes (they have n
 def _model() -> tuple[Settings, Model, Gate]:
     global _loaded  # noqa: PLW0603  the model loads once per Lambda container, on the first event
     if _loaded is None:
-        settings = from_env(workers=1)  # one process: every vCPU Lambda gives goes to ONNX Runtime
+        # one process: every vCPU Lambda gives goes to ONNX Runtime; an artifact (MLDEPLOY_MODEL_URI) is
+        # downloaded to /tmp, Lambda's one writable folder, and verified during the init
+        settings = prepare(from_env(workers=1))
         _loaded = (settings, Model.load(settings.bundle, settings.threads, settings.model_name),
                    Gate(settings.api_keys, settings.rate_per_second, settings.rate_burst))
     return _loaded

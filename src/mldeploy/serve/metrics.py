@@ -32,6 +32,8 @@ FAMILIES = {
     "mldeploy_capture_records_total": ("counter", "request/response pairs written to data capture", (), None),
     "mldeploy_capture_dropped_total": ("counter", "capture records dropped because the writer fell behind", (), None),
     "mldeploy_model_ready": ("gauge", "1 when the worker's model is loaded and warmed up", ("model_name",), None),
+    "mldeploy_model_download_seconds": ("gauge", "seconds the start spent downloading and verifying the model",
+                                        ("model_name",), None),
 }
 
 

@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import replace
@@ -50,13 +51,20 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
             os.environ["MLDEPLOY_BUNDLE"] = bundle
         return run_runtime(api)
     settings = from_env(bundle=bundle, port=port, host=host, workers=workers)
+    sock = None
+    if settings.model_sha256:  # an artifact to download or a mount to verify: the probes get answers meanwhile
+        sock = _check_port(settings.host, settings.port)
+        prepared = _prepare_unready(settings, sock)
+        if prepared is None:
+            return EXIT_USAGE
+        settings = prepared
     check_readable(settings.bundle)
     try:  # fail here, with one line, rather than in every worker
         Signature.from_json(json.loads((settings.bundle / SIGNATURE_FILE).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{settings.bundle / SIGNATURE_FILE} is not a valid signature: {e}",
                          hint="convert the model again") from None
-    sock = _check_port(settings.host, settings.port)
+    sock = sock or _check_port(settings.host, settings.port)
     if settings.grpc_port:  # gRPC: a taken port or a missing grpcio is one line here, not every worker's failure
         check_grpc(settings)
         _check_port(settings.host, settings.grpc_port).close()
@@ -75,8 +83,35 @@ def serve(bundle: str | None = None, port: int | None = None, host: str | None =
         max_body_bytes=settings.max_body_bytes, max_connections_per_worker=connections,
         header_timeout=settings.header_timeout, body_timeout=settings.body_timeout, auth=bool(settings.api_keys),
         rate_limit_per_second=settings.rate_per_second or None,
-        capture=str(settings.capture_dir) if settings.capture_dir else None)
+        capture=str(settings.capture_dir) if settings.capture_dir else None, model_uri=settings.model_uri,
+        download_seconds=None if settings.download_seconds is None else round(settings.download_seconds, 3))
     return _supervise(settings, sock, connections)
+
+
+def _prepare_unready(settings: Settings, sock: socket.socket) -> Settings | None:
+    """Download or verify the model while answering probes live but not ready; the settings for the bundle
+    on disk. If it cannot be had: one log line, then unready until stopped (None): never serving, and no
+    restart loop that would download it again and again."""
+    from mldeploy.serve.app import GET_ROUTES, LIVE
+    from mldeploy.serve.pending import Pending
+    from mldeploy.serve.source import ModelSourceError, prepare
+
+    live = {p for p, kind in [*GET_ROUTES.items(), *settings.extra_routes.items()] if kind == LIVE}
+    pending = Pending(sock, live, f"the model is loading from {settings.model_uri or settings.bundle}")
+    pending.start()
+    try:
+        return prepare(settings)
+    except ModelSourceError as e:
+        log("error", e.describe(), fd=2, uri=settings.model_uri, sha256=settings.model_sha256)
+        pending.reason, pending.final = e.message, True
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        return None
+    finally:
+        pending.stop()
 
 
 def _supervise(settings: Settings, sock: socket.socket, connections: int) -> int:

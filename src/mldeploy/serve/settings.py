@@ -3,6 +3,11 @@
 Clouds set their own variables (SageMaker SAGEMAKER_BIND_TO_PORT, Vertex AIP_*, Azure
 AZUREML_MODEL_DIR, Cloud Run PORT); ours are MLDEPLOY_*. Every value is checked here, once, so a
 typo fails the start with one line instead of a surprise under load.
+
+The model is in the image (/opt/ml/model), mounted by the platform (SageMaker, Azure ML), or, with
+`image.model: storage`, an artifact in object storage: MLDEPLOY_MODEL_URI (or Vertex's
+AIP_STORAGE_URI gs://) plus MLDEPLOY_MODEL_SHA256, downloaded at start into MLDEPLOY_MODEL_CACHE
+(mldeploy.serve.source). With MLDEPLOY_MODEL_SHA256 a mounted bundle is verified against it too.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mldeploy.artifacts import store_kind
 from mldeploy.bundle import MODEL_FILE, SIGNATURE_FILE
 from mldeploy.errors import UsageError
 
 # Vertex AI rejects prediction requests over 1.5 MB, the strictest of the clouds' limits.
 DEFAULT_MAX_BODY = 1_500_000
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+# Where a downloaded artifact goes: writable on every target (Kubernetes mounts an emptyDir on /tmp
+# under its read-only root filesystem; Lambda's only writable folder is /tmp).
+DEFAULT_MODEL_CACHE = "/tmp/mldeploy-model"
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,10 @@ class Settings:
     body_timeout: float = 60.0
     max_connections: int = 1024        # per worker; more wait in the kernel's accept queue
     grpc_port: int = 0                 # the Open Inference Protocol over gRPC; 0 = off
+    model_uri: str | None = None       # an artifact in object storage: downloaded into `bundle` at start
+    model_sha256: str | None = None    # the artifact's content address: a download or a mount is verified
+    model_cache: Path = Path(DEFAULT_MODEL_CACHE)
+    download_seconds: float | None = None  # set once the artifact is downloaded (the cold start's share)
 
 
 def available_cpus() -> int:
@@ -124,7 +137,8 @@ def locate_bundle(flag: str | None, env: dict[str, str]) -> Path:
         if found := find_bundle(Path(root)):
             return found
     raise UsageError("no bundle found in AZUREML_MODEL_DIR, AIP_STORAGE_URI, /opt/ml/model or ./bundle",
-                     hint="pass --bundle DIR or set MLDEPLOY_BUNDLE")
+                     hint="pass --bundle DIR, set MLDEPLOY_BUNDLE, or MLDEPLOY_MODEL_URI and MLDEPLOY_MODEL_SHA256 "
+                          "(a runtime image built with image.model: storage holds no model)")
 
 
 def _number(env: dict[str, str], name: str, default: float, kind: type = float,
@@ -185,9 +199,44 @@ def _api_keys(env: dict[str, str]) -> tuple[str, ...]:
 
 def from_env(env: dict[str, str] | None = None, *, bundle: str | None = None, port: int | None = None,
              host: str | None = None, workers: int | None = None) -> Settings:
-    """Settings from flags (when given) and the environment; raises UsageError naming a bad value."""
+    """Settings from flags (when given) and the environment; raises UsageError naming a bad value.
+    With a model URI (and no --bundle or MLDEPLOY_BUNDLE), `bundle` is where the download will go: nothing
+    is read yet."""
     env = dict(os.environ if env is None else env)
-    return Settings(bundle=locate_bundle(bundle, env), **_values(env, port, host, workers))
+    values = _values(env, port, host, workers)
+    if bundle is None and not env.get("MLDEPLOY_BUNDLE") and values["model_uri"]:
+        return Settings(bundle=values["model_cache"] / values["model_sha256"], **values)
+    return Settings(bundle=locate_bundle(bundle, env), **{**values, "model_uri": None})
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _model_source(env: dict[str, str]) -> dict[str, Any]:
+    """MLDEPLOY_MODEL_URI / _SHA256 / _CACHE, and Vertex's AIP_STORAGE_URI when it is remote: the
+    artifact to fetch (uri), the hash to check it by, and where downloads go."""
+    uri = env.get("MLDEPLOY_MODEL_URI", "").strip() or None
+    sha = env.get("MLDEPLOY_MODEL_SHA256", "").strip().lower() or None
+    cache = env.get("MLDEPLOY_MODEL_CACHE", "").strip() or DEFAULT_MODEL_CACHE
+    if sha is not None and not SHA256.fullmatch(sha.removeprefix("sha256:")):
+        raise UsageError(f"MLDEPLOY_MODEL_SHA256={sha[:80]!r} is not a sha256 (expected 64 hex digits)",
+                         hint="use the sha256 `mldeploy publish` printed (the manifest's publish step)")
+    sha = sha.removeprefix("sha256:") if sha else None
+    if uri is not None:
+        try:
+            store_kind(uri)
+        except UsageError as e:
+            raise UsageError(f"MLDEPLOY_MODEL_URI: {e.message}", hint=e.hint) from None
+    vertex = env.get("AIP_STORAGE_URI", "").strip()
+    if uri is None and sha is not None and vertex.startswith("gs://"):
+        uri = vertex  # Vertex copied the model's artifactUri there and hands it over
+    if uri is not None and sha is None:
+        raise UsageError(f"{'MLDEPLOY_MODEL_URI' if env.get('MLDEPLOY_MODEL_URI') else 'AIP_STORAGE_URI'} "
+                         "is set without MLDEPLOY_MODEL_SHA256: the server verifies what it downloads",
+                         hint="set MLDEPLOY_MODEL_SHA256 to the artifact's sha256 (`mldeploy publish` prints it)")
+    if not Path(cache).is_absolute():
+        raise UsageError(f"MLDEPLOY_MODEL_CACHE={cache!r} is not an absolute path")
+    return dict(model_uri=uri, model_sha256=sha, model_cache=Path(cache))
 
 
 class _Lookups(dict[str, str]):
@@ -216,7 +265,7 @@ def check_environment(env: dict[str, str], secret_names: Iterable[str] = ()) -> 
         if name.startswith("MLDEPLOY_") and name not in lookups.read:
             close = difflib.get_close_matches(name, sorted(v for v in lookups.read if v.startswith("MLDEPLOY_")), 1)
             raise UsageError(f"{name} is not a serving setting" + (f" (did you mean {close[0]}?)" if close else ""),
-                             hint="the settings are listed in the README, under Settings (environment)")
+                             hint="the settings are listed in docs/serve.md, under Settings (environment)")
 
 
 def _values(env: dict[str, str], port: int | None, host: str | None, workers: int | None) -> dict[str, Any]:
@@ -275,6 +324,7 @@ def _values(env: dict[str, str], port: int | None, host: str | None, workers: in
         body_timeout=_number(env, "MLDEPLOY_BODY_TIMEOUT", 60.0, float, 1, 3600),
         max_connections=int(_number(env, "MLDEPLOY_MAX_CONNECTIONS", 1024, int, 1, 1 << 20)),
         grpc_port=grpc_port,
+        **_model_source(env),
     )
 
 

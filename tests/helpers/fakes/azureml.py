@@ -11,6 +11,8 @@ What it answers (api-version is ignored; paths as the SDK formats them):
   POST   .../onlineEndpoints/E/listKeys, .../token
   GET    .../onlineEndpoints/E/deployments (list), GET/PUT/DELETE .../deployments/D
   GET/PUT .../environments/N/versions/V
+  GET .../models/N, GET/PUT .../models/N/versions/V    registered models (image.model: storage); a version
+                                                       is immutable, and a deployment's model must exist
   GET    .../locations/L/mfeOperationsStatus/ID              long-running operation status
   POST   /score on host E.L.inference.ml.azure.com           the model (answers like our server)
   GET    .../onlineEndpoints/E/providers/Microsoft.Insights/metrics   Azure Monitor metrics, from
@@ -58,6 +60,8 @@ ROUTES = [
     ("deployments", WS + r"/onlineEndpoints/(?P<e>[^/]+)/deployments$"),
     ("deployment", WS + r"/onlineEndpoints/(?P<e>[^/]+)/deployments/(?P<d>[^/]+)$"),
     ("environment", WS + r"/environments/(?P<n>[^/]+)/versions/(?P<v>[^/]+)$"),
+    ("model_container", WS + r"/models/(?P<n>[^/]+)$"),
+    ("model", WS + r"/models/(?P<n>[^/]+)/versions/(?P<v>[^/]+)$"),
     ("operation", r"/subscriptions/[^/]+/providers/" + PROVIDER + r"/locations/[^/]+/mfeOperationsStatus/(?P<op>[^/]+)$"),
     # Azure Monitor (azure-mgmt-monitor): metric alerts and action groups, synchronous PUTs
     ("metric_alert", (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/"
@@ -96,6 +100,7 @@ class AzureMLFake:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
         self.environments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}   # registered model versions
         self.operations: dict[str, dict[str, Any]] = {}
         self.metric_alerts: dict[str, dict[str, Any]] = {}     # Azure Monitor, by name
         self.action_groups: dict[str, dict[str, Any]] = {}
@@ -149,7 +154,7 @@ class AzureMLFake:
 
     def reset(self) -> None:
         with self._lock:
-            for store in (self.endpoints, self.deployments, self.environments, self.operations, self.fail_next,
+            for store in (self.endpoints, self.deployments, self.environments, self.models, self.operations, self.fail_next,
                           self.metric_alerts, self.action_groups, self.autoscale_settings):
                 store.clear()
             self.metric_points.clear()
@@ -330,6 +335,9 @@ class AzureMLFake:
         match = re.search(r"/environments/([^/]+)/versions/([^/]+)$", env_id)
         if not match or (match.group(1), match.group(2)) not in self.environments:
             return error(400, "BadArgument", f"Environment {env_id or '(none)'} does not exist.")
+        if (model_id := props.get("model")) and not ((found := re.search(r"/models/([^/]+)/versions/([^/]+)$", model_id))
+                                                     and (found.group(1), found.group(2)) in self.models):
+            return error(400, "BadArgument", f"Model {model_id} does not exist.")
         existing = self.deployments[e].get(d)
         props.setdefault("scaleSettings", {"scaleType": "Default"})
         props["provisioningState"] = "Updating" if existing else "Creating"
@@ -377,6 +385,25 @@ class AzureMLFake:
                                      "type": f"{PROVIDER}/workspaces/environments/versions",
                                      "properties": {**props, "provisioningState": "Succeeded"}}
         return ok(self.environments[(n, v)], 201 if old is None else 200)
+
+    def _model_container_get(self, body, n):
+        if not any(name == n for name, _ in self.models):
+            return error(404, "ResourceNotFound", f"Model container {n} not found.")
+        return ok({"id": f"{self._ws_id()}/models/{n}", "name": n, "properties": {}})
+
+    def _model_get(self, body, n, v):
+        model = self.models.get((n, v))
+        return ok(model) if model else error(404, "ResourceNotFound", f"Model {n}:{v} not found.")
+
+    def _model_put(self, body, n, v):
+        props = (body or {}).get("properties") or {}
+        old = self.models.get((n, v))
+        if old and old["properties"].get("modelUri") != props.get("modelUri"):
+            return error(409, "Conflict", f"Model {n}:{v} exists with another path; versions are immutable.")
+        self.models[(n, v)] = {"id": f"{self._ws_id()}/models/{n}/versions/{v}", "name": v,
+                               "type": f"{PROVIDER}/workspaces/models/versions",
+                               "properties": {"flavors": {}, **props, "provisioningState": "Succeeded"}}
+        return ok(self.models[(n, v)], 201 if old is None else 200)
 
     # -- long-running operations -------------------------------------------------------------------
     def _lro(self, status: int, resource: Any, failure: str | None, finish) -> tuple[int, Any, dict[str, str]]:
@@ -465,7 +492,7 @@ class AzureMLFake:
         self.metric_points.append({"endpoint": endpoint, "metric": metric, "values": list(values),
                                    "dimensions": {k.lower(): v for k, v in dimensions.items()}})
 
-    def _metrics_get(self, body, e):
+    def _metrics_get(self, body, e, metrics=None):
         """Microsoft.Insights/metrics of an endpoint, minute by minute (PT1M only): the series split by
         the $filter's dimensions ('*' or values joined by `or`), Total or Average of each minute, at
         most `top` series (10 unless asked, as Azure does)."""
@@ -490,11 +517,12 @@ class AzureMLFake:
             wanted[terms[0].group(1).lower()] = None if "*" in values else values
         minutes = [start + timedelta(minutes=i) for i in range(int((end - start).total_seconds() // 60))]
         out = []
+        metrics = metrics or ENDPOINT_METRICS   # another resource type's metrics (fakes/containerapps.py)
         for name in q.get("metricnames", "").split(","):
-            if name not in ENDPOINT_METRICS:
+            if name not in metrics:
                 return error(400, "BadRequest", f"Failed to find metric configuration for provider: "
                                                 f"{PROVIDER}, resource Type: onlineEndpoints, metric: {name}")
-            dims, unit = ENDPOINT_METRICS[name]
+            dims, unit = metrics[name]
             if set(wanted) - {d.lower() for d in dims}:
                 return error(400, "BadRequest", f"Metric: {name} does not support requested dimension "
                                                 f"combination: {','.join(wanted)}")

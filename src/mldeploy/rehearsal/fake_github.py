@@ -6,7 +6,12 @@ Sigstore bundle: 201 with its id) and the deploy reads them (`GET /repos/{owner}
 {subject_digest}`: 200 with `attestations: [{bundle, repository_id, bundle_url}]`, 404 when there are
 none); the subject digests are read from the bundle's in-toto statement. A GitHub App's installation token (`ghs_...`, as the job's
 GITHUB_TOKEN is) gets 403 from /user, as on GitHub, and writes as `github-actions[bot]`; any other
-token is the user `login`."""
+token is the user `login`.
+
+`mldeploy rehearse` serves the workflows' GitHub API with it (the report job's comment is what a pull
+request would get); `state`, a JSON file, keeps the comments and attestations from one rehearsal to
+the next, as GitHub keeps them between runs (the next push updates the same comment; promote finds
+the attestation the canary's run stored)."""
 
 from __future__ import annotations
 
@@ -15,24 +20,30 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class FakeGitHub:
-    def __init__(self, token: str, login: str = "octocat"):
+    def __init__(self, token: str, login: str = "octocat", state: Path | None = None) -> None:
         self.token = token
         self.author = "github-actions[bot]" if token.startswith("ghs_") else login
         self.comments: dict[int, dict] = {}   # id -> {"id", "pr", "body", "html_url", "user": {"login"}}
         self.requests: list[tuple[str, str]] = []
         self.attestations: dict[str, list[dict]] = {}  # "owner/repo" -> stored bundles
+        self.state = state
+        if state is not None and state.is_file():
+            kept = json.loads(state.read_text(encoding="utf-8"))
+            self.comments = {int(k): v for k, v in kept.get("comments", {}).items()}
+            self.attestations = kept.get("attestations", {})
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             disable_nagle_algorithm = True
 
-            def log_message(self, *args):
+            def log_message(self, *args: object) -> None:
                 pass
 
-            def _answer(self, status: int, body) -> None:
+            def _answer(self, status: int, body: object) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -72,13 +83,13 @@ class FakeGitHub:
                     return self._answer(200, comment)
                 self._answer(404, {"message": "Not Found"})
 
-            def do_GET(self):
+            def do_GET(self) -> None:
                 self._route("GET")
 
-            def do_POST(self):
+            def do_POST(self) -> None:
                 self._route("POST")
 
-            def do_PATCH(self):
+            def do_PATCH(self) -> None:
                 self._route("PATCH")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -99,6 +110,10 @@ class FakeGitHub:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
+        if self.state is not None:
+            self.state.write_text(json.dumps({"comments": self.comments, "attestations": self.attestations}),
+                                  encoding="utf-8")
 
 
 def _subject_digests(bundle: dict) -> set[str]:
