@@ -115,6 +115,13 @@ def tampered(published, tmp_path) -> str:
     return (copy / "linear" / sha).as_uri()
 
 
+def wait_for_error(s, seconds: float = 10) -> None:
+    """Until the server logs an error (the model check failing), at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not any(r["level"] == "error" for r in s.logs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_tampered_artifact_stays_unready_with_one_log_line(published, tmp_path):
     _, sha, _ = published
     uri = tampered(published, tmp_path)
@@ -122,9 +129,7 @@ def test_a_tampered_artifact_stays_unready_with_one_log_line(published, tmp_path
                                           "MLDEPLOY_MODEL_CACHE": str(tmp_path / "cache")}, ready=False)
     try:
         wait_ready(s, "/v2/health/live")  # alive: the platform must not restart it into the same failure
-        deadline = time.monotonic() + 10
-        while not any(r["level"] == "error" for r in s.logs()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_error(s)
         for path in ("/ping", "/v2/health/ready"):
             assert s.call("GET", path).status == 503
         refused = s.call("POST", "/predict", ROW)
@@ -161,6 +166,7 @@ def test_a_mounted_bundle_is_verified_against_the_hash(published, tmp_path):
     s = start_server(mount, tmp_path, env={"MLDEPLOY_MODEL_SHA256": sha}, ready=False)
     try:
         wait_ready(s, "/v2/health/live")
+        wait_for_error(s)   # the check runs after the server is live (a loaded machine is slow to it)
         assert s.call("GET", "/ping").status == 503
     finally:
         s.stop()

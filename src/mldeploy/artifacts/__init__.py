@@ -143,6 +143,19 @@ def store_kind(uri: str) -> str:
     return SCHEMES[scheme]
 
 
+class Bucketed:
+    """What the cloud stores share: the root SCHEME://BUCKET/PREFIX split once, and keys under the prefix."""
+
+    def __init__(self, uri: str, scheme: str, hint: str, noun: str = "bucket"):
+        bucket, _, prefix = uri.removeprefix(scheme).partition("/")
+        if not bucket:
+            raise UsageError(f"{uri} names no {noun}", hint=hint)
+        self.root, self.bucket_name, self.prefix = uri, bucket, prefix.strip("/")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
 def open_store(uri: str) -> Store:
     """The store rooted at uri; the scheme's module (and its SDK) is imported only now."""
     module = importlib.import_module(f"mldeploy.artifacts.{store_kind(uri)}")

@@ -11,55 +11,34 @@ read: no version id coming back is how it shows); else the content hash.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from mldeploy.clouds.azure import container_client, error_text, translated
+from mldeploy.artifacts import Bucketed
+from mldeploy.clouds.azure import blob_errors, container_client
 from mldeploy.errors import UsageError
 
 HOST_SUFFIX = ".blob.core.windows.net"
+HINT = "use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX"
 
 
-class BlobStore:
+class BlobStore(Bucketed):
     kind = "blob"
 
     def __init__(self, uri: str):
-        host, _, path = uri.removeprefix("https://").partition("/")
-        container, _, prefix = path.partition("/")
-        if not host.endswith(HOST_SUFFIX) or not container:
-            raise UsageError(f"{uri} is not a Blob storage container URL",
-                             hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
-        self.root, self.prefix = uri, prefix.strip("/")
-        self.where = f"https://{host}/{container}"
-        self.container = container_client(f"https://{host}", container)
+        host = uri.removeprefix("https://").partition("/")[0]
+        if not host.endswith(HOST_SUFFIX):
+            raise UsageError(f"{uri} is not a Blob storage container URL", hint=HINT)
+        super().__init__(uri, f"https://{host}/", hint=HINT, noun="container")
+        self.where = f"https://{host}/{self.bucket_name}"
+        self.container = container_client(f"https://{host}", self.bucket_name)
         self.seen: set[bool] = set()   # whether uploads came back with a version id
 
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    @contextlib.contextmanager
-    def errors(self, doing: str, missing_ok: bool = False) -> Iterator[list[bool]]:
-        """translated(), with a missing container and a storage-role refusal as one line (exit 2);
-        with missing_ok a missing blob sets the flag instead."""
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
-        missing: list[bool] = []
-        with translated(doing):
-            try:
-                yield missing
-            except ResourceNotFoundError as e:
-                if missing_ok and getattr(e, "error_code", None) == "BlobNotFound":
-                    missing.append(True)
-                    return
-                raise UsageError(f"the Blob container {self.where} does not exist",
-                                 hint="create it (with blob versioning on in the account) or correct storage.uri") from None
-            except HttpResponseError as e:   # (ClientAuthenticationError too) a refusal is about storage roles
-                if e.status_code not in (401, 403):
-                    raise
-                raise UsageError(f"Azure Storage refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
-                                 hint="the identity needs Storage Blob Data Contributor on the container to publish, "
-                                      "Storage Blob Data Reader to fetch") from None
+    def errors(self, doing: str, missing_ok: bool = False) -> contextlib.AbstractContextManager[list[bool]]:
+        return blob_errors(doing, self.where, missing_ok=missing_ok,
+                           missing_hint="create it (with blob versioning on in the account) or correct storage.uri",
+                           roles_hint="the identity needs Storage Blob Data Contributor on the container to publish, "
+                                      "Storage Blob Data Reader to fetch")
 
     def get(self, key: str, out: IO[bytes]) -> bool:
         with self.errors(f"read {self.where}/{self.key(key)}", missing_ok=True) as missing:

@@ -13,23 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mldeploy.artifacts import Bucketed
 from mldeploy.clouds.gcp import read_retry, storage_client, translated
 from mldeploy.errors import UsageError
 
 
-class GcsStore:
+class GcsStore(Bucketed):
     kind = "gcs"
 
     def __init__(self, uri: str):
-        bucket, _, prefix = uri.removeprefix("gs://").partition("/")
-        if not bucket:
-            raise UsageError(f"{uri} names no bucket", hint="use gs://BUCKET/PREFIX")
-        self.root, self.bucket_name, self.prefix = uri, bucket, prefix.strip("/")
+        super().__init__(uri, "gs://", hint="use gs://BUCKET/PREFIX")
         self.client = storage_client()
-        self.bucket = self.client.bucket(bucket)
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
+        self.bucket = self.client.bucket(self.bucket_name)
 
     @contextlib.contextmanager
     def errors(self, doing: str, missing_ok: bool = False) -> Iterator[list[bool]]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mldeploy.artifacts import Bucketed
 from mldeploy.clouds.aws import client, error_code, translated
 from mldeploy.errors import UsageError
 
@@ -22,19 +23,13 @@ MULTIPART = 1 << 30   # bytes: larger files are uploaded in parts
 PART = 128 << 20      # bytes per part (S3: at least 5 MiB, at most 10,000 parts)
 
 
-class S3Store:
+class S3Store(Bucketed):
     kind = "s3"
 
     def __init__(self, uri: str):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise UsageError(f"{uri} names no bucket", hint="use s3://BUCKET/PREFIX")
-        self.root, self.bucket, self.prefix = uri, bucket, prefix.strip("/")
+        super().__init__(uri, "s3://", hint="use s3://BUCKET/PREFIX")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.s3 = client("s3", region)   # S3 redirects a bucket in another region itself
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
 
     @contextlib.contextmanager
     def errors(self, doing: str) -> Iterator[None]:
@@ -42,13 +37,13 @@ class S3Store:
             try:
                 yield
             except self.s3.exceptions.NoSuchBucket:
-                raise UsageError(f"the S3 bucket {self.bucket} does not exist",
+                raise UsageError(f"the S3 bucket {self.bucket_name} does not exist",
                                  hint="create it (with versioning on) or correct storage.uri") from None
 
     def get(self, key: str, out: IO[bytes]) -> bool:
-        with self.errors(f"read s3://{self.bucket}/{self.key(key)}"):
+        with self.errors(f"read s3://{self.bucket_name}/{self.key(key)}"):
             try:
-                body = self.s3.get_object(Bucket=self.bucket, Key=self.key(key))["Body"]
+                body = self.s3.get_object(Bucket=self.bucket_name, Key=self.key(key))["Body"]
             except self.s3.exceptions.NoSuchKey:
                 return False
             for chunk in body.iter_chunks(1 << 20):
@@ -58,12 +53,12 @@ class S3Store:
     def create(self, key: str, source: Path) -> str | None:
         from botocore.exceptions import ClientError
 
-        with self.errors(f"upload s3://{self.bucket}/{self.key(key)}"), open(source, "rb") as fh:
+        with self.errors(f"upload s3://{self.bucket_name}/{self.key(key)}"), open(source, "rb") as fh:
             try:
                 if source.stat().st_size > MULTIPART:
                     answer = self._in_parts(self.key(key), fh)
                 else:
-                    answer = self.s3.put_object(Bucket=self.bucket, Key=self.key(key), Body=fh, IfNoneMatch="*")
+                    answer = self.s3.put_object(Bucket=self.bucket_name, Key=self.key(key), Body=fh, IfNoneMatch="*")
             except ClientError as e:   # 412: it exists; 409: another upload of it is finishing now
                 if error_code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
                     return None
@@ -72,31 +67,31 @@ class S3Store:
 
     def _in_parts(self, key: str, fh: IO[bytes]) -> dict[str, Any]:
         """A multipart upload, completed only if the key does not exist (else aborted, nothing left)."""
-        upload = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        upload = self.s3.create_multipart_upload(Bucket=self.bucket_name, Key=key)["UploadId"]
         try:
             parts = []
             for number, chunk in enumerate(iter(lambda: fh.read(PART), b""), start=1):
-                etag = self.s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number,
+                etag = self.s3.upload_part(Bucket=self.bucket_name, Key=key, UploadId=upload, PartNumber=number,
                                            Body=chunk)["ETag"]
                 parts.append({"ETag": etag, "PartNumber": number})
             answer: dict[str, Any] = self.s3.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+                Bucket=self.bucket_name, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, IfNoneMatch="*")
             return answer
         except BaseException:
             with contextlib.suppress(Exception):   # the error that got us here is the one to report
-                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+                self.s3.abort_multipart_upload(Bucket=self.bucket_name, Key=key, UploadId=upload)
             raise
 
     def version(self, key: str) -> str | None:
-        with self.errors(f"read s3://{self.bucket}/{self.key(key)}"):
-            return _version(self.s3.head_object(Bucket=self.bucket, Key=self.key(key)))
+        with self.errors(f"read s3://{self.bucket_name}/{self.key(key)}"):
+            return _version(self.s3.head_object(Bucket=self.bucket_name, Key=self.key(key)))
 
     def modified(self, key: str) -> float | None:
         from botocore.exceptions import ClientError
 
-        with self.errors(f"read s3://{self.bucket}/{self.key(key)}"):
+        with self.errors(f"read s3://{self.bucket_name}/{self.key(key)}"):
             try:
-                return float(self.s3.head_object(Bucket=self.bucket, Key=self.key(key))["LastModified"].timestamp())
+                return float(self.s3.head_object(Bucket=self.bucket_name, Key=self.key(key))["LastModified"].timestamp())
             except ClientError as e:
                 if error_code(e) in ("404", "NoSuchKey", "NotFound"):
                     return None
@@ -106,8 +101,8 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            with self.errors(f"read the versioning of s3://{self.bucket}"):
-                return self.s3.get_bucket_versioning(Bucket=self.bucket).get("Status") == "Enabled"
+            with self.errors(f"read the versioning of s3://{self.bucket_name}"):
+                return self.s3.get_bucket_versioning(Bucket=self.bucket_name).get("Status") == "Enabled"
         except UsageError:
             return None   # no s3:GetBucketVersioning: unknown, not "off"
         except ClientError:
@@ -115,23 +110,23 @@ class S3Store:
 
     def children(self) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""
-        with self.errors(f"list s3://{self.bucket}/{base}"):
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base, Delimiter="/")
+        with self.errors(f"list s3://{self.bucket_name}/{base}"):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket_name, Prefix=base, Delimiter="/")
             return sorted(p["Prefix"][len(base):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
 
     def delete_tree(self, name: str) -> int:
         """Every version and delete marker under the prefix: a pruned artifact leaves nothing behind."""
         base = f"{self.key(name)}/"
         count = 0
-        with self.errors(f"delete s3://{self.bucket}/{base}"):
-            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=base):
+        with self.errors(f"delete s3://{self.bucket_name}/{base}"):
+            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket_name, Prefix=base):
                 doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                           for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
                 if doomed:
-                    answer = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed, "Quiet": True})
+                    answer = self.s3.delete_objects(Bucket=self.bucket_name, Delete={"Objects": doomed, "Quiet": True})
                     if answer.get("Errors"):
                         first = answer["Errors"][0]
-                        raise UsageError(f"S3 refused to delete s3://{self.bucket}/{first['Key']} ({first['Code']})",
+                        raise UsageError(f"S3 refused to delete s3://{self.bucket_name}/{first['Key']} ({first['Code']})",
                                          hint="pruning needs s3:DeleteObject and s3:DeleteObjectVersion on the prefix")
                     count += len(doomed)
         return count

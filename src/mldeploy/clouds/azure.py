@@ -177,3 +177,26 @@ def container_client(account_url: str, container: str) -> Any:
     custom = transport()
     return ContainerClient(account_url, container, credential=credential(),
                            **({"transport": custom} if custom is not None else {}))
+
+
+@contextlib.contextmanager
+def blob_errors(doing: str, container_url: str, missing_hint: str, roles_hint: str,
+                missing_ok: bool = False) -> Iterator[list[bool]]:
+    """translated(), with a missing container and a storage-role refusal as one line (exit 2); with
+    missing_ok a missing blob sets the flag instead of raising."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    missing: list[bool] = []
+    with translated(doing):
+        try:
+            yield missing
+        except ResourceNotFoundError as e:
+            if missing_ok and getattr(e, "error_code", None) == "BlobNotFound":
+                missing.append(True)
+                return
+            raise UsageError(f"the Blob container {container_url} does not exist", hint=missing_hint) from None
+        except HttpResponseError as e:   # (ClientAuthenticationError too) a refusal is about storage roles
+            if e.status_code not in (401, 403):
+                raise
+            raise UsageError(f"Azure Storage refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
+                             hint=roles_hint) from None

@@ -24,6 +24,7 @@ from mldeploy.clouds.aws import client as client
 from mldeploy.clouds.aws import error_code as error_code
 from mldeploy.clouds.aws import translated as translated
 from mldeploy.deploy import storage_location
+from mldeploy.deploy.base import digest_of
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ def resource_name(*parts: str, limit: int = 63) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         name = f"{name[:limit - 9].rstrip('-')}-{digest}"
     return name
-
-
-def digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
 def tags(endpoint: str, slot: str | None = None, image: str | None = None) -> dict[str, str]:

@@ -36,7 +36,7 @@ from mldeploy.clouds.azure import ARM_HOST as ARM_HOST
 from mldeploy.clouds.azure import BLOB_SUFFIX as BLOB_SUFFIX
 from mldeploy.clouds.azure import ML_CREDENTIALS_HINT as ML_CREDENTIALS_HINT
 from mldeploy.clouds.azure import ROLES_HINT as ROLES_HINT
-from mldeploy.clouds.azure import _credential_reason, _first_line, container_client
+from mldeploy.clouds.azure import _credential_reason, _first_line, blob_errors, container_client
 from mldeploy.clouds.azure import credential as credential
 from mldeploy.clouds.azure import error_text as error_text
 from mldeploy.clouds.azure import federation_help as federation_help
@@ -251,21 +251,10 @@ def capture_blobs(source: str, region: str | None,
         raise UsageError(f"{source} names no container",
                          hint="use https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
     account_url = f"https://{account}"
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-    @contextlib.contextmanager
-    def storage_errors(doing: str) -> Iterator[None]:
-        with translated(doing):
-            try:
-                yield
-            except ResourceNotFoundError:
-                raise UsageError(f"the Blob container {account_url}/{container} does not exist",
-                                 hint="check monitoring.drift.capture") from None
-            except HttpResponseError as e:  # (ClientAuthenticationError too) a refusal is about storage roles
-                if e.status_code not in (401, 403):
-                    raise
-                raise UsageError(f"Azure Storage refused to {doing} (HTTP {e.status_code}): {error_text(e)}",
-                                 hint="the identity needs the Storage Blob Data Reader role on the container") from None
+    def storage_errors(doing: str) -> contextlib.AbstractContextManager[list[bool]]:
+        return blob_errors(doing, f"{account_url}/{container}", missing_hint="check monitoring.drift.capture",
+                           roles_hint="the identity needs the Storage Blob Data Reader role on the container")
 
     store = container_client(account_url, container)
     with storage_errors(f"list {account_url}/{container}/{prefix}"):

@@ -34,7 +34,17 @@ from mldeploy import github
 from mldeploy.deploy import Desired, NoCanary, Plan
 from mldeploy.deploy import azure as azure_cloud
 from mldeploy.deploy.azure import error_text, ml_client, monitor_client, translated, transport, wait
-from mldeploy.deploy.base import MODEL_SHA256, Model, Slot, Status, Target, model_env, plan_model, verify_models
+from mldeploy.deploy.base import (
+    MODEL_SHA256,
+    Model,
+    Slot,
+    Status,
+    Target,
+    digest_of,
+    model_env,
+    plan_model,
+    verify_models,
+)
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:
@@ -73,10 +83,6 @@ def _missing_parent(error: Exception) -> bool:
     text = error_text(error)
     return code in ("ResourceGroupNotFound", "SubscriptionNotFound", "InvalidSubscriptionId") or (
         "/workspaces/" in text and "under resource group" in text)
-
-
-def digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
 class AzureMLTarget(Target):

@@ -88,6 +88,31 @@ def verify_models(serving: Mapping[str, Model | None], wanted: Mapping[str, Mode
         raise CheckFailed("; ".join(problems))
 
 
+def digest_of(image: str | None) -> str:
+    """The hex digest of an image reference by digest (REPO@sha256:HEX); "" for no image."""
+    return (image or "").rsplit("@", 1)[-1].removeprefix("sha256:")
+
+
+def verify_revisions(current: dict[str, Any] | None, after: dict[str, dict[str, Any]], what: str) -> dict[str, Any]:
+    """The read-back of a revision-based target (Cloud Run, Container Apps): each slot's revision and
+    share as planned, running the planned image, healthy, with the planned model (else exit 1). Returns
+    what was read."""
+    if current is None:
+        raise CheckFailed(f"the {what} is gone")
+    served = {s: f"{e['revision']} {e['traffic']}%" for s, e in current["slots"].items()}
+    planned = {s: f"{e['revision']} {e['traffic']}%" for s, e in after.items()}
+    if served != planned:
+        raise CheckFailed(f"the {what} serves {served}, not the planned {planned}")
+    for slot, e in after.items():
+        found = current["slots"][slot]
+        if found["image"] is None or digest_of(found["image"]) != digest_of(e["image"]):
+            raise CheckFailed(f"the revision {e['revision']} ({slot}) runs {found['image']}, not the planned {e['image']}")
+        if not found["healthy"]:
+            raise CheckFailed(f"the revision {e['revision']} ({slot}) is {found.get('state') or 'not ready'}")
+    verify_models({s: e["model"] for s, e in current["slots"].items()}, {s: e["model"] for s, e in after.items()})
+    return current
+
+
 def _named(model: Model | None) -> str:
     return f"{model} at {model.uri}" if model else "baked into its image"
 

@@ -43,7 +43,17 @@ from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__
 from mldeploy.deploy import Desired, Plan, gcp, pick_canary, restoring
-from mldeploy.deploy.base import Model, Slot, Status, Target, model_env, model_from_env, plan_model, verify_models
+from mldeploy.deploy.base import (
+    Model,
+    Slot,
+    Status,
+    Target,
+    digest_of,
+    model_env,
+    model_from_env,
+    plan_model,
+    verify_revisions,
+)
 from mldeploy.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -99,10 +109,6 @@ def service_name(endpoint: str) -> str:
     if len(name) > 49:  # keep it unique: shorten and add a hash of the whole
         name = f"{name[:40].rstrip('-')}-{_hash(name, 8)}"
     return name
-
-
-def digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
 class CloudRunTarget(Target):
@@ -413,21 +419,7 @@ class CloudRunTarget(Target):
             self.services.set_iam_policy(request={"resource": self.resource, "policy": wanted})
 
     def _verify(self, after: dict[str, dict[str, Any]]) -> None:
-        current = self.read()
-        if current is None:
-            raise CheckFailed(f"the service {self.service} is gone")
-        served = {s: f"{e['revision']} {e['traffic']}%" for s, e in current["slots"].items()}
-        planned = {s: f"{e['revision']} {e['traffic']}%" for s, e in after.items()}
-        if served != planned:
-            raise CheckFailed(f"the service serves {served}, not the planned {planned}")
-        for slot, e in after.items():
-            image = current["slots"][slot]["image"]
-            if image is None or digest_of(image) != digest_of(e["image"]):
-                raise CheckFailed(f"the revision {e['revision']} ({slot}) runs {image}, not the planned {e['image']}")
-            if not current["slots"][slot]["healthy"]:
-                raise CheckFailed(f"the revision {e['revision']} ({slot}) is not ready")
-        verify_models({s: e["model"] for s, e in current["slots"].items()}, {s: e["model"] for s, e in after.items()})
-        self._read_back = current
+        self._read_back = verify_revisions(self.read(), after, f"service {self.service}")
 
     def _url(self, slot: str) -> str:
         """Production: the service URL; a canary: its tag's URL as Cloud Run reports it."""

@@ -44,7 +44,18 @@ from typing import TYPE_CHECKING, Any
 from mldeploy import __version__, github
 from mldeploy.deploy import Conflict, Desired, Plan, canary_shares, dns_label, pick_canary
 from mldeploy.deploy import azure as azure_cloud
-from mldeploy.deploy.base import Model, Slot, Status, Target, model_env, model_from_env, plan_model, verify_models
+from mldeploy.deploy.base import (
+    Model,
+    Slot,
+    Status,
+    Target,
+    digest_of,
+    model_env,
+    model_from_env,
+    plan_model,
+    verify_models,
+    verify_revisions,
+)
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:
@@ -73,10 +84,6 @@ ROLES_HINT = "the deploying identity needs Container Apps Contributor on the res
 def app_name(endpoint: str) -> str:
     """A Container App name: lowercase letters, digits and single hyphens, a letter first, at most 32."""
     return dns_label(endpoint, 32)
-
-
-def digest_of(image: str) -> str:
-    return image.rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
 def coordinates(deploy: DeploySection) -> tuple[str, str]:
@@ -630,20 +637,7 @@ class ContainerAppsTarget(Target):
             return str(azure_cloud.credential().get_token(f"api://{client_id}/.default").token)
 
     def _verify(self, after: dict[str, dict[str, Any]]) -> None:
-        current = self.read()
-        if current is None:
-            raise CheckFailed(f"the container app {self.app} is gone")
-        served = {s: f"{e['revision']} {e['traffic']}%" for s, e in current["slots"].items()}
-        planned = {s: f"{e['revision']} {e['traffic']}%" for s, e in after.items()}
-        if served != planned:
-            raise CheckFailed(f"the app serves {served}, not the planned {planned}")
-        for slot, e in after.items():
-            image = current["slots"][slot]["image"]
-            if image is None or digest_of(image) != digest_of(e["image"]):
-                raise CheckFailed(f"the revision {e['revision']} ({slot}) runs {image}, not the planned {e['image']}")
-            if not current["slots"][slot]["healthy"]:
-                raise CheckFailed(f"the revision {e['revision']} ({slot}) is {current['slots'][slot]['state']}")
-        verify_models({s: e["model"] for s, e in current["slots"].items()}, {s: e["model"] for s, e in after.items()})
+        verify_revisions(self.read(), after, f"container app {self.app}")
 
     def _bake(self, slot: str, body: dict[str, Any]) -> None:
         """Keep checking the canary for bake_seconds: its revision stays healthy and answers at its label."""

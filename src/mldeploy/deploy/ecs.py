@@ -36,8 +36,18 @@ from typing import TYPE_CHECKING, Any
 from mldeploy import __version__, github
 from mldeploy.deploy import Desired, Guard, Plan, canary_shares
 from mldeploy.deploy import aws as aws_cloud
-from mldeploy.deploy.aws import alarm_spec, bake, client, digest_of, error_code, resource_name, tags, translated
-from mldeploy.deploy.base import Model, Slot, Status, Target, model_env, model_from_env, plan_model, verify_models
+from mldeploy.deploy.aws import alarm_spec, bake, client, error_code, resource_name, tags, translated
+from mldeploy.deploy.base import (
+    Model,
+    Slot,
+    Status,
+    Target,
+    digest_of,
+    model_env,
+    model_from_env,
+    plan_model,
+    verify_models,
+)
 from mldeploy.errors import CheckFailed, MldeployError, UsageError
 
 if TYPE_CHECKING:

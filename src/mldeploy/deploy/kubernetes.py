@@ -53,6 +53,7 @@ from mldeploy.deploy.base import (
     Slot,
     Status,
     Target,
+    digest_of,
     model_env,
     model_from_env,
     plan_model,
@@ -104,10 +105,6 @@ def rules(by_replicas: bool, gateway_api: bool = True) -> tuple[Rule, ...]:
 def base_name(endpoint: str) -> str:
     """A DNS-1035 label short enough for <name>-canary-pr<N>-next (at most 63)."""
     return dns_label(endpoint, 36)
-
-
-def digest_of(image: str | None) -> str:
-    return (image or "").rsplit("@", 1)[-1].removeprefix("sha256:")
 
 
 def replica_shares(counts: dict[str, int]) -> dict[str, int]:
