@@ -108,3 +108,17 @@ def test_deploy_and_promote_with_the_jobs_entra_id_login(mldeploy, aks, bundle, 
     r = mldeploy("status", cwd=tmp_path)
     assert r.code == 2 and one_line(r) and f"no AKS cluster absent in the resource group {RG}" in r.err, r.err
     assert kube.requests == []
+
+
+def test_a_service_account_gets_azure_workload_identity_on_its_pods(mldeploy, aks, bundle, tmp_path):
+    kube, _, _ = aks
+    project = (tmp_path, bundle)
+    assert deploy(mldeploy, project, A).code == 0
+    template = kube.get("deployments", f"{ENDPOINT}-production")["spec"]["template"]
+    assert "azure.workload.identity/use" not in template["metadata"]["labels"]   # no account: nothing to federate
+    (tmp_path / "mldeploy.yaml").write_text(CONFIG.replace("gateway: infra/public",
+                                                           "{gateway: infra/public, service_account: model-reader}"))
+    assert deploy(mldeploy, project, A).code == 0
+    template = kube.get("deployments", f"{ENDPOINT}-production")["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"   # the webhook's opt-in
+    assert template["spec"]["serviceAccountName"] == "model-reader"

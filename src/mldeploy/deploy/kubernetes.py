@@ -381,6 +381,10 @@ class KubernetesTarget(Target):
         return {"app.kubernetes.io/name": self.endpoint, "app.kubernetes.io/managed-by": MANAGER,
                 f"{GROUP}/endpoint": self.endpoint, f"{GROUP}/slot": slot}
 
+    def _pod_labels(self) -> dict[str, str]:
+        """Labels the pods need beyond the kit's own (a cluster's identity webhook acts on them)."""
+        return {}
+
     def manifests(self, slot: str, image: str, previous: str | None, staging: bool = False,
                   replicas: int | None = None, serves: bool = False, model: Model | None = None) -> list[dict[str, Any]]:
         """The slot's Service, Deployment, HPA and PodDisruptionBudget (staging: the first two only; traffic:
@@ -425,7 +429,7 @@ class KubernetesTarget(Target):
         deployment: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
             "selector": {"matchLabels": selector}, "progressDeadlineSeconds": s.wait_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": {**labels, SERVES: "true"} if serves else labels,
+            "template": {"metadata": {"labels": {**labels, **self._pod_labels(), **({SERVES: "true"} if serves else {})},
                                       "annotations": notes}, "spec": pod}}}
         if staging or self.by_replicas:
             deployment["spec"]["replicas"] = 1 if staging else replicas   # (else the HPA's, never applied)
@@ -1062,6 +1066,11 @@ class AksTarget(KubernetesTarget):
                         "Role `mldeploy doctor` prints), and Azure Kubernetes Service Cluster User on the resource")
     SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"   # AKS's Entra ID server application, the same everywhere
     API_VERSION = "2024-05-01"
+
+    def _pod_labels(self) -> dict[str, str]:
+        # Azure workload identity's webhook gives a pod its service account's Entra ID identity (what
+        # downloads a model in storage) only when the pod is labelled so
+        return {"azure.workload.identity/use": "true"} if self.settings.service_account else {}
 
     @property
     def api(self) -> Any:
