@@ -309,6 +309,33 @@ def test_storage_mode_a_canary_of_a_model_then_another_model_then_promote(mldepl
     assert deploy(mldeploy, project, A, "--stage", "production").code == 0   # baked
     deploys_a_model_only_change(folder, A, models, served, stage="canary", traffic=10)
     assert served() == {"production": None, "canary": models[1]}
+    # the server's credential picks the app's user-assigned identity by its client id, read from the identity
+    assert env_of(fake, "canary")["AZURE_CLIENT_ID"] == fake.client_id(IDENTITY)
+    assert "AZURE_CLIENT_ID" not in env_of(fake, "production")   # baked: nothing to download
     r = mldeploy("promote", cwd=folder)
     assert r.code == 0, r.err
     assert served() == {"production": models[1]} and fake.serving(APP) == {"production": (A, 100)}
+
+
+def env_of(fake, label: str) -> dict[str, str]:
+    """The environment of the revision a label names."""
+    name = next(t["revisionName"] for t in fake.apps[APP]["properties"]["configuration"]["ingress"]["traffic"]
+                if t.get("label") == label)
+    env = fake.revisions[APP][name]["properties"]["template"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if "value" in e}
+
+
+def test_storage_mode_with_a_missing_identity_is_refused_before_any_change(mldeploy, project, containerapps, tmp_path):
+    from mldeploy.deploy import Desired
+    from mldeploy.errors import UsageError
+    from tests.helpers.storage_mode import target_of, two_models
+
+    fake, (folder, bundle) = containerapps, project
+    assert deploy(mldeploy, project, A, "--stage", "production").code == 0
+    models = two_models(bundle, tmp_path, "https://acmemodels.blob.core.windows.net/models", publish=False)
+    fake.absent_identities.add(IDENTITY.rsplit("/", 1)[-1])
+    fake.requests.clear()
+    target = target_of(folder)
+    with pytest.raises(UsageError, match=f"there is no user-assigned managed identity {IDENTITY}"):
+        target.plan(Desired(target.endpoint, A, "canary", 10, {}, model=models[0]))
+    assert fake.mutating() == [] and fake.serving(APP) == {"production": (A, 100)}

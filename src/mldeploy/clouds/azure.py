@@ -103,6 +103,20 @@ def transport() -> Any:
     return RequestsTransport(session=session, session_owner=False)
 
 
+def arm_request(method: str, path: str, api_version: str, credential_: Any = None, **query: str) -> Any:
+    """One call of ARM's REST API that no SDK client of ours makes (an azure.core HttpResponse; the
+    caller reads its status), on the credential chain, through MLDEPLOY_AZURE_ARM_ENDPOINT when set."""
+    from azure.core import PipelineClient
+    from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+    from azure.core.rest import HttpRequest
+
+    custom = transport()
+    arm = PipelineClient(f"https://{ARM_HOST}", per_call_policies=[BearerTokenCredentialPolicy(
+        credential_ or credential(), f"https://{ARM_HOST}/.default")], **({"transport": custom} if custom else {}))
+    params = urllib.parse.urlencode({"api-version": api_version, **query})
+    return arm.send_request(HttpRequest(method, f"https://{ARM_HOST}{path}?{params}"))
+
+
 def error_text(error: Exception) -> str:
     """The service's own code and message, one line, from an azure-core or azure-ai-ml error."""
     inner = getattr(error, "error", None)

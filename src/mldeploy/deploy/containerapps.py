@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mldeploy import __version__, github
+from mldeploy.clouds.azure import arm_request
 from mldeploy.deploy import Conflict, Desired, Plan, canary_shares, dns_label, pick_canary
 from mldeploy.deploy import azure as azure_cloud
 from mldeploy.deploy.base import (
@@ -78,6 +79,7 @@ ROLES = ("Container Apps Contributor (or Contributor) on the resource group: cre
          "Managed Identity Operator on the user-assigned identity (when deploy.azure.containerapps.identity is one)",
          "Monitoring Reader on the app: canary analysis; Monitoring Contributor: monitor setup",
          "for the app's identity (not the deployer): AcrPull on the registry, Key Vault Secrets User on the vault")
+IDENTITY_API_VERSION = "2023-01-31"   # Microsoft.ManagedIdentity/userAssignedIdentities
 ROLES_HINT = "the deploying identity needs Container Apps Contributor on the resource group (`mldeploy doctor` lists the roles)"
 
 
@@ -140,6 +142,7 @@ class ContainerAppsTarget(Target):
         self.settings = cfg.azure.containerapps
         self.subscription, self.group = coordinates(cfg)
         self.client = self._client()
+        self._client_id: str | None = None   # the user-assigned identity's, read once when needed
 
     def _client(self) -> Any:
         from azure.mgmt.appcontainers import ContainerAppsAPIClient
@@ -227,6 +230,7 @@ class ContainerAppsTarget(Target):
     # -- the interface ----------------------------------------------------------------------------
     def plan(self, desired: Desired) -> Plan:
         desired.require_digest()
+        self._download_identity(desired.model)   # (read now: a missing identity is refused before any change)
         current = self.read()
         slots = current["slots"] if current else {}
         revisions = current["revisions"] if current else {}
@@ -472,10 +476,28 @@ class ContainerAppsTarget(Target):
             return {"type": "SystemAssigned"}, "system"
         return {"type": "UserAssigned", "userAssignedIdentities": {ident: {}}}, ident
 
+    def _download_identity(self, model: Model | None) -> dict[str, str]:
+        """A model in storage is downloaded with the app's identity (Storage Blob Data Reader). Where that
+        is a user-assigned identity, the server's credential picks it by its client id (AZURE_CLIENT_ID),
+        which the identity's own resource holds (read with Managed Identity Operator)."""
+        ident = self.settings.identity
+        if model is None or ident == "system":
+            return {}
+        if self._client_id is None:
+            with translated(f"read the managed identity {ident}"):
+                found = arm_request("GET", ident, IDENTITY_API_VERSION)
+                if found.status_code == 404:
+                    raise UsageError(f"there is no user-assigned managed identity {ident}",
+                                     hint="check deploy.azure.containerapps.identity")
+                found.raise_for_status()
+            self._client_id = str(found.json()["properties"]["clientId"])
+        return {"AZURE_CLIENT_ID": self._client_id}
+
     def _template(self, new: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
-        # a model in storage: the server downloads it with the app's identity (Storage Blob Data Reader)
-        env = [{"name": k, "value": v} for k, v in sorted({**s.environment, **model_env(new["model"])}.items())]
+        model = new["model"]
+        env = [{"name": k, "value": v} for k, v in
+               sorted({**self._download_identity(model), **s.environment, **model_env(model)}.items())]
         env += [{"name": k, "secretRef": self._secret_name(k)} for k in sorted(s.secrets)]
         scale: dict[str, Any] = {"minReplicas": s.min_replicas, "maxReplicas": s.max_replicas,
                                  "rules": [{"name": "http-concurrency",

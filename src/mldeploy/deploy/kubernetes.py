@@ -1075,13 +1075,10 @@ class AksTarget(KubernetesTarget):
     @property
     def api(self) -> Any:
         if self._api is None:
-            from azure.core import PipelineClient
-            from azure.core.pipeline.policies import BearerTokenCredentialPolicy
-            from azure.core.rest import HttpRequest
             from kubernetes import client
             from ruamel.yaml import YAML
 
-            from mldeploy.deploy import azure
+            from mldeploy.clouds import azure
 
             assert self.deploy is not None
             az = self.deploy.azure
@@ -1093,13 +1090,10 @@ class AksTarget(KubernetesTarget):
                                  hint="name them in mldeploy.yaml (the last two may come from AZURE_SUBSCRIPTION_ID "
                                       "and AZURE_RESOURCE_GROUP)")
             credential = azure.credential()
-            custom = azure.transport()
-            arm = PipelineClient(f"https://{azure.ARM_HOST}", per_call_policies=[
-                BearerTokenCredentialPolicy(credential, azure.SCOPE)], **({"transport": custom} if custom else {}))
-            path = (f"https://{azure.ARM_HOST}/subscriptions/{sub}/resourceGroups/{group}/providers/"
+            path = (f"/subscriptions/{sub}/resourceGroups/{group}/providers/"
                     f"Microsoft.ContainerService/managedClusters/{cluster}")
             with azure.translated(f"read the AKS cluster {cluster}"):
-                found = arm.send_request(HttpRequest("GET", f"{path}?api-version={self.API_VERSION}"))
+                found = azure.arm_request("GET", path, self.API_VERSION, credential)
                 if found.status_code == 404:
                     raise UsageError(f"no AKS cluster {cluster} in the resource group {group}",
                                      hint="check deploy.azure.aks.cluster and resource_group")
@@ -1107,8 +1101,8 @@ class AksTarget(KubernetesTarget):
                 state = found.json().get("properties", {}).get("provisioningState")
                 if state != "Succeeded":
                     raise UsageError(f"the AKS cluster {cluster} is {state}, not Succeeded")
-                listed = arm.send_request(HttpRequest(
-                    "POST", f"{path}/listClusterUserCredential?api-version={self.API_VERSION}&format=exec"))
+                listed = azure.arm_request("POST", f"{path}/listClusterUserCredential", self.API_VERSION, credential,
+                                           format="exec")
                 listed.raise_for_status()
                 token = credential.get_token(f"{self.SERVER_APP}/.default").token
             kubeconfig = YAML(typ="safe", pure=True).load(base64.b64decode(listed.json()["kubeconfigs"][0]["value"]))

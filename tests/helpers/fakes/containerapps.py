@@ -14,6 +14,7 @@ What it answers (api-version is ignored; paths as the SDK formats them):
   GET    /subscriptions/S/providers/Microsoft.App/locations/L/containerappOperationStatuses/ID  (and
          .../containerappOperationResults/ID, the Location form: 202 until done, then the app)
   GET    .../containerApps/A/providers/Microsoft.Insights/metrics     Requests / ResponseTime, seeded by add_metric
+  GET    .../providers/Microsoft.ManagedIdentity/userAssignedIdentities/I   the identity (its clientId from the name)
   POST   https://A---LABEL.DOMAIN/predict                             the label's revision answers like our server
 
 Like the service: a template change makes a revision named <app>--<revisionSuffix>, and a suffix that
@@ -30,7 +31,7 @@ held one does, since the fault table's race runs a second command inside the fir
 Replicas and scale rules (stored, never acted on), Key Vault (secret references are stored, never
 resolved), built-in authentication beyond its settings document, the time a revision really takes.
 Knobs: `failing_images`, `failing_smoke` (images), `failing_labels`, `pull_denied`, `rounds` (InProgress answers of an LRO),
-`revision_rounds`, `hold(app)` (an operation that runs until `release(app)`); logs: `requests`,
+`absent_identities`, `revision_rounds`, `hold(app)` (an operation that runs until `release(app)`); logs: `requests`,
 `bodies`, `smokes` (label, revision, body); `mutating()` the writes.
 """
 
@@ -40,6 +41,7 @@ import copy
 import ipaddress
 import itertools
 import re
+import uuid
 from typing import Any
 
 from tests.helpers.fakes.azureml import AzureMLFake, error, ok
@@ -56,6 +58,8 @@ APP_ROUTES = [
     ("revision_action", APP + r"/revisions/(?P<r>[^/]+)/(?P<action>activate|deactivate)$"),
     ("auth", APP + r"/authConfigs/(?P<n>[^/]+)$"),
     ("ca_metrics", APP + r"/providers/Microsoft\.Insights/metrics$"),
+    ("user_identity", (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
+                       r"Microsoft\.ManagedIdentity/userAssignedIdentities/(?P<i>[^/]+)$")),
     ("ca_operation", r"/subscriptions/[^/]+/providers/" + PROVIDER +
      r"/locations/[^/]+/containerappOperation(?P<form>Statuses|Results)/(?P<op>[^/]+)$"),
 ]
@@ -87,6 +91,7 @@ class ContainerAppsFake(AzureMLFake):
         self.failing_smoke: set[str] = set()
         self.failing_labels: set[str] = set()   # labels whose requests answer 500 (a revision failing later)
         self.pull_denied: set[str] = set()
+        self.absent_identities: set[str] = set()   # user-assigned identities (names) that do not exist
         self.smokes: list[tuple[str, str, Any]] = []
         self.revision_rounds = 1
         self.client_ip = "127.0.0.1"
@@ -104,6 +109,7 @@ class ContainerAppsFake(AzureMLFake):
             self.failing_smoke.clear()
             self.failing_labels.clear()
             self.pull_denied.clear()
+            self.absent_identities.clear()
             self.smokes.clear()
             self.revision_rounds = 1
             self.managed_environments.clear()
@@ -172,6 +178,21 @@ class ContainerAppsFake(AzureMLFake):
         return ok(found) if found else error(404, "ResourceNotFound",
                                              f"The Resource '{PROVIDER}/managedEnvironments/{e}' under resource "
                                              f"group '{self.resource_group}' was not found.")
+
+    def _user_identity_get(self, body, i):
+        """A user-assigned identity (any name but one in `absent_identities`), its client id derived from the name."""
+        if i in self.absent_identities:
+            return error(404, "ResourceNotFound", f"The Resource 'Microsoft.ManagedIdentity/userAssignedIdentities/{i}' "
+                                                  f"under resource group '{self.resource_group}' was not found.")
+        return ok({"id": f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/providers/"
+                         f"Microsoft.ManagedIdentity/userAssignedIdentities/{i}", "name": i,
+                   "type": "Microsoft.ManagedIdentity/userAssignedIdentities", "location": self.location,
+                   "properties": {"clientId": self.client_id(i), "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"p/{i}")),
+                                  "tenantId": "72f988bf-0000-4000-8000-00000000cafe"}})
+
+    @staticmethod
+    def client_id(identity: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, identity.rsplit("/", 1)[-1]))
 
     def _apps_get(self, body):
         return ok({"value": list(self.apps.values())})
