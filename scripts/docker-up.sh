@@ -17,6 +17,9 @@ SOCK=/run/mldeploy-docker.sock
 REGISTRY=${MLDEPLOY_REGISTRY:-127.0.0.1:5000}
 LOCAL_BASE=mldeploy-base:bookworm
 say() { echo "docker-up: $*" >&2; }
+# one at a time: scripts/test.sh runs test processes side by side, and each may start the engine first
+exec 9>"${TMPDIR:-/tmp}/mldeploy-docker-up.lock"
+flock 9
 
 engine_up() { docker info >/dev/null 2>&1; }
 
@@ -34,7 +37,7 @@ if ! engine_up; then
   mkdir -p "$STATE"
   say "starting dockerd (data root $STATE/data, socket $SOCK) ..."
   nohup dockerd --data-root "$STATE/data" --exec-root /run/mldeploy-docker --pidfile "$STATE/dockerd.pid" \
-    -H "unix://$SOCK" >"$STATE/dockerd.log" 2>&1 &
+    -H "unix://$SOCK" >"$STATE/dockerd.log" 2>&1 9>&- &
   for _ in $(seq 1 100); do engine_up && break; sleep 0.2; done
   engine_up || { say "dockerd did not start; see $STATE/dockerd.log"; tail -5 "$STATE/dockerd.log" >&2; exit 1; }
 fi
@@ -54,7 +57,7 @@ http:
   addr: $REGISTRY
 EOF
     say "starting a registry on $REGISTRY ..."
-    nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 &
+    nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 9>&- &
     echo $! >"$STATE/registry.pid"
     for _ in $(seq 1 50); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && break; sleep 0.2; done
   fi

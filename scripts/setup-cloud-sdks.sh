@@ -21,6 +21,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENVS=${MLDEPLOY_SDK_VENVS:-$PWD/.sdk-venvs}
 PY=${PYTHON:-python3}
 say() { echo "setup-cloud-sdks: $*" >&2; }
+# one at a time: scripts/test.sh starts it early, and the local-mode tests run it again (then a no-op)
+exec 9>"${TMPDIR:-/tmp}/mldeploy-cloud-sdks.lock"
+flock 9
 
 # Every top-level version, pinned.
 SAGEMAKER_PINS=(sagemaker==2.257.7)

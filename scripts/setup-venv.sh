@@ -9,6 +9,7 @@ extras=${1:-}
 stamp=.venv/.installed-$( { cat pyproject.toml constraints.txt; echo "$extras"; } | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   echo "installing mldeploy${extras:+[$extras]} into .venv ..." >&2
-  .venv/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".${extras:+[$extras]}"
+  # --no-compile: a fresh install takes 100 s, not 160 (2 cores); modules compile as they are first imported
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-compile -c constraints.txt -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi

