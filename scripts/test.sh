@@ -8,8 +8,8 @@ set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # a whole run needs about 6 GiB of free disk (docs/development.md, Test layout); a full disk fails tests far from its cause
 df -Ph . | awk 'NR == 2 { print "test.sh: " $4 " of disk free on " $6 }' >&2
-runs=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-tests.XXXXXX")
 if [ $# -eq 0 ]; then
+  runs=$(mktemp -d "${TMPDIR:-/tmp}/mldeploy-tests.XXXXXX")
   # The whole run: what installs on its own goes beside the venv's install, which keeps one core busy
   # (system tools and Azurite; the cloud SDKs' venvs, which the local-mode tests would otherwise
   # install first; both are idempotent, and a failure shows where the tests need them).
