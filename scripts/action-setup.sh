@@ -44,10 +44,12 @@ install() {  # install the kit (with extras "$1") into the venv; output goes to 
   [ -n "$1" ] && spec="$kit[$1]"
   if [ "$1" = torch ] && [ -n "${MLDEPLOY_TORCH_INDEX_URL:-}" ]; then
     # Only torch comes from that index (no other package can be swapped in through it).
-    "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-deps -c "$kit/constraints.txt" \
+    "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-compile --no-deps -c "$kit/constraints.txt" \
       --index-url "$MLDEPLOY_TORCH_INDEX_URL" torch >>"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 2; }
   fi
-  if ! "$venv/bin/python" -I -m pip install --disable-pip-version-check -c "$kit/constraints.txt" \
+  # --no-compile: a job imports a small part of what it installs (torch, tensorflow); byte-compiling all
+  # of it took a third of the install here, and each venv is one job's (see above) or one runner's
+  if ! "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-compile -c "$kit/constraints.txt" \
         "$spec" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "::error::installing mldeploy${1:+[$1]} failed (log above)" >&2

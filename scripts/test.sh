@@ -24,29 +24,30 @@ if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 wait "$system" || cat "$runs/setup-system.log" >&2
-# The whole run, as CI runs it: the static gates beside three pytest processes, each tier where its
-# shared resources allow:
-#   in-process   unit, convert, serve, zoo, contract: no Docker engine, act or fixed port (the clouds
-#                are fakes on free ports)
-#   integration  the engine and the registry, fixed ports (SageMaker local mode's 8080)
-#   e2e          act (its tool cache) and the cloud registries' TLS front on :443
-# The engine is shared (scripts/docker-up.sh starts it once, under a lock). The e2e output is shown
-# as it comes; the others' follows.
+# The whole run, as CI runs it: the static gates beside three pytest processes, the tiers grouped by
+# what they share and sized to end together on 2 cores:
+#   plain   unit, convert, serve, zoo, and the action setup's venvs: no Docker engine, act or fixed port
+#   engine  integration (the engine, the registry, fixed ports: SageMaker local mode's 8080), then
+#           contract (the clouds' fakes, on free ports)
+#   act     e2e: act (its tool cache) and the cloud registries' TLS front on :443
+# The engine is shared (scripts/docker-up.sh starts it once, under a lock). The act group's output is
+# shown as it comes; the others' follows.
 scripts/lint.sh >"$runs/lint.log" 2>&1 &
 lint=$!
-in_process=(tests/unit tests/convert tests/serve tests/zoo tests/contract)
-.venv/bin/python -m pytest --basetemp "$runs/in-process" "${in_process[@]}" >"$runs/in-process.log" 2>&1 &
+plain=(tests/unit tests/convert tests/serve tests/zoo tests/e2e/test_action_setup.py)
+engine=(tests/integration tests/contract)
+.venv/bin/python -m pytest --basetemp "$runs/plain" "${plain[@]}" >"$runs/plain.log" 2>&1 &
 first=$!
-.venv/bin/python -m pytest --basetemp "$runs/integration" tests/integration >"$runs/integration.log" 2>&1 &
+.venv/bin/python -m pytest --basetemp "$runs/engine" "${engine[@]}" >"$runs/engine.log" 2>&1 &
 second=$!
 status=0
-.venv/bin/python -m pytest --basetemp "$runs/e2e" "${in_process[@]/#/--ignore=}" --ignore=tests/integration tests \
+.venv/bin/python -m pytest --basetemp "$runs/act" "${plain[@]/#/--ignore=}" "${engine[@]/#/--ignore=}" tests \
   || status=$?
 wait "$first" || status=$?
 wait "$second" || status=$?
 lint_status=0
 wait "$lint" || lint_status=$?
-for group in integration in-process; do
+for group in engine plain; do
   echo "==================== $group (run beside the above) ===================="
   cat "$runs/$group.log"
 done
