@@ -2,7 +2,7 @@
 # Set up everything the tests need on a fresh machine, then run the whole suite.
 #   scripts/test.sh                      the static gates (scripts/lint.sh) and all tiers (what CI runs),
 #                                        as three pytest processes at once (see below)
-#   scripts/test.sh -m "not slow"        the fast tier only (seconds)
+#   scripts/test.sh -m "not slow"        the fast tier only (about 7 minutes on 2 cores)
 #   scripts/test.sh tests/unit/test_cli.py    any pytest arguments
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
