@@ -80,6 +80,9 @@ _SERVER_SETTINGS = r"MLDEPLOY_(HEADER_TIMEOUT|BODY_TIMEOUT|MAX_CONNECTIONS|WORKE
 
 EMBEDDED = "local"  # the embedded default cloud: everything on this machine's Docker engine
 
+# how slots map on the kubernetes target, whichever cluster it reaches
+KUBERNETES_SLOTS = "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)"
+
 BUILTIN: tuple[Entry, ...] = (
     Entry(EMBEDDED, "docker", "mldeploy.deploy.local", "LocalTarget", "a local Docker engine",
           "one container per slot behind a weighted router on 127.0.0.1", extra="image",
@@ -118,25 +121,25 @@ BUILTIN: tuple[Entry, ...] = (
           settings="deploy.azure.containerapps"),
     Entry("aws", "eks", "mldeploy.deploy.kubernetes", "EksTarget",
           "Amazon EKS clusters (as kubernetes, credentials from the job's AWS role)",
-          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          KUBERNETES_SLOTS,
           extra="eks",
           required=(("deploy.aws.eks.cluster", "the EKS cluster's name"),),
           settings="deploy.kubernetes"),
     Entry("gcp", "gke", "mldeploy.deploy.kubernetes", "GkeTarget",
           "Google Kubernetes Engine clusters (as kubernetes, credentials from the job's Google identity)",
-          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          KUBERNETES_SLOTS,
           extra="gke",
           required=(("deploy.gcp.gke.cluster", "the GKE cluster's name"),),
           settings="deploy.kubernetes"),
     Entry("azure", "aks", "mldeploy.deploy.kubernetes", "AksTarget",
           "Azure Kubernetes Service clusters (as kubernetes, credentials from the job's Entra ID login)",
-          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          KUBERNETES_SLOTS,
           extra="aks",
           required=(("deploy.azure.aks.cluster", "the AKS cluster's name"),),
           settings="deploy.kubernetes"),
     Entry("kubernetes", "kubernetes", "mldeploy.deploy.kubernetes", "KubernetesTarget",
           "any Kubernetes cluster (a kubeconfig context) with a Gateway API controller",
-          "a Deployment and Service per slot; one HTTPRoute's weights (and a header rule per slot)",
+          KUBERNETES_SLOTS,
           extra="kubernetes",
           settings="deploy.kubernetes"),
 )
